@@ -1,0 +1,161 @@
+"""Reverse-mode autodiff: forward Graph -> TrainingGraph (forward, loss, backward, optimizer updates).
+
+Node order (which is also the stage order of the schedule):
+  forward nodes as imported;
+  the loss node (softmax cross-entropy, mean over the batch, integer labels);
+  backward nodes, walking the forward nodes in reverse: for each, the input-gradient node(s) first, then the
+  weight-gradient node(s); gradient contributions to a tensor read several times are summed by ADD nodes;
+  an optimizer update right after a parameter's gradient is complete, so no gradient buffer outlives its layer.
+
+Updates happen in place, so each update node carries ``after`` edges to every node that reads the parameter.
+A scheduler must not recompute a reader of a parameter once its update has run (``update_stage``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+from . import ops
+from .errors import PoetcError
+from .frontend import Model
+from .ir import Attrs, Graph, Node, Role, Tensor
+
+
+@dataclass(frozen=True)
+class TrainingGraph:
+    graph: Graph  # every node of one training step, in execution (stage) order
+    input: str
+    label: str
+    logits: str
+    loss: str
+    grads: Mapping[str, str]  # parameter -> its complete gradient tensor
+    updates: Mapping[str, str]  # parameter -> name of its update node
+    n_forward: int  # graph.nodes[:n_forward] is the model's forward pass
+
+    @cached_property
+    def update_stage(self) -> Mapping[int, int]:
+        """Node index of a parameter reader -> the first stage after which it must not run again."""
+        g = self.graph
+        out: dict[int, int] = {}
+        for p, upd in self.updates.items():
+            u = g.node_index[upd]
+            for reader in g.consumers[p]:
+                if reader != u:
+                    out[reader] = min(out.get(reader, u), u)
+        return out
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        return tuple(self.grads)
+
+
+class _Builder:
+    def __init__(self, tensors: dict[str, Tensor], nodes: list[Node], requires: set[str]) -> None:
+        self.tensors = tensors
+        self.nodes = nodes
+        self.requires = requires
+        self.names = {n.name for n in nodes}
+
+    def needs_grad(self, tensor: str) -> bool:
+        return tensor in self.requires
+
+    def tensor(self, name: str) -> Tensor:
+        return self.tensors[name]
+
+    def _unique(self, base: str, taken: Mapping[str, object] | set[str]) -> str:
+        name, k = base, 1
+        while name in taken:
+            k += 1
+            name = f"{base}~{k}"
+        return name
+
+    def emit(self, op: str, inputs: Sequence[str], attrs: Attrs, origin: Node, hint: str,
+             role: Role = Role.GRAD, phase: str = "backward", after: tuple[str, ...] = ()) -> str:
+        opdef = ops.get(op)
+        shape, dtype = opdef.infer(attrs, [self.tensors[i] for i in inputs])
+        out = self._unique(f"grad:{origin.name}:{hint}", self.tensors)
+        name = self._unique(f"{origin.name}:{op}:{hint}", self.names)
+        self.tensors[out] = Tensor(out, shape, role, dtype)
+        self.nodes.append(Node(name, op, tuple(inputs), out, attrs, after=after, phase=phase, origin=origin.name))
+        self.names.add(name)
+        return out
+
+
+def build_training_graph(model: Model, optimizer: str = "sgd") -> TrainingGraph:
+    fwd = model.graph
+    if optimizer != "sgd":
+        raise PoetcError(f"unknown optimizer {optimizer!r} (supported: sgd)")
+    tensors = dict(fwd.tensors)
+    nodes = list(fwd.nodes)
+    logits = model.logits
+    lt = tensors[logits]
+    if len(lt.shape) < 2:
+        raise PoetcError(f"{model.source}: output {logits!r} of shape {lt.shape} is not [batch, classes] logits")
+    m = lt.numel // lt.shape[-1]
+
+    label = _fresh("labels", tensors)
+    tensors[label] = Tensor(label, (m,), Role.LABEL, "i32")
+    loss = _fresh("loss", tensors)
+    tensors[loss] = Tensor(loss, (), Role.LOSS)
+    loss_node = Node("loss", "softmax_xent", (logits, label), loss, Attrs(), phase="loss", origin="loss")
+    nodes.append(loss_node)
+
+    # tensors whose gradient is needed: parameters and everything computed from them
+    requires: set[str] = set(fwd.params)
+    for n in fwd.nodes:
+        if any(i in requires for i in n.inputs):
+            requires.add(n.output)
+    if logits not in requires:
+        raise PoetcError(f"{model.source}: the output does not depend on any trainable parameter")
+
+    b = _Builder(tensors, nodes, requires)
+    pending: dict[str, str] = {logits: b.emit("softmax_xent_bwd", (logits, label), Attrs(), loss_node, "dlogits")}
+    # a parameter's gradient is complete once its first (in forward order) reader has been differentiated
+    first_reader: dict[str, int] = {}
+    for i, n in enumerate(fwd.nodes):
+        for x in n.inputs:
+            if x in fwd.params:
+                first_reader.setdefault(x, i)
+    grads: dict[str, str] = {}
+    updates: dict[str, str] = {}
+
+    for i in range(len(fwd.nodes) - 1, -1, -1):
+        node = fwd.nodes[i]
+        dy = pending.pop(node.output, None)
+        if dy is None:
+            continue  # does not reach the loss
+        rule = ops.get(node.op).grad
+        if rule is None:
+            raise PoetcError(f"{model.source}: node {node.name}: op {node.op} has no gradient rule")
+        contrib = rule(b, node, dy)
+        for k, g in contrib.items():
+            x = node.inputs[k]
+            if x in pending:
+                pending[x] = b.emit("add", (pending[x], g), Attrs(), node, f"acc{k}")
+            else:
+                pending[x] = g
+        for x in dict.fromkeys(node.inputs):
+            if x in fwd.params and first_reader[x] == i and x in pending:
+                g = pending.pop(x)
+                readers = tuple(dict.fromkeys(n.name for n in nodes if x in n.inputs))
+                upd = b.emit("sgd", (x, g), Attrs(), node, f"update:{x}", role=Role.UPDATE, phase="update",
+                             after=readers)
+                grads[x] = g
+                updates[x] = b.nodes[-1].name
+                tensors[upd] = Tensor(upd, tensors[x].shape, Role.UPDATE)
+
+    missing = [p for p in fwd.params if p not in grads]
+    if missing:
+        raise PoetcError(f"{model.source}: parameter(s) {', '.join(missing)} do not affect the loss")
+    graph = Graph(fwd.name + ":train", tensors, tuple(nodes), (model.input, label), (loss,))
+    return TrainingGraph(graph, model.input, label, logits, loss, grads, updates, len(fwd.nodes))
+
+
+def _fresh(base: str, taken: Mapping[str, object]) -> str:
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}{k}"
+    return name

@@ -1,0 +1,128 @@
+"""Boards: validated TOML data (units in field names) loaded into frozen dataclasses.
+
+Each ``boards/<name>.toml`` describes one target: its memory, clock, storage, the firmware port that runs on it,
+and the cost constants of POET's model (FLOP/s, FLOP/J, paging latency and throughput, memory power). Every
+constant's origin is recorded in the file's ``[sources]`` table.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import PoetcError
+from .resources import boards_dir
+
+STORAGE_KINDS = ("file", "sd", "flash", "ram")
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    description: str
+    core: str
+    port: str  # firmware/<port>/
+    clock_hz: int
+    ram_bytes: int
+    flash_bytes: int
+    storage: str  # file | sd | flash | ram
+    storage_bytes: int
+    flop_per_s: float
+    flop_per_j: float
+    page_in_latency_s: float
+    page_in_bytes_per_s: float
+    page_out_latency_s: float
+    page_out_bytes_per_s: float
+    memory_power_w: float
+    stack_bytes: int
+    port_ram_bytes: int  # the port's own buffers (frame buffers, pager block buffer, counters)
+    frame_max_bytes: int
+    cycles_per_instruction: float = 1.0  # converts counted instructions (QEMU) to cycles
+    active_power_w: float = 0.0  # core power while computing (0: use flop_per_j only)
+    emulator: str = ""  # "qemu-system-arm -M ..." machine for emulated boards
+    sources: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    path: str = ""
+
+    @property
+    def emulated(self) -> bool:
+        return bool(self.emulator)
+
+
+
+_OPTIONAL_DEFAULTS = ("cycles_per_instruction", "active_power_w", "emulator", "sources")
+
+
+def _check(path: Path, doc: dict[str, Any]) -> Board:
+    where = str(path)
+    known = {f.name: f for f in fields(Board)}
+    for key in doc:
+        if key not in known or key == "path":
+            raise PoetcError(f"{where}: unknown field {key!r}")
+    vals: dict[str, Any] = {}
+    for f in fields(Board):
+        if f.name == "path":
+            continue
+        if f.name not in doc:
+            if f.name in _OPTIONAL_DEFAULTS:
+                continue
+            raise PoetcError(f"{where}: missing field {f.name!r}")
+        v = doc[f.name]
+        t = f.type
+        if t == "int":
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise PoetcError(f"{where}: field {f.name!r} must be a non-negative integer, got {v!r}")
+        elif t == "float":
+            if not isinstance(v, int | float) or isinstance(v, bool) or v < 0:
+                raise PoetcError(f"{where}: field {f.name!r} must be a non-negative number, got {v!r}")
+            v = float(v)
+        elif t == "str":
+            if not isinstance(v, str):
+                raise PoetcError(f"{where}: field {f.name!r} must be a string, got {v!r}")
+        elif f.name == "sources":
+            if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
+                raise PoetcError(f"{where}: [sources] must map field names to strings")
+            for k in v:
+                if k not in known:
+                    raise PoetcError(f"{where}: [sources] names unknown field {k!r}")
+        vals[f.name] = v
+    for positive in ("clock_hz", "ram_bytes", "flop_per_s", "flop_per_j", "page_in_bytes_per_s",
+                     "page_out_bytes_per_s", "frame_max_bytes"):
+        if vals[positive] == 0:
+            raise PoetcError(f"{where}: field {positive!r} must be positive")
+    if vals["storage"] not in STORAGE_KINDS:
+        raise PoetcError(f"{where}: field 'storage' must be one of {', '.join(STORAGE_KINDS)}")
+    if vals["name"] != path.stem:
+        raise PoetcError(f"{where}: field 'name' is {vals['name']!r} but the file is {path.name}")
+    if not 64 <= vals["frame_max_bytes"] <= 65535:
+        raise PoetcError(f"{where}: field 'frame_max_bytes' must be in 64..65535")
+    return Board(**vals, path=where)
+
+
+def load_file(path: Path) -> Board:
+    try:
+        doc = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise PoetcError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise PoetcError(f"{path}: not valid TOML: {e}") from None
+    return _check(path, doc)
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in boards_dir().glob("*.toml"))
+
+
+def load(name_or_path: str) -> Board:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" and p.exists():
+        return load_file(p)
+    path = boards_dir() / f"{name_or_path}.toml"
+    if not path.exists():
+        raise PoetcError(f"unknown board {name_or_path!r} (known: {', '.join(names())})")
+    return load_file(path)
+
+
+def all_boards() -> list[Board]:
+    return [load(n) for n in names()]

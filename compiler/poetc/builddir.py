@@ -1,0 +1,206 @@
+"""The build directory: generated sources, a copy of the runtime and port, the manifest, the binary.
+
+Written all-or-nothing: everything goes to a sibling temporary directory that replaces ``--out`` only when the
+generation and the compilation succeeded. An existing ``--out`` is replaced only if poetc wrote it (it lists
+its files in ``.poetc-files``); a directory holding anything else is refused.
+
+Layout:
+  poetc.json       manifest: model, board, tensors with ids, parameters, programs, memory, hash
+  schedule.json    the schedule's figures (strategy, energy, time, peak RAM, arena, paging counts)
+  model.c/.h       generated tables;   model.onnx   the source model (for export)
+  runtime/ port/   copies of runtime_c and firmware/<port>;  Makefile;  build/  the compiled program
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from . import __version__, codegen
+from .errors import PoetcError
+from .pipeline import Compiled
+from .resources import firmware_dir, runtime_dir
+
+MANIFEST = "poetc.json"
+FILE_LIST = ".poetc-files"
+
+
+def check_out_dir(out: Path) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise PoetcError(f"--out {out}: exists and is not a directory")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    listed = set((out / FILE_LIST).read_text().split()) if (out / FILE_LIST).is_file() else set()
+    foreign = [e for e in entries if e not in listed and e != FILE_LIST]
+    if foreign or not listed:
+        example = foreign[0] if foreign else entries[0]
+        raise PoetcError(f"--out {out}: holds files poetc did not write (e.g. {example}); "
+                         "use a new or empty directory")
+
+
+def schedule_summary(c: Compiled) -> dict[str, Any]:
+    r = c.replays[0]
+    cj, pij, poj = r.compute_j, r.page_in_j, r.page_out_j
+    meta = c.schedule.meta
+    return {
+        "status": meta.get("status", "ok"),
+        "strategy": c.strategy,
+        "energy_j": cj + pij + poj,
+        "compute_energy_j": cj,
+        "paging_energy_j": pij + poj,
+        "floor_energy_j": c.cost.floor_j,
+        "time_s": r.time_s,
+        "peak_ram_bytes": c.memory.fixed + r.peak_bytes,
+        "arena_bytes": c.arena_bytes,
+        "ram_budget_bytes": c.memory.budget,
+        "recomputes": r.recomputes,
+        "page_outs": r.page_outs,
+        "page_ins": r.page_ins,
+        "solve_s": c.solve_s,
+        "gap": meta.get("gap", 0.0),
+    }
+
+
+def manifest(c: Compiled, command: str, batch: int) -> dict[str, Any]:
+    g = c.tg.graph
+    ids = codegen.tensor_ids(c.tg)
+    return {
+        "poetc_version": __version__,
+        "command": command,
+        "hash": c.hash_hex,
+        "model": {"source": c.model.source, "sha256": c.model.sha256, "onnx": "model.onnx",
+                  "input": c.model.input, "logits": c.model.logits},
+        "board": c.board.name,
+        "strategy": c.strategy,
+        "batch": batch,
+        "input_shape": list(g.tensor(c.tg.input).shape),
+        "classes": int(g.tensor(c.tg.logits).shape[-1]),
+        "tensors": [{"id": ids[n], "name": n, "role": t.role.value, "shape": list(t.shape), "dtype": t.dtype,
+                     "bytes": t.nbytes} for n, t in g.tensors.items()],
+        "ids": {"input": ids[c.tg.input], "label": ids[c.tg.label], "loss": ids[c.tg.loss],
+                "logits": ids[c.tg.logits]},
+        "params": list(c.model.graph.params),
+        "graph_fingerprint": c.tg.graph.fingerprint(),
+        "nodes": [{"name": n.name, "op": n.op, "phase": n.phase, "flops": int(c.cost.flops[i])}
+                  for i, n in enumerate(g.nodes)],
+        "programs": {p.name: {"instructions": len(p.instrs), "arena_bytes": mp.arena_bytes,
+                              "live_peak_bytes": mp.live_peak_bytes}
+                     for p, mp in zip(c.programs, c.plans, strict=True)},
+        "memory": dict(c.memory.rows()),
+        "storage_bytes": c.storage_bytes,
+        "schedule": schedule_summary(c),
+    }
+
+
+def write(c: Compiled, out: Path, command: str, target: Any, say=lambda s: None, compile_: bool = True) -> None:
+    check_out_dir(out)
+    out = out.resolve()
+    parent = out.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".{out.name}.poetc-tmp-{os.getpid()}"
+    old = parent / f".{out.name}.poetc-old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        _write_files(c, tmp, command, target)
+        if compile_:
+            say(f"compiling for {c.board.name} ...")
+            target.build(tmp, say)
+        (tmp / FILE_LIST).write_text("\n".join(sorted(p.name for p in tmp.iterdir())) + "\n")
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():
+            old.rename(out)
+        raise
+
+
+def _write_files(c: Compiled, d: Path, command: str, target: Any) -> None:
+    batch = c.tg.graph.tensor(c.tg.input).shape[0]
+    files = codegen.render(codegen.CodegenInput(
+        tg=c.tg, params=c.model.params, programs=c.programs, plans=c.plans, arena_bytes=c.arena_bytes,
+        slots=c.slots, storage_bytes=c.storage_bytes, hash_hex=c.hash_hex, command=command,
+        model_sha256=c.model.sha256))
+    for name, text in files.items():
+        (d / name).write_text(text)
+    shutil.copytree(runtime_dir() / "include", d / "runtime" / "include")
+    shutil.copytree(runtime_dir() / "src", d / "runtime" / "src")
+    shutil.copytree(firmware_dir() / c.board.port, d / "port")
+    header = f"Generated by poetc {__version__} for board {c.board.name}; build hash {c.hash_hex}"
+    (d / "Makefile").write_text(codegen.render_template(
+        target.makefile_template, header=header, frame_max=c.board.frame_max_bytes, board=c.board))
+    onnx.save(c.model.onnx_model, str(d / "model.onnx"))
+    (d / MANIFEST).write_text(json.dumps(manifest(c, command, batch), indent=1) + "\n")
+    (d / "schedule.json").write_text(json.dumps(schedule_summary(c), indent=1) + "\n")
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    dir: Path
+    doc: dict[str, Any]
+
+    @property
+    def ids(self) -> dict[str, int]:
+        return self.doc["ids"]
+
+    def tensor(self, name: str) -> dict[str, Any]:
+        return next(t for t in self.doc["tensors"] if t["name"] == name)
+
+    def param_ids(self) -> dict[str, int]:
+        return {p: self.tensor(p)["id"] for p in self.doc["params"]}
+
+    @property
+    def batch(self) -> int:
+        return int(self.doc["batch"])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.doc["input_shape"])
+
+    @property
+    def classes(self) -> int:
+        return int(self.doc["classes"])
+
+    def add_file(self, name: str) -> Path:
+        """Record a file poetc writes into the build directory later (trained weights), so rebuilds accept it."""
+        listed = self.dir / FILE_LIST
+        names = set(listed.read_text().split()) if listed.is_file() else set()
+        if name not in names:
+            listed.write_text("\n".join(sorted(names | {name})) + "\n")
+        return self.dir / name
+
+    def trained_path(self) -> Path:
+        return self.dir / "trained.npz"
+
+    def load_trained(self) -> dict[str, np.ndarray]:
+        p = self.trained_path()
+        if not p.exists():
+            raise PoetcError(f"{self.dir}: no trained weights yet (run poetc train {self.dir} first)")
+        with np.load(p) as z:
+            return {k: z[k] for k in z.files}
+
+
+def open_build(d: Path) -> BuildInfo:
+    m = d / MANIFEST
+    if not m.is_file():
+        raise PoetcError(f"{d}: not a poetc build directory (no {MANIFEST}); run poetc build first")
+    try:
+        doc = json.loads(m.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise PoetcError(f"{m}: unreadable manifest: {e}") from None
+    if doc.get("poetc_version") != __version__:
+        raise PoetcError(f"{d}: built by poetc {doc.get('poetc_version')}, this is {__version__}; rebuild it")
+    return BuildInfo(d, doc)

@@ -1,0 +1,100 @@
+"""Cost model: per node compute time and energy, per tensor bytes and paging time and energy.
+
+POET's analytic model (FLOP-based) with the board's constants:
+  compute:  tau_i = FLOPs_i / flop_per_s,  E_i = FLOPs_i / flop_per_j
+  paging:   t = latency + bytes / bytes_per_s,  E = t * memory_power      (page-in and page-out separately)
+A measured profile (``poetc profile``) may replace the per-node compute figures.
+Sizes are the device's: arena bytes of each node's output (0 when the output has a static home) and the bytes
+every step needs outside the arena (parameters, inputs, labels, loss).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import ops
+from .autodiff import TrainingGraph
+from .boards import Board
+from .ir import Role
+
+PAGE_CRC_BYTES = 4  # every paged block carries a CRC32, stored after it
+
+
+@dataclass(frozen=True)
+class CostModel:
+    flops: np.ndarray  # [T] per node
+    compute_s: np.ndarray  # [T]
+    compute_j: np.ndarray  # [T]
+    mem: np.ndarray  # [T] arena bytes of each node's output (0: static home)
+    scratch: np.ndarray  # [T] transient bytes while the node runs
+    page_in_s: np.ndarray  # [T]
+    page_in_j: np.ndarray
+    page_out_s: np.ndarray
+    page_out_j: np.ndarray
+    static_bytes: int  # parameters + inputs + labels + loss + optimizer state
+    param_bytes: int
+    source: str  # "flops" or the profile's path
+
+    @property
+    def T(self) -> int:
+        return len(self.flops)
+
+    @property
+    def floor_j(self) -> float:
+        """Energy of computing every node once with no paging: no schedule can do better."""
+        return float(self.compute_j.sum())
+
+    @property
+    def floor_s(self) -> float:
+        return float(self.compute_s.sum())
+
+    def pageable(self) -> np.ndarray:
+        return self.mem > 0
+
+
+def node_flops(tg: TrainingGraph) -> list[int]:
+    g = tg.graph
+    out = []
+    for n in g.nodes:
+        op = ops.get(n.op)
+        out.append(int(op.flops(n.attrs, [g.tensor(i).shape for i in n.inputs], g.tensor(n.output).shape)))
+    return out
+
+
+def build(tg: TrainingGraph, board: Board, profile: Mapping[str, float] | None = None,
+          profile_source: str = "") -> CostModel:
+    g = tg.graph
+    flops = np.array(node_flops(tg), dtype=np.float64)
+    compute_s = flops / board.flop_per_s
+    compute_j = flops / board.flop_per_j
+    source = "flops"
+    if profile:
+        # measured seconds per node replace the FLOP estimate; energy scales with time at the same power
+        power = board.flop_per_s / board.flop_per_j
+        for i, n in enumerate(g.nodes):
+            if n.name in profile:
+                compute_s[i] = profile[n.name]
+                compute_j[i] = profile[n.name] * power
+        source = profile_source or "profile"
+    mem = np.array([g.out(i).nbytes if g.out(i).in_arena else 0 for i in range(len(g.nodes))], dtype=np.int64)
+    scratch = np.array([
+        ops.get(n.op).scratch_bytes(n.attrs, [g.tensor(x).shape for x in n.inputs], g.tensor(n.output).shape)
+        for n in g.nodes
+    ], dtype=np.int64)
+    paged = np.where(mem > 0, mem + PAGE_CRC_BYTES, 0).astype(np.float64)
+    page_in_s = np.where(mem > 0, board.page_in_latency_s + paged / board.page_in_bytes_per_s, 0.0)
+    page_out_s = np.where(mem > 0, board.page_out_latency_s + paged / board.page_out_bytes_per_s, 0.0)
+    static = sum(t.nbytes for t in g.tensors.values() if not t.in_arena)
+    params = sum(g.tensor(p).nbytes for p in g.params)
+    return CostModel(
+        flops=flops, compute_s=compute_s, compute_j=compute_j, mem=mem, scratch=scratch,
+        page_in_s=page_in_s, page_in_j=page_in_s * board.memory_power_w,
+        page_out_s=page_out_s, page_out_j=page_out_s * board.memory_power_w,
+        static_bytes=int(static), param_bytes=int(params), source=source,
+    )
+
+
+__all__ = ["PAGE_CRC_BYTES", "CostModel", "Role", "build", "node_flops"]

@@ -1,0 +1,210 @@
+"""The harness side of the link: framed request/reply protocol over any pyserial transport.
+
+frame   = 0xA5 0x5A, len (u16 LE), payload, crc32(len bytes + payload) (u32 LE)
+request = cmd, seq, args;  reply = cmd | 0x80, seq, status, data;  event = 0x40, seq, data (before the reply)
+The spec is docs/protocol.md; the target side is runtime_c/src/link.c.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import serial
+
+from . import cheaders
+from .errors import TargetError
+
+SOF = b"\xa5\x5a"
+CMD_INFO, CMD_WRITE, CMD_WRITE_Q8, CMD_READ, CMD_RUN, CMD_TICKS, CMD_RESET, CMD_EXIT, CMD_ECHO = range(1, 10)
+EVT_GRAD = 0x40
+CMD_BAD_FRAME = 0xFF
+PROTO_VERSION = 1
+
+
+def encode_frame(payload: bytes) -> bytes:
+    head = struct.pack("<H", len(payload))
+    return SOF + head + payload + struct.pack("<I", zlib.crc32(head + payload))
+
+
+@dataclass(frozen=True)
+class Info:
+    proto: int
+    hash_hex: str
+    n_tensors: int
+    n_nodes: int
+    frame_max: int
+    arena_bytes: int
+    storage_bytes: int
+    tick_hz: int
+    pager_bytes: int
+    port: str
+
+
+@dataclass(frozen=True)
+class RunReply:
+    status: int
+    pc: int
+    loss: float
+    ticks: int
+    page_in_bytes: int
+    page_out_bytes: int
+    page_ins: int
+    page_outs: int
+
+
+class StatusError(TargetError):
+    def __init__(self, what: str, status: int) -> None:
+        super().__init__(f"target: {what} failed: {cheaders.status_text(status)}")
+        self.status = status
+
+
+class Link:
+    """Request/reply over a pyserial object. Not thread-safe; one outstanding request at a time."""
+
+    def __init__(self, ser: serial.SerialBase, timeout_s: float = 30.0,
+                 on_dead: Callable[[], str | None] | None = None) -> None:
+        self.ser = ser
+        self.timeout_s = timeout_s
+        self.seq = 0
+        self.frame_max = 64  # until INFO says otherwise
+        self.on_dead = on_dead  # asks the session why the target stopped answering
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    # ---- raw frames ------------------------------------------------------------------------------
+    def _read_exact(self, n: int, deadline: float) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            if time.monotonic() > deadline:
+                raise self._dead("timed out waiting for the target")
+            try:
+                chunk = self.ser.read(n - len(buf))
+            except serial.SerialException as e:
+                raise self._dead(f"connection lost ({e})") from None
+            if chunk:
+                buf += chunk
+        self.bytes_received += n
+        return bytes(buf)
+
+    def _dead(self, msg: str) -> TargetError:
+        why = self.on_dead() if self.on_dead else None
+        return TargetError(f"target: {why}" if why else f"target: {msg}")
+
+    def send_raw(self, data: bytes) -> None:
+        try:
+            self.ser.write(data)
+            self.ser.flush()
+        except serial.SerialException as e:
+            raise self._dead(f"cannot send ({e})") from None
+        self.bytes_sent += len(data)
+
+    def read_frame(self, timeout_s: float | None = None) -> bytes:
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.timeout_s)
+        while True:
+            b = self._read_exact(1, deadline)
+            if b != SOF[:1]:
+                continue
+            b = self._read_exact(1, deadline)
+            if b == SOF[1:]:
+                break
+        head = self._read_exact(2, deadline)
+        (n,) = struct.unpack("<H", head)
+        payload = self._read_exact(n, deadline)
+        (crc,) = struct.unpack("<I", self._read_exact(4, deadline))
+        if zlib.crc32(head + payload) != crc:
+            raise TargetError("target: reply frame failed its CRC check (corrupted link)")
+        return payload
+
+    # ---- requests ----------------------------------------------------------------------------------
+    def request(self, cmd: int, args: bytes = b"", on_event: Callable[[bytes], None] | None = None,
+                timeout_s: float | None = None) -> tuple[int, bytes]:
+        self.seq = (self.seq + 1) & 0xFF
+        payload = bytes([cmd, self.seq]) + args
+        if len(payload) > self.frame_max:
+            raise ValueError(f"request of {len(payload)} bytes exceeds the target's frame of {self.frame_max}")
+        self.send_raw(encode_frame(payload))
+        while True:
+            reply = self.read_frame(timeout_s)
+            if len(reply) < 2:
+                raise TargetError("target: short reply frame")
+            if reply[0] == EVT_GRAD and reply[1] == self.seq:
+                if on_event:
+                    on_event(reply[2:])
+                continue
+            if reply[0] == CMD_BAD_FRAME:
+                raise StatusError("a request frame", reply[2] if len(reply) > 2 else -1)
+            if reply[0] != (cmd | 0x80) or reply[1] != self.seq or len(reply) < 3:
+                raise TargetError(f"target: unexpected reply {reply[:3].hex()} to command {cmd}")
+            return reply[2], reply[3:]
+
+    def check(self, what: str, cmd: int, args: bytes = b"", **kw) -> bytes:
+        status, data = self.request(cmd, args, **kw)
+        if status != 0:
+            raise StatusError(what, status)
+        return data
+
+    # ---- commands ----------------------------------------------------------------------------------
+    def info(self) -> Info:
+        d = self.check("INFO", CMD_INFO)
+        proto, = struct.unpack_from("<H", d, 0)
+        n_t, n_n, fmax, arena, storage, hz, pager = struct.unpack_from("<HHHIIII", d, 10)
+        nl = d[32]
+        info = Info(proto, d[2:10].hex(), n_t, n_n, fmax, arena, storage, hz, pager, d[33:33 + nl].decode())
+        if proto != PROTO_VERSION:
+            raise TargetError(f"target speaks protocol {proto}, poetc speaks {PROTO_VERSION}")
+        self.frame_max = fmax
+        return info
+
+    def write(self, tensor: int, data: bytes, offset: int = 0) -> None:
+        chunk = self.frame_max - 2 - 6
+        for off in range(0, len(data), chunk):
+            self.check("WRITE", CMD_WRITE, struct.pack("<HI", tensor, offset + off) + data[off: off + chunk])
+
+    def write_q8(self, tensor: int, q: bytes, scale: float, bias: float) -> None:
+        chunk = self.frame_max - 2 - 14
+        for off in range(0, len(q), chunk):
+            self.check("WRITE_Q8", CMD_WRITE_Q8, struct.pack("<HIff", tensor, off, scale, bias) + q[off: off + chunk])
+
+    def read(self, tensor: int, nbytes: int) -> bytes:
+        out = bytearray()
+        chunk = self.frame_max - 3
+        for off in range(0, nbytes, chunk):
+            n = min(chunk, nbytes - off)
+            out += self.check("READ", CMD_READ, struct.pack("<HIH", tensor, off, n))
+        return bytes(out)
+
+    def run(self, program: int, lr: float, capture: bool = False,
+            on_grad: Callable[[int, int, bytes], None] | None = None, timeout_s: float | None = None) -> RunReply:
+        def ev(data: bytes) -> None:
+            if on_grad:
+                t, off = struct.unpack_from("<HI", data, 0)
+                on_grad(t, off, data[6:])
+
+        status, d = self.request(CMD_RUN, struct.pack("<BBf", program, 1 if capture else 0, lr),
+                                 on_event=ev, timeout_s=timeout_s)
+        if len(d) < 32:
+            raise StatusError("RUN", status)
+        pc, loss, ticks, pin, pout, nin, nout = struct.unpack_from("<IfQIIII", d, 0)
+        return RunReply(status, pc, loss, ticks, pin, pout, nin, nout)
+
+    def ticks(self, n_nodes: int) -> list[int]:
+        out: list[int] = []
+        per = max(1, (self.frame_max - 3) // 8)
+        for first in range(0, n_nodes, per):
+            cnt = min(per, n_nodes - first)
+            d = self.check("TICKS", CMD_TICKS, struct.pack("<HH", first, cnt))
+            out += list(struct.unpack(f"<{cnt}Q", d))
+        return out
+
+    def reset(self) -> None:
+        self.check("RESET", CMD_RESET)
+
+    def exit(self, code: int = 0) -> None:
+        self.check("EXIT", CMD_EXIT, bytes([code]), timeout_s=5.0)
+
+    def echo(self, data: bytes) -> bytes:
+        return self.check("ECHO", CMD_ECHO, data)

@@ -1,0 +1,170 @@
+"""Static memory plan: one arena offset for every residency interval of every tensor.
+
+Algorithm. Each allocating instruction (RUN/RECOMPUTE of a node with an arena output, PAGE_IN) opens an interval
+that lasts until the tensor's FREE (or the program's end). Two intervals that are live at the same instruction
+must not share bytes; intervals that never coexist may. Placement is greedy first-fit, as in TFLM's
+greedy_memory_planner: intervals are taken in some order and each is put at the lowest aligned offset that
+does not collide with an already placed interval live at the same time. Several orders are tried (largest
+first, earliest first, largest size x lifetime first) and the smallest arena wins. A tensor recomputed or paged in
+later may come back at a different offset; the runtime follows it. ``check`` is a brute-force pairwise overlap
+check used in tests and after every plan; ``timeline`` prints the arena over the program.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cost import PAGE_CRC_BYTES, CostModel
+from .errors import PoetcError
+from .schedule import Op, Program
+
+ALIGN = 8
+
+
+@dataclass(frozen=True)
+class Interval:
+    node: int  # whose output tensor
+    start: int  # allocating instruction
+    end: int  # instruction that frees it (exclusive), or len(program)
+    size: int
+    offset: int = -1
+
+
+@dataclass(frozen=True)
+class MemPlan:
+    program: str
+    intervals: tuple[Interval, ...]
+    offsets: tuple[int, ...]  # per instruction: arena offset for allocating instructions, else -1
+    arena_bytes: int
+    live_peak_bytes: int  # max over instructions of bytes live (a lower bound for any plan)
+    order: str  # which placement order won
+
+    @property
+    def fragmentation_bytes(self) -> int:
+        return self.arena_bytes - self.live_peak_bytes
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def intervals(prog: Program, cost: CostModel) -> list[Interval]:
+    open_: dict[int, tuple[int, int]] = {}
+    out: list[Interval] = []
+    for pc, ins in enumerate(prog.instrs):
+        size = int(cost.mem[ins.node])
+        if not size:
+            continue
+        if ins.op in (Op.RUN, Op.RECOMPUTE, Op.PAGE_IN):
+            if ins.node in open_:
+                raise PoetcError(f"{prog.name} program: node {ins.node} allocated twice (instruction {pc})")
+            open_[ins.node] = (pc, size)
+        elif ins.op == Op.FREE:
+            start, sz = open_.pop(ins.node)
+            out.append(Interval(ins.node, start, pc, sz))
+    for node, (start, sz) in open_.items():
+        out.append(Interval(node, start, len(prog.instrs), sz))
+    return sorted(out, key=lambda iv: iv.start)
+
+
+def _place(ivs: list[Interval], order: list[int]) -> tuple[list[int], int]:
+    offsets = [-1] * len(ivs)
+    placed: list[int] = []
+    top = 0
+    for k in order:
+        a = ivs[k]
+        size = _align(a.size)
+        busy = sorted(
+            (offsets[j], offsets[j] + _align(ivs[j].size))
+            for j in placed
+            if ivs[j].start < a.end and a.start < ivs[j].end
+        )
+        off = 0
+        for lo, hi in busy:
+            if off + size <= lo:
+                break
+            off = max(off, hi)
+        offsets[k] = off
+        placed.append(k)
+        top = max(top, off + size)
+    return offsets, top
+
+
+def live_peak(ivs: list[Interval], n_instrs: int) -> int:
+    delta = np.zeros(n_instrs + 2, dtype=np.int64)
+    for iv in ivs:
+        delta[iv.start] += _align(iv.size)
+        delta[iv.end] -= _align(iv.size)
+    return int(np.cumsum(delta).max(initial=0))
+
+
+def plan(prog: Program, cost: CostModel) -> MemPlan:
+    ivs = intervals(prog, cost)
+    n = len(ivs)
+    orders = {
+        "largest-first": sorted(range(n), key=lambda k: (-ivs[k].size, ivs[k].start)),
+        "earliest-first": sorted(range(n), key=lambda k: (ivs[k].start, -ivs[k].size)),
+        "area-first": sorted(range(n), key=lambda k: (-ivs[k].size * (ivs[k].end - ivs[k].start), ivs[k].start)),
+        "longest-first": sorted(range(n), key=lambda k: (-(ivs[k].end - ivs[k].start), -ivs[k].size)),
+    }
+    best: tuple[int, str, list[int]] | None = None
+    for name, order in orders.items():
+        offs, top = _place(ivs, order)
+        if best is None or top < best[0]:
+            best = (top, name, offs)
+    top, name, offs = best if best else (0, "empty", [])
+    placed = tuple(Interval(iv.node, iv.start, iv.end, iv.size, o) for iv, o in zip(ivs, offs, strict=True))
+    per_instr = [-1] * len(prog.instrs)
+    for iv in placed:
+        per_instr[iv.start] = iv.offset
+    result = MemPlan(prog.name, placed, tuple(per_instr), top, live_peak(ivs, len(prog.instrs)), name)
+    check(result)
+    return result
+
+
+def check(mp: MemPlan) -> None:
+    """Brute force: every pair of intervals live at the same time must occupy disjoint bytes."""
+    ivs = mp.intervals
+    for a in ivs:
+        if a.offset < 0 or a.offset % ALIGN or a.offset + a.size > mp.arena_bytes:
+            raise AssertionError(f"{mp.program}: interval of node {a.node} at {a.offset} outside the arena")
+    for x in range(len(ivs)):
+        a = ivs[x]
+        for y in range(x + 1, len(ivs)):
+            b = ivs[y]
+            if a.start < b.end and b.start < a.end and a.offset < b.offset + b.size and b.offset < a.offset + a.size:
+                raise AssertionError(
+                    f"{mp.program}: nodes {a.node} [{a.start},{a.end}) and {b.node} [{b.start},{b.end}) overlap "
+                    f"in the arena at {max(a.offset, b.offset)}"
+                )
+
+
+def storage_slots(prog: Program, cost: CostModel) -> dict[int, int]:
+    """A storage address for every tensor the program pages out (data + CRC32), packed in first-use order."""
+    slots: dict[int, int] = {}
+    addr = 0
+    for ins in prog.instrs:
+        if ins.op == Op.PAGE_OUT and ins.node not in slots:
+            slots[ins.node] = addr
+            addr += (int(cost.mem[ins.node]) + PAGE_CRC_BYTES + 3) // 4 * 4
+    return slots
+
+
+def storage_bytes(slots: dict[int, int], cost: CostModel) -> int:
+    return max((a + (int(cost.mem[n]) + PAGE_CRC_BYTES + 3) // 4 * 4 for n, a in slots.items()), default=0)
+
+
+def timeline(mp: MemPlan, names: list[str], width: int = 72) -> str:
+    """ASCII picture of the arena: one row per interval, columns = instructions (scaled to ``width``)."""
+    n = max((iv.end for iv in mp.intervals), default=0)
+    if n == 0:
+        return f"{mp.program}: empty arena\n"
+    scale = max(1, -(-n // width))
+    lines = [f"{mp.program}: arena {mp.arena_bytes} B (live peak {mp.live_peak_bytes} B, {mp.order})"]
+    for iv in sorted(mp.intervals, key=lambda v: (v.offset, v.start)):
+        row = "".join("#" if iv.start <= c * scale < iv.end or (iv.start // scale == c) else "."
+                      for c in range(-(-n // scale)))
+        lines.append(f"{iv.offset:>8} {iv.size:>8} {row} {names[iv.node]}")
+    return "\n".join(lines) + "\n"

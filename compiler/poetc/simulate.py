@@ -1,0 +1,164 @@
+"""Independent replay of a program: the check every schedule must pass before it is built.
+
+It knows nothing of the solver or of the lowering's intent; it walks the instructions and checks:
+- a node runs only when every arena input is resident, and never reads a parameter after that parameter's
+  in-place update; an update runs exactly once; RUN is a node's first computation, RECOMPUTE a later one;
+- only resident tensors are paged out or freed, only stored tensors are paged in, nothing is allocated twice;
+- RAM in use (arena tensors + a running node's scratch) never exceeds the budget at any instruction;
+- at the end every node has run and the program's ``keep`` tensors are resident.
+A violation raises ``ScheduleError`` naming the instruction index, the stage and the tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .autodiff import TrainingGraph
+from .cost import CostModel
+from .errors import PoetcError
+from .schedule import Op, Program
+
+
+class ScheduleError(PoetcError):
+    def __init__(self, program: str, pc: int, stage: int, tensor: str, msg: str) -> None:
+        super().__init__(f"invalid {program} program at instruction {pc} (stage {stage}), tensor {tensor!r}: {msg}")
+        self.pc = pc
+        self.stage = stage
+        self.tensor = tensor
+
+
+@dataclass(frozen=True)
+class Replay:
+    peak_bytes: int  # arena bytes in use at the worst instruction (live tensors, no fragmentation)
+    peak_pc: int
+    compute_j: float
+    page_in_j: float
+    page_out_j: float
+    time_s: float
+    runs: int
+    recomputes: int
+    page_ins: int
+    page_outs: int
+    page_in_bytes: int
+    page_out_bytes: int
+    storage_tensors: int  # distinct tensors ever written to storage
+
+    @property
+    def energy_j(self) -> float:
+        return self.compute_j + self.page_in_j + self.page_out_j
+
+    @property
+    def paging_j(self) -> float:
+        return self.page_in_j + self.page_out_j
+
+
+def replay(tg: TrainingGraph, prog: Program, cost: CostModel, budget: int | None = None) -> Replay:
+    g = tg.graph
+    name = prog.name
+    T = len(g.nodes)
+    ins: list[list[int]] = [[] for _ in range(T)]
+    for u, v in g.edges:
+        ins[v].append(u)
+    param_readers: dict[int, list[str]] = {}
+    update_of: dict[str, int] = {p: g.node_index[u] for p, u in tg.updates.items()}
+    for p, u in update_of.items():
+        for r in g.consumers[p]:
+            if r != u:
+                param_readers.setdefault(r, []).append(p)
+    is_update = set(update_of.values())
+
+    resident: set[int] = set()
+    stored: set[int] = set()
+    ever_stored: set[int] = set()
+    ran = [0] * T
+    updated: set[str] = set()
+    used = 0
+    peak = 0
+    peak_pc = 0
+    cj = pij = poj = ts = 0.0
+    n_run = n_re = n_in = n_out = b_in = b_out = 0
+
+    def tname(i: int) -> str:
+        return g.nodes[i].output
+
+    def fail(pc: int, stage: int, i: int, msg: str) -> ScheduleError:
+        return ScheduleError(name, pc, stage, tname(i) if 0 <= i < T else str(i), msg)
+
+    for pc, ins_ in enumerate(prog.instrs):
+        i, st = ins_.node, ins_.stage
+        if not 0 <= i < T:
+            raise ScheduleError(name, pc, st, str(i), "node index out of range")
+        size = int(cost.mem[i])
+        if ins_.op in (Op.RUN, Op.RECOMPUTE):
+            for u in ins[i]:
+                if cost.mem[u] > 0 and u not in resident:
+                    raise fail(pc, st, u, f"input of node {g.nodes[i].name!r} is not resident")
+            for p in param_readers.get(i, ()):
+                if p in updated:
+                    raise fail(pc, st, i, f"node {g.nodes[i].name!r} reads parameter {p!r} after its update")
+            if i in is_update and ran[i]:
+                raise fail(pc, st, i, "parameter update applied twice")
+            if ins_.op == Op.RUN and ran[i]:
+                raise fail(pc, st, i, "RUN of a node already computed (should be RECOMPUTE)")
+            if ins_.op == Op.RECOMPUTE and not ran[i]:
+                raise fail(pc, st, i, "RECOMPUTE of a node never computed")
+            if size and i in resident:
+                raise fail(pc, st, i, "computed while already resident")
+            transient = used + size + int(cost.scratch[i])
+            if budget is not None and transient > budget:
+                raise fail(pc, st, i, f"RAM {transient} B exceeds the budget {budget} B")
+            if transient > peak:
+                peak, peak_pc = transient, pc
+            if size:
+                resident.add(i)
+                used += size
+            ran[i] += 1
+            if i in is_update:
+                updated.add(g.nodes[i].inputs[0])
+            cj += float(cost.compute_j[i])
+            ts += float(cost.compute_s[i])
+            n_run += ins_.op == Op.RUN
+            n_re += ins_.op == Op.RECOMPUTE
+        elif ins_.op == Op.PAGE_OUT:
+            if not size:
+                raise fail(pc, st, i, "only arena tensors can be paged")
+            if i not in resident:
+                raise fail(pc, st, i, "paged out while not resident")
+            stored.add(i)
+            ever_stored.add(i)
+            poj += float(cost.page_out_j[i])
+            ts += float(cost.page_out_s[i])
+            n_out += 1
+            b_out += size
+        elif ins_.op == Op.PAGE_IN:
+            if i not in stored:
+                raise fail(pc, st, i, "paged in but never paged out")
+            if i in resident:
+                raise fail(pc, st, i, "paged in while already resident")
+            used += size
+            if budget is not None and used > budget:
+                raise fail(pc, st, i, f"RAM {used} B exceeds the budget {budget} B")
+            if used > peak:
+                peak, peak_pc = used, pc
+            resident.add(i)
+            pij += float(cost.page_in_j[i])
+            ts += float(cost.page_in_s[i])
+            n_in += 1
+            b_in += size
+        elif ins_.op == Op.FREE:
+            if i not in resident:
+                raise fail(pc, st, i, "freed while not resident")
+            resident.discard(i)
+            used -= size
+        else:
+            raise ScheduleError(name, pc, st, tname(i), f"unknown opcode {ins_.op}")
+
+    n_prog = len(prog.instrs)
+    nodes = range(tg.n_forward) if prog.name == "infer" else range(T)
+    for i in nodes:
+        if not ran[i]:
+            raise fail(n_prog, -1, i, f"node {g.nodes[i].name!r} never ran")
+    for k in prog.keep:
+        if k not in resident:
+            raise fail(n_prog, -1, k, "must be resident at the end of the program")
+    return Replay(peak, peak_pc, cj, pij, poj, ts, n_run, n_re, n_in, n_out, b_in, b_out, len(ever_stored))

@@ -1,0 +1,212 @@
+/* Host port: the generated program as an ordinary process. The byte stream is a TCP connection (one client,
+ * reached by the harness as socket://127.0.0.1:PORT) or stdin/stdout (for a pty). The pager is a file, or RAM. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+
+#include "poet/poet.h"
+#include "poet/port.h"
+
+extern const poet_model poet_generated_model;
+
+static int in_fd = 0, out_fd = 1;
+static uint8_t inbuf[4096];
+static size_t in_len, in_pos;
+static uint8_t outbuf[8192];
+static size_t out_len;
+
+static FILE *pager_file;
+static uint8_t *pager_ram;
+static uint32_t pager_size;
+
+int poet_port_getc(void) {
+    if (in_pos == in_len) {
+        poet_port_flush();
+        ssize_t n;
+        do {
+            n = read(in_fd, inbuf, sizeof inbuf);
+        } while (n < 0 && errno == EINTR);
+        if (n <= 0) return -1;
+        in_len = (size_t)n;
+        in_pos = 0;
+    }
+    return inbuf[in_pos++];
+}
+
+void poet_port_flush(void) {
+    size_t done = 0;
+    while (done < out_len) {
+        ssize_t n = write(out_fd, outbuf + done, out_len - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) poet_port_exit(0); /* the harness went away */
+        done += (size_t)n;
+    }
+    out_len = 0;
+}
+
+void poet_port_write(const uint8_t *buf, size_t n) {
+    while (n > 0) {
+        if (out_len == sizeof outbuf) poet_port_flush();
+        size_t k = sizeof outbuf - out_len < n ? sizeof outbuf - out_len : n;
+        memcpy(outbuf + out_len, buf, k);
+        out_len += k;
+        buf += k;
+        n -= k;
+    }
+}
+
+uint64_t poet_port_ticks(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint32_t poet_port_tick_hz(void) { return 1000000000u; }
+
+const char *poet_port_name(void) { return "host"; }
+
+uint32_t poet_port_pager_bytes(void) { return pager_size; }
+
+poet_status poet_port_pager_write(uint32_t addr, const void *buf, uint32_t n) {
+    if ((uint64_t)addr + n > pager_size) return POET_ERR_PAGER_IO;
+    if (pager_ram) {
+        memcpy(pager_ram + addr, buf, n);
+        return POET_OK;
+    }
+    if (fseek(pager_file, (long)addr, SEEK_SET) != 0 || fwrite(buf, 1, n, pager_file) != n) return POET_ERR_PAGER_IO;
+    return POET_OK;
+}
+
+poet_status poet_port_pager_read(uint32_t addr, void *buf, uint32_t n) {
+    if ((uint64_t)addr + n > pager_size) return POET_ERR_PAGER_IO;
+    if (pager_ram) {
+        memcpy(buf, pager_ram + addr, n);
+        return POET_OK;
+    }
+    if (fflush(pager_file) != 0 || fseek(pager_file, (long)addr, SEEK_SET) != 0 ||
+        fread(buf, 1, n, pager_file) != n)
+        return POET_ERR_PAGER_IO;
+    return POET_OK;
+}
+
+void poet_port_exit(int code) {
+    if (pager_file) fclose(pager_file);
+    free(pager_ram);
+    pager_file = NULL;
+    pager_ram = NULL;
+    exit(code);
+}
+
+void poet_port_init(void) {}
+
+static int listen_once(int port) {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (s < 0) return -1;
+    int one = 1;
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons((uint16_t)port);
+    socklen_t alen = sizeof a;
+    if (bind(s, (struct sockaddr *)&a, sizeof a) != 0 || listen(s, 1) != 0 ||
+        getsockname(s, (struct sockaddr *)&a, &alen) != 0) {
+        close(s);
+        return -1;
+    }
+    printf("poet-host: listening on 127.0.0.1:%d\n", ntohs(a.sin_port));
+    fflush(stdout);
+    int c;
+    do {
+        c = accept(s, NULL, NULL);
+    } while (c < 0 && errno == EINTR);
+    close(s);
+    return c;
+}
+
+static void usage(const char *argv0) {
+    fprintf(stderr,
+            "usage: %s (--listen PORT | --stdio) [--pager FILE | --pager-ram] [--pager-bytes N]\n"
+            "  --listen PORT   serve one TCP client on 127.0.0.1:PORT (0 picks a free port; printed)\n"
+            "  --stdio         speak the protocol on stdin/stdout (e.g. a pty)\n"
+            "  --pager FILE    page to FILE (created); default: RAM\n",
+            argv0);
+}
+
+int main(int argc, char **argv) {
+    const poet_model *m = &poet_generated_model;
+    int port = -1, use_stdio = 0;
+    const char *pager_path = NULL;
+    long long pager_bytes = (long long)m->storage_bytes;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--listen") && i + 1 < argc) {
+            port = atoi(argv[++i]);
+        } else if (!strcmp(argv[i], "--stdio")) {
+            use_stdio = 1;
+        } else if (!strcmp(argv[i], "--pager") && i + 1 < argc) {
+            pager_path = argv[++i];
+        } else if (!strcmp(argv[i], "--pager-ram")) {
+            pager_path = NULL;
+        } else if (!strcmp(argv[i], "--pager-bytes") && i + 1 < argc) {
+            pager_bytes = atoll(argv[++i]);
+        } else {
+            usage(argv[0]);
+            return 2;
+        }
+    }
+    if ((port < 0) == !use_stdio) {
+        usage(argv[0]);
+        return 2;
+    }
+#ifdef __linux__
+    prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive the harness */
+#endif
+    signal(SIGPIPE, SIG_IGN);
+    if (pager_bytes < 0 || pager_bytes > 0xFFFFFFFFll) {
+        fprintf(stderr, "poet-host: bad --pager-bytes\n");
+        return 2;
+    }
+    pager_size = (uint32_t)pager_bytes;
+    if (pager_path) {
+        pager_file = fopen(pager_path, "w+b");
+        if (!pager_file) {
+            fprintf(stderr, "poet-host: cannot open pager file %s: %s\n", pager_path, strerror(errno));
+            return 2;
+        }
+    } else {
+        pager_ram = (uint8_t *)calloc(pager_size ? pager_size : 1, 1);
+        if (!pager_ram) return 2;
+    }
+    poet_status s = poet_model_validate(m);
+    if (s != POET_OK) {
+        fprintf(stderr, "poet-host: model tables are inconsistent: %s\n", poet_status_str(s));
+        poet_port_exit(4);
+    }
+    poet_model_reset(m);
+    poet_port_init();
+    if (!use_stdio) {
+        int c = listen_once(port);
+        if (c < 0) {
+            fprintf(stderr, "poet-host: cannot listen on port %d: %s\n", port, strerror(errno));
+            poet_port_exit(2);
+        }
+        in_fd = out_fd = c;
+    }
+    int code = poet_serve(m);
+    poet_port_flush();
+    poet_port_exit(code);
+    return code;
+}

@@ -1,0 +1,112 @@
+/* poet runtime: tables a generated model.c fills in, and the interpreter that executes its programs.
+ *
+ * Schedule as data: a program is a flat list of instructions
+ *   RUN node @off     compute node; its output is placed at arena + off (static outputs: their home)
+ *   RECOMPUTE node @off   the same, for a node computed before in this program (counted apart)
+ *   PAGE_OUT t        write resident tensor t (+ a CRC32) to its storage slot
+ *   PAGE_IN t @off    read tensor t back from storage to arena + off; the CRC must match
+ *   FREE t            tensor t is no longer resident (its bytes may be reused)
+ * The interpreter tracks where each tensor lives now (loc[]), so a tensor may come back at another offset.
+ */
+#ifndef POET_POET_H
+#define POET_POET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels.h"
+#include "status.h"
+
+#define POET_MAX_INPUTS 3
+
+#if defined(__GNUC__) || defined(__clang__)
+#define POET_ALIGNED __attribute__((aligned(16)))
+#else
+#define POET_ALIGNED
+#endif
+
+enum { POET_F32 = 0, POET_I32 = 1 };
+enum { POET_HOME_ARENA = 0, POET_HOME_STATIC = 1 };
+enum { POET_OP_RUN = 1, POET_OP_PAGE_OUT = 2, POET_OP_PAGE_IN = 3, POET_OP_FREE = 4, POET_OP_RECOMPUTE = 5 };
+enum { POET_PROG_TRAIN = 0, POET_PROG_INFER = 1, POET_N_PROGRAMS = 2 };
+enum { POET_FLAG_CAPTURE_GRADS = 1 };
+
+typedef struct {
+    uint32_t bytes;
+    uint8_t dtype;
+    uint8_t home;
+    uint8_t writable; /* the harness may write it (inputs, labels, parameters) */
+    void *data;       /* static home; NULL for arena tensors */
+    uint32_t slot;    /* storage address when paged; bytes + 4 (CRC) are reserved there */
+} poet_tensor;
+
+typedef struct {
+    uint16_t kernel;
+    uint16_t params; /* index into the params array of the kernel's family */
+    uint16_t n_in;
+    uint16_t in[POET_MAX_INPUTS];
+    uint16_t out;
+} poet_node;
+
+typedef struct {
+    uint8_t op;
+    uint16_t arg;
+    uint32_t off;
+} poet_instr;
+
+typedef struct {
+    const poet_instr *code;
+    uint32_t n;
+} poet_program;
+
+typedef struct {
+    uint16_t tensor;
+    const void *init;
+} poet_param_init;
+
+typedef struct {
+    uint8_t hash[8];
+    uint16_t n_tensors, n_nodes, n_params;
+    const poet_tensor *tensors;
+    const poet_node *nodes;
+    poet_program programs[POET_N_PROGRAMS];
+    const poet_param_init *params;
+    uint8_t *arena;
+    uint32_t arena_bytes;
+    uint32_t storage_bytes; /* bytes of pager storage the programs use */
+    uint16_t input, label, loss, logits;
+    const poet_linear_params *linear;
+    const poet_eltwise_params *eltwise;
+    const poet_xent_params *xent;
+    const poet_sgd_params *sgd;
+    /* runtime state in RAM, sized by the generator */
+    void **loc;
+    uint64_t *node_ticks;
+} poet_model;
+
+typedef void (*poet_grad_hook)(void *ctx, uint16_t param, const float *grad, uint32_t bytes);
+
+typedef struct {
+    uint32_t pc;         /* instruction that failed, or the program length */
+    poet_status status;
+    uint64_t ticks;      /* ticks spent in the program */
+    uint32_t page_in_bytes, page_out_bytes;
+    uint32_t page_ins, page_outs;
+} poet_run_result;
+
+/* Check tables against each other: every kernel's expected sizes against the tensor table, offsets inside the
+ * arena, indices in range. Run once at start-up; a mismatch means poetc and the runtime disagree. */
+poet_status poet_model_validate(const poet_model *m);
+/* Copy initial parameter values into their RAM homes. */
+void poet_model_reset(const poet_model *m);
+/* Execute one program (one training step, or one inference). */
+poet_run_result poet_run(const poet_model *m, int program, float lr, poet_grad_hook hook, void *hook_ctx);
+/* Run one node (used by the interpreter; exposed for profiling). */
+poet_status poet_dispatch(const poet_model *m, uint16_t node, float lr, poet_grad_hook hook, void *hook_ctx);
+
+uint32_t poet_crc32(uint32_t crc, const void *data, size_t n);
+
+/* The link: a framed protocol on the port's byte stream (see docs/protocol.md). Returns the exit code. */
+int poet_serve(const poet_model *m);
+
+#endif

@@ -71,14 +71,25 @@ class _Builder:
             name = f"{base}~{k}"
         return name
 
-    def emit(self, op: str, inputs: Sequence[str], attrs: Attrs, origin: Node, hint: str,
-             role: Role = Role.GRAD, phase: str = "backward", after: tuple[str, ...] = ()) -> str:
+    def emit(
+        self,
+        op: str,
+        inputs: Sequence[str],
+        attrs: Attrs,
+        origin: Node,
+        hint: str,
+        role: Role = Role.GRAD,
+        phase: str = "backward",
+        after: tuple[str, ...] = (),
+    ) -> str:
         opdef = ops.get(op)
         shape, dtype = opdef.infer(attrs, [self.tensors[i] for i in inputs])
         out = self._unique(f"grad:{origin.name}:{hint}", self.tensors)
         name = self._unique(f"{origin.name}:{op}:{hint}", self.names)
         self.tensors[out] = Tensor(out, shape, role, dtype)
-        self.nodes.append(Node(name, op, tuple(inputs), out, attrs, after=after, phase=phase, origin=origin.name))
+        self.nodes.append(
+            Node(name, op, tuple(inputs), out, attrs, after=after, phase=phase, origin=origin.name)
+        )
         self.names.add(name)
         return out
 
@@ -92,7 +103,9 @@ def build_training_graph(model: Model, optimizer: str = "sgd") -> TrainingGraph:
     logits = model.logits
     lt = tensors[logits]
     if len(lt.shape) < 2:
-        raise PoetcError(f"{model.source}: output {logits!r} of shape {lt.shape} is not [batch, classes] logits")
+        raise PoetcError(
+            f"{model.source}: output {logits!r} of shape {lt.shape} is not [batch, classes] logits"
+        )
     m = lt.numel // lt.shape[-1]
 
     label = _fresh("labels", tensors)
@@ -111,7 +124,9 @@ def build_training_graph(model: Model, optimizer: str = "sgd") -> TrainingGraph:
         raise PoetcError(f"{model.source}: the output does not depend on any trainable parameter")
 
     b = _Builder(tensors, nodes, requires)
-    pending: dict[str, str] = {logits: b.emit("softmax_xent_bwd", (logits, label), Attrs(), loss_node, "dlogits")}
+    pending: dict[str, str] = {
+        logits: b.emit("softmax_xent_bwd", (logits, label), Attrs(), loss_node, "dlogits")
+    }
     # a parameter's gradient is complete once its first (in forward order) reader has been differentiated
     first_reader: dict[str, int] = {}
     for i, n in enumerate(fwd.nodes):
@@ -140,8 +155,16 @@ def build_training_graph(model: Model, optimizer: str = "sgd") -> TrainingGraph:
             if x in fwd.params and first_reader[x] == i and x in pending:
                 g = pending.pop(x)
                 readers = tuple(dict.fromkeys(n.name for n in nodes if x in n.inputs))
-                upd = b.emit("sgd", (x, g), Attrs(), node, f"update:{x}", role=Role.UPDATE, phase="update",
-                             after=readers)
+                upd = b.emit(
+                    "sgd",
+                    (x, g),
+                    Attrs(),
+                    node,
+                    f"update:{x}",
+                    role=Role.UPDATE,
+                    phase="update",
+                    after=readers,
+                )
                 grads[x] = g
                 updates[x] = b.nodes[-1].name
                 tensors[upd] = Tensor(upd, tensors[x].shape, Role.UPDATE)

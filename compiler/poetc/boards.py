@@ -50,7 +50,6 @@ class Board:
         return bool(self.emulator)
 
 
-
 _OPTIONAL_DEFAULTS = ("cycles_per_instruction", "active_power_w", "emulator", "sources")
 
 
@@ -87,8 +86,15 @@ def _check(path: Path, doc: dict[str, Any]) -> Board:
                 if k not in known:
                     raise PoetcError(f"{where}: [sources] names unknown field {k!r}")
         vals[f.name] = v
-    for positive in ("clock_hz", "ram_bytes", "flop_per_s", "flop_per_j", "page_in_bytes_per_s",
-                     "page_out_bytes_per_s", "frame_max_bytes"):
+    for positive in (
+        "clock_hz",
+        "ram_bytes",
+        "flop_per_s",
+        "flop_per_j",
+        "page_in_bytes_per_s",
+        "page_out_bytes_per_s",
+        "frame_max_bytes",
+    ):
         if vals[positive] == 0:
             raise PoetcError(f"{where}: field {positive!r} must be positive")
     if vals["storage"] not in STORAGE_KINDS:

@@ -27,7 +27,7 @@ def _header(name: str) -> str:
 @cache
 def kernels() -> dict[str, KernelInfo]:
     text = _header("kernels.h")
-    block = text[text.index("#define POET_KERNELS(X)"):]
+    block = text[text.index("#define POET_KERNELS(X)") :]
     block = block[: block.index("\n\n")]
     out = {}
     for name, num, fam in re.findall(r"X\((\w+),\s*(\d+),\s*(\w+)\)", block):

@@ -32,9 +32,21 @@ def _command_line() -> str:
 def cmd_boards(a: argparse.Namespace) -> int:
     rows = []
     for b in boards.all_boards():
-        rows.append([b.name, b.core, nbytes(b.ram_bytes), nbytes(b.flash_bytes) if b.flash_bytes else "-",
-                     f"{b.clock_hz / 1e6:g} MHz", f"{b.storage} {nbytes(b.storage_bytes)}", b.port, b.description])
-    print(table(["board", "core", "RAM", "flash", "clock", "storage", "port", "description"], rows, "llrrrlll"))
+        rows.append(
+            [
+                b.name,
+                b.core,
+                nbytes(b.ram_bytes),
+                nbytes(b.flash_bytes) if b.flash_bytes else "-",
+                f"{b.clock_hz / 1e6:g} MHz",
+                f"{b.storage} {nbytes(b.storage_bytes)}",
+                b.port,
+                b.description,
+            ]
+        )
+    print(
+        table(["board", "core", "RAM", "flash", "clock", "storage", "port", "description"], rows, "llrrrlll")
+    )
     return 0
 
 
@@ -54,17 +66,32 @@ def cmd_build(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     print(f"poetc build {a.model} for {board.name}", flush=True)
     model = frontend.load(a.model, batch=a.batch)
-    _say(f"model {model.source}: {len(model.graph.nodes)} layers, "
-         f"{sum(v.size for v in model.params.values())} parameters, input {list(model.graph.tensor(model.input).shape)}")
+    _say(
+        f"model {model.source}: {len(model.graph.nodes)} layers, "
+        f"{sum(v.size for v in model.params.values())} parameters, input {list(model.graph.tensor(model.input).shape)}"
+    )
     c = pipeline.compile_model(model, board, ram, a.strategy, _command_line(), progress=_say)
     builddir.write(c, out, _command_line(), tgt, say=_say, compile_=not a.no_compile)
     s = builddir.schedule_summary(c)
     print(table(["memory", "bytes"], [[k, v] for k, v in c.memory.rows()], "lr"))
-    print(table(
-        ["strategy", "energy", "compute", "paging", "time", "recomputes", "page-outs", "page-ins"],
-        [[c.strategy, joules(s["energy_j"]), joules(s["compute_energy_j"]), joules(s["paging_energy_j"]),
-          seconds(s["time_s"]), s["recomputes"], s["page_outs"], s["page_ins"]]],
-        "lrrrrrrr"))
+    print(
+        table(
+            ["strategy", "energy", "compute", "paging", "time", "recomputes", "page-outs", "page-ins"],
+            [
+                [
+                    c.strategy,
+                    joules(s["energy_j"]),
+                    joules(s["compute_energy_j"]),
+                    joules(s["paging_energy_j"]),
+                    seconds(s["time_s"]),
+                    s["recomputes"],
+                    s["page_outs"],
+                    s["page_ins"],
+                ]
+            ],
+            "lrrrrrrr",
+        )
+    )
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s (build hash {c.hash_hex})")
     return 0
 
@@ -79,8 +106,10 @@ def _dataset(b: builddir.BuildInfo, path: str | None) -> data.Dataset:
 
 def _check_batch(b: builddir.BuildInfo, batch: int | None) -> None:
     if batch is not None and batch != b.batch:
-        raise PoetcError(f"--batch {batch}: {b.dir} was built for batch {b.batch}; "
-                         f"rebuild with poetc build ... --batch {batch}")
+        raise PoetcError(
+            f"--batch {batch}: {b.dir} was built for batch {b.batch}; "
+            f"rebuild with poetc build ... --batch {batch}"
+        )
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -95,8 +124,11 @@ def cmd_train(a: argparse.Namespace) -> int:
     if dump is not None and dump.suffix != ".npz":
         raise PoetcError(f"--dump {dump}: the dump file must end in .npz")
     eval_every = a.eval_every if a.eval_every is not None else max(1, a.steps // 10)
-    print(f"poetc train {b.dir} on {board.name}: {a.steps} steps, batch {b.batch}, lr {a.lr}, data {ds.name} "
-          f"({len(ds.x)} train" + (f", {len(ds.x_test)} held out)" if ds.x_test is not None else ")"), flush=True)
+    print(
+        f"poetc train {b.dir} on {board.name}: {a.steps} steps, batch {b.batch}, lr {a.lr}, data {ds.name} "
+        f"({len(ds.x)} train" + (f", {len(ds.x_test)} held out)" if ds.x_test is not None else ")"),
+        flush=True,
+    )
     header = ["step", "loss", "held-out acc" if ds.x_test is not None else "train acc", "target ms/step"]
     print(table(header, []), flush=True)
     widths = [len(h) for h in header]
@@ -111,15 +143,17 @@ def cmd_train(a: argparse.Namespace) -> int:
     log, final = harness.train(b, tgt, ds, a.steps, a.lr, a.seed, eval_every, dump, on_step)
     harness.write_npz(b.add_file("trained.npz"), final)
     if log.loss:
-        first, last = log.loss[0], float(np.mean(log.loss[-max(1, len(log.loss) // 10):]))
+        first, last = log.loss[0], float(np.mean(log.loss[-max(1, len(log.loss) // 10) :]))
         mean_ms = float(np.mean(log.step_ticks)) / log.tick_hz * 1e3
         line = f"loss {first:.4f} -> {last:.4f} (mean of the last steps)"
         if log.evals:
             line += f"; accuracy {log.evals[0][1]:.3f} -> {log.evals[-1][1]:.3f}"
         print(line)
-        print(f"{mean_ms:.3f} ms per step on the target; {log.wall_s:.1f} s wall time; "
-              f"paging per step: {log.paging[2]} page-ins ({nbytes(log.paging[0])}), "
-              f"{log.paging[3]} page-outs ({nbytes(log.paging[1])})")
+        print(
+            f"{mean_ms:.3f} ms per step on the target; {log.wall_s:.1f} s wall time; "
+            f"paging per step: {log.paging[2]} page-ins ({nbytes(log.paging[0])}), "
+            f"{log.paging[3]} page-outs ({nbytes(log.paging[1])})"
+        )
     print(f"trained weights: {b.trained_path()}" + (f"; dump: {dump}" if dump else ""))
     return 0
 
@@ -136,8 +170,10 @@ def cmd_verify(a: argparse.Namespace) -> int:
     loss_err = abs(r.loss_device - r.loss_ref) / max(abs(r.loss_ref), 1e-30)
     print(f"loss: target {r.loss_device:.6f}, reference {r.loss_ref:.6f} (rel. error {loss_err:.2e})")
     ok = worst <= a.tol and loss_err <= a.tol
-    print(f"worst relative gradient error {worst:.2e} ({worst_name}); tolerance {a.tol:g}: "
-          + ("PASS" if ok else "FAIL"))
+    print(
+        f"worst relative gradient error {worst:.2e} ({worst_name}); tolerance {a.tol:g}: "
+        + ("PASS" if ok else "FAIL")
+    )
     return 0 if ok else 1
 
 
@@ -157,6 +193,37 @@ def cmd_export(a: argparse.Namespace) -> int:
         tmp.unlink(missing_ok=True)
     print(f"wrote {out}: {len(trained)} trained parameters written back into {b.doc['model']['source']}")
     return 0
+
+
+# ---- demo -------------------------------------------------------------------------------------------------
+def demo_board() -> tuple[str, str | None, str]:
+    """(board, RAM budget, why): the emulated Cortex-M4 when its toolchain is here, else the host."""
+    import shutil
+
+    if "qemu-m4" in boards.names() and shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc"):
+        return "qemu-m4", DEMO_QEMU_RAM, "emulated Cortex-M4F (QEMU mps2-an386)"
+    return "host", None, "the host (no arm-none-eabi-gcc / qemu-system-arm found)"
+
+
+DEMO_QEMU_RAM: str | None = None
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    board, ram, why = demo_board()
+    out = Path(a.out)
+    print(f"poetc demo: train the digits MLP on {why}\n", flush=True)
+    build_args = ["build", "digits-mlp", "--board", board, "--out", str(out)] + (
+        ["--ram", ram] if ram else []
+    )
+    rc = main(build_args)
+    if rc:
+        return rc
+    print(flush=True)
+    rc = main(["train", str(out), "--steps", str(a.steps), "--lr", "0.1"])
+    if rc:
+        return rc
+    print(flush=True)
+    return main(["verify", str(out)])
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -195,6 +262,11 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--tol", type=float, default=1e-4)
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("demo", help="build and train the digits MLP on the emulated Cortex-M4 (or the host)")
+    s.add_argument("--out", default="poetc-demo")
+    s.add_argument("--steps", type=int, default=200)
+    s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("export", help="write trained weights back into the ONNX model")
     s.add_argument("dir")

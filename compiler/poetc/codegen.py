@@ -67,7 +67,7 @@ def c_struct_init(fields: dict[str, Any]) -> str:
 
 def c_array_lines(values: Iterable[str], per_line: int = 8) -> list[str]:
     vals = list(values)
-    return [", ".join(vals[i: i + per_line]) + "," for i in range(0, len(vals), per_line)]
+    return [", ".join(vals[i : i + per_line]) + "," for i in range(0, len(vals), per_line)]
 
 
 @dataclass(frozen=True)
@@ -116,19 +116,31 @@ def render(inp: CodegenInput) -> dict[str, str]:
                 arr = np.asarray(inp.params[name], np.float32).reshape(-1)
                 init = c_array_lines(c_float(v) for v in arr)
                 param_inits.append({"tensor": i, "ident": ident})
-            statics.append({"ctype": ctype, "ident": ident, "count": t.numel, "init": init,
-                            "comment": c_comment(f"{t.role.value} {name} {list(t.shape)}")})
+            statics.append(
+                {
+                    "ctype": ctype,
+                    "ident": ident,
+                    "count": t.numel,
+                    "init": init,
+                    "comment": c_comment(f"{t.role.value} {name} {list(t.shape)}"),
+                }
+            )
             data = ident
         writable = int(t.role in (Role.INPUT, Role.LABEL, Role.PARAM))
         producer = g.producer.get(name)
         slot = inp.slots.get(producer, 0) if producer is not None else 0
-        tensors.append({
-            "id": i, "bytes": t.nbytes if t.role != Role.UPDATE else 0,
-            "dtype": "POET_I32" if t.dtype == "i32" else "POET_F32",
-            "home": "POET_HOME_ARENA" if t.in_arena else "POET_HOME_STATIC",
-            "writable": writable, "data": data, "slot": slot,
-            "comment": c_comment(f"{t.role.value} {name} {list(t.shape)}"),
-        })
+        tensors.append(
+            {
+                "id": i,
+                "bytes": t.nbytes if t.role != Role.UPDATE else 0,
+                "dtype": "POET_I32" if t.dtype == "i32" else "POET_F32",
+                "home": "POET_HOME_ARENA" if t.in_arena else "POET_HOME_STATIC",
+                "writable": writable,
+                "data": data,
+                "slot": slot,
+                "comment": c_comment(f"{t.role.value} {name} {list(t.shape)}"),
+            }
+        )
 
     fam_items: dict[str, list[str]] = {f: [] for f in cheaders.families()}
     nodes = []
@@ -142,10 +154,17 @@ def render(inp: CodegenInput) -> dict[str, str]:
         fields = op.c_params(n.attrs, [g.tensor(x).shape for x in n.inputs], g.tensor(n.output).shape)
         fam_items[fam].append(c_struct_init(fields))
         ins = [str(tid[x]) for x in n.inputs] or ["0"]
-        nodes.append({
-            "id": k, "kernel": f"POET_K_{op.kernel}", "params": len(fam_items[fam]) - 1, "n_in": len(n.inputs),
-            "ins": ", ".join(ins), "out": tid[n.output], "comment": c_comment(f"{n.name} ({n.op})"),
-        })
+        nodes.append(
+            {
+                "id": k,
+                "kernel": f"POET_K_{op.kernel}",
+                "params": len(fam_items[fam]) - 1,
+                "n_in": len(n.inputs),
+                "ins": ", ".join(ins),
+                "out": tid[n.output],
+                "comment": c_comment(f"{n.name} ({n.op})"),
+            }
+        )
     families = [{"name": f, "entries": items} for f, items in fam_items.items() if items]
 
     progs = []
@@ -156,19 +175,37 @@ def render(inp: CodegenInput) -> dict[str, str]:
             node = g.nodes[ins_.node]
             arg = ins_.node if ins_.op in (Op.RUN, Op.RECOMPUTE) else tid[node.output]
             off = max(mp.offsets[pc], 0)
-            code.append({"op": f"POET_OP_{ins_.op.name}", "arg": arg, "off": off, "stage": ins_.stage,
-                         "comment": c_comment(f"{ins_.op.name} {node.name if ins_.op in (Op.RUN, Op.RECOMPUTE) else node.output}")})
+            code.append(
+                {
+                    "op": f"POET_OP_{ins_.op.name}",
+                    "arg": arg,
+                    "off": off,
+                    "stage": ins_.stage,
+                    "comment": c_comment(
+                        f"{ins_.op.name} {node.name if ins_.op in (Op.RUN, Op.RECOMPUTE) else node.output}"
+                    ),
+                }
+            )
         progs.append({"name": prog.name, "enum": enum[prog.name], "code": code})
 
     ctx = {
         "header": header,
-        "n_tensors": len(tensors), "n_nodes": len(nodes),
-        "statics": statics, "tensors": tensors, "families": families, "nodes": nodes, "programs": progs,
+        "n_tensors": len(tensors),
+        "n_nodes": len(nodes),
+        "statics": statics,
+        "tensors": tensors,
+        "families": families,
+        "nodes": nodes,
+        "programs": progs,
         "param_inits": param_inits,
-        "arena_bytes": inp.arena_bytes, "arena_words": max(1, (inp.arena_bytes + 3) // 4),
+        "arena_bytes": inp.arena_bytes,
+        "arena_words": max(1, (inp.arena_bytes + 3) // 4),
         "storage_bytes": inp.storage_bytes,
-        "hash_bytes": ", ".join(f"0x{inp.hash_hex[i:i + 2]}" for i in range(0, 16, 2)),
-        "input": tid[tg.input], "label": tid[tg.label], "loss": tid[tg.loss], "logits": tid[tg.logits],
+        "hash_bytes": ", ".join(f"0x{inp.hash_hex[i : i + 2]}" for i in range(0, 16, 2)),
+        "input": tid[tg.input],
+        "label": tid[tg.label],
+        "loss": tid[tg.loss],
+        "logits": tid[tg.logits],
     }
     return {name: render_template(f"{name}.j2", **ctx) for name in ("model.c", "model.h")}
 

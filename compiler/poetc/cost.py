@@ -64,8 +64,9 @@ def node_flops(tg: TrainingGraph) -> list[int]:
     return out
 
 
-def build(tg: TrainingGraph, board: Board, profile: Mapping[str, float] | None = None,
-          profile_source: str = "") -> CostModel:
+def build(
+    tg: TrainingGraph, board: Board, profile: Mapping[str, float] | None = None, profile_source: str = ""
+) -> CostModel:
     g = tg.graph
     flops = np.array(node_flops(tg), dtype=np.float64)
     compute_s = flops / board.flop_per_s
@@ -80,20 +81,33 @@ def build(tg: TrainingGraph, board: Board, profile: Mapping[str, float] | None =
                 compute_j[i] = profile[n.name] * power
         source = profile_source or "profile"
     mem = np.array([g.out(i).nbytes if g.out(i).in_arena else 0 for i in range(len(g.nodes))], dtype=np.int64)
-    scratch = np.array([
-        ops.get(n.op).scratch_bytes(n.attrs, [g.tensor(x).shape for x in n.inputs], g.tensor(n.output).shape)
-        for n in g.nodes
-    ], dtype=np.int64)
+    scratch = np.array(
+        [
+            ops.get(n.op).scratch_bytes(
+                n.attrs, [g.tensor(x).shape for x in n.inputs], g.tensor(n.output).shape
+            )
+            for n in g.nodes
+        ],
+        dtype=np.int64,
+    )
     paged = np.where(mem > 0, mem + PAGE_CRC_BYTES, 0).astype(np.float64)
     page_in_s = np.where(mem > 0, board.page_in_latency_s + paged / board.page_in_bytes_per_s, 0.0)
     page_out_s = np.where(mem > 0, board.page_out_latency_s + paged / board.page_out_bytes_per_s, 0.0)
     static = sum(t.nbytes for t in g.tensors.values() if not t.in_arena)
     params = sum(g.tensor(p).nbytes for p in g.params)
     return CostModel(
-        flops=flops, compute_s=compute_s, compute_j=compute_j, mem=mem, scratch=scratch,
-        page_in_s=page_in_s, page_in_j=page_in_s * board.memory_power_w,
-        page_out_s=page_out_s, page_out_j=page_out_s * board.memory_power_w,
-        static_bytes=int(static), param_bytes=int(params), source=source,
+        flops=flops,
+        compute_s=compute_s,
+        compute_j=compute_j,
+        mem=mem,
+        scratch=scratch,
+        page_in_s=page_in_s,
+        page_in_j=page_in_s * board.memory_power_w,
+        page_out_s=page_out_s,
+        page_out_j=page_out_s * board.memory_power_w,
+        static_bytes=int(static),
+        param_bytes=int(params),
+        source=source,
     )
 
 

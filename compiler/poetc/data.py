@@ -27,7 +27,7 @@ class Dataset:
 
 def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
     """Bilinear resampling of [N, H0, W0] images (align corners off, like most image libraries)."""
-    n, h0, w0 = img.shape
+    _n, h0, w0 = img.shape
     ys = np.clip((np.arange(h) + 0.5) * h0 / h - 0.5, 0, h0 - 1)
     xs = np.clip((np.arange(w) + 0.5) * w0 / w - 0.5, 0, w0 - 1)
     y0 = np.floor(ys).astype(int)
@@ -46,12 +46,14 @@ def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
 def digits_for(shape: tuple[int, ...], classes: int, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """The bundled digits, shaped for one sample of ``shape`` (without the batch dimension)."""
     if classes < 10:
-        raise PoetcError(f"the bundled digits have 10 classes but the model has {classes} outputs; pass --data")
+        raise PoetcError(
+            f"the bundled digits have 10 classes but the model has {classes} outputs; pass --data"
+        )
     with np.load(data_dir() / "digits.npz") as z:
         img = z["x"].astype(np.float32)  # [N, 8, 8], 0..16
         y = z["y"].astype(np.int64)
     n_el = int(np.prod(shape))
-    side = int(round(np.sqrt(n_el)))
+    side = round(np.sqrt(n_el))
     q8 = None
     if n_el == 64:
         x = img.reshape(len(img), *shape) / 16.0
@@ -93,8 +95,10 @@ def load_npz(path: str | Path, shape: tuple[int, ...], classes: int) -> Dataset:
             raise PoetcError(f"--data {p}: array {xk!r} has no matching {yk!r}")
         x, y = arrays[xk], arrays[yk]
         if x.ndim == 0 or tuple(x.shape[1:]) != tuple(shape):
-            raise PoetcError(f"--data {p}: {xk!r} has shape {list(x.shape)}, expected [N, "
-                             f"{', '.join(map(str, shape))}] (the model input without the batch dimension)")
+            raise PoetcError(
+                f"--data {p}: {xk!r} has shape {list(x.shape)}, expected [N, "
+                f"{', '.join(map(str, shape))}] (the model input without the batch dimension)"
+            )
         if x.dtype.kind not in "fiu":
             raise PoetcError(f"--data {p}: {xk!r} has dtype {x.dtype}, expected numbers")
         if not np.all(np.isfinite(x)):
@@ -106,7 +110,9 @@ def load_npz(path: str | Path, shape: tuple[int, ...], classes: int) -> Dataset:
         yi = y.astype(np.int64)
         bad = np.flatnonzero((yi < 0) | (yi >= classes))
         if bad.size:
-            raise PoetcError(f"--data {p}: {yk}[{bad[0]}] = {yi[bad[0]]} is out of range for {classes} classes")
+            raise PoetcError(
+                f"--data {p}: {yk}[{bad[0]}] = {yi[bad[0]]} is out of range for {classes} classes"
+            )
         if x.shape[0] == 0:
             raise PoetcError(f"--data {p}: {xk!r} is empty")
         out += [x.astype(np.float32), yi]

@@ -10,7 +10,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], align: str |
     cells = [[str(h) for h in headers]] + [[_cell(v) for v in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     if align is None:
-        align = "".join("r" if rows and isinstance(rows[0][i], int | float) else "l" for i in range(len(headers)))
+        align = "".join(
+            "r" if rows and isinstance(rows[0][i], int | float) else "l" for i in range(len(headers))
+        )
     lines = []
     for k, r in enumerate(cells):
         parts = [c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(r, widths, align, strict=True)]

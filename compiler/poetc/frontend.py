@@ -9,6 +9,7 @@ input as rows of the weight's input size, so no copy is needed.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,12 +49,12 @@ def load(source: str | Path, batch: int | None = None) -> Model:
     path = Path(src)
     if not path.exists():
         raise PoetcError(f"{src}: no such file, and not a zoo model (zoo: {', '.join(zoo.NAMES)})")
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise PoetcError(f"{src}: cannot read (not a readable file)")
     try:
-        data = path.read_bytes()
+        proto = onnx.load(str(path))  # also loads external data files (PyTorch's dynamo exporter writes them)
     except OSError as e:
-        raise PoetcError(f"{src}: cannot read: {e.strerror}") from None
-    try:
-        proto = onnx.load_from_string(data)
+        raise PoetcError(f"{src}: cannot read: {e}") from None
     except Exception as e:  # protobuf raises DecodeError and friends
         raise PoetcError(f"{src}: not a valid ONNX model ({type(e).__name__}: {e})") from None
     if not proto.graph.node:
@@ -97,8 +98,10 @@ class _Importer:
         if not g.output:
             raise self.err("the graph has no output")
         if len(g.output) != 1:
-            raise self.err(f"expected one output (the logits), found {len(g.output)}: "
-                           + ", ".join(o.name for o in g.output))
+            raise self.err(
+                f"expected one output (the logits), found {len(g.output)}: "
+                + ", ".join(o.name for o in g.output)
+            )
         self._check_supported()
         inp = data_inputs[0]
         self.tensors[inp.name] = Tensor(inp.name, self._input_shape(inp), Role.INPUT)
@@ -113,8 +116,13 @@ class _Importer:
                 j = users[n.output[0]][0]
                 m = onnx_nodes[j]
                 other = [x for x in m.input if x != n.output[0]]
-                if m.op_type == "Add" and len(other) == 1 and other[0] in self.inits \
-                        and self.inits[other[0]].dtype.kind == "f" and self.inits[other[0]].ndim == 1:
+                if (
+                    m.op_type == "Add"
+                    and len(other) == 1
+                    and other[0] in self.inits
+                    and self.inits[other[0]].dtype.kind == "f"
+                    and self.inits[other[0]].ndim == 1
+                ):
                     fused_add[i] = j
         skip = set(fused_add.values())
         for i, n in enumerate(onnx_nodes):
@@ -143,10 +151,15 @@ class _Importer:
         return Model(graph, self.params, self.proto, self.src, sha, self.input, out)
 
     def _check_supported(self) -> None:
-        bad = [f"{_label(n, i)} ({n.op_type})" for i, n in enumerate(self.proto.graph.node)
-               if n.op_type not in SUPPORTED_OPS or n.domain not in ("", "ai.onnx")]
+        bad = [
+            f"{_label(n, i)} ({n.op_type})"
+            for i, n in enumerate(self.proto.graph.node)
+            if n.op_type not in SUPPORTED_OPS or n.domain not in ("", "ai.onnx")
+        ]
         if bad:
-            raise self.err(f"unsupported op(s) at node(s) {', '.join(bad)}; supported: {', '.join(SUPPORTED_OPS)}")
+            raise self.err(
+                f"unsupported op(s) at node(s) {', '.join(bad)}; supported: {', '.join(SUPPORTED_OPS)}"
+            )
 
     def _input_shape(self, vi: onnx.ValueInfoProto) -> tuple[int, ...]:
         tt = vi.type.tensor_type
@@ -228,7 +241,9 @@ class _Importer:
             if len(t) == 2 and t[0] in (shape[0], 0) and t[1] in (-1, int(np.prod(shape[1:]))):
                 self.alias[n.output[0]] = src
                 return
-            raise self.err(f"node {where}: Reshape of {shape} to {t} is not supported (only flattening to 2-D)")
+            raise self.err(
+                f"node {where}: Reshape of {shape} to {t} is not supported (only flattening to 2-D)"
+            )
         if n.op_type == "Relu":
             self._emit("relu", (self._act(n.input[0], where),), n.output[0], Attrs(), where)
             return
@@ -238,8 +253,12 @@ class _Importer:
             x = self._act(n.input[0], where)
             w = self._param(n.input[1], where)
             ins = (x, w) + ((self._param(n.input[2], where),) if len(n.input) > 2 and n.input[2] else ())
-            attrs = Attrs(trans_w=bool(a.get("transB", 0)), alpha=float(a.get("alpha", 1.0)),
-                          beta=float(a.get("beta", 1.0)), flatten=True)
+            attrs = Attrs(
+                trans_w=bool(a.get("transB", 0)),
+                alpha=float(a.get("alpha", 1.0)),
+                beta=float(a.get("beta", 1.0)),
+                flatten=True,
+            )
             self._emit("linear", ins, n.output[0], attrs, where)
             return
         if n.op_type == "MatMul":
@@ -281,6 +300,8 @@ def export_onnx(model: Model, values: dict[str, np.ndarray], path: Path) -> None
             raise PoetcError(f"{model.source}: no initializer named {name!r} to write back")
         old = numpy_helper.to_array(by_name[name])
         if old.shape != arr.shape:
-            raise PoetcError(f"{model.source}: initializer {name!r} has shape {old.shape}, trained {arr.shape}")
+            raise PoetcError(
+                f"{model.source}: initializer {name!r} has shape {old.shape}, trained {arr.shape}"
+            )
         by_name[name].CopyFrom(numpy_helper.from_array(arr.astype(old.dtype), name))
     onnx.save(proto, str(path))

@@ -41,8 +41,10 @@ class Device:
         self.link = session.link
         self.info = self.link.info()
         if self.info.hash_hex != build.doc["hash"]:
-            raise TargetError(f"target runs build {self.info.hash_hex}, but {build.dir} is build "
-                              f"{build.doc['hash']}; rebuild or reflash")
+            raise TargetError(
+                f"target runs build {self.info.hash_hex}, but {build.dir} is build "
+                f"{build.doc['hash']}; rebuild or reflash"
+            )
         self.ids = build.ids
         self.pids = build.param_ids()
         self.names = {t["id"]: t["name"] for t in build.doc["tensors"]}
@@ -119,7 +121,7 @@ def batches(ds: Dataset, batch: int, seed: int) -> Iterator[tuple[np.ndarray, np
     while True:
         order = rng.permutation(n)
         for i in range(0, n - batch + 1, batch):
-            idx = order[i: i + batch]
+            idx = order[i : i + batch]
             yield ds.x[idx], ds.y[idx]
 
 
@@ -127,12 +129,12 @@ def accuracy(dev: Device, x: np.ndarray, y: np.ndarray, batch: int) -> float:
     """Held-out accuracy on the target (inference program); a last partial batch is padded and ignored."""
     correct = 0
     for i in range(0, len(x), batch):
-        xb = x[i: i + batch]
+        xb = x[i : i + batch]
         n = len(xb)
         if n < batch:
             xb = np.concatenate([xb, np.zeros((batch - n, *xb.shape[1:]), np.float32)])
         logits = dev.infer(xb).reshape(batch, -1)
-        correct += int((logits[:n].argmax(axis=1) == y[i: i + n]).sum())
+        correct += int((logits[:n].argmax(axis=1) == y[i : i + n]).sum())
     return correct / max(1, len(x))
 
 
@@ -148,10 +150,18 @@ class TrainLog:
     paging: tuple[int, int, int, int] = (0, 0, 0, 0)  # page-in bytes, page-out bytes, page-ins, page-outs
 
 
-def train(build: BuildInfo, target: Target, ds: Dataset, steps: int, lr: float, seed: int = 0,
-          eval_every: int = 0, dump: Path | None = None,
-          on_step: Callable[[int, float, float | None, StepOut], None] | None = None,
-          timeout_s: float = 120.0) -> tuple[TrainLog, dict[str, np.ndarray]]:
+def train(
+    build: BuildInfo,
+    target: Target,
+    ds: Dataset,
+    steps: int,
+    lr: float,
+    seed: int = 0,
+    eval_every: int = 0,
+    dump: Path | None = None,
+    on_step: Callable[[int, float, float | None, StepOut], None] | None = None,
+    timeout_s: float = 120.0,
+) -> tuple[TrainLog, dict[str, np.ndarray]]:
     """Train on the target; returns the log and the trained parameters (also written by the caller)."""
     batch = build.batch
     log = TrainLog()
@@ -233,7 +243,7 @@ def training_graph_of(build: BuildInfo) -> tuple[frontend.Model, autodiff.Traini
 
 def verify(build: BuildInfo, target: Target, ds: Dataset, lr: float, seed: int = 0) -> VerifyResult:
     """One step on the target against the float64 host reference, from the same parameters and batch."""
-    model, tg = training_graph_of(build)
+    _model, tg = training_graph_of(build)
     x, y = next(batches(ds, build.batch, seed))
     with target.launch(build.dir) as sess:
         dev = Device(build, sess)

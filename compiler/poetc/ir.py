@@ -153,7 +153,9 @@ class Graph:
                     raise ValueError(f"graph {self.name}: node {node.name} references unknown tensor {name}")
             for name in node.inputs:
                 if name not in produced:
-                    raise ValueError(f"graph {self.name}: node {node.name} reads {name} before it is produced")
+                    raise ValueError(
+                        f"graph {self.name}: node {node.name} reads {name} before it is produced"
+                    )
             for dep in node.after:
                 if dep not in seen_nodes:
                     raise ValueError(f"graph {self.name}: node {node.name} must follow unknown node {dep}")

@@ -106,7 +106,9 @@ def plan(prog: Program, cost: CostModel) -> MemPlan:
     orders = {
         "largest-first": sorted(range(n), key=lambda k: (-ivs[k].size, ivs[k].start)),
         "earliest-first": sorted(range(n), key=lambda k: (ivs[k].start, -ivs[k].size)),
-        "area-first": sorted(range(n), key=lambda k: (-ivs[k].size * (ivs[k].end - ivs[k].start), ivs[k].start)),
+        "area-first": sorted(
+            range(n), key=lambda k: (-ivs[k].size * (ivs[k].end - ivs[k].start), ivs[k].start)
+        ),
         "longest-first": sorted(range(n), key=lambda k: (-(ivs[k].end - ivs[k].start), -ivs[k].size)),
     }
     best: tuple[int, str, list[int]] | None = None
@@ -134,7 +136,12 @@ def check(mp: MemPlan) -> None:
         a = ivs[x]
         for y in range(x + 1, len(ivs)):
             b = ivs[y]
-            if a.start < b.end and b.start < a.end and a.offset < b.offset + b.size and b.offset < a.offset + a.size:
+            if (
+                a.start < b.end
+                and b.start < a.end
+                and a.offset < b.offset + b.size
+                and b.offset < a.offset + a.size
+            ):
                 raise AssertionError(
                     f"{mp.program}: nodes {a.node} [{a.start},{a.end}) and {b.node} [{b.start},{b.end}) overlap "
                     f"in the arena at {max(a.offset, b.offset)}"
@@ -164,7 +171,9 @@ def timeline(mp: MemPlan, names: list[str], width: int = 72) -> str:
     scale = max(1, -(-n // width))
     lines = [f"{mp.program}: arena {mp.arena_bytes} B (live peak {mp.live_peak_bytes} B, {mp.order})"]
     for iv in sorted(mp.intervals, key=lambda v: (v.offset, v.start)):
-        row = "".join("#" if iv.start <= c * scale < iv.end or (iv.start // scale == c) else "."
-                      for c in range(-(-n // scale)))
+        row = "".join(
+            "#" if iv.start <= c * scale < iv.end or (iv.start // scale == c) else "."
+            for c in range(-(-n // scale))
+        )
         lines.append(f"{iv.offset:>8} {iv.size:>8} {row} {names[iv.node]}")
     return "\n".join(lines) + "\n"

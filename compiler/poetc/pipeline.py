@@ -48,9 +48,17 @@ class MemoryReport:
         return self.budget - self.fixed
 
     def rows(self) -> list[tuple[str, int]]:
-        return [("parameters", self.params), ("inputs, labels, loss", self.io), ("runtime tables", self.tables),
-                ("link buffers", self.link), ("port buffers", self.port), ("stack reserve", self.stack),
-                ("arena", self.arena), ("total", self.total), ("budget", self.budget)]
+        return [
+            ("parameters", self.params),
+            ("inputs, labels, loss", self.io),
+            ("runtime tables", self.tables),
+            ("link buffers", self.link),
+            ("port buffers", self.port),
+            ("stack reserve", self.stack),
+            ("arena", self.arena),
+            ("total", self.total),
+            ("budget", self.budget),
+        ]
 
 
 def fixed_memory(tg: TrainingGraph, board: Board, budget: int) -> MemoryReport:
@@ -108,15 +116,20 @@ def strategies() -> dict[str, Strategy]:
     return {"store-all": lambda tg, c, budget: schedule.store_all(tg)}
 
 
-def compile_model(model: Model, board: Board, ram: int | None = None, strategy: str = "store-all",
-                  command: str = "", progress: Callable[[str], None] | None = None) -> Compiled:
+def compile_model(
+    model: Model,
+    board: Board,
+    ram: int | None = None,
+    strategy: str = "store-all",
+    command: str = "",
+    progress: Callable[[str], None] | None = None,
+) -> Compiled:
     say = progress or (lambda s: None)
     budget = ram if ram is not None else board.ram_bytes
     if budget > board.ram_bytes:
         raise PoetcError(f"--ram {budget} exceeds the RAM of board {board.name} ({board.ram_bytes} bytes)")
     tg = autodiff.build_training_graph(model)
-    say(f"training graph: {len(tg.graph.nodes)} nodes ({tg.n_forward} forward), "
-        f"{len(tg.params)} parameters")
+    say(f"training graph: {len(tg.graph.nodes)} nodes ({tg.n_forward} forward), {len(tg.params)} parameters")
     cm = cost.build(tg, board)
     fixed = fixed_memory(tg, board, budget)
     if fixed.arena_budget <= 0:
@@ -135,8 +148,10 @@ def compile_model(model: Model, board: Board, ram: int | None = None, strategy: 
     replays = (simulate.replay(tg, train, cm), simulate.replay(tg, infer, cm))
     plans = (memplan.plan(train, cm), memplan.plan(infer, cm))
     arena = max(p.arena_bytes for p in plans)
-    say(f"schedule {strategy}: peak live {replays[0].peak_bytes} B, arena {arena} B "
-        f"({plans[0].fragmentation_bytes} B fragmentation)")
+    say(
+        f"schedule {strategy}: peak live {replays[0].peak_bytes} B, arena {arena} B "
+        f"({plans[0].fragmentation_bytes} B fragmentation)"
+    )
     if arena > fixed.arena_budget:
         need = fixed.fixed + arena
         raise PoetcError(
@@ -147,10 +162,33 @@ def compile_model(model: Model, board: Board, ram: int | None = None, strategy: 
     storage = memplan.storage_bytes(slots, cm)
     if storage > board.storage_bytes:
         raise PoetcError(f"schedule pages {storage} bytes, over the board's storage of {board.storage_bytes}")
-    mem = MemoryReport(budget, fixed.params, fixed.io, fixed.tables, fixed.link, fixed.port, fixed.stack, arena)
+    mem = MemoryReport(
+        budget, fixed.params, fixed.io, fixed.tables, fixed.link, fixed.port, fixed.stack, arena
+    )
     h = hashlib.sha256()
-    for part in (model.sha256, tg.graph.fingerprint(), board.name, repr(train.instrs), repr(infer.instrs),
-                 repr([p.offsets for p in plans]), str(arena)):
+    for part in (
+        model.sha256,
+        tg.graph.fingerprint(),
+        board.name,
+        repr(train.instrs),
+        repr(infer.instrs),
+        repr([p.offsets for p in plans]),
+        str(arena),
+    ):
         h.update(part.encode())
-    return Compiled(model, tg, board, cm, sched, (train, infer), plans, replays, slots, storage, mem,
-                    h.hexdigest()[:16], strategy, solve_s)
+    return Compiled(
+        model,
+        tg,
+        board,
+        cm,
+        sched,
+        (train, infer),
+        plans,
+        replays,
+        slots,
+        storage,
+        mem,
+        h.hexdigest()[:16],
+        strategy,
+        solve_s,
+    )

@@ -22,8 +22,9 @@ class StepResult:
     values: dict[str, np.ndarray]  # every tensor computed during the step (for debugging)
 
 
-def train_step(tg: TrainingGraph, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
-               lr: float) -> StepResult:
+def train_step(
+    tg: TrainingGraph, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
+) -> StepResult:
     g = tg.graph
     vals: dict[str, np.ndarray] = {p: np.asarray(params[p], np.float64).copy() for p in g.params}
     vals[tg.input] = np.asarray(x, np.float64).reshape(g.tensor(tg.input).shape)

@@ -89,8 +89,11 @@ class Schedule:
         )
 
     def time(self, cost: CostModel) -> float:
-        return float((self.R * cost.compute_s).sum() + (self.M_in * cost.page_in_s).sum()
-                     + (self.M_out * cost.page_out_s).sum())
+        return float(
+            (self.R * cost.compute_s).sum()
+            + (self.M_in * cost.page_in_s).sum()
+            + (self.M_out * cost.page_out_s).sum()
+        )
 
 
 def _readers(tg: TrainingGraph) -> list[list[int]]:
@@ -146,7 +149,7 @@ def lower(tg: TrainingGraph, s: Schedule, cost: CostModel) -> Program:
                 resident.add(k)
             if s.M_out[t, k] and not s.S_RAM[t, k]:
                 code.append(Instr(Op.PAGE_OUT, k, t))
-            later = runs[pos + 1:]
+            later = runs[pos + 1 :]
             for j in dict.fromkeys([*ins[k], k]):
                 if j in resident and not keep_next(t, j) and not any(j in ins[x] for x in later):
                     code.append(Instr(Op.FREE, j, t))
@@ -168,7 +171,7 @@ def store_all(tg: TrainingGraph) -> Schedule:
     readers = _readers(tg)
     for i in range(T):
         last = max(readers[i], default=i)
-        S[i + 1: last + 1, i] = True
+        S[i + 1 : last + 1, i] = True
     z = np.zeros((T, T), dtype=bool)
     return Schedule(R, S, z, z.copy(), z.copy(), "store-all")
 

@@ -21,7 +21,9 @@ from .schedule import Op, Program
 
 class ScheduleError(PoetcError):
     def __init__(self, program: str, pc: int, stage: int, tensor: str, msg: str) -> None:
-        super().__init__(f"invalid {program} program at instruction {pc} (stage {stage}), tensor {tensor!r}: {msg}")
+        super().__init__(
+            f"invalid {program} program at instruction {pc} (stage {stage}), tensor {tensor!r}: {msg}"
+        )
         self.pc = pc
         self.stage = stage
         self.tensor = tensor
@@ -90,14 +92,14 @@ def replay(tg: TrainingGraph, prog: Program, cost: CostModel, budget: int | None
             raise ScheduleError(name, pc, st, str(i), "node index out of range")
         size = int(cost.mem[i])
         if ins_.op in (Op.RUN, Op.RECOMPUTE):
-            for u in ins[i]:
-                if cost.mem[u] > 0 and u not in resident:
-                    raise fail(pc, st, u, f"input of node {g.nodes[i].name!r} is not resident")
             for p in param_readers.get(i, ()):
                 if p in updated:
                     raise fail(pc, st, i, f"node {g.nodes[i].name!r} reads parameter {p!r} after its update")
             if i in is_update and ran[i]:
                 raise fail(pc, st, i, "parameter update applied twice")
+            for u in ins[i]:
+                if cost.mem[u] > 0 and u not in resident:
+                    raise fail(pc, st, u, f"input of node {g.nodes[i].name!r} is not resident")
             if ins_.op == Op.RUN and ran[i]:
                 raise fail(pc, st, i, "RUN of a node already computed (should be RECOMPUTE)")
             if ins_.op == Op.RECOMPUTE and not ran[i]:

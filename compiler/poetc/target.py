@@ -24,7 +24,9 @@ from .errors import PoetcError, TargetError
 from .link import Link
 
 
-def run_make(build_dir: Path, args: list[str] | None = None, say: Callable[[str], None] | None = None) -> None:
+def run_make(
+    build_dir: Path, args: list[str] | None = None, say: Callable[[str], None] | None = None
+) -> None:
     if shutil.which("make") is None:
         raise PoetcError("'make' is not installed (Debian: apt-get install make)")
     cmd = ["make", "-C", str(build_dir), "--no-print-directory", *(args or [])]
@@ -32,8 +34,10 @@ def run_make(build_dir: Path, args: list[str] | None = None, say: Callable[[str]
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-12:]
         first_err = next((ln for ln in tail if "error" in ln.lower()), tail[-1] if tail else "make failed")
-        raise PoetcError(f"build failed in {build_dir}: {first_err.strip()}" + (
-            "\n" + "\n".join(tail) if os.environ.get("POETC_VERBOSE") else ""))
+        raise PoetcError(
+            f"build failed in {build_dir}: {first_err.strip()}"
+            + ("\n" + "\n".join(tail) if os.environ.get("POETC_VERBOSE") else "")
+        )
     if say:
         for line in proc.stdout.splitlines():
             if line.startswith(("Memory region", "  ", "FLASH", "RAM")) and "%" in line:
@@ -43,8 +47,13 @@ def run_make(build_dir: Path, args: list[str] | None = None, say: Callable[[str]
 class Session:
     """A launched target: its process (if any) and a Link on its transport."""
 
-    def __init__(self, proc: subprocess.Popen | None, url: str, cleanup: Callable[[], None] | None = None,
-                 timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen | None,
+        url: str,
+        cleanup: Callable[[], None] | None = None,
+        timeout_s: float = 60.0,
+    ) -> None:
         self.proc = proc
         self.url = url
         self._cleanup = cleanup
@@ -64,7 +73,9 @@ class Session:
             except (OSError, ValueError):
                 err = ""
         if code < 0:
-            return f"the target process died from signal {signal.Signals(-code).name}" + (f": {err}" if err else "")
+            return f"the target process died from signal {signal.Signals(-code).name}" + (
+                f": {err}" if err else ""
+            )
         return f"the target process exited with code {code}" + (f": {err.splitlines()[-1]}" if err else "")
 
     def close(self, graceful: bool = True) -> None:
@@ -77,7 +88,7 @@ class Session:
         finally:
             try:
                 self.ser.close()
-            except Exception:  # noqa: BLE001 - closing must never raise
+            except Exception:
                 pass
             if self.proc is not None:
                 stop_process(self.proc)
@@ -139,8 +150,9 @@ class HostTarget(Target):
     def binary(self, build_dir: Path) -> Path:
         return build_dir / "build" / "poet_host"
 
-    def launch(self, build_dir: Path, timeout_s: float = 60.0, pager: str = "file",
-               binary: Path | None = None) -> Session:
+    def launch(
+        self, build_dir: Path, timeout_s: float = 60.0, pager: str = "file", binary: Path | None = None
+    ) -> Session:
         exe = binary or self.binary(build_dir)
         if not exe.exists():
             raise PoetcError(f"{build_dir}: no host binary at {exe}; run poetc build again")

@@ -6,6 +6,7 @@ reproducible.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -70,7 +71,7 @@ class _Builder:
 def _mlp(name: str, widths: list[int], in_shape: tuple[int, ...], seed: int) -> onnx.ModelProto:
     b = _Builder(name, in_shape, seed)
     b.flatten()
-    for i, (fi, fo) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+    for i, (fi, fo) in enumerate(itertools.pairwise(widths)):
         b.linear(f"fc{i + 1}", fi, fo)
         if i < len(widths) - 2:
             b.relu()

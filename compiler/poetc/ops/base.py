@@ -16,7 +16,6 @@ import numpy as np
 
 from ..ir import Attrs, Node, Tensor
 
-
 Shape = tuple[int, ...]
 
 

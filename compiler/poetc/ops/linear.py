@@ -42,7 +42,7 @@ def _params(attrs: Attrs, ins: Sequence[Shape], out: Shape, x: Shape, w: Shape) 
 
 def _infer_fwd(attrs: Attrs, ins: Sequence[Tensor]) -> tuple[Shape, str]:
     x, w = ins[0].shape, ins[1].shape
-    m, k, n = _mkn(attrs, x, w)
+    m, _k, n = _mkn(attrs, x, w)
     if len(ins) > 2 and ins[2].shape not in ((n,), (1, n)):
         raise ValueError(f"bias of shape {ins[2].shape} does not match {n} outputs")
     return _out_shape(attrs, x, m, n), "f32"
@@ -76,13 +76,18 @@ def _grad(g: GradBuilder, node: Node, dy: str) -> dict[int, str]:
     if g.needs_grad(w):
         out[1] = g.emit("linear_dw", (dy, x), a, node, "dw")
     if len(node.inputs) > 2 and g.needs_grad(node.inputs[2]):
-        out[2] = g.emit("bias_grad", (dy,), a.replace(n=g.tensor(node.inputs[2]).numel,
-                                                      b_shape=g.tensor(node.inputs[2]).shape), node, "db")
+        out[2] = g.emit(
+            "bias_grad",
+            (dy,),
+            a.replace(n=g.tensor(node.inputs[2]).numel, b_shape=g.tensor(node.inputs[2]).shape),
+            node,
+            "db",
+        )
     return out
 
 
 def _ref_dx(attrs: Attrs, dy: np.ndarray, w: np.ndarray) -> np.ndarray:
-    k, n = _kn(attrs, w.shape)
+    _k, n = _kn(attrs, w.shape)
     dx = attrs.get("alpha", 1.0) * (dy.reshape(-1, n) @ _w_eff(attrs, w).T)
     return dx.reshape(attrs["x_shape"])
 
@@ -133,8 +138,11 @@ register(
         family="linear",
         n_inputs=(2, 2),
         infer=lambda a, ins: (
-            ((ins[0].shape[-1], numel(ins[1].shape) * ins[0].shape[-1] // numel(ins[0].shape)) if a["trans_w"]
-             else (numel(ins[1].shape) * ins[0].shape[-1] // numel(ins[0].shape), ins[0].shape[-1])),
+            (
+                (ins[0].shape[-1], numel(ins[1].shape) * ins[0].shape[-1] // numel(ins[0].shape))
+                if a["trans_w"]
+                else (numel(ins[1].shape) * ins[0].shape[-1] // numel(ins[0].shape), ins[0].shape[-1])
+            ),
             "f32",
         ),
         flops=lambda a, ins, out: 2 * numel(ins[1]) * ins[0][-1],
@@ -153,7 +161,11 @@ register(
         flops=lambda a, ins, out: numel(ins[0]),
         ref=_ref_db,
         c_params=lambda a, ins, out: {
-            "m": numel(ins[0]) // a["n"], "k": 0, "n": a["n"], "trans_w": 0, "alpha": 1.0,
+            "m": numel(ins[0]) // a["n"],
+            "k": 0,
+            "n": a["n"],
+            "trans_w": 0,
+            "alpha": 1.0,
             "beta": float(a.get("beta", 1.0)),
         },
     )

@@ -30,4 +30,3 @@ register(
         in_place=0,
     )
 )
-

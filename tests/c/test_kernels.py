@@ -1,0 +1,169 @@
+"""The C kernels, compiled as a shared library, against the numpy reference (relative error <= 1e-5)."""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from poetc.ir import Attrs
+from poetc.ops import get
+from poetc.reference import max_rel_error
+from poetc.resources import runtime_dir
+
+KERNEL_SOURCES = ["linear.c", "eltwise.c", "xent.c", "sgd.c", "crc32.c", "status.c"]
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory) -> ctypes.CDLL:
+    out = tmp_path_factory.mktemp("k") / "libpoetk.so"
+    src = [str(runtime_dir() / "src" / s) for s in KERNEL_SOURCES]
+    subprocess.run(
+        [
+            "cc",
+            "-std=c99",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-shared",
+            "-fPIC",
+            f"-I{runtime_dir() / 'include'}",
+            *src,
+            "-lm",
+            "-o",
+            str(out),
+        ],
+        check=True,
+    )
+    return ctypes.CDLL(str(out))
+
+
+class Linear(ctypes.Structure):
+    _fields_ = [
+        ("m", ctypes.c_uint32),
+        ("k", ctypes.c_uint32),
+        ("n", ctypes.c_uint32),
+        ("trans_w", ctypes.c_uint32),
+        ("alpha", ctypes.c_float),
+        ("beta", ctypes.c_float),
+    ]
+
+
+class N(ctypes.Structure):
+    _fields_ = [("n", ctypes.c_uint32)]
+
+
+class MC(ctypes.Structure):
+    _fields_ = [("m", ctypes.c_uint32), ("c", ctypes.c_uint32)]
+
+
+def f32(a) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def ptr(a: np.ndarray):
+    return a.ctypes.data_as(ctypes.c_void_p)
+
+
+def call(lib, name, params, *arrays) -> int:
+    fn = getattr(lib, name)
+    return fn(ctypes.byref(params), *[ptr(a) if isinstance(a, np.ndarray) else a for a in arrays])
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    m=st.integers(1, 9),
+    k=st.integers(1, 33),
+    n=st.integers(1, 17),
+    trans=st.booleans(),
+    alpha=st.sampled_from([1.0, 0.5]),
+    beta=st.sampled_from([1.0, -2.0]),
+)
+def test_linear_kernels(lib, m, k, n, trans, alpha, beta):
+    rng = np.random.default_rng(m + 7 * k + 31 * n)
+    x, dy = f32(rng.standard_normal((m, k))), f32(rng.standard_normal((m, n)))
+    w = f32(rng.standard_normal((n, k) if trans else (k, n)))
+    b = f32(rng.standard_normal(n))
+    p = Linear(m, k, n, int(trans), alpha, beta)
+    a = Attrs(trans_w=trans, alpha=alpha, beta=beta, flatten=True, x_shape=(m, k), n=n, b_shape=(n,))
+    y = np.zeros((m, n), np.float32)
+    assert call(lib, "poet_linear_fwd_f32", p, x, w, b, y) == 0
+    assert max_rel_error(y, get("linear").ref(a, x.astype(float), w.astype(float), b.astype(float))) < 1e-5
+    dx = np.zeros((m, k), np.float32)
+    assert call(lib, "poet_linear_dx_f32", p, dy, w, dx) == 0
+    assert max_rel_error(dx, get("linear_dx").ref(a, dy.astype(float), w.astype(float))) < 1e-5
+    dw = np.zeros_like(w)
+    assert call(lib, "poet_linear_dw_f32", p, dy, x, dw) == 0
+    assert max_rel_error(dw, get("linear_dw").ref(a, dy.astype(float), x.astype(float))) < 1e-5
+    db = np.zeros(n, np.float32)
+    assert call(lib, "poet_bias_grad_f32", p, dy, db) == 0
+    assert max_rel_error(db, get("bias_grad").ref(a, dy.astype(float))) < 1e-5
+
+
+def test_linear_without_bias_and_null_checks(lib):
+    x, w = f32(np.ones((2, 3))), f32(np.ones((4, 3)))
+    y = np.zeros((2, 4), np.float32)
+    p = Linear(2, 3, 4, 1, 1.0, 1.0)
+    assert call(lib, "poet_linear_fwd_f32", p, x, w, None, y) == 0
+    np.testing.assert_array_equal(y, 3.0)
+    assert call(lib, "poet_linear_fwd_f32", p, None, w, None, y) == 2  # POET_ERR_ARG
+
+
+def test_eltwise_and_sgd(lib):
+    rng = np.random.default_rng(0)
+    x, dy = f32(rng.standard_normal(37)), f32(rng.standard_normal(37))
+    y, dx, s = (np.zeros(37, np.float32) for _ in range(3))
+    p = N(37)
+    assert call(lib, "poet_relu_fwd_f32", p, x, y) == 0
+    np.testing.assert_array_equal(y, get("relu").ref(Attrs(), x))
+    assert call(lib, "poet_relu_bwd_f32", p, y, dy, dx) == 0
+    np.testing.assert_array_equal(dx, get("relu_bwd").ref(Attrs(), y, dy))
+    assert call(lib, "poet_add_f32", p, x, dy, s) == 0
+    np.testing.assert_array_equal(s, x + dy)
+    w = x.copy()
+    lib.poet_sgd_f32.argtypes = [ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p]
+    assert lib.poet_sgd_f32(ctypes.addressof(p), ctypes.c_float(0.25), ptr(dy), ptr(w)) == 0
+    np.testing.assert_allclose(w, x - np.float32(0.25) * dy, rtol=1e-6)
+
+
+@settings(max_examples=20, deadline=None)
+@given(m=st.integers(1, 12), c=st.integers(2, 20))
+def test_softmax_xent(lib, m, c):
+    rng = np.random.default_rng(m * 50 + c)
+    z = f32(rng.standard_normal((m, c)) * 4)
+    y = rng.integers(0, c, m).astype(np.int32)
+    loss = np.zeros(1, np.float32)
+    p = MC(m, c)
+    assert call(lib, "poet_softmax_xent_fwd_f32", p, z, y, loss) == 0
+    assert max_rel_error(loss[0], get("softmax_xent").ref(Attrs(), z.astype(float), y)) < 1e-5
+    dz = np.zeros_like(z)
+    assert call(lib, "poet_softmax_xent_bwd_f32", p, z, y, dz) == 0
+    assert max_rel_error(dz, get("softmax_xent_bwd").ref(Attrs(), z.astype(float), y)) < 1e-5
+
+
+def test_label_out_of_range_is_an_error(lib):
+    z = f32(np.zeros((2, 3)))
+    y = np.array([0, 3], np.int32)
+    assert call(lib, "poet_softmax_xent_fwd_f32", MC(2, 3), z, y, np.zeros(1, np.float32)) == 2
+
+
+def test_crc32_matches_zlib(lib):
+    lib.poet_crc32.restype = ctypes.c_uint32
+    lib.poet_crc32.argtypes = [ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t]
+    for data in (b"", b"a", b"123456789", bytes(range(256)) * 3):
+        buf = ctypes.create_string_buffer(data, len(data))
+        assert lib.poet_crc32(0, buf, len(data)) == zlib.crc32(data)
+
+
+def test_status_strings_cover_the_enum(lib):
+    lib.poet_status_str.restype = ctypes.c_char_p
+    from poetc import cheaders
+
+    for code, (_, text) in cheaders.statuses().items():
+        assert lib.poet_status_str(code).decode() == text

@@ -1,0 +1,207 @@
+"""Bad input: one line on stderr naming what and where, exit code 2, no traceback, nothing half-written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from tests.conftest import poetc
+
+
+def _expect_error(*args: str, match: str, cwd: Path | None = None) -> str:
+    r = poetc(*args, check=False, cwd=cwd)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    err = r.stderr.strip()
+    assert "Traceback" not in r.stderr and len(err.splitlines()) == 1, err
+    assert err.startswith("poetc: error: ")
+    assert match in err, err
+    return err
+
+
+def _onnx(path: Path, nodes, inits, out="y"):
+    g = helper.make_graph(
+        nodes,
+        "t",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 6])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, [4, 3])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    onnx.save(helper.make_model(g), str(path))
+    return path
+
+
+@pytest.fixture
+def good_onnx(tmp_path):
+    return _onnx(
+        tmp_path / "good.onnx",
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)],
+        {"w": np.ones((3, 6), np.float32), "b": np.zeros(3, np.float32)},
+    )
+
+
+def test_missing_malformed_unreadable_model(tmp_path):
+    out = tmp_path / "o"
+    _expect_error(
+        "build",
+        str(tmp_path / "missing.onnx"),
+        "--board",
+        "host",
+        "--out",
+        str(out),
+        match="missing.onnx: no such file",
+    )
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x12\x34 not an onnx model \xff" * 10)
+    _expect_error("build", str(bad), "--board", "host", "--out", str(out), match="bad.onnx: not a valid ONNX")
+    d = tmp_path / "adir.onnx"
+    d.mkdir()
+    _expect_error("build", str(d), "--board", "host", "--out", str(out), match="adir.onnx: cannot read")
+    assert not out.exists()
+
+
+def test_unsupported_op_named(tmp_path):
+    p = _onnx(
+        tmp_path / "u.onnx",
+        [
+            helper.make_node("Softsign", ["x"], ["s"], name="weird"),
+            helper.make_node("Gemm", ["s", "w"], ["y"], transB=1),
+        ],
+        {"w": np.ones((3, 6), np.float32)},
+    )
+    err = _expect_error(
+        "build", str(p), "--board", "host", "--out", str(tmp_path / "o"), match="weird (Softsign)"
+    )
+    assert "supported:" in err and "Gemm" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_no_parameters_and_no_output(tmp_path):
+    p = _onnx(tmp_path / "np.onnx", [helper.make_node("Relu", ["x"], ["y"])], {})
+    _expect_error(
+        "build", str(p), "--board", "host", "--out", str(tmp_path / "o"), match="no trainable parameters"
+    )
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "t",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 6])],
+        [],
+    )
+    q = tmp_path / "noout.onnx"
+    onnx.save(helper.make_model(g), str(q))
+    _expect_error("build", str(q), "--board", "host", "--out", str(tmp_path / "o"), match="no output")
+
+
+def test_unknown_board_and_zoo(tmp_path, good_onnx):
+    _expect_error(
+        "build",
+        str(good_onnx),
+        "--board",
+        "pdp11",
+        "--out",
+        str(tmp_path / "o"),
+        match="unknown board 'pdp11'",
+    )
+    _expect_error(
+        "build",
+        "resnet1000",
+        "--board",
+        "host",
+        "--out",
+        str(tmp_path / "o"),
+        match="not a zoo model (zoo: mlp, digits-mlp",
+    )
+
+
+def test_out_dir_with_foreign_files_is_refused(tmp_path, good_onnx):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    _expect_error("build", str(good_onnx), "--board", "host", "--out", str(out), match="thesis.tex")
+    assert (out / "thesis.tex").read_text() == "precious" and len(list(out.iterdir())) == 1
+    # an earlier poetc build is replaced without complaint
+    out2 = tmp_path / "o2"
+    poetc("build", str(good_onnx), "--board", "host", "--out", str(out2))
+    poetc("build", str(good_onnx), "--board", "host", "--out", str(out2))
+    (out2 / "notes.txt").write_text("mine")
+    _expect_error("build", str(good_onnx), "--board", "host", "--out", str(out2), match="notes.txt")
+
+
+def test_bad_data(tmp_path, good_onnx):
+    out = tmp_path / "o"
+    poetc("build", str(good_onnx), "--board", "host", "--out", str(out))
+    np.savez(tmp_path / "shape.npz", x=np.zeros((10, 5), np.float32), y=np.zeros(10, np.int64))
+    _expect_error(
+        "train",
+        str(out),
+        "--steps",
+        "1",
+        "--data",
+        str(tmp_path / "shape.npz"),
+        match="'x' has shape [10, 5], expected [N, 6]",
+    )
+    np.savez(tmp_path / "lab.npz", x=np.zeros((10, 6), np.float32), y=np.array([0, 1, 2, 3] + [0] * 6))
+    _expect_error(
+        "train",
+        str(out),
+        "--steps",
+        "1",
+        "--data",
+        str(tmp_path / "lab.npz"),
+        match="y[3] = 3 is out of range for 3 classes",
+    )
+    np.savez(tmp_path / "noy.npz", x=np.zeros((10, 6), np.float32))
+    _expect_error(
+        "train", str(out), "--steps", "1", "--data", str(tmp_path / "noy.npz"), match="no matching 'y'"
+    )
+    _expect_error(
+        "train", str(out), "--steps", "1", "--data", str(tmp_path / "none.npz"), match="no such file"
+    )
+    _expect_error("train", str(out), "--steps", "1", "--batch", "7", match="built for batch 4")
+    _expect_error("train", str(tmp_path), "--steps", "1", match="not a poetc build directory")
+    # the bundled digits cannot feed a 6-feature, 3-class model
+    _expect_error("train", str(out), "--steps", "1", match="the bundled digits have 10 classes")
+    assert not (out / "trained.npz").exists()
+
+
+def test_bad_numbers(tmp_path, good_onnx):
+    _expect_error(
+        "build",
+        str(good_onnx),
+        "--board",
+        "host",
+        "--out",
+        str(tmp_path / "o"),
+        "--ram",
+        "lots",
+        match="bad byte size 'lots'",
+    )
+    _expect_error(
+        "build",
+        str(good_onnx),
+        "--board",
+        "host",
+        "--out",
+        str(tmp_path / "o"),
+        "--batch",
+        "0",
+        match="--batch must be positive",
+    )
+    _expect_error(
+        "build", str(good_onnx), "--board", "host", match="the following arguments are required: --out"
+    )
+
+
+def test_ram_budget_too_small_names_the_smallest(tmp_path):
+    err = _expect_error(
+        "build", "digits-mlp", "--board", "host", "--out", str(tmp_path / "o"), "--ram", "20K", match="budget"
+    )
+    assert not (tmp_path / "o").exists()
+    assert "bytes" in err
+
+
+def test_boards_table():
+    r = poetc("boards")
+    assert "nrf52840" in r.stdout and "256.0 KiB" in r.stdout and "mkr1000" in r.stdout

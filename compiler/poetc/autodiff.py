@@ -35,13 +35,26 @@ class TrainingGraph:
     n_forward: int  # graph.nodes[:n_forward] is the model's forward pass
 
     @cached_property
+    def in_place(self) -> Mapping[int, str]:
+        """Node index -> the static tensor it updates in place (optimizer steps, running statistics).
+
+        Such a node must run exactly once, and no reader of that tensor may run after it."""
+        out = {}
+        for i, n in enumerate(self.graph.nodes):
+            k = ops.get(n.op).in_place
+            if k is not None:
+                out[i] = n.inputs[k]
+        return out
+
+    @cached_property
     def update_stage(self) -> Mapping[int, int]:
-        """Node index of a parameter reader -> the first stage after which it must not run again."""
+        """Node index of a reader of an updated tensor -> the stage of the first update of that tensor.
+
+        The reader must not run in any stage after that one (it would see the new value)."""
         g = self.graph
         out: dict[int, int] = {}
-        for p, upd in self.updates.items():
-            u = g.node_index[upd]
-            for reader in g.consumers[p]:
+        for u, tensor in self.in_place.items():
+            for reader in g.consumers[tensor]:
                 if reader != u:
                     out[reader] = min(out.get(reader, u), u)
         return out

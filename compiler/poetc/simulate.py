@@ -61,13 +61,14 @@ def replay(tg: TrainingGraph, prog: Program, cost: CostModel, budget: int | None
     ins: list[list[int]] = [[] for _ in range(T)]
     for u, v in g.edges:
         ins[v].append(u)
+    # nodes that update a static tensor in place, and the readers that must not run after them
+    updated_by = dict(tg.in_place)
     param_readers: dict[int, list[str]] = {}
-    update_of: dict[str, int] = {p: g.node_index[u] for p, u in tg.updates.items()}
-    for p, u in update_of.items():
-        for r in g.consumers[p]:
+    for u, tensor in updated_by.items():
+        for r in g.consumers[tensor]:
             if r != u:
-                param_readers.setdefault(r, []).append(p)
-    is_update = set(update_of.values())
+                param_readers.setdefault(r, []).append(tensor)
+    is_update = set(updated_by)
 
     resident: set[int] = set()
     stored: set[int] = set()
@@ -94,9 +95,9 @@ def replay(tg: TrainingGraph, prog: Program, cost: CostModel, budget: int | None
         if ins_.op in (Op.RUN, Op.RECOMPUTE):
             for p in param_readers.get(i, ()):
                 if p in updated:
-                    raise fail(pc, st, i, f"node {g.nodes[i].name!r} reads parameter {p!r} after its update")
+                    raise fail(pc, st, i, f"node {g.nodes[i].name!r} reads {p!r} after its in-place update")
             if i in is_update and ran[i]:
-                raise fail(pc, st, i, "parameter update applied twice")
+                raise fail(pc, st, i, f"in-place update of {updated_by[i]!r} applied twice")
             for u in ins[i]:
                 if cost.mem[u] > 0 and u not in resident:
                     raise fail(pc, st, u, f"input of node {g.nodes[i].name!r} is not resident")
@@ -116,7 +117,7 @@ def replay(tg: TrainingGraph, prog: Program, cost: CostModel, budget: int | None
                 used += size
             ran[i] += 1
             if i in is_update:
-                updated.add(g.nodes[i].inputs[0])
+                updated.add(updated_by[i])
             cj += float(cost.compute_j[i])
             ts += float(cost.compute_s[i])
             n_run += ins_.op == Op.RUN

@@ -17,7 +17,7 @@
 #include "kernels.h"
 #include "status.h"
 
-#define POET_MAX_INPUTS 3
+#define POET_MAX_INPUTS 4
 
 #if defined(__GNUC__) || defined(__clang__)
 #define POET_ALIGNED __attribute__((aligned(16)))

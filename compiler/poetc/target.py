@@ -3,6 +3,11 @@
 Every target ends in a pyserial URL: the host program listens on a loopback TCP port (socket://), QEMU serves
 its UART on one, a real board is a serial device. ``Session`` owns the process: it is stopped (and killed if it
 will not stop) on success, failure, timeout or Ctrl-C, so nothing is left behind.
+
+Targets by board: ``host`` (the system C compiler, a process); Cortex-M boards with an ``emulator`` (QEMU:
+``QemuTarget`` builds with arm-none-eabi-gcc and runs the image with -icount shift=0, semihosting and its UART
+on a loopback TCP port); real Cortex-M boards (``BoardTarget``: the same Makefile, plus a PlatformIO project
+that ``poetc flash`` uploads; the harness then talks to the board's serial port).
 """
 
 from __future__ import annotations
@@ -11,37 +16,83 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import serial
 
+from . import codegen
 from .boards import Board
 from .errors import PoetcError, TargetError
+from .fmt import nbytes
 from .link import Link
+from .resources import firmware_dir
+
+_OVERFLOW = re.compile(r"region [`'](\w+)' overflowed by (\d+) bytes")
 
 
 def run_make(
-    build_dir: Path, args: list[str] | None = None, say: Callable[[str], None] | None = None
-) -> None:
+    build_dir: Path,
+    args: list[str] | None = None,
+    say: Callable[[str], None] | None = None,
+    board: Board | None = None,
+) -> subprocess.CompletedProcess:
     if shutil.which("make") is None:
         raise PoetcError("'make' is not installed (Debian: apt-get install make)")
     cmd = ["make", "-C", str(build_dir), "--no-print-directory", *(args or [])]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
+        if board is not None:
+            overflow = overflow_message(proc.stdout + proc.stderr, board)
+            if overflow:
+                raise PoetcError(overflow)
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-12:]
         first_err = next((ln for ln in tail if "error" in ln.lower()), tail[-1] if tail else "make failed")
         raise PoetcError(
             f"build failed in {build_dir}: {first_err.strip()}"
             + ("\n" + "\n".join(tail) if os.environ.get("POETC_VERBOSE") else "")
         )
-    if say:
-        for line in proc.stdout.splitlines():
-            if line.startswith(("Memory region", "  ", "FLASH", "RAM")) and "%" in line:
-                say(line.strip())
+    return proc
+
+
+def overflow_message(output: str, board: Board) -> str | None:
+    """One line from ld's "region `RAM' overflowed by N bytes" (and FLASH): what overflowed, by how much, and the
+    smallest size that would fit."""
+    found: dict[str, int] = {}
+    for region, n in _OVERFLOW.findall(output):
+        found[region] = max(found.get(region, 0), int(n))
+    if not found:
+        return None
+    sizes = {"RAM": board.ram_bytes, "FLASH": board.flash_bytes}
+    parts = []
+    for region, n in found.items():
+        have = sizes.get(region)
+        if have is None:
+            parts.append(f"region {region} overflowed by {n} bytes")
+        else:
+            parts.append(
+                f"{region} overflowed by {n} bytes: the image needs {have + n} bytes of {region}, board "
+                f"{board.name} has {have}; the smallest {region} budget that fits this build is {have + n} bytes"
+            )
+    return f"the image does not fit board {board.name} at link time: " + "; ".join(parts)
+
+
+class _Link(Link):
+    """A Link that calls a silent, still-running target hung, rather than reporting a protocol error."""
+
+    def _dead(self, msg: str) -> TargetError:
+        why = self.on_dead() if self.on_dead else None
+        if why:
+            return TargetError(f"target: {why}")
+        if msg.startswith("timed out"):
+            return TargetError(f"target timed out (hung?): no reply within {self.timeout_s:g} s")
+        return TargetError(f"target: {msg}")
 
 
 class Session:
@@ -53,25 +104,37 @@ class Session:
         url: str,
         cleanup: Callable[[], None] | None = None,
         timeout_s: float = 60.0,
+        baudrate: int | None = None,
     ) -> None:
         self.proc = proc
         self.url = url
         self._cleanup = cleanup
-        self.ser = serial.serial_for_url(url, timeout=0.2, write_timeout=timeout_s)
-        self.link = Link(self.ser, timeout_s=timeout_s, on_dead=self.why_dead)
+        kw: dict[str, Any] = {"baudrate": baudrate} if baudrate else {}
+        self.ser = serial.serial_for_url(url, timeout=0.2, write_timeout=timeout_s, **kw)
+        self.link = _Link(self.ser, timeout_s=timeout_s, on_dead=self.why_dead)
 
-    def why_dead(self) -> str | None:
+    def _exit_code(self) -> int | None:
+        """The process's exit code; a process whose transport just closed gets a moment to finish exiting."""
         if self.proc is None:
             return None
-        code = self.proc.poll()
+        try:
+            return self.proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _stderr_text(self) -> str:
+        if self.proc is None or not self.proc.stderr:
+            return ""
+        try:
+            return self.proc.stderr.read().decode(errors="replace").strip()
+        except (OSError, ValueError):
+            return ""
+
+    def why_dead(self) -> str | None:
+        code = self._exit_code()
         if code is None:
             return None
-        err = ""
-        if self.proc.stderr:
-            try:
-                err = self.proc.stderr.read().decode(errors="replace").strip()
-            except (OSError, ValueError):
-                err = ""
+        err = self._stderr_text()
         if code < 0:
             return f"the target process died from signal {signal.Signals(-code).name}" + (
                 f": {err}" if err else ""
@@ -136,12 +199,23 @@ class Target:
     def binary(self, build_dir: Path) -> Path:
         raise NotImplementedError
 
+    def template_vars(self, storage_bytes: int) -> dict[str, Any]:
+        """Extra values for the Makefile template."""
+        return {}
+
+    def write_port_files(self, d: Path, header: str, storage_bytes: int) -> None:
+        """Port-specific files of the build directory beyond port/ (shared sources, linker inputs, PlatformIO)."""
+
     def build(self, build_dir: Path, say: Callable[[str], None] | None = None, san: bool = False) -> Path:
         run_make(build_dir, ["SAN=asan"] if san else [], say)
         return self.binary(build_dir)
 
     def launch(self, build_dir: Path, timeout_s: float = 60.0, pager: str = "file") -> Session:
         raise NotImplementedError
+
+    def seconds(self, ticks: int, tick_hz: int) -> float:
+        """Seconds on the board for a tick count the target reported (at its tick_hz)."""
+        return ticks / tick_hz
 
 
 class HostTarget(Target):
@@ -190,7 +264,351 @@ def _read_port(proc: subprocess.Popen, timeout_s: float) -> int:
     raise TargetError("target: the host program did not start listening within 10 s")
 
 
+# ---- Cortex-M ----------------------------------------------------------------------------------------------
+CORE_FLAGS: dict[str, tuple[str, ...]] = {
+    "cortex-m4f": ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"),
+    "cortex-m0": ("-mcpu=cortex-m0", "-mthumb", "-mfloat-abi=soft"),
+    "cortex-m0plus": ("-mcpu=cortex-m0plus", "-mthumb", "-mfloat-abi=soft"),
+}
+FLASH_PAGE_BYTES = 4096  # nRF52840 NVMC page
+
+
+@dataclass(frozen=True)
+class PioEnv:
+    """The PlatformIO environment of a real board (the same sources as the Makefile, bare metal)."""
+
+    platform: str
+    board: str
+    usb_vids: tuple[int, ...]  # USB vendor ids of the board's serial port
+    attached: str  # what must be plugged in, for messages
+    pagers: tuple[str, ...] = ("sd",)  # selectable pager backends; the first is the default
+
+
+PLATFORMIO: dict[str, PioEnv] = {
+    "nrf52840": PioEnv(
+        "nordicnrf52", "nrf52840_dk", (0x1366,), "an nRF52840-DK (its J-Link USB port)", ("sd", "flash")
+    ),
+    "mkr1000": PioEnv("atmelsam", "mkr1000USB", (0x2341, 0x2A03), "an Arduino MKR1000 (USB)"),
+}
+SERIAL_BAUD = 115200  # the real boards' UART rate (firmware/<port>/port.c)
+
+
+@dataclass(frozen=True)
+class ImageSize:
+    """Flash and RAM use of a linked image, read from its sections."""
+
+    flash: int  # code, constants, initial values of .data
+    ram: int  # stack reserve + .data + .bss
+    stack: int
+    flash_total: int
+    ram_total: int
+
+    def line(self) -> str:
+        return (
+            f"image: flash {nbytes(self.flash)} of {nbytes(self.flash_total)} "
+            f"({100 * self.flash / max(1, self.flash_total):.1f}%), RAM {nbytes(self.ram)} of "
+            f"{nbytes(self.ram_total)} ({100 * self.ram / max(1, self.ram_total):.1f}%, "
+            f"stack reserve {nbytes(self.stack)})"
+        )
+
+
+def image_size(elf: Path, board: Board) -> ImageSize:
+    size = shutil.which("arm-none-eabi-size")
+    if size is None:
+        raise PoetcError("arm-none-eabi-size is missing (Debian: apt-get install binutils-arm-none-eabi)")
+    out = subprocess.run([size, "-A", "-d", str(elf)], capture_output=True, text=True, check=True).stdout
+    sec: dict[str, int] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0].startswith(".") and parts[1].isdigit():
+            sec[parts[0]] = int(parts[1])
+    flash = sec.get(".text", 0) + sec.get(".ARM.exidx", 0) + sec.get(".data", 0)
+    ram = sec.get(".stack", 0) + sec.get(".data", 0) + sec.get(".bss", 0)
+    return ImageSize(flash, ram, sec.get(".stack", 0), board.flash_bytes, board.ram_bytes)
+
+
+class ArmTarget(Target):
+    """A Cortex-M board: the generated Makefile cross-compiles with arm-none-eabi-gcc, offline."""
+
+    makefile_template = "Makefile.arm.j2"
+
+    def __init__(self, board: Board) -> None:
+        super().__init__(board)
+        if board.core not in CORE_FLAGS:
+            raise PoetcError(
+                f"board {board.name}: unknown Cortex-M core {board.core!r} ({', '.join(CORE_FLAGS)})"
+            )
+        self.pio = PLATFORMIO.get(board.port)
+
+    def binary(self, build_dir: Path) -> Path:
+        return build_dir / "build" / "poet.elf"
+
+    @property
+    def cpu_flags(self) -> tuple[str, ...]:
+        return CORE_FLAGS[self.board.core]
+
+    def defines(self) -> list[str]:
+        out = [f"POET_PAGER_BYTES={min(self.board.storage_bytes, 0xFFFFFFFF)}u"]
+        if self.board.emulated:
+            out.append("POET_PORT_SEMIHOST=1")  # cortexm/semihost.c provides the pager, exit and diagnostics
+        return out
+
+    def template_vars(self, storage_bytes: int) -> dict[str, Any]:
+        pagers = self.pio.pagers if self.pio and len(self.pio.pagers) > 1 else ()
+        return {"cpu_flags": " ".join(self.cpu_flags), "defines": self.defines(), "pagers": pagers}
+
+    def flash_pager_bytes(self, storage_bytes: int) -> int:
+        """Flash reserved at the end of the image for the NVMC pager: the storage, in pages, plus a spare page."""
+        if not self.pio or "flash" not in self.pio.pagers:
+            return 0
+        pages = -(-storage_bytes // FLASH_PAGE_BYTES)
+        return (pages + 1) * FLASH_PAGE_BYTES
+
+    def write_port_files(self, d: Path, header: str, storage_bytes: int) -> None:
+        shutil.copytree(firmware_dir() / "cortexm", d / "cortexm")
+        (d / "memory.ld").write_text(
+            codegen.render_template(
+                "memory.ld.j2",
+                header=header,
+                board=self.board,
+                flash_pager_bytes=self.flash_pager_bytes(storage_bytes),
+            )
+        )
+        if self.pio is not None:
+            (d / "platformio.ini").write_text(
+                codegen.render_template(
+                    "platformio.ini.j2",
+                    header=header,
+                    board=self.board,
+                    pio=self.pio,
+                    cpu_flags=self.cpu_flags,
+                    defines=[f"POET_FRAME_MAX={self.board.frame_max_bytes}", *self.defines()],
+                    baud=SERIAL_BAUD,
+                )
+            )
+            (d / "pio_link.py").write_text(
+                codegen.render_template("pio_link.py.j2", header=header, cpu_flags=self.cpu_flags)
+            )
+
+    def build(self, build_dir: Path, say: Callable[[str], None] | None = None, san: bool = False) -> Path:
+        if san:
+            raise PoetcError("sanitizer builds are for the host port only")
+        for tool in ("arm-none-eabi-gcc", "make"):
+            if shutil.which(tool) is None:
+                raise PoetcError(
+                    f"{tool} is not installed: Cortex-M builds need Debian's gcc-arm-none-eabi, "
+                    "libnewlib-arm-none-eabi and make (scripts/setup.sh installs them)"
+                )
+        proc = run_make(build_dir, [], None, board=self.board)
+        elf = self.binary(build_dir)
+        if say:
+            for line in proc.stdout.splitlines():
+                if ("Memory region" in line or line.strip().startswith(("FLASH:", "RAM:"))) and "%" in line:
+                    say(line.rstrip())
+            say(image_size(elf, self.board).line())
+        return elf
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+_QEMU_WAITING = re.compile(r"waiting for connection on: disconnected:tcp:127\.0\.0\.1:(\d+)")
+
+
+class QemuSession(Session):
+    """A session with QEMU: its log (stdout + stderr, including the firmware's semihosting text) is a file."""
+
+    def __init__(
+        self, proc: subprocess.Popen, url: str, log: Path, cleanup: Callable[[], None], timeout_s: float
+    ):
+        self.log = log
+        super().__init__(proc, url, cleanup, timeout_s)
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def why_dead(self) -> str | None:
+        code = self._exit_code()
+        if code is None:
+            return None
+        text = self.log_text()
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "waiting for connection" not in ln]
+        fault = next((ln for ln in lines if "HardFault" in ln), None)
+        if code == FAULT_EXIT or fault:
+            return "the firmware took a HardFault" + (f" ({fault.removeprefix('poet: ')})" if fault else "")
+        if code == BAD_MODEL_EXIT:
+            detail = next((ln for ln in lines if "inconsistent" in ln), "")
+            return "the firmware rejected the model tables" + (f" ({detail})" if detail else "")
+        if "Lockup" in text:
+            return "the core locked up (a fault while handling a fault: a stack overflow?)"
+        if code < 0:
+            return f"QEMU died from signal {signal.Signals(-code).name}" + (f": {lines[-1]}" if lines else "")
+        return f"QEMU exited with code {code}" + (f": {lines[-1]}" if lines else "")
+
+
+FAULT_EXIT = 70  # POET_EXIT_FAULT, firmware/cortexm/cm.h
+BAD_MODEL_EXIT = 4  # POET_EXIT_BAD_MODEL
+
+
+class QemuTarget(ArmTarget):
+    """An emulated Cortex-M board: QEMU runs the image with -icount shift=0 (ticks are instructions),
+    semihosting (the pager file lives in a temporary working directory) and its UART on a loopback port."""
+
+    PAGER_FILE = "poet-pager.bin"
+
+    def seconds(self, ticks: int, tick_hz: int) -> float:
+        # ticks are instructions; the board's cycles per instruction and clock turn them into its seconds
+        return ticks * self.board.cycles_per_instruction / self.board.clock_hz
+
+    def command(self, elf: Path, port: int) -> list[str]:
+        qemu = shutil.which("qemu-system-arm")
+        if qemu is None:
+            raise PoetcError(
+                "qemu-system-arm is not installed (Debian: apt-get install qemu-system-arm; scripts/setup.sh does it)"
+            )
+        cmd = [
+            qemu,
+            "-M",
+            self.board.emulator,
+            "-nographic",
+            "-monitor",
+            "none",
+            "-icount",
+            "shift=0",
+            "-semihosting-config",
+            "enable=on,target=native",
+            "-serial",
+            f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on",  # nodelay: no 40 ms Nagle stalls
+            "-kernel",
+            str(elf),
+        ]
+        setpriv = shutil.which("setpriv")
+        return [setpriv, "--pdeathsig", "TERM", *cmd] if setpriv else cmd  # never outlive poetc
+
+    def launch(
+        self, build_dir: Path, timeout_s: float = 60.0, pager: str = "file", binary: Path | None = None
+    ) -> Session:
+        elf = (binary or self.binary(build_dir)).resolve()
+        if not elf.exists():
+            raise PoetcError(f"{build_dir}: no firmware image at {elf}; run poetc build again")
+        tmp = Path(tempfile.mkdtemp(prefix="poetc-qemu-"))
+        cleanup = lambda: shutil.rmtree(tmp, ignore_errors=True)  # noqa: E731
+        try:
+            for _attempt in range(5):
+                port = _free_port()
+                log = tmp / "qemu.log"
+                with open(log, "wb") as out:
+                    proc = subprocess.Popen(
+                        self.command(elf, port),
+                        cwd=tmp,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                try:
+                    if _wait_listening(proc, log, port, timeout_s=10.0):
+                        return QemuSession(proc, f"socket://127.0.0.1:{port}", log, cleanup, timeout_s)
+                except BaseException:
+                    stop_process(proc, grace_s=0.5)
+                    raise
+                stop_process(proc, grace_s=0.5)
+                text = log.read_text(errors="replace")
+                if "in use" not in text:  # anything but a lost race for the port is fatal
+                    raise TargetError(f"target: QEMU did not start: {text.strip().splitlines()[-1:] or '?'}")
+            raise TargetError("target: QEMU could not bind a free loopback port (5 attempts)")
+        except BaseException:
+            cleanup()
+            raise
+
+
+def _wait_listening(proc: subprocess.Popen, log: Path, port: int, timeout_s: float) -> bool:
+    """True once QEMU says it waits for our connection on ``port``; False if it exited (e.g. port taken)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        m = _QEMU_WAITING.search(log.read_text(errors="replace"))
+        if m and int(m.group(1)) == port:
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.01)
+    raise TargetError(f"target: QEMU did not open its serial port within {timeout_s:g} s")
+
+
+class BoardTarget(ArmTarget):
+    """A real Cortex-M board, flashed with PlatformIO (``poetc flash``) and reached on its serial port."""
+
+    def find_serial(self, port: str | None = None) -> str:
+        if port:
+            return port
+        env = os.environ.get("POETC_SERIAL")
+        if env:
+            return env
+        try:
+            from serial.tools import list_ports
+        except ImportError:  # pragma: no cover - pyserial always has it
+            list_ports = None
+        vids = self.pio.usb_vids if self.pio else ()
+        for p in list_ports.comports() if list_ports else []:
+            if p.vid in vids:
+                return p.device
+        raise PoetcError(
+            f"no {self.board.name} found: no serial port with USB vendor id "
+            f"{', '.join(f'{v:04x}' for v in vids) or '?'} (connect {self.pio.attached if self.pio else 'it'}, "
+            "or name the device with --port or POETC_SERIAL)"
+        )
+
+    def launch(
+        self, build_dir: Path, timeout_s: float = 60.0, pager: str = "file", port: str | None = None
+    ) -> Session:
+        dev = self.find_serial(port)
+        return Session(None, dev, None, timeout_s, baudrate=SERIAL_BAUD)
+
+
+def platformio_core_dir() -> Path:
+    return Path(os.environ.get("PLATFORMIO_CORE_DIR") or Path.home() / ".platformio")
+
+
+def flash(board: Board, build_dir: Path, port: str | None = None, env: str | None = None) -> list[str]:
+    """Check everything ``pio run -t upload`` needs, then return its command line (the caller runs it).
+    Every missing piece is one clear PoetcError, never a 60 s wait on PlatformIO's registry."""
+    if board.emulated:
+        raise PoetcError(
+            f"board {board.name} is emulated ({board.emulator}): poetc train and verify run it in QEMU; "
+            "there is nothing to flash"
+        )
+    tgt = for_board(board)
+    if not isinstance(tgt, BoardTarget) or tgt.pio is None:
+        raise PoetcError(
+            f"board {board.name}: no PlatformIO project (boards with one: {', '.join(PLATFORMIO)})"
+        )
+    if not (build_dir / "platformio.ini").is_file():
+        raise PoetcError(f"{build_dir}: no platformio.ini; rebuild with poetc build ... --board {board.name}")
+    pio = shutil.which("pio") or shutil.which("platformio")
+    if pio is None:
+        raise PoetcError(
+            "PlatformIO is not installed (pip install platformio); it builds and flashes real boards"
+        )
+    dev = tgt.find_serial(port)
+    platform_dir = platformio_core_dir() / "platforms" / tgt.pio.platform
+    if not platform_dir.is_dir():
+        raise PoetcError(
+            f"PlatformIO's {tgt.pio.platform} platform is not installed (looked in {platform_dir.parent}); "
+            f"install it once with network access: pio pkg install -g -p {tgt.pio.platform}"
+        )
+    name = env or board.name
+    return [pio, "run", "-d", str(build_dir), "-e", name, "-t", "upload", "--upload-port", dev]
+
+
 def for_board(board: Board) -> Target:
     if board.port == "host":
         return HostTarget(board)
+    if board.core.startswith("cortex-m"):
+        return QemuTarget(board) if board.emulated else BoardTarget(board)
     raise PoetcError(f"board {board.name}: port {board.port!r} has no launcher in this version")

@@ -46,6 +46,7 @@ void cm_port_fault_exit(void) __attribute__((noreturn));
  * cm_systick_start() is called once by the port; SysTick_Handler lives in systick.c. */
 void cm_systick_start(void);
 uint64_t cm_systick_count(void);
+void cm_systick_hook(void); /* weak, empty: called on every wrap (every 2^24 core cycles) */
 
 /* Bytes of the stack reserve never written since reset (the stack is painted at reset). */
 uint32_t cm_stack_unused(void);

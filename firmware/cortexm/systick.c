@@ -11,7 +11,13 @@
 
 static volatile uint32_t wraps;
 
-void SysTick_Handler(void) { wraps++; }
+/* A port may sample another counter on every wrap (nrf52840: extends the DWT cycle counter to 64 bits). */
+__attribute__((weak)) void cm_systick_hook(void) {}
+
+void SysTick_Handler(void) {
+    wraps++;
+    cm_systick_hook();
+}
 
 void cm_systick_start(void) {
     CM_SYST_CSR = 0;

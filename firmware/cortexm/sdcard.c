@@ -1,0 +1,204 @@
+/* SD card over SPI: initialisation (CMD0, CMD8, ACMD41, CMD58), single-block read (CMD17) and write (CMD24),
+ * and the read-modify-write byte pager. See sdcard.h. Timeouts are counted in bytes exchanged, so the driver
+ * needs no timer: at 400 kHz a byte takes 20 us, at 4 MHz 2 us. */
+#include "sdcard.h"
+
+#include <string.h>
+
+#define CMD0 0
+#define CMD8 8
+#define CMD16 16
+#define CMD17 17
+#define CMD24 24
+#define CMD55 55
+#define CMD58 58
+#define ACMD41 41
+#define R1_IDLE 0x01u
+#define R1_ILLEGAL 0x04u
+#define TOKEN_START 0xFEu
+#define INIT_TRIES 20000u     /* ACMD41 rounds (the card may take up to 1 s to leave idle) */
+#define WAIT_BYTES 200000u    /* polls for a data token or the end of busy (about 0.5 s at 4 MHz) */
+
+static uint8_t xfer(sd_card *sd, uint8_t b) { return sd->spi->xfer(b); }
+
+static void send_buf(sd_card *sd, const uint8_t *buf, size_t n) {
+    if (sd->spi->write) {
+        sd->spi->write(buf, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) xfer(sd, buf[i]);
+}
+
+static void recv_buf(sd_card *sd, uint8_t *buf, size_t n) {
+    if (sd->spi->read) {
+        sd->spi->read(buf, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) buf[i] = xfer(sd, 0xFF);
+}
+
+static int wait_ready(sd_card *sd) {
+    for (uint32_t i = 0; i < WAIT_BYTES; i++)
+        if (xfer(sd, 0xFF) == 0xFF) return 1;
+    return 0;
+}
+
+static void deselect(sd_card *sd) {
+    sd->spi->select(0);
+    xfer(sd, 0xFF); /* one more byte so the card releases MISO */
+}
+
+/* Send a command (card selected); returns R1 (0xFF: no answer). */
+static uint8_t command(sd_card *sd, uint8_t cmd, uint32_t arg) {
+    if (cmd == ACMD41) {
+        uint8_t r = command(sd, CMD55, 0);
+        if (r > R1_IDLE) return r;
+    }
+    if (cmd != CMD0 && !wait_ready(sd)) return 0xFF;
+    uint8_t frame[6] = {(uint8_t)(0x40u | cmd), (uint8_t)(arg >> 24), (uint8_t)(arg >> 16), (uint8_t)(arg >> 8),
+                        (uint8_t)arg, 0x01u};
+    if (cmd == CMD0) frame[5] = 0x95u; /* the only commands whose CRC is checked in SPI mode */
+    if (cmd == CMD8) frame[5] = 0x87u;
+    send_buf(sd, frame, sizeof frame);
+    uint8_t r = 0xFF;
+    for (int i = 0; i < 10 && (r & 0x80u); i++) r = xfer(sd, 0xFF);
+    return r;
+}
+
+poet_status sd_init(sd_card *sd, const sd_spi *spi, uint32_t first_block) {
+    memset(sd, 0, sizeof *sd);
+    sd->spi = spi;
+    sd->first_block = first_block;
+    spi->set_fast(0);
+    spi->select(0);
+    for (int i = 0; i < 10; i++) xfer(sd, 0xFF); /* >= 74 clocks with CS high */
+    spi->select(1);
+    uint8_t r = 0xFF;
+    for (int i = 0; i < 10 && r != R1_IDLE; i++) r = command(sd, CMD0, 0);
+    if (r != R1_IDLE) goto fail;
+    int v2 = 0;
+    r = command(sd, CMD8, 0x1AAu);
+    if (!(r & R1_ILLEGAL)) { /* SD v2: an R7 follows; the card must echo the check pattern */
+        uint8_t r7[4];
+        recv_buf(sd, r7, 4);
+        if (r != R1_IDLE || (r7[2] & 0x0Fu) != 0x01u || r7[3] != 0xAAu) goto fail;
+        v2 = 1;
+    }
+    uint32_t tries = 0;
+    do {
+        r = command(sd, ACMD41, v2 ? 0x40000000u : 0u); /* HCS: we handle high-capacity cards */
+    } while (r == R1_IDLE && ++tries < INIT_TRIES);
+    if (r != 0) goto fail;
+    if (v2) {
+        uint8_t ocr[4];
+        if (command(sd, CMD58, 0) != 0) goto fail;
+        recv_buf(sd, ocr, 4);
+        sd->high_capacity = (ocr[0] & 0x40u) != 0; /* CCS */
+    }
+    if (!sd->high_capacity && command(sd, CMD16, SD_BLOCK) != 0) goto fail;
+    deselect(sd);
+    spi->set_fast(1);
+    sd->ready = 1;
+    return POET_OK;
+fail:
+    deselect(sd);
+    return POET_ERR_PAGER_IO;
+}
+
+static uint32_t card_addr(const sd_card *sd, uint32_t block) {
+    return sd->high_capacity ? block : block * SD_BLOCK;
+}
+
+poet_status sd_read_block(sd_card *sd, uint32_t block, uint8_t *dst) {
+    if (!sd->ready) return POET_ERR_PAGER_IO;
+    sd->spi->select(1);
+    poet_status s = POET_ERR_PAGER_IO;
+    if (command(sd, CMD17, card_addr(sd, block)) == 0) {
+        uint8_t t = 0xFF;
+        for (uint32_t i = 0; i < WAIT_BYTES && t == 0xFF; i++) t = xfer(sd, 0xFF);
+        if (t == TOKEN_START) {
+            uint8_t crc[2];
+            recv_buf(sd, dst, SD_BLOCK);
+            recv_buf(sd, crc, 2);
+            s = POET_OK;
+        }
+    }
+    deselect(sd);
+    return s;
+}
+
+poet_status sd_write_block(sd_card *sd, uint32_t block, const uint8_t *src) {
+    if (!sd->ready) return POET_ERR_PAGER_IO;
+    sd->spi->select(1);
+    poet_status s = POET_ERR_PAGER_IO;
+    if (command(sd, CMD24, card_addr(sd, block)) == 0) {
+        static const uint8_t head[2] = {0xFF, TOKEN_START}, crc[2] = {0xFF, 0xFF};
+        uint8_t pre[2], tail[2];
+        memcpy(pre, head, 2); /* bulk transfers may need RAM (EasyDMA): never send from flash */
+        memcpy(tail, crc, 2);
+        send_buf(sd, pre, 2);
+        send_buf(sd, src, SD_BLOCK);
+        send_buf(sd, tail, 2);
+        uint8_t resp = xfer(sd, 0xFF);
+        if ((resp & 0x1Fu) == 0x05u && wait_ready(sd)) s = POET_OK; /* data accepted, then busy ends */
+    }
+    deselect(sd);
+    return s;
+}
+
+/* the block buffer holds block b (read it unless it does already) */
+static poet_status load(sd_card *sd, uint32_t b) {
+    if (sd->cache_valid && sd->cached == b) return POET_OK;
+    sd->cache_valid = 0;
+    poet_status s = sd_read_block(sd, b, sd->buf);
+    if (s == POET_OK) {
+        sd->cached = b;
+        sd->cache_valid = 1;
+    }
+    return s;
+}
+
+poet_status sd_pager_read(sd_card *sd, uint32_t addr, void *dst, uint32_t n) {
+    uint8_t *out = (uint8_t *)dst;
+    while (n) {
+        uint32_t b = sd->first_block + addr / SD_BLOCK, off = addr % SD_BLOCK;
+        uint32_t k = SD_BLOCK - off < n ? SD_BLOCK - off : n;
+        poet_status s;
+        if (k == SD_BLOCK && !(sd->cache_valid && sd->cached == b)) {
+            s = sd_read_block(sd, b, out); /* a whole block: straight into place */
+        } else {
+            s = load(sd, b);
+            if (s == POET_OK) memcpy(out, sd->buf + off, k);
+        }
+        if (s != POET_OK) return s;
+        out += k;
+        addr += k;
+        n -= k;
+    }
+    return POET_OK;
+}
+
+poet_status sd_pager_write(sd_card *sd, uint32_t addr, const void *src, uint32_t n) {
+    const uint8_t *in = (const uint8_t *)src;
+    while (n) {
+        uint32_t b = sd->first_block + addr / SD_BLOCK, off = addr % SD_BLOCK;
+        uint32_t k = SD_BLOCK - off < n ? SD_BLOCK - off : n;
+        poet_status s;
+        if (k == SD_BLOCK) {
+            if (sd->cache_valid && sd->cached == b) sd->cache_valid = 0;
+            s = sd_write_block(sd, b, in); /* a whole block: no read needed */
+        } else {
+            s = load(sd, b); /* part of a block: read, merge, write back */
+            if (s == POET_OK) {
+                memcpy(sd->buf + off, in, k);
+                s = sd_write_block(sd, b, sd->buf);
+                if (s != POET_OK) sd->cache_valid = 0;
+            }
+        }
+        if (s != POET_OK) return s;
+        in += k;
+        addr += k;
+        n -= k;
+    }
+    return POET_OK;
+}

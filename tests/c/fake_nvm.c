@@ -1,0 +1,182 @@
+/* Test doubles for the Cortex-M pagers, built on the host with the firmware's own sdcard.c and flashpager.c:
+ *   - an SD card in SPI mode (command frames, R1/R7/OCR responses, data tokens, busy), SDSC or SDHC addressing
+ *   - NOR flash (erase sets a page to 0xFF, programming can only clear bits)
+ * and a small C API for ctypes (tests/c/test_port_pagers.py). */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "flashpager.h"
+#include "sdcard.h"
+
+/* ---- fake SD card ---------------------------------------------------------------------------------------- */
+#define CARD_BYTES (16u << 20)
+enum { ST_CMD, ST_WRITE_TOKEN, ST_WRITE_DATA };
+
+static struct {
+    uint8_t *mem;
+    int sdhc, selected, state, acmd, init_polls, fast;
+    uint8_t cmd[6];
+    int ncmd;
+    uint8_t out[600];
+    int nout, pos;
+    uint8_t wbuf[514];
+    int nw;
+    uint32_t waddr;
+    long block_reads, block_writes, bad_frames;
+} sd_fake;
+
+static void queue(const uint8_t *b, int n) {
+    memcpy(sd_fake.out + sd_fake.nout, b, (size_t)n);
+    sd_fake.nout += n;
+}
+
+static void queue1(uint8_t b) { queue(&b, 1); }
+
+static uint32_t byte_addr(uint32_t arg) { return sd_fake.sdhc ? arg * 512u : arg; }
+
+static void command(void) {
+    uint8_t c = sd_fake.cmd[0] & 0x3Fu;
+    uint32_t arg = (uint32_t)sd_fake.cmd[1] << 24 | (uint32_t)sd_fake.cmd[2] << 16 | (uint32_t)sd_fake.cmd[3] << 8 |
+                   sd_fake.cmd[4];
+    sd_fake.nout = sd_fake.pos = 0;
+    queue1(0xFF); /* Ncr: one filler byte before R1 */
+    int acmd = sd_fake.acmd;
+    sd_fake.acmd = 0;
+    if ((c == 0 && sd_fake.cmd[5] != 0x95) || (c == 8 && sd_fake.cmd[5] != 0x87)) {
+        sd_fake.bad_frames++;
+        queue1(0x08); /* CRC error */
+        return;
+    }
+    if (acmd && c == 41) {
+        queue1(++sd_fake.init_polls < 3 ? 0x01 : 0x00);
+        return;
+    }
+    switch (c) {
+    case 0: queue1(0x01); break;
+    case 8: { uint8_t r[5] = {0x01, 0, 0, 0x01, 0xAA}; queue(r, 5); break; }
+    case 55: sd_fake.acmd = 1; queue1(sd_fake.init_polls < 3 ? 0x01 : 0x00); break;
+    case 58: { uint8_t r[5] = {0x00, sd_fake.sdhc ? 0xC0 : 0x80, 0xFF, 0x80, 0x00}; queue(r, 5); break; }
+    case 16: queue1(arg == 512 ? 0x00 : 0x40); break;
+    case 17: {
+        uint32_t a = byte_addr(arg);
+        if (a % 512u || a + 512u > CARD_BYTES) { queue1(0x40); break; }
+        uint8_t pre[4] = {0x00, 0xFF, 0xFF, 0xFE};
+        queue(pre, 4);
+        queue(sd_fake.mem + a, 512);
+        uint8_t crc[2] = {0x12, 0x34};
+        queue(crc, 2);
+        sd_fake.block_reads++;
+        break;
+    }
+    case 24: {
+        uint32_t a = byte_addr(arg);
+        if (a % 512u || a + 512u > CARD_BYTES) { queue1(0x40); break; }
+        queue1(0x00);
+        sd_fake.waddr = a;
+        sd_fake.state = ST_WRITE_TOKEN;
+        break;
+    }
+    default: queue1(0x04); /* illegal command */
+    }
+}
+
+static uint8_t fake_xfer(uint8_t in) {
+    if (!sd_fake.selected) return 0xFF;
+    uint8_t ret = sd_fake.pos < sd_fake.nout ? sd_fake.out[sd_fake.pos++] : 0xFF;
+    switch (sd_fake.state) {
+    case ST_CMD:
+        if (sd_fake.ncmd == 0 && (in & 0xC0u) != 0x40u) break; /* filler */
+        sd_fake.cmd[sd_fake.ncmd++] = in;
+        if (sd_fake.ncmd == 6) {
+            sd_fake.ncmd = 0;
+            command();
+        }
+        break;
+    case ST_WRITE_TOKEN:
+        if (sd_fake.pos >= sd_fake.nout && in == 0xFE) {
+            sd_fake.state = ST_WRITE_DATA;
+            sd_fake.nw = 0;
+        }
+        break;
+    case ST_WRITE_DATA:
+        sd_fake.wbuf[sd_fake.nw++] = in;
+        if (sd_fake.nw == 514) {
+            memcpy(sd_fake.mem + sd_fake.waddr, sd_fake.wbuf, 512);
+            sd_fake.block_writes++;
+            sd_fake.nout = sd_fake.pos = 0;
+            uint8_t r[4] = {0x05, 0x00, 0x00, 0x00}; /* data accepted, then busy */
+            queue(r, 4);
+            sd_fake.state = ST_CMD;
+        }
+        break;
+    }
+    return ret;
+}
+
+static void fake_select(int on) {
+    sd_fake.selected = on;
+    sd_fake.ncmd = 0;
+}
+
+static void fake_fast(int fast) { sd_fake.fast = fast; }
+
+static const sd_spi fake_spi = {fake_xfer, fake_select, fake_fast, 0, 0};
+static sd_card card;
+
+int t_sd_init(int sdhc, uint32_t first_block) {
+    free(sd_fake.mem);
+    memset(&sd_fake, 0, sizeof sd_fake);
+    sd_fake.mem = (uint8_t *)calloc(CARD_BYTES, 1);
+    sd_fake.sdhc = sdhc;
+    int s = sd_init(&card, &fake_spi, first_block);
+    return s == POET_OK && sd_fake.fast && card.high_capacity == sdhc ? 0 : 1;
+}
+
+int t_sd_write(uint32_t addr, const uint8_t *src, uint32_t n) { return sd_pager_write(&card, addr, src, n); }
+int t_sd_read(uint32_t addr, uint8_t *dst, uint32_t n) { return sd_pager_read(&card, addr, dst, n); }
+const uint8_t *t_sd_card(void) { return sd_fake.mem; }
+long t_sd_block_reads(void) { return sd_fake.block_reads; }
+long t_sd_block_writes(void) { return sd_fake.block_writes; }
+long t_sd_bad_frames(void) { return sd_fake.bad_frames; }
+
+/* ---- fake NOR flash -------------------------------------------------------------------------------------- */
+#define PAGE 4096u
+static uint8_t *flash;
+static uint32_t flash_bytes;
+static long erases, bad_programs;
+static flash_pager fp;
+
+static void fake_erase(uintptr_t addr) {
+    if ((addr - (uintptr_t)flash) % PAGE) bad_programs++;
+    memset((void *)addr, 0xFF, PAGE);
+    erases++;
+}
+
+static void fake_program(uintptr_t addr, uint32_t w) {
+    if (addr % 4u || addr < (uintptr_t)flash || addr + 4u > (uintptr_t)flash + flash_bytes) {
+        bad_programs++;
+        return;
+    }
+    uint32_t old;
+    memcpy(&old, (void *)addr, 4);
+    old &= w; /* programming can only clear bits */
+    memcpy((void *)addr, &old, 4);
+}
+
+static const fp_nvm fake_nvm = {PAGE, fake_erase, fake_program};
+
+int t_fp_init(uint32_t bytes) {
+    free(flash);
+    flash = (uint8_t *)aligned_alloc(PAGE, bytes);
+    memset(flash, 0x5A, bytes); /* not erased: the pager must erase before programming */
+    flash_bytes = bytes;
+    erases = bad_programs = 0;
+    return fp_init(&fp, &fake_nvm, (uintptr_t)flash, bytes);
+}
+
+uint32_t t_fp_capacity(void) { return fp_capacity(&fp); }
+int t_fp_write(uint32_t addr, const uint8_t *src, uint32_t n) { return fp_write(&fp, addr, src, n); }
+int t_fp_read(uint32_t addr, uint8_t *dst, uint32_t n) { return fp_read(&fp, addr, dst, n); }
+long t_fp_erases(void) { return erases; }
+long t_fp_bad_programs(void) { return bad_programs; }

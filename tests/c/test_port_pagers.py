@@ -1,0 +1,212 @@
+"""The Cortex-M pager back-ends, on the host: firmware/cortexm/sdcard.c against a simulated SD card in SPI mode
+(both addressing modes), and firmware/cortexm/flashpager.c against simulated NOR flash. Random byte-addressed
+writes and reads must behave like one flat byte array; partial blocks are read-modify-written, whole blocks are
+not read first; flash pages are erased once per page written and never programmed from 0 back to 1."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from poetc.resources import firmware_dir, runtime_dir
+
+HERE = Path(__file__).resolve().parent
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a host C compiler (cc)")
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory) -> ctypes.CDLL:
+    out = tmp_path_factory.mktemp("pagers") / "libpagers.so"
+    cm = firmware_dir() / "cortexm"
+    subprocess.run(
+        [
+            "cc",
+            "-std=c11",
+            "-O1",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-shared",
+            "-fPIC",
+            f"-I{runtime_dir() / 'include'}",
+            f"-I{cm}",
+            str(cm / "sdcard.c"),
+            str(cm / "flashpager.c"),
+            str(HERE / "fake_nvm.c"),
+            "-o",
+            str(out),
+        ],
+        check=True,
+    )
+    lib = ctypes.CDLL(str(out))
+    u8p = ctypes.POINTER(ctypes.c_uint8)
+    for name in ("t_sd_write", "t_sd_read", "t_fp_write", "t_fp_read"):
+        getattr(lib, name).argtypes = [ctypes.c_uint32, u8p, ctypes.c_uint32]
+    lib.t_sd_card.restype = u8p
+    for name in (
+        "t_sd_block_reads",
+        "t_sd_block_writes",
+        "t_sd_bad_frames",
+        "t_fp_erases",
+        "t_fp_bad_programs",
+    ):
+        getattr(lib, name).restype = ctypes.c_long
+    lib.t_fp_capacity.restype = ctypes.c_uint32
+    return lib
+
+
+def _buf(a: np.ndarray):
+    return a.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+
+
+def _random_traffic(write, read, size: int, rng: np.random.Generator, ops: int = 300) -> None:
+    model = np.zeros(size, np.uint8)
+    written = np.zeros(size, bool)
+    for _ in range(ops):
+        addr = int(rng.integers(0, size - 1))
+        n = int(rng.integers(1, min(2000, size - addr) + 1))
+        if rng.random() < 0.6:
+            data = rng.integers(0, 256, n, dtype=np.uint8)
+            assert write(addr, _buf(data), n) == 0
+            model[addr : addr + n] = data
+            written[addr : addr + n] = True
+        else:
+            out = np.zeros(n, np.uint8)
+            assert read(addr, _buf(out), n) == 0
+            mask = written[addr : addr + n]
+            np.testing.assert_array_equal(out[mask], model[addr : addr + n][mask])
+
+
+@pytest.mark.parametrize("sdhc", [1, 0])
+def test_sd_pager_is_a_flat_byte_array(lib, sdhc):
+    first = 100
+    assert lib.t_sd_init(sdhc, first) == 0, "initialisation (CMD0, CMD8, ACMD41, CMD58) failed"
+    assert lib.t_sd_bad_frames() == 0
+    _random_traffic(lib.t_sd_write, lib.t_sd_read, 64 * 1024, np.random.default_rng(sdhc))
+    # data lands on the card's raw blocks from the first block on
+    data = np.arange(1024, dtype=np.uint16).view(np.uint8)[:1000].copy()
+    assert lib.t_sd_write(10, _buf(data), 1000) == 0
+    card = np.ctypeslib.as_array(lib.t_sd_card(), shape=(16 << 20,))
+    np.testing.assert_array_equal(card[first * 512 + 10 : first * 512 + 1010], data)
+
+
+def test_sd_whole_blocks_are_not_read_first(lib):
+    assert lib.t_sd_init(1, 0) == 0
+    reads0, writes0 = lib.t_sd_block_reads(), lib.t_sd_block_writes()
+    data = np.ones(4 * 512, np.uint8)
+    assert lib.t_sd_write(512, _buf(data), len(data)) == 0  # 4 aligned blocks
+    assert lib.t_sd_block_reads() == reads0 and lib.t_sd_block_writes() == writes0 + 4
+    assert lib.t_sd_write(512 + 100, _buf(data), 10) == 0  # part of a block: read, merge, write
+    assert lib.t_sd_block_reads() == reads0 + 1 and lib.t_sd_block_writes() == writes0 + 5
+
+
+def test_flash_pager_is_a_flat_byte_array_on_nor_flash(lib):
+    pages = 9
+    assert lib.t_fp_init(pages * 4096) == 0
+    cap = lib.t_fp_capacity()
+    assert cap == (pages - 1) * 4096  # one spare page
+    _random_traffic(lib.t_fp_write, lib.t_fp_read, cap, np.random.default_rng(7))
+    assert lib.t_fp_bad_programs() == 0
+    # one erase per page touched by a write
+    e0 = lib.t_fp_erases()
+    data = np.full(5000, 0x33, np.uint8)
+    assert lib.t_fp_write(4000, _buf(data), len(data)) == 0  # pages 0, 1 and 2
+    assert lib.t_fp_erases() == e0 + 3
+    out = np.zeros(5000, np.uint8)
+    assert lib.t_fp_read(4000, _buf(out), len(out)) == 0
+    np.testing.assert_array_equal(out, data)
+    assert lib.t_fp_write(cap - 1, _buf(data), 2) != 0  # past the end: an error, not a wild write
+    assert lib.t_fp_init(4096) != 0  # one page leaves no spare
+
+
+# ---- the semihosting pager in QEMU, through the real interpreter ---------------------------------------------
+def _have_qemu_tools() -> bool:
+    return all(shutil.which(t) for t in ("qemu-system-arm", "arm-none-eabi-gcc"))
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(
+    not _have_qemu_tools(), reason="needs qemu-system-arm and arm-none-eabi-gcc (scripts/setup.sh)"
+)
+@pytest.mark.parametrize("board_name", ["qemu-m4", "qemu-m0"])
+def test_page_out_and_in_through_semihosting(tmp_path, board_name):
+    from poetc import boards, target
+
+    board = boards.load(board_name)
+    cm = firmware_dir() / "cortexm"
+    (tmp_path / "memory.ld").write_text(
+        f"POET_RAM_BYTES = {board.ram_bytes};\nPOET_FLASH_BYTES = {board.flash_bytes};\n"
+        f"POET_STACK_BYTES = {board.stack_bytes};\nPOET_FLASH_PAGER_BYTES = 0;\n"
+    )
+    elf = tmp_path / "pager_test.elf"
+    srcs = [
+        firmware_dir() / board.port / "port.c",
+        *(cm / f for f in ("startup.c", "systick.c", "semihost.c")),
+    ]
+    srcs += [*sorted((runtime_dir() / "src").glob("*.c")), HERE / "qemu_pager_main.c"]
+    subprocess.run(
+        [
+            "arm-none-eabi-gcc",
+            *target.CORE_FLAGS[board.core],
+            "-std=gnu99",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-ffunction-sections",
+            "-fdata-sections",
+            "-DPOET_PORT_SEMIHOST=1",
+            f"-I{runtime_dir() / 'include'}",
+            f"-I{cm}",
+            *map(str, srcs),
+            "-nostartfiles",
+            "--specs=nano.specs",
+            "-Wl,--gc-sections",
+            f"-L{tmp_path}",
+            f"-L{cm}",
+            f"-T{firmware_dir() / board.port / 'link.ld'}",
+            "-lm",
+            "-o",
+            str(elf),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    proc = subprocess.run(
+        [
+            "qemu-system-arm",
+            "-M",
+            board.emulator,
+            "-nographic",
+            "-monitor",
+            "none",
+            "-icount",
+            "shift=0",
+            "-semihosting-config",
+            "enable=on,target=native",
+            "-serial",
+            "null",
+            "-kernel",
+            str(elf),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "pager test passed" in out, out
+    # the page-out really went to the host file: relu(x) as float32, then its CRC32 (one byte flipped since)
+    stored = (tmp_path / "poet-pager.bin").read_bytes()
+    x = (np.arange(64, dtype=np.float32) - 32) * np.float32(0.25)
+    want = bytearray(np.maximum(x, 0).astype("<f4").tobytes())
+    want += zlib.crc32(bytes(want)).to_bytes(4, "little")
+    want[5] ^= 0x40
+    assert stored == bytes(want)

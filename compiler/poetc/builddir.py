@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import __version__, codegen
+from . import __version__, codegen, strategies
 from .errors import PoetcError
 from .pipeline import Compiled
 from .resources import firmware_dir, runtime_dir
@@ -52,26 +52,11 @@ def check_out_dir(out: Path) -> None:
 
 
 def schedule_summary(c: Compiled) -> dict[str, Any]:
-    r = c.replays[0]
-    cj, pij, poj = r.compute_j, r.page_in_j, r.page_out_j
-    meta = c.schedule.meta
-    return {
-        "status": meta.get("status", "ok"),
-        "strategy": c.strategy,
-        "energy_j": cj + pij + poj,
-        "compute_energy_j": cj,
-        "paging_energy_j": pij + poj,
-        "floor_energy_j": c.cost.floor_j,
-        "time_s": r.time_s,
-        "peak_ram_bytes": c.memory.fixed + r.peak_bytes,
-        "arena_bytes": c.arena_bytes,
-        "ram_budget_bytes": c.memory.budget,
-        "recomputes": r.recomputes,
-        "page_outs": r.page_outs,
-        "page_ins": r.page_ins,
-        "solve_s": c.solve_s,
-        "gap": meta.get("gap", 0.0),
-    }
+    out = strategies.figures(c.problem, c.solution, c.memory.fixed, c.arena_bytes)
+    out["fragmentation_repairs"] = c.repairs
+    if c.repairs and c.first_extra_j is not None and out["extra_energy_j"] is not None:
+        out["repair_overhead_j"] = out["extra_energy_j"] - c.first_extra_j
+    return out
 
 
 def manifest(c: Compiled, command: str, batch: int) -> dict[str, Any]:

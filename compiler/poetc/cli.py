@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, boards, builddir, data, frontend, harness, pipeline, target
+from . import __version__, boards, builddir, data, frontend, harness, memplan, pipeline, strategies, target
 from .errors import PoetcError
 from .fmt import joules, nbytes, seconds, table
 
@@ -20,8 +21,12 @@ class _Parser(argparse.ArgumentParser):
         raise PoetcError(f"{self.prog}: {message}")
 
 
+_QUIET = False
+
+
 def _say(msg: str) -> None:
-    print(f"  {msg}", flush=True)
+    if not _QUIET:
+        print(f"  {msg}", flush=True)
 
 
 def _command_line() -> str:
@@ -55,44 +60,169 @@ def _load_board(name: str) -> boards.Board:
     return boards.load(name)
 
 
+def _solve_options(a: argparse.Namespace) -> strategies.SolveOptions:
+    if a.time_limit <= 0:
+        raise PoetcError(f"--time-limit must be positive, got {a.time_limit}")
+    if not 0 <= a.gap < 1:
+        raise PoetcError(f"--gap must be in [0, 1), got {a.gap}")
+    return strategies.SolveOptions(solver=a.solver.upper(), time_limit_s=a.time_limit, gap=a.gap,
+                                   formulation=a.formulation, remat=not a.no_remat, paging=not a.no_paging,
+                                   verbose=a.verbose_solver)
+
+
+def _load_model(a: argparse.Namespace) -> frontend.Model:
+    if a.batch is not None and a.batch <= 0:
+        raise PoetcError(f"--batch must be positive, got {a.batch}")
+    model = frontend.load(a.model, batch=a.batch)
+    _say(f"model {model.source}: {len(model.graph.nodes)} layers, "
+         f"{sum(v.size for v in model.params.values())} parameters, "
+         f"input {list(model.graph.tensor(model.input).shape)}")
+    return model
+
+
+class _Ticker:
+    """Prints elapsed time every few seconds while a long solve runs."""
+
+    def __init__(self, what: str, every_s: float = 10.0) -> None:
+        import threading
+
+        self.what, self.every = what, every_s
+        self.stop = threading.Event()
+        self.t0 = time.perf_counter()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every):
+            _say(f"{self.what}: {time.perf_counter() - self.t0:.0f} s ...")
+
+    def __enter__(self) -> _Ticker:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+
+
+def _figure_rows(figs: list[dict]) -> list[list[object]]:
+    rows = []
+    for f in figs:
+        if not f["feasible"]:
+            rows.append([f["strategy"], "no", "-", "-", "-", "-", "-", "-", "-", f"{f['solve_s']:.2f} s",
+                         f["message"][:60]])
+            continue
+        gap = "" if f["gap"] is None else f"gap {100 * f['gap']:.2f}%"
+        rows.append([f["strategy"], "yes", joules(f["energy_j"]), joules(f["extra_energy_j"]),
+                     joules(f["compute_energy_j"]), joules(f["paging_energy_j"]), seconds(f["time_s"]),
+                     nbytes(f["peak_ram_bytes"]), nbytes(f["arena_bytes"]), f"{f['solve_s']:.2f} s",
+                     f"{f['status']} {gap}".strip()])
+    return rows
+
+
+_FIG_HEADERS = ["strategy", "feasible", "energy", "extra", "compute", "paging", "time", "peak RAM", "arena",
+                "solve", "status"]
+
+
 def cmd_build(a: argparse.Namespace) -> int:
     board = _load_board(a.board)
     ram = pipeline.parse_bytes(a.ram) if a.ram else None
-    if a.batch is not None and a.batch <= 0:
-        raise PoetcError(f"--batch must be positive, got {a.batch}")
+    opts = _solve_options(a)
     out = Path(a.out)
     builddir.check_out_dir(out)
     tgt = target.for_board(board)
     t0 = time.perf_counter()
     print(f"poetc build {a.model} for {board.name}", flush=True)
-    model = frontend.load(a.model, batch=a.batch)
-    _say(
-        f"model {model.source}: {len(model.graph.nodes)} layers, "
-        f"{sum(v.size for v in model.params.values())} parameters, input {list(model.graph.tensor(model.input).shape)}"
-    )
-    c = pipeline.compile_model(model, board, ram, a.strategy, _command_line(), progress=_say)
+    model = _load_model(a)
+    with _Ticker("scheduling"):
+        c = pipeline.compile_model(model, board, ram, a.strategy, _command_line(), progress=_say, opts=opts,
+                                   deadline=a.deadline)
     builddir.write(c, out, _command_line(), tgt, say=_say, compile_=not a.no_compile)
     s = builddir.schedule_summary(c)
     print(table(["memory", "bytes"], [[k, v] for k, v in c.memory.rows()], "lr"))
-    print(
-        table(
-            ["strategy", "energy", "compute", "paging", "time", "recomputes", "page-outs", "page-ins"],
-            [
-                [
-                    c.strategy,
-                    joules(s["energy_j"]),
-                    joules(s["compute_energy_j"]),
-                    joules(s["paging_energy_j"]),
-                    seconds(s["time_s"]),
-                    s["recomputes"],
-                    s["page_outs"],
-                    s["page_ins"],
-                ]
-            ],
-            "lrrrrrrr",
-        )
-    )
+    print(table(_FIG_HEADERS, _figure_rows([s])))
+    if c.repairs:
+        print(f"fragmentation: {c.repairs} re-solve(s) to fit the arena; extra energy "
+              f"{joules(s.get('repair_overhead_j', 0.0))} over the first schedule")
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s (build hash {c.hash_hex})")
+    return 0
+
+
+# ---- solve / sweep ----------------------------------------------------------------------------------------
+def _solve_one(pl: pipeline.Planned, name: str, opts: strategies.SolveOptions) -> dict:
+    sol = strategies.run(name, pl.problem, opts, progress=_say)
+    arena = None
+    if sol.ok:
+        arena = memplan.plan(sol.program, pl.problem.mem).arena_bytes
+    return strategies.figures(pl.problem, sol, pl.fixed.fixed, arena) | {"_solution": sol}
+
+
+def cmd_solve(a: argparse.Namespace) -> int:
+    board = _load_board(a.board)
+    ram = pipeline.parse_bytes(a.ram) if a.ram else None
+    opts = _solve_options(a)
+    quiet = a.json
+    global _QUIET
+    _QUIET = quiet
+    try:
+        if not quiet:
+            print(f"poetc solve {a.model} for {board.name}", flush=True)
+        model = _load_model(a)
+        pl = pipeline.plan(model, board, ram, a.deadline, _say)
+        names = list(strategies.NAMES) if a.compare else [a.strategy]
+        figs = []
+        with _Ticker("solving"):
+            for name in names:
+                figs.append(_solve_one(pl, name, opts))
+    finally:
+        _QUIET = False
+    if a.plot:
+        from . import plots
+
+        d = Path(a.plot)
+        d.mkdir(parents=True, exist_ok=True)
+        for f in figs:
+            sol = f["_solution"]
+            if sol.ok:
+                plots.schedule_grid(pl.problem, sol, d / f"schedule-{sol.strategy}.png")
+                plots.ram_timeline(pl.problem, sol, d / f"ram-{sol.strategy}.png")
+    for f in figs:
+        f.pop("_solution")
+    if a.json:
+        print(json.dumps(figs if a.compare else figs[0], indent=1))
+    else:
+        p = pl.problem
+        print(f"RAM budget {nbytes(pl.fixed.budget)} ({nbytes(p.budget)} for the arena after "
+              f"{nbytes(pl.fixed.fixed)} fixed); floor energy {joules(p.floor_j)}"
+              + (f"; deadline {seconds(p.deadline_s)}" if p.deadline_s else ""))
+        print(table(_FIG_HEADERS, _figure_rows(figs)))
+        if a.plot:
+            print(f"plots in {a.plot}")
+    return 0 if all(f["feasible"] for f in figs) or a.compare else 1
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from . import plots, sweep
+
+    board = _load_board(a.board)
+    opts = _solve_options(a)
+    print(f"poetc sweep {a.model} for {board.name}", flush=True)
+    model = _load_model(a)
+    pl = pipeline.plan(model, board, None, a.deadline, _say)
+    names = a.strategies.split(",") if a.strategies else list(strategies.NAMES)
+    for n in names:
+        if n not in strategies.NAMES:
+            raise PoetcError(f"--strategies: unknown strategy {n!r} (known: {', '.join(strategies.NAMES)})")
+    if a.points < 2:
+        raise PoetcError(f"--points must be at least 2, got {a.points}")
+    res = sweep.run(pl, names, opts, a.points, jobs=a.jobs, say=_say)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    png = plots.energy_vs_budget(res, out / "energy-vs-ram.png", title=f"{a.model} on {board.name}")
+    (out / "sweep.json").write_text(json.dumps(res.rows, indent=1) + "\n")
+    print(sweep.table_text(res))
+    print(f"wrote {png} and {out / 'sweep.json'}")
+    bad = sweep.poet_not_best(res)
+    if bad:
+        print("POET is above a baseline at: " + "; ".join(bad))
     return 0
 
 
@@ -144,7 +274,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     harness.write_npz(b.add_file("trained.npz"), final)
     if log.loss:
         first, last = log.loss[0], float(np.mean(log.loss[-max(1, len(log.loss) // 10) :]))
-        mean_ms = float(np.mean(log.step_ticks)) / log.tick_hz * 1e3
+        mean_ms = log.mean_step_s * 1e3  # on the board's clock (QEMU: instructions x CPI / clock)
         line = f"loss {first:.4f} -> {last:.4f} (mean of the last steps)"
         if log.evals:
             line += f"; accuracy {log.evals[0][1]:.3f} -> {log.evals[-1][1]:.3f}"
@@ -154,7 +284,24 @@ def cmd_train(a: argparse.Namespace) -> int:
             f"paging per step: {log.paging[2]} page-ins ({nbytes(log.paging[0])}), "
             f"{log.paging[3]} page-outs ({nbytes(log.paging[1])})"
         )
+        print(harness.energy_report(b, tgt, log))
+        if a.profile_nodes:
+            print(harness.node_profile(b, tgt, log))
     print(f"trained weights: {b.trained_path()}" + (f"; dump: {dump}" if dump else ""))
+    return 0
+
+
+# ---- flash ------------------------------------------------------------------------------------------------
+def cmd_flash(a: argparse.Namespace) -> int:
+    import subprocess
+
+    b = builddir.open_build(Path(a.dir))
+    board = _load_board(b.doc["board"])
+    cmd = target.flash(board, b.dir, port=a.port, env=a.env)
+    print(f"poetc flash {b.dir} to {board.name}: {' '.join(cmd)}", flush=True)
+    rc = subprocess.run(cmd).returncode
+    if rc != 0:
+        raise PoetcError(f"pio run -t upload failed (exit {rc}); its output is above")
     return 0
 
 
@@ -235,14 +382,30 @@ def make_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_boards)
 
     s = sub.add_parser("build", help="compile a model's training step for a board")
-    s.add_argument("model", help="an ONNX file or a zoo name (" + ", ".join(_zoo_names()) + ")")
-    s.add_argument("--board", required=True)
+    _model_args(s)
     s.add_argument("--out", required=True, help="build directory (new, empty, or an earlier poetc build)")
     s.add_argument("--ram", help="RAM budget, e.g. 64K (default: the board's RAM)")
-    s.add_argument("--batch", type=int, help="batch size (default: the model input's first dimension)")
-    s.add_argument("--strategy", default="store-all", help="schedule strategy")
+    _schedule_args(s)
     s.add_argument("--no-compile", action="store_true", help="generate sources only")
     s.set_defaults(func=cmd_build)
+
+    s = sub.add_parser("solve", help="schedule a model under a RAM budget and print the figures")
+    _model_args(s)
+    s.add_argument("--ram", help="RAM budget, e.g. 64K (default: the board's RAM)")
+    _schedule_args(s)
+    s.add_argument("--compare", action="store_true", help="one row per strategy")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--plot", metavar="DIR", help="write schedule and RAM plots (PNG) to DIR")
+    s.set_defaults(func=cmd_solve)
+
+    s = sub.add_parser("sweep", help="energy versus RAM budget for POET and every baseline (table + plot)")
+    _model_args(s)
+    _schedule_args(s, strategy=False)
+    s.add_argument("--points", type=int, default=6, help="budgets from the smallest feasible to the store-all peak")
+    s.add_argument("--strategies", help="comma-separated subset (default: all)")
+    s.add_argument("--jobs", type=int, default=0, help="parallel solves (default: the number of cores)")
+    s.add_argument("--out", default="poetc-sweep", help="directory for energy-vs-ram.png and sweep.json")
+    s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("train", help="train a built model on its target")
     s.add_argument("dir")
@@ -253,7 +416,16 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, help="must equal the built batch size")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--eval-every", type=int, help="steps between accuracy checks (default: steps/10)")
+    s.add_argument(
+        "--profile-nodes", action="store_true", help="print each node's ticks (instructions in QEMU)"
+    )
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("flash", help="build and upload a real board's firmware with PlatformIO")
+    s.add_argument("dir")
+    s.add_argument("--port", help="the board's serial device (default: found by USB id, or POETC_SERIAL)")
+    s.add_argument("--env", help="PlatformIO environment (default: the board's; e.g. nrf52840_flash)")
+    s.set_defaults(func=cmd_flash)
 
     s = sub.add_parser("verify", help="one step on the target against the host reference")
     s.add_argument("dir")
@@ -273,6 +445,25 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--onnx", required=True)
     s.set_defaults(func=cmd_export)
     return p
+
+
+def _model_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("model", help="an ONNX file or a zoo name (" + ", ".join(_zoo_names()) + ")")
+    s.add_argument("--board", required=True)
+    s.add_argument("--batch", type=int, help="batch size (default: the model input's first dimension)")
+
+
+def _schedule_args(s: argparse.ArgumentParser, strategy: bool = True) -> None:
+    if strategy:
+        s.add_argument("--strategy", default="poet", help="one of: " + ", ".join(strategies.NAMES))
+    s.add_argument("--deadline", help="time budget of one step: 1.5x (of one computation of every node) or 0.2s")
+    s.add_argument("--solver", default="HIGHS", help="MILP solver known to cvxpy (HIGHS, SCIP, GUROBI, ...)")
+    s.add_argument("--time-limit", type=float, default=60.0, help="seconds per MILP solve (default 60)")
+    s.add_argument("--gap", type=float, default=1e-4, help="relative gap on the extra energy (default 1e-4)")
+    s.add_argument("--formulation", default="poet", choices=["poet", "poet2022"])
+    s.add_argument("--no-remat", action="store_true", help="POET without recomputation")
+    s.add_argument("--no-paging", action="store_true", help="POET without paging")
+    s.add_argument("--verbose-solver", action="store_true", help="show the solver's log")
 
 
 def _zoo_names() -> list[str]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cost import PAGE_CRC_BYTES, CostModel
+from .cost import PAGE_CRC_BYTES
 from .errors import PoetcError
 from .schedule import Op, Program
 
@@ -50,11 +50,11 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def intervals(prog: Program, cost: CostModel) -> list[Interval]:
+def intervals(prog: Program, mem: np.ndarray) -> list[Interval]:
     open_: dict[int, tuple[int, int]] = {}
     out: list[Interval] = []
     for pc, ins in enumerate(prog.instrs):
-        size = int(cost.mem[ins.node])
+        size = int(mem[ins.node])
         if not size:
             continue
         if ins.op in (Op.RUN, Op.RECOMPUTE, Op.PAGE_IN):
@@ -100,8 +100,8 @@ def live_peak(ivs: list[Interval], n_instrs: int) -> int:
     return int(np.cumsum(delta).max(initial=0))
 
 
-def plan(prog: Program, cost: CostModel) -> MemPlan:
-    ivs = intervals(prog, cost)
+def plan(prog: Program, mem: np.ndarray) -> MemPlan:
+    ivs = intervals(prog, mem)
     n = len(ivs)
     orders = {
         "largest-first": sorted(range(n), key=lambda k: (-ivs[k].size, ivs[k].start)),
@@ -148,19 +148,19 @@ def check(mp: MemPlan) -> None:
                 )
 
 
-def storage_slots(prog: Program, cost: CostModel) -> dict[int, int]:
+def storage_slots(prog: Program, mem: np.ndarray) -> dict[int, int]:
     """A storage address for every tensor the program pages out (data + CRC32), packed in first-use order."""
     slots: dict[int, int] = {}
     addr = 0
     for ins in prog.instrs:
         if ins.op == Op.PAGE_OUT and ins.node not in slots:
             slots[ins.node] = addr
-            addr += (int(cost.mem[ins.node]) + PAGE_CRC_BYTES + 3) // 4 * 4
+            addr += (int(mem[ins.node]) + PAGE_CRC_BYTES + 3) // 4 * 4
     return slots
 
 
-def storage_bytes(slots: dict[int, int], cost: CostModel) -> int:
-    return max((a + (int(cost.mem[n]) + PAGE_CRC_BYTES + 3) // 4 * 4 for n, a in slots.items()), default=0)
+def storage_bytes(slots: dict[int, int], mem: np.ndarray) -> int:
+    return max((a + (int(mem[n]) + PAGE_CRC_BYTES + 3) // 4 * 4 for n, a in slots.items()), default=0)
 
 
 def timeline(mp: MemPlan, names: list[str], width: int = 72) -> str:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import autodiff, cost, memplan, schedule, simulate
+from . import autodiff, cost, memplan, problem, schedule, simulate, strategies
 from .autodiff import TrainingGraph
 from .boards import Board
 from .cost import CostModel
@@ -20,8 +20,10 @@ from .errors import PoetcError
 from .frontend import Model
 from .ir import Role
 from .memplan import MemPlan
+from .problem import Problem
 from .schedule import Program, Schedule
 from .simulate import Replay
+from .strategies import SolveOptions, Solution
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,8 @@ class Compiled:
     tg: TrainingGraph
     board: Board
     cost: CostModel
-    schedule: Schedule
+    problem: Problem
+    solution: Solution
     programs: tuple[Program, Program]  # train, infer
     plans: tuple[MemPlan, MemPlan]
     replays: tuple[Replay, Replay]
@@ -87,10 +90,16 @@ class Compiled:
     hash_hex: str
     strategy: str
     solve_s: float
+    repairs: int = 0  # re-solves needed to absorb fragmentation
+    first_extra_j: float | None = None  # extra energy of the first solution, before any repair
 
     @property
     def arena_bytes(self) -> int:
         return self.memory.arena
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.solution.schedule
 
 
 def parse_bytes(text: str) -> int:
@@ -109,22 +118,40 @@ def parse_bytes(text: str) -> int:
     return int(v * mult)
 
 
-Strategy = Callable[[TrainingGraph, CostModel, int], Schedule]
+def parse_deadline(text: str | None, floor_s: float) -> float | None:
+    """'1.5x' -> 1.5 times one computation of every node; '0.2s' or '200ms' -> seconds."""
+    if text is None:
+        return None
+    t = text.strip().lower()
+    try:
+        if t.endswith("x"):
+            v = float(t[:-1]) * floor_s
+        elif t.endswith("ms"):
+            v = float(t[:-2]) / 1e3
+        elif t.endswith("s"):
+            v = float(t[:-1])
+        else:
+            raise ValueError
+    except ValueError:
+        raise PoetcError(f"bad deadline {text!r} (examples: 1.5x the compute time, 0.2s, 200ms)") from None
+    if v <= 0:
+        raise PoetcError(f"bad deadline {text!r}: must be positive")
+    return v
 
 
-def strategies() -> dict[str, Strategy]:
-    return {"store-all": lambda tg, c, budget: schedule.store_all(tg)}
+@dataclass(frozen=True)
+class Planned:
+    """Everything up to the scheduling problem: the graph, its costs and the RAM left for the arena."""
+
+    tg: TrainingGraph
+    cost: CostModel
+    fixed: MemoryReport
+    problem: Problem
 
 
-def compile_model(
-    model: Model,
-    board: Board,
-    ram: int | None = None,
-    strategy: str = "store-all",
-    command: str = "",
-    progress: Callable[[str], None] | None = None,
-) -> Compiled:
-    say = progress or (lambda s: None)
+def plan(model: Model, board: Board, ram: int | None = None, deadline: str | None = None,
+         say: Callable[[str], None] | None = None) -> Planned:
+    say = say or (lambda s: None)
     budget = ram if ram is not None else board.ram_bytes
     if budget > board.ram_bytes:
         raise PoetcError(f"--ram {budget} exceeds the RAM of board {board.name} ({board.ram_bytes} bytes)")
@@ -137,58 +164,77 @@ def compile_model(
             f"board {board.name}: parameters and fixed buffers need {fixed.fixed} bytes, over the {budget}-byte "
             f"RAM budget before any activation is stored"
         )
-    strat = strategies().get(strategy)
-    if strat is None:
-        raise PoetcError(f"unknown strategy {strategy!r} (known: {', '.join(strategies())})")
+    p = problem.from_training(tg, cm, fixed.arena_budget, parse_deadline(deadline, cm.floor_s),
+                              board.storage_bytes)
+    return Planned(tg, cm, fixed, p)
+
+
+def infeasible_message(pl: Planned, sol: Solution, strategy: str, opts: SolveOptions) -> str:
+    b, how = strategies.smallest_budget(pl.problem, strategy, opts)
+    budget = pl.fixed.budget
+    msg = f"no {strategy} schedule fits a RAM budget of {budget} bytes ({pl.problem.budget} left for the arena)"
+    if pl.problem.deadline_s is not None:
+        msg += f" and the deadline of {pl.problem.deadline_s:.4g} s"
+    msg += f": {sol.message}"
+    if b < 0:
+        return msg + f"; {how}"
+    return msg + f"; smallest feasible RAM budget: {pl.fixed.fixed + b} bytes ({how})"
+
+
+MAX_REPAIRS = 6
+
+
+def compile_model(model: Model, board: Board, ram: int | None = None, strategy: str = "poet",
+                  command: str = "", progress: Callable[[str], None] | None = None,
+                  opts: SolveOptions = SolveOptions(), deadline: str | None = None) -> Compiled:
+    say = progress or (lambda s: None)
+    pl = plan(model, board, ram, deadline, say)
+    tg, cm, fixed, p = pl.tg, pl.cost, pl.fixed, pl.problem
     t0 = time.perf_counter()
-    sched = strat(tg, cm, fixed.arena_budget)
+    infer = schedule.forward_program(tg, p)
+    infer_plan = memplan.plan(infer, p.mem)
+    if infer_plan.arena_bytes > p.budget:
+        raise PoetcError(f"even inference needs an arena of {infer_plan.arena_bytes} bytes, over the "
+                         f"{p.budget} left in a RAM budget of {fixed.budget}; smallest feasible RAM budget: "
+                         f"{fixed.fixed + infer_plan.arena_bytes} bytes or more")
+    sol = strategies.run(strategy, p, opts, progress=say)
+    if not sol.ok:
+        raise PoetcError(infeasible_message(pl, sol, strategy, opts))
+    first_extra = sol.extra_j(p)
+    # The arena honours the budget: if fragmentation pushes the planned arena over it, re-solve with the
+    # budget tightened by the overflow, until the plan fits.
+    repairs = 0
+    q = p
+    while True:
+        train = sol.program
+        train_plan = memplan.plan(train, p.mem)
+        arena = max(train_plan.arena_bytes, infer_plan.arena_bytes)
+        if arena <= p.budget:
+            break
+        if repairs == MAX_REPAIRS:
+            raise PoetcError(f"could not absorb {arena - p.budget} bytes of arena fragmentation after "
+                             f"{repairs} re-solves; raise --ram by that much")
+        repairs += 1
+        q = q.with_budget(q.budget - (arena - p.budget))
+        say(f"arena {arena} B exceeds the {p.budget} B budget by fragmentation: re-solving with {q.budget} B")
+        sol = strategies.run(strategy, q, opts, progress=say)
+        if not sol.ok:
+            raise PoetcError(f"fragmentation repair failed: at an arena budget of {q.budget} bytes "
+                             f"{sol.message}; raise --ram")
     solve_s = time.perf_counter() - t0
-    train = schedule.lower(tg, sched, cm)
-    infer = schedule.forward_program(tg, cm)
-    replays = (simulate.replay(tg, train, cm), simulate.replay(tg, infer, cm))
-    plans = (memplan.plan(train, cm), memplan.plan(infer, cm))
-    arena = max(p.arena_bytes for p in plans)
-    say(
-        f"schedule {strategy}: peak live {replays[0].peak_bytes} B, arena {arena} B "
-        f"({plans[0].fragmentation_bytes} B fragmentation)"
-    )
-    if arena > fixed.arena_budget:
-        need = fixed.fixed + arena
-        raise PoetcError(
-            f"model needs {need} bytes of RAM with strategy {strategy} (arena {arena} + fixed {fixed.fixed}), "
-            f"over the budget of {budget} bytes; the smallest budget that fits this schedule is {need}"
-        )
-    slots = memplan.storage_slots(train, cm)
-    storage = memplan.storage_bytes(slots, cm)
+    replays = (simulate.replay(p, train, budget=p.budget), simulate.replay(p, infer, budget=p.budget))
+    plans = (train_plan, infer_plan)
+    say(f"schedule {strategy}: {sol.status}{' (' + sol.message + ')' if sol.message else ''}; peak live "
+        f"{replays[0].peak_bytes} B, arena {arena} B ({train_plan.fragmentation_bytes} B fragmentation)")
+    slots = memplan.storage_slots(train, p.mem)
+    storage = memplan.storage_bytes(slots, p.mem)
     if storage > board.storage_bytes:
         raise PoetcError(f"schedule pages {storage} bytes, over the board's storage of {board.storage_bytes}")
-    mem = MemoryReport(
-        budget, fixed.params, fixed.io, fixed.tables, fixed.link, fixed.port, fixed.stack, arena
-    )
+    mem = MemoryReport(fixed.budget, fixed.params, fixed.io, fixed.tables, fixed.link, fixed.port, fixed.stack,
+                       arena)
     h = hashlib.sha256()
-    for part in (
-        model.sha256,
-        tg.graph.fingerprint(),
-        board.name,
-        repr(train.instrs),
-        repr(infer.instrs),
-        repr([p.offsets for p in plans]),
-        str(arena),
-    ):
+    for part in (model.sha256, tg.graph.fingerprint(), board.name, repr(train.instrs), repr(infer.instrs),
+                 repr([pp.offsets for pp in plans]), repr(sorted(slots.items())), str(arena)):
         h.update(part.encode())
-    return Compiled(
-        model,
-        tg,
-        board,
-        cm,
-        sched,
-        (train, infer),
-        plans,
-        replays,
-        slots,
-        storage,
-        mem,
-        h.hexdigest()[:16],
-        strategy,
-        solve_s,
-    )
+    return Compiled(model, tg, board, cm, p, sol, (train, infer), plans, replays, slots, storage, mem,
+                    h.hexdigest()[:16], strategy, solve_s, repairs, first_extra)

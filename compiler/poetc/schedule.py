@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .autodiff import TrainingGraph
-from .cost import CostModel
+from .problem import Problem
 
 
 class Op(IntEnum):
@@ -51,6 +51,7 @@ class Instr:
 class Program:
     name: str  # "train" | "infer"
     instrs: tuple[Instr, ...]
+    required: tuple[int, ...]  # nodes that must have run by the end
     keep: tuple[int, ...] = ()  # nodes whose outputs must be resident at the end (e.g. logits)
 
     def count(self, op: Op) -> int:
@@ -80,42 +81,20 @@ class Schedule:
     def T(self) -> int:
         return self.R.shape[0]
 
-    def energy(self, cost: CostModel) -> tuple[float, float, float]:
+    def energy(self, p: Problem) -> tuple[float, float, float]:
         """(compute, page-in, page-out) energy in joules, as the MILP's objective counts it."""
         return (
-            float((self.R * cost.compute_j).sum()),
-            float((self.M_in * cost.page_in_j).sum()),
-            float((self.M_out * cost.page_out_j).sum()),
-        )
-
-    def time(self, cost: CostModel) -> float:
-        return float(
-            (self.R * cost.compute_s).sum()
-            + (self.M_in * cost.page_in_s).sum()
-            + (self.M_out * cost.page_out_s).sum()
+            float((self.R * p.compute_j).sum()),
+            float((self.M_in * p.page_in_j).sum()),
+            float((self.M_out * p.page_out_j).sum()),
         )
 
 
-def _readers(tg: TrainingGraph) -> list[list[int]]:
-    """For each node, the nodes that read its output."""
-    g = tg.graph
-    return [list(g.consumers[n.output]) for n in g.nodes]
-
-
-def _inputs(tg: TrainingGraph) -> list[list[int]]:
-    """For each node, the nodes whose outputs it reads (data edges only)."""
-    g = tg.graph
-    out: list[list[int]] = [[] for _ in g.nodes]
-    for u, v in g.edges:
-        out[v].append(u)
-    return out
-
-
-def lower(tg: TrainingGraph, s: Schedule, cost: CostModel) -> Program:
+def lower(p: Problem, s: Schedule) -> Program:
     """Turn a schedule's matrices into the train program (see the module doc for the order)."""
     T = s.T
-    ins = _inputs(tg)
-    arena = cost.mem > 0
+    ins = [list(dict.fromkeys(x)) for x in p.inputs]
+    arena = p.mem > 0
     code: list[Instr] = []
     resident: set[int] = set()
     computed: set[int] = set()
@@ -160,26 +139,25 @@ def lower(tg: TrainingGraph, s: Schedule, cost: CostModel) -> Program:
             if not keep_next(t, i):
                 code.append(Instr(Op.FREE, i, t))
                 resident.discard(i)
-    return Program("train", tuple(code))
+    return Program("train", tuple(code), tuple(range(T)))
 
 
-def store_all(tg: TrainingGraph) -> Schedule:
+def store_all(p: Problem) -> Schedule:
     """Compute every node once and keep each output until its last reader ran (no recomputation, no paging)."""
-    T = len(tg.graph.nodes)
+    T = p.T
     R = np.eye(T, dtype=bool)
     S = np.zeros((T, T), dtype=bool)
-    readers = _readers(tg)
     for i in range(T):
-        last = max(readers[i], default=i)
-        S[i + 1 : last + 1, i] = True
+        if p.mem[i] > 0:
+            S[i + 1 : p.last_use[i] + 1, i] = True
     z = np.zeros((T, T), dtype=bool)
     return Schedule(R, S, z, z.copy(), z.copy(), "store-all")
 
 
-def forward_program(tg: TrainingGraph, cost: CostModel) -> Program:
+def forward_program(tg: TrainingGraph, p: Problem) -> Program:
     """Inference: the forward nodes once, each output freed after its last forward reader; logits kept."""
     n = tg.n_forward
-    ins = _inputs(tg)
+    ins = [list(dict.fromkeys(x)) for x in p.inputs]
     logits = tg.graph.producer[tg.logits]
     code: list[Instr] = []
     last_use: dict[int, int] = {}
@@ -189,6 +167,61 @@ def forward_program(tg: TrainingGraph, cost: CostModel) -> Program:
     for k in range(n):
         code.append(Instr(Op.RUN, k, k))
         for j in dict.fromkeys([*ins[k], k]):
-            if cost.mem[j] > 0 and j != logits and last_use.get(j, j) == k:
+            if p.mem[j] > 0 and j != logits and last_use.get(j, j) == k:
                 code.append(Instr(Op.FREE, j, k))
-    return Program("infer", tuple(code), keep=(logits,))
+    return Program("infer", tuple(code), tuple(range(n)), keep=(logits,))
+
+
+def from_program(p: Problem, prog: Program, strategy: str, meta: dict[str, Any] | None = None) -> Schedule:
+    """The matrices a program realises: what ran, was paged and was resident at each stage's start."""
+    T = p.T
+    R, S, SD, Mi, Mo = (np.zeros((T, T), dtype=bool) for _ in range(5))
+    resident: set[int] = set()
+    stored: set[int] = set()
+    stage = -1
+    for ins in prog.instrs:
+        while stage < ins.stage:
+            stage += 1
+            for i in resident:
+                S[stage, i] = True
+            for i in stored:
+                SD[stage, i] = True
+        i = ins.node
+        if ins.op in (Op.RUN, Op.RECOMPUTE):
+            R[stage, i] = True
+            if p.mem[i] > 0:
+                resident.add(i)
+        elif ins.op == Op.PAGE_OUT:
+            Mo[stage, i] = True
+            stored.add(i)
+        elif ins.op == Op.PAGE_IN:
+            Mi[stage, i] = True
+            resident.add(i)
+        elif ins.op == Op.FREE:
+            resident.discard(i)
+    return Schedule(R, S, SD, Mi, Mo, strategy, dict(meta or {}))
+
+
+def from_compute_sets(p: Problem, sets: list[list[int]], strategy: str) -> Schedule:
+    """A schedule without paging from what each stage computes (in order; the last entry of stage t is t).
+
+    Each use of a tensor is served by its latest computation at or before the use, and the tensor stays
+    resident from that computation to the last use it serves, no longer.
+    """
+    T = p.T
+    R = np.zeros((T, T), dtype=bool)
+    S = np.zeros((T, T), dtype=bool)
+    latest: dict[int, int] = {}  # node -> stage of its latest computation
+    serve_until: dict[tuple[int, int], int] = {}  # (node, computation stage) -> last stage it serves
+    for t, nodes in enumerate(sets):
+        for k in nodes:
+            for u in set(p.inputs[k]):
+                if p.mem[u] > 0 and u in latest:
+                    key = (u, latest[u])
+                    serve_until[key] = max(serve_until.get(key, t), t)
+            R[t, k] = True
+            latest[k] = t
+    for (u, c), last in serve_until.items():
+        S[c + 1 : last + 1, u] = True
+    z = np.zeros((T, T), dtype=bool)
+    return Schedule(R, S, z, z.copy(), z.copy(), strategy)

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .autodiff import TrainingGraph
-from .cost import CostModel
 from .errors import PoetcError
+from .problem import Problem
 from .schedule import Op, Program
 
 
@@ -54,27 +53,23 @@ class Replay:
         return self.page_in_j + self.page_out_j
 
 
-def replay(tg: TrainingGraph, prog: Program, cost: CostModel, budget: int | None = None) -> Replay:
-    g = tg.graph
+def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
+    """Walk ``prog`` over problem ``p`` (graph, sizes, costs); raise ScheduleError at the first violation."""
     name = prog.name
-    T = len(g.nodes)
-    ins: list[list[int]] = [[] for _ in range(T)]
-    for u, v in g.edges:
-        ins[v].append(u)
-    # nodes that update a static tensor in place, and the readers that must not run after them
-    updated_by = dict(tg.in_place)
-    param_readers: dict[int, list[str]] = {}
-    for u, tensor in updated_by.items():
-        for r in g.consumers[tensor]:
-            if r != u:
-                param_readers.setdefault(r, []).append(tensor)
-    is_update = set(updated_by)
+    T = p.T
+    names = p.names
+    ins = [sorted(set(x)) for x in p.inputs]
+    # nodes that update a tensor in place, and the readers that must not run after them
+    readers_of: dict[int, list[int]] = {}
+    for u, readers in p.updates:
+        for r in readers:
+            readers_of.setdefault(r, []).append(u)
+    is_update = {u for u, _ in p.updates}
 
     resident: set[int] = set()
     stored: set[int] = set()
     ever_stored: set[int] = set()
     ran = [0] * T
-    updated: set[str] = set()
     used = 0
     peak = 0
     peak_pc = 0
@@ -82,7 +77,7 @@ def replay(tg: TrainingGraph, prog: Program, cost: CostModel, budget: int | None
     n_run = n_re = n_in = n_out = b_in = b_out = 0
 
     def tname(i: int) -> str:
-        return g.nodes[i].output
+        return p.tensor_names[i]
 
     def fail(pc: int, stage: int, i: int, msg: str) -> ScheduleError:
         return ScheduleError(name, pc, stage, tname(i) if 0 <= i < T else str(i), msg)
@@ -91,23 +86,23 @@ def replay(tg: TrainingGraph, prog: Program, cost: CostModel, budget: int | None
         i, st = ins_.node, ins_.stage
         if not 0 <= i < T:
             raise ScheduleError(name, pc, st, str(i), "node index out of range")
-        size = int(cost.mem[i])
+        size = int(p.mem[i])
         if ins_.op in (Op.RUN, Op.RECOMPUTE):
-            for p in param_readers.get(i, ()):
-                if p in updated:
-                    raise fail(pc, st, i, f"node {g.nodes[i].name!r} reads {p!r} after its in-place update")
             if i in is_update and ran[i]:
-                raise fail(pc, st, i, f"in-place update of {updated_by[i]!r} applied twice")
+                raise fail(pc, st, i, "in-place update applied twice")
+            for u in readers_of.get(i, ()):
+                if ran[u]:
+                    raise fail(pc, st, i, f"node {names[i]!r} reads a tensor after its in-place update {names[u]!r}")
             for u in ins[i]:
-                if cost.mem[u] > 0 and u not in resident:
-                    raise fail(pc, st, u, f"input of node {g.nodes[i].name!r} is not resident")
+                if p.mem[u] > 0 and u not in resident:
+                    raise fail(pc, st, u, f"input of node {names[i]!r} is not resident")
             if ins_.op == Op.RUN and ran[i]:
                 raise fail(pc, st, i, "RUN of a node already computed (should be RECOMPUTE)")
             if ins_.op == Op.RECOMPUTE and not ran[i]:
                 raise fail(pc, st, i, "RECOMPUTE of a node never computed")
             if size and i in resident:
                 raise fail(pc, st, i, "computed while already resident")
-            transient = used + size + int(cost.scratch[i])
+            transient = used + size
             if budget is not None and transient > budget:
                 raise fail(pc, st, i, f"RAM {transient} B exceeds the budget {budget} B")
             if transient > peak:
@@ -116,10 +111,8 @@ def replay(tg: TrainingGraph, prog: Program, cost: CostModel, budget: int | None
                 resident.add(i)
                 used += size
             ran[i] += 1
-            if i in is_update:
-                updated.add(updated_by[i])
-            cj += float(cost.compute_j[i])
-            ts += float(cost.compute_s[i])
+            cj += float(p.compute_j[i])
+            ts += float(p.compute_s[i])
             n_run += ins_.op == Op.RUN
             n_re += ins_.op == Op.RECOMPUTE
         elif ins_.op == Op.PAGE_OUT:
@@ -129,8 +122,8 @@ def replay(tg: TrainingGraph, prog: Program, cost: CostModel, budget: int | None
                 raise fail(pc, st, i, "paged out while not resident")
             stored.add(i)
             ever_stored.add(i)
-            poj += float(cost.page_out_j[i])
-            ts += float(cost.page_out_s[i])
+            poj += float(p.page_out_j[i])
+            ts += float(p.page_out_s[i])
             n_out += 1
             b_out += size
         elif ins_.op == Op.PAGE_IN:
@@ -144,8 +137,8 @@ def replay(tg: TrainingGraph, prog: Program, cost: CostModel, budget: int | None
             if used > peak:
                 peak, peak_pc = used, pc
             resident.add(i)
-            pij += float(cost.page_in_j[i])
-            ts += float(cost.page_in_s[i])
+            pij += float(p.page_in_j[i])
+            ts += float(p.page_in_s[i])
             n_in += 1
             b_in += size
         elif ins_.op == Op.FREE:
@@ -157,10 +150,9 @@ def replay(tg: TrainingGraph, prog: Program, cost: CostModel, budget: int | None
             raise ScheduleError(name, pc, st, tname(i), f"unknown opcode {ins_.op}")
 
     n_prog = len(prog.instrs)
-    nodes = range(tg.n_forward) if prog.name == "infer" else range(T)
-    for i in nodes:
+    for i in prog.required:
         if not ran[i]:
-            raise fail(n_prog, -1, i, f"node {g.nodes[i].name!r} never ran")
+            raise fail(n_prog, -1, i, f"node {names[i]!r} never ran")
     for k in prog.keep:
         if k not in resident:
             raise fail(n_prog, -1, k, "must be resident at the end of the program")

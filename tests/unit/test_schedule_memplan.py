@@ -3,7 +3,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from poetc import autodiff, boards, cost, frontend, memplan, schedule, simulate
+from poetc import autodiff, boards, cost, frontend, memplan, problem, schedule, simulate
 from poetc.schedule import Instr, Op, Program
 from poetc.simulate import ScheduleError
 
@@ -11,13 +11,14 @@ from poetc.simulate import ScheduleError
 @pytest.fixture(scope="module")
 def mlp():
     tg = autodiff.build_training_graph(frontend.load("mlp"))
-    return tg, cost.build(tg, boards.load("nrf52840"))
+    cm = cost.build(tg, boards.load("nrf52840"))
+    return tg, problem.from_training(tg, cm, 10**9)
 
 
 def test_store_all_replays_and_computes_each_node_once(mlp):
     tg, cm = mlp
-    prog = schedule.lower(tg, schedule.store_all(tg), cm)
-    r = simulate.replay(tg, prog, cm)
+    prog = schedule.lower(cm, schedule.store_all(cm))
+    r = simulate.replay(cm, prog)
     assert r.runs == len(tg.graph.nodes) and r.recomputes == 0 and r.page_ins == r.page_outs == 0
     assert r.compute_j == pytest.approx(cm.floor_j)
     # peak equals the largest set of simultaneously live outputs, computed independently here
@@ -34,10 +35,10 @@ def test_store_all_replays_and_computes_each_node_once(mlp):
 
 def test_budget_below_peak_is_rejected_with_step_and_tensor(mlp):
     tg, cm = mlp
-    prog = schedule.lower(tg, schedule.store_all(tg), cm)
-    r = simulate.replay(tg, prog, cm)
+    prog = schedule.lower(cm, schedule.store_all(cm))
+    r = simulate.replay(cm, prog)
     with pytest.raises(ScheduleError) as e:
-        simulate.replay(tg, prog, cm, budget=r.peak_bytes - 1)
+        simulate.replay(cm, prog, budget=r.peak_bytes - 1)
     assert f"instruction {r.peak_pc}" in str(e.value) and "exceeds the budget" in str(e.value)
 
 
@@ -53,7 +54,7 @@ def _mutate(prog: Program, pc: int, new: Instr | None) -> Program:
 def test_broken_programs_are_rejected(mlp):
     tg, cm = mlp
     g = tg.graph
-    prog = schedule.lower(tg, schedule.store_all(tg), cm)
+    prog = schedule.lower(cm, schedule.store_all(cm))
     first_free = next(i for i, x in enumerate(prog.instrs) if x.op == Op.FREE)
     # free a tensor too early: its reader then finds it missing
     victim = prog.instrs[first_free].node
@@ -67,34 +68,34 @@ def test_broken_programs_are_rejected(mlp):
     early.insert(reader_pc, Instr(Op.FREE, victim, 0))
     early = [x for k, x in enumerate(early) if not (k > reader_pc and x.op == Op.FREE and x.node == victim)]
     with pytest.raises(ScheduleError, match=rf"tensor '{g.nodes[victim].output}'.*not resident"):
-        simulate.replay(tg, replace(prog, instrs=tuple(early)), cm)
+        simulate.replay(cm, replace(prog, instrs=tuple(early)))
     # page in something never paged out
     with pytest.raises(ScheduleError, match="never paged out"):
-        simulate.replay(tg, _mutate(prog, first_free, Instr(Op.PAGE_IN, victim, 0)), cm)
+        simulate.replay(cm, _mutate(prog, first_free, Instr(Op.PAGE_IN, victim, 0)))
     # page out something not resident
     with pytest.raises(ScheduleError, match="paged out while not resident"):
-        simulate.replay(tg, _mutate(prog, 0, Instr(Op.PAGE_OUT, 5, 0)), cm)
+        simulate.replay(cm, _mutate(prog, 0, Instr(Op.PAGE_OUT, 5, 0)))
     # apply an update twice
     upd = g.node_index[next(iter(tg.updates.values()))]
     twice = (*prog.instrs, Instr(Op.RECOMPUTE, upd, len(g.nodes) - 1))
     with pytest.raises(ScheduleError, match="applied twice"):
-        simulate.replay(tg, replace(prog, instrs=twice), cm)
+        simulate.replay(cm, replace(prog, instrs=twice))
     # recompute a reader of a parameter after its update (it would see the new weights)
     reader = g.node_index[g.nodes[0].name]
     late = (*prog.instrs, Instr(Op.RECOMPUTE, reader, len(g.nodes) - 1))
     with pytest.raises(ScheduleError, match="after its in-place update"):
-        simulate.replay(tg, replace(prog, instrs=late), cm)
+        simulate.replay(cm, replace(prog, instrs=late))
     # a node that never runs
     with pytest.raises(ScheduleError, match="never ran"):
-        simulate.replay(tg, replace(prog, instrs=tuple(x for x in prog.instrs if x.node != upd)), cm)
+        simulate.replay(cm, replace(prog, instrs=tuple(x for x in prog.instrs if x.node != upd)))
 
 
 def test_memplan_no_overlap_and_tight_for_store_all(mlp):
     tg, cm = mlp
-    prog = schedule.lower(tg, schedule.store_all(tg), cm)
-    mp = memplan.plan(prog, cm)
+    prog = schedule.lower(cm, schedule.store_all(cm))
+    mp = memplan.plan(prog, cm.mem)
     memplan.check(mp)
-    r = simulate.replay(tg, prog, cm)
+    r = simulate.replay(cm, prog)
     assert mp.live_peak_bytes >= r.peak_bytes
     assert mp.arena_bytes >= mp.live_peak_bytes
     assert mp.arena_bytes <= 1.25 * mp.live_peak_bytes
@@ -103,7 +104,7 @@ def test_memplan_no_overlap_and_tight_for_store_all(mlp):
 
 def test_overlap_checker_catches_collisions(mlp):
     tg, cm = mlp
-    mp = memplan.plan(schedule.lower(tg, schedule.store_all(tg), cm), cm)
+    mp = memplan.plan(schedule.lower(cm, schedule.store_all(cm)), cm.mem)
     ivs = list(mp.intervals)
     a = next(
         i for i, x in enumerate(ivs) if any(y is not x and y.start < x.end and x.start < y.end for y in ivs)
@@ -132,7 +133,7 @@ def test_memplan_randomised_against_brute_force():
 def test_forward_program_keeps_logits(mlp):
     tg, cm = mlp
     fp = schedule.forward_program(tg, cm)
-    r = simulate.replay(tg, fp, cm)
+    r = simulate.replay(cm, fp)
     assert r.runs == tg.n_forward
     logits = tg.graph.producer[tg.logits]
     assert fp.keep == (logits,)

@@ -1,0 +1,191 @@
+"""Every scheduling strategy behind one call: ``run(name, problem, options) -> Solution``.
+
+  poet         the MILP with rematerialization and paging (milp.py), warm-started from the best heuristic
+  remat-only   the same MILP without paging (Checkmate's problem)
+  paging-only  the same MILP without rematerialization
+  store-all    compute once, keep every output until its last reader
+  chen-sqrt    Chen et al.'s sqrt(n) checkpointing (baselines.py)
+  greedy       DTR-score eviction with Capuchin's swap-or-drop rule (baselines.py)
+
+Every solution is lowered to a program and replayed by the simulator against the budget and the deadline
+before it is returned; a strategy that cannot fit says so (status "infeasible") instead of returning a
+schedule that would not run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import baselines, milp
+from .errors import PoetcError
+from .problem import Problem
+from .schedule import Program, Schedule, from_program, lower, store_all
+from .simulate import Replay, ScheduleError, replay
+
+NAMES = ("poet", "store-all", "remat-only", "paging-only", "chen-sqrt", "greedy")
+MILP_STRATEGIES = {"poet": (True, True), "remat-only": (True, False), "paging-only": (False, True)}
+
+
+@dataclass(frozen=True)
+class SolveOptions:
+    solver: str = "HIGHS"
+    time_limit_s: float = 60.0
+    gap: float = 1e-4
+    formulation: str = "poet"
+    remat: bool = True  # --no-remat switches recomputation off for the poet strategy
+    paging: bool = True  # --no-paging switches paging off for the poet strategy
+    warm_start: bool = True
+    verbose: bool = False
+
+
+@dataclass
+class Solution:
+    strategy: str
+    status: str  # optimal | feasible | heuristic | infeasible | no_solution
+    program: Program | None
+    schedule: Schedule | None
+    replay: Replay | None
+    solve_s: float
+    gap: float | None = None  # on extra energy, for MILP strategies
+    bound_j: float | None = None  # lower bound on the extra energy
+    message: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.program is not None
+
+    def extra_j(self, p: Problem) -> float | None:
+        return None if self.replay is None else self.replay.energy_j - p.floor_j
+
+
+def _check(p: Problem, name: str, prog: Program, t0: float, status: str, msg: str = "",
+           **kw: Any) -> Solution:
+    try:
+        r = replay(p, prog, budget=p.budget)
+    except ScheduleError as e:
+        return Solution(name, "infeasible", None, None, None, time.perf_counter() - t0, message=str(e))
+    if p.deadline_s is not None and r.time_s > p.deadline_s * (1 + 1e-9):
+        return Solution(name, "infeasible", None, None, None, time.perf_counter() - t0,
+                        message=f"needs {r.time_s:.4g} s, over the deadline of {p.deadline_s:.4g} s")
+    sched = kw.pop("schedule", None) or from_program(p, prog, name)
+    return Solution(name, status, prog, sched, r, time.perf_counter() - t0, message=msg, **kw)
+
+
+def _heuristic(name: str, p: Problem) -> Solution:
+    t0 = time.perf_counter()
+    if name == "store-all":
+        return _check(p, name, lower(p, store_all(p)), t0, "heuristic")
+    fn = {"chen-sqrt": baselines.chen_sqrt, "greedy": baselines.greedy}[name]
+    prog, msg = fn(p)
+    if prog is None:
+        return Solution(name, "infeasible", None, None, None, time.perf_counter() - t0, message=msg)
+    return _check(p, name, prog, t0, "heuristic", msg)
+
+
+def best_heuristic(p: Problem) -> Solution | None:
+    best = None
+    for name in ("store-all", "chen-sqrt", "greedy"):
+        s = _heuristic(name, p)
+        if s.ok and (best is None or s.replay.energy_j < best.replay.energy_j):
+            best = s
+    return best
+
+
+def run(name: str, p: Problem, opt: SolveOptions = SolveOptions(),
+        progress: Callable[[str], None] | None = None, warm: Schedule | None = None) -> Solution:
+    """Solve ``p`` with strategy ``name``. MILP strategies start from ``warm`` or from the best heuristic."""
+    if name not in NAMES:
+        raise PoetcError(f"unknown strategy {name!r} (known: {', '.join(NAMES)})")
+    if name not in MILP_STRATEGIES:
+        return _heuristic(name, p)
+    remat, paging = MILP_STRATEGIES[name]
+    remat, paging = remat and opt.remat, paging and opt.paging
+    t0 = time.perf_counter()
+    if warm is None and opt.warm_start:
+        h = best_heuristic(p)
+        warm = h.schedule if h is not None else None
+    if warm is not None and not _allowed(warm, remat, paging):
+        warm = None
+    mopt = milp.MilpOptions(solver=opt.solver, time_limit_s=opt.time_limit_s, gap=opt.gap, remat=remat,
+                            paging=paging, formulation=opt.formulation, verbose=opt.verbose,
+                            warm_start=warm)
+    res = milp.solve(p, mopt, strategy=name, on_progress=progress)
+    meta = {"formulation": opt.formulation, "solver": res.solver, "n_binary": res.n_binary, "n_rows": res.n_rows,
+            "milp_status": res.status, "remat": remat, "paging": paging}
+    if res.schedule is None:
+        why = {"infeasible": "the solver proved that no schedule fits the budget"
+               + (" and the deadline" if p.deadline_s is not None else ""),
+               "no_solution": f"time limit of {opt.time_limit_s:g} s reached without a schedule"}.get(
+                   res.status, res.message)
+        status = "infeasible" if res.status == "infeasible" else "no_solution"
+        return Solution(name, status, None, None, None, time.perf_counter() - t0, None, res.bound_j, why, meta)
+    prog = lower(p, res.schedule)
+    msg = "proven optimal" if res.status == "optimal" else f"not proven optimal, gap {100 * (res.gap or 0):.2f}%"
+    sol = _check(p, name, prog, t0, res.status, msg, gap=res.gap, bound_j=res.bound_j, meta=meta,
+                 schedule=res.schedule)
+    if not sol.ok:  # the solver's answer did not survive the replay: never build it
+        raise PoetcError(f"internal error: the {name} schedule failed the replay check: {sol.message}")
+    return sol
+
+
+def _allowed(s: Schedule, remat: bool, paging: bool) -> bool:
+    """Whether a warm start uses only what the MILP variant allows."""
+    import numpy as np
+
+    if not remat and (s.R & ~np.eye(s.T, dtype=bool)).any():
+        return False
+    return paging or not (s.M_in.any() or s.M_out.any())
+
+
+def smallest_budget(p: Problem, name: str = "poet", opt: SolveOptions = SolveOptions()) -> tuple[int, str]:
+    """The smallest arena budget at which ``name`` finds a schedule: (bytes, how it was found).
+
+    Starts from the lower bound (largest node with its inputs); a constructive schedule that pages every
+    tensor out right after it is computed gives a feasible upper end; bisection in between with the heuristics
+    (cheap) and, for MILP strategies, the MILP's feasibility."""
+    lo = p.min_budget()
+    try_heur = ("greedy", "chen-sqrt", "store-all")
+
+    def feasible(b: int) -> bool:
+        q = p.with_budget(b)
+        if name in MILP_STRATEGIES:
+            if any(_heuristic(h, q).ok for h in try_heur if h != "store-all" or name == "poet"):
+                return True
+            r = run(name, q, replace(opt, time_limit_s=min(opt.time_limit_s, 20.0), warm_start=False))
+            return r.ok
+        return _heuristic(name, q).ok
+
+    if feasible(lo):
+        return lo, "lower bound, reached"
+    hi = max(lo, int(p.mem.sum()) + 1)
+    if not feasible(hi):
+        return -1, "no budget suffices (the deadline or the storage capacity is the limit)"
+    while hi - lo > max(64, lo // 200):
+        mid = (lo + hi) // 2
+        if feasible(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi, "found by bisection (within 0.5%)"
+
+
+def figures(p: Problem, sol: Solution, fixed_bytes: int, arena_bytes: int | None) -> dict[str, Any]:
+    """The machine-readable result of one strategy (``poetc solve --json``, ``schedule.json``)."""
+    r = sol.replay
+    out: dict[str, Any] = {"status": sol.status, "strategy": sol.strategy, "feasible": sol.ok,
+                           "message": sol.message}
+    if r is None:
+        out.update(energy_j=None, compute_energy_j=None, paging_energy_j=None, time_s=None, peak_ram_bytes=None,
+                   arena_bytes=None, recomputes=None, page_outs=None, page_ins=None)
+    else:
+        out.update(energy_j=r.energy_j, compute_energy_j=r.compute_j, paging_energy_j=r.paging_j,
+                   time_s=r.time_s, peak_ram_bytes=fixed_bytes + r.peak_bytes, arena_bytes=arena_bytes,
+                   recomputes=r.recomputes, page_outs=r.page_outs, page_ins=r.page_ins)
+    out.update(solve_s=sol.solve_s, gap=sol.gap, floor_energy_j=p.floor_j,
+               extra_energy_j=None if r is None else r.energy_j - p.floor_j, bound_extra_j=sol.bound_j,
+               ram_budget_bytes=fixed_bytes + p.budget, deadline_s=p.deadline_s)
+    return out

@@ -6,6 +6,7 @@ one step against the host reference. The same code runs the host program, QEMU a
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -14,11 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from . import autodiff, frontend, reference
+from .boards import Board
 from .builddir import BuildInfo
 from .data import Dataset, q8_params
 from .errors import PoetcError, TargetError
+from .fmt import joules, nbytes, seconds, table
 from .link import RunReply, StatusError
-from .target import Session, Target
+from .target import QemuTarget, Session, Target
 
 PROG_TRAIN, PROG_INFER = 0, 1
 
@@ -33,11 +36,15 @@ class StepOut:
 
 
 class Device:
-    """A running target with the tensor ids of its build."""
+    """A running target with the tensor ids of its build. ``to_seconds`` turns (ticks, tick_hz) into seconds on
+    the board (``Target.seconds``; QEMU's ticks are instructions)."""
 
-    def __init__(self, build: BuildInfo, session: Session) -> None:
+    def __init__(
+        self, build: BuildInfo, session: Session, to_seconds: Callable[[int, int], float] | None = None
+    ) -> None:
         self.build = build
         self.session = session
+        self.to_seconds = to_seconds or (lambda ticks, hz: ticks / hz)
         self.link = session.link
         self.info = self.link.info()
         if self.info.hash_hex != build.doc["hash"]:
@@ -92,7 +99,7 @@ class Device:
         r = self.link.run(PROG_TRAIN, lr, capture, on_grad)
         if r.status != 0:
             raise StatusError(f"training step (instruction {r.pc})", r.status)
-        out = StepOut(r.loss, r.ticks, r, r.ticks / self.tick_hz)
+        out = StepOut(r.loss, r.ticks, r, self.to_seconds(r.ticks, self.tick_hz))
         for tid, buf in grads_raw.items():
             name = self.names[tid]
             out.grads[name] = np.frombuffer(bytes(buf), dtype="<f4").reshape(self.shapes[name]).copy()
@@ -146,8 +153,24 @@ class TrainLog:
     step_ticks: list[int] = field(default_factory=list)
     tick_hz: int = 1
     wall_s: float = 0.0
-    node_ticks: list[int] = field(default_factory=list)
+    node_ticks: list[int] = field(default_factory=list)  # of the last training step
     paging: tuple[int, int, int, int] = (0, 0, 0, 0)  # page-in bytes, page-out bytes, page-ins, page-outs
+    step_seconds: list[float] = field(default_factory=list)  # on the board's clock (Target.seconds)
+    captured: list[int] = field(
+        default_factory=list
+    )  # steps that streamed gradients (their ticks include it)
+    last_reply: RunReply | None = None
+
+    @property
+    def timed_ticks(self) -> list[int]:
+        """Ticks of the steps that did nothing but compute and page (no gradient streaming)."""
+        skip = set(self.captured)
+        timed = [t for s, t in zip(self.steps, self.step_ticks, strict=True) if s not in skip]
+        return timed or self.step_ticks
+
+    @property
+    def mean_step_s(self) -> float:
+        return float(np.mean(self.step_seconds)) if self.step_seconds else 0.0
 
 
 def train(
@@ -169,7 +192,7 @@ def train(
     eval_x, eval_y = (ds.x_test, ds.y_test) if ds.x_test is not None else (ds.x[:256], ds.y[:256])
     t0 = time.perf_counter()
     with target.launch(build.dir, timeout_s=timeout_s) as sess:
-        dev = Device(build, sess)
+        dev = Device(build, sess, target.seconds)
         log.tick_hz = dev.tick_hz
         dumpd: dict[str, np.ndarray] = {}
         if dump is not None:
@@ -183,18 +206,24 @@ def train(
             out = dev.step(lr, capture=(s == 1 and dump is not None))
             if s == 1 and dump is not None:
                 dumpd.update({f"grad/{k}": v for k, v in out.grads.items()})
+                log.captured.append(s)
             log.steps.append(s)
             log.loss.append(out.loss)
             log.step_ticks.append(out.ticks)
+            log.step_seconds.append(out.seconds)
             r = out.reply
             log.paging = (r.page_in_bytes, r.page_out_bytes, r.page_ins, r.page_outs)
+            log.last_reply = r
+            if (
+                s == steps
+            ):  # the last training step's per-node ticks, before an evaluation's RUN replaces them
+                log.node_ticks = dev.node_ticks()
             acc = None
             if eval_every and (s % eval_every == 0 or s == steps or s == 1):
                 acc = accuracy(dev, eval_x, eval_y, batch)
                 log.evals.append((s, acc))
             if on_step:
                 on_step(s, out.loss, acc, out)
-        log.node_ticks = dev.node_ticks() if steps else []
         final = dev.params()
     log.wall_s = time.perf_counter() - t0
     if dump is not None:
@@ -246,7 +275,7 @@ def verify(build: BuildInfo, target: Target, ds: Dataset, lr: float, seed: int =
     _model, tg = training_graph_of(build)
     x, y = next(batches(ds, build.batch, seed))
     with target.launch(build.dir) as sess:
-        dev = Device(build, sess)
+        dev = Device(build, sess, target.seconds)
         params = dev.params()
         dev.set_batch(x, y, ds.q8)
         x_dev = dev.read_f32(build.doc["model"]["input"])
@@ -257,3 +286,123 @@ def verify(build: BuildInfo, target: Target, ds: Dataset, lr: float, seed: int =
     # the update's own rounding is measured against the step actually applied: lr * grad
     upd = {p: reference.max_rel_error(params[p] - after[p], params[p] - ref.params[p]) for p in params}
     return VerifyResult(out.loss, ref.loss, errs, upd)
+
+
+# ---- energy and per-node ticks -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StepEnergy:
+    """One training step's time and energy on the board, from what the target counted and reported.
+
+    compute: seconds = Target.seconds(ticks) (QEMU: instructions x cycles_per_instruction / clock_hz; a real board:
+    cycles / clock), times the board's active power (active_power_w, or flop_per_s / flop_per_j, which is the same
+    power in POET's tables). paging: for each direction, count x latency + bytes / throughput seconds, times the
+    board's memory power, as cost.py charges it. On a real board the ticks also include the CPU's time in the
+    pager (SPI transfers); in QEMU the host file costs no instructions, only the CRC does."""
+
+    ticks: int
+    compute_s: float
+    compute_j: float
+    paging_s: float
+    paging_j: float
+
+    @property
+    def total_j(self) -> float:
+        return self.compute_j + self.paging_j
+
+    @property
+    def total_s(self) -> float:
+        return self.compute_s + self.paging_s
+
+
+def active_power_w(board: Board) -> float:
+    return board.active_power_w or board.flop_per_s / board.flop_per_j
+
+
+def step_energy(
+    board: Board, target: Target, ticks: int, tick_hz: int, paging: tuple[int, int, int, int]
+) -> StepEnergy:
+    in_bytes, out_bytes, ins, outs = paging
+    compute_s = target.seconds(ticks, tick_hz)
+    page_s = (
+        ins * board.page_in_latency_s
+        + in_bytes / board.page_in_bytes_per_s
+        + outs * board.page_out_latency_s
+        + out_bytes / board.page_out_bytes_per_s
+    )
+    return StepEnergy(
+        ticks, compute_s, compute_s * active_power_w(board), page_s, page_s * board.memory_power_w
+    )
+
+
+def energy_report(build: BuildInfo, target: Target, log: TrainLog) -> str:
+    """The measured energy per step beside the schedule's prediction (schedule.json)."""
+    if not log.step_ticks:
+        return ""
+    board = target.board
+    ticks = int(np.mean(log.timed_ticks))
+    e = step_energy(board, target, ticks, log.tick_hz, log.paging)
+    pred: dict = {}
+    sched = build.dir / "schedule.json"
+    if sched.is_file():
+        try:
+            pred = json.loads(sched.read_text())
+        except (OSError, json.JSONDecodeError):
+            pred = {}
+
+    def j(v: object) -> str:
+        return joules(float(v)) if isinstance(v, int | float) else "-"
+
+    def t(v: object) -> str:
+        return seconds(float(v)) if isinstance(v, int | float) else "-"
+
+    rows = [
+        ["measured", j(e.compute_j), j(e.paging_j), j(e.total_j), t(e.total_s)],
+        [
+            "predicted",
+            j(pred.get("compute_energy_j")),
+            j(pred.get("paging_energy_j")),
+            j(pred.get("energy_j")),
+            t(pred.get("time_s")),
+        ],
+    ]
+    qemu = isinstance(target, QemuTarget)
+    how = (
+        f"{ticks:,} instructions per step x {board.cycles_per_instruction:g} cycles/instruction / "
+        f"{board.clock_hz / 1e6:g} MHz"
+        if qemu
+        else f"{ticks:,} ticks per step at {log.tick_hz / 1e6:g} MHz"
+    )
+    in_b, out_b, ins, outs = log.paging
+    return (
+        table(["energy per step", "compute", "paging", "total", "time"], rows, "lrrrr")
+        + f"\nmeasured: {how} = {seconds(e.compute_s)} x {active_power_w(board) * 1e3:.4g} mW; paging: "
+        f"{ins} page-ins ({nbytes(in_b)}), {outs} page-outs ({nbytes(out_b)}) x the board's page-in/out latency, "
+        f"throughput and {board.memory_power_w:g} W; predicted: the schedule's cost model (FLOPs / flop_per_j)"
+    )
+
+
+def node_profile(build: BuildInfo, target: Target, log: TrainLog) -> str:
+    """Per-node ticks of the last training step (the TICKS command), with FLOPs and the share of the step."""
+    if not log.node_ticks:
+        return ""
+    nodes = build.doc.get("nodes", [])
+    total = max(1, sum(log.node_ticks))
+    qemu = isinstance(target, QemuTarget)
+    rows = []
+    for i, tk in enumerate(log.node_ticks):
+        nd = nodes[i] if i < len(nodes) else {}
+        flops = int(nd.get("flops", 0))
+        rows.append(
+            [
+                i,
+                nd.get("name", f"node{i}"),
+                nd.get("op", "?"),
+                f"{tk:,}",
+                f"{tk / flops:.2f}" if flops else "-",
+                seconds(target.seconds(tk, log.tick_hz)),
+                f"{100 * tk / total:.1f}%",
+            ]
+        )
+    unit = "instructions" if qemu else "ticks"
+    per = "instr/FLOP" if qemu else "ticks/FLOP"
+    return table(["node", "name", "op", unit, per, "time", "share"], rows, "rllrrrr")

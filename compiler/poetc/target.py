@@ -153,8 +153,8 @@ class Session:
                 self.ser.close()
             except Exception:
                 pass
-            if self.proc is not None:
-                stop_process(self.proc)
+            if self.proc is not None:  # after EXIT the target stops by itself; otherwise stop it now
+                stop_process(self.proc, grace_s=2.0 if graceful else 0.3)
             if self._cleanup:
                 self._cleanup()
 

@@ -5,16 +5,20 @@ Node order (which is also the stage order of the schedule):
   the loss node (softmax cross-entropy, mean over the batch, integer labels);
   backward nodes, walking the forward nodes in reverse: for each, the input-gradient node(s) first, then the
   weight-gradient node(s); gradient contributions to a tensor read several times are summed by ADD nodes;
-  an optimizer update right after a parameter's gradient is complete, so no gradient buffer outlives its layer.
+  an optimizer update right after a parameter's gradient is complete, so no gradient buffer outlives its layer;
+  after a forward node's gradient nodes (and updates), the in-place updates of the state tensors it asks for
+  (``OpDef.state``: BatchNorm running statistics), also for a node that does not reach the loss.
 
 Updates happen in place, so each update node carries ``after`` edges to every node that reads the parameter.
 A scheduler must not recompute a reader of a parameter once its update has run (``update_stage``).
+Ops that behave differently in training and inference (BatchNorm statistics) read the model's training flag
+(``train_flag``, an input tensor the runtime sets to 1 for the train program and 0 for inference).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from . import ops
@@ -33,6 +37,8 @@ class TrainingGraph:
     grads: Mapping[str, str]  # parameter -> its complete gradient tensor
     updates: Mapping[str, str]  # parameter -> name of its update node
     n_forward: int  # graph.nodes[:n_forward] is the model's forward pass
+    state_updates: Mapping[str, str] = field(default_factory=dict)  # state tensor -> its in-place update node
+    train_flag: str | None = None  # 1 in the train program, 0 in inference (None: the model has no such op)
 
     @cached_property
     def in_place(self) -> Mapping[int, str]:
@@ -149,21 +155,44 @@ def build_training_graph(model: Model, optimizer: str = "sgd") -> TrainingGraph:
     grads: dict[str, str] = {}
     updates: dict[str, str] = {}
 
+    state_updates: dict[str, str] = {}
+
+    def emit_state_updates(node: Node) -> None:
+        rule = ops.get(node.op).state
+        for su in rule(b, node) if rule is not None else ():
+            target = su.inputs[ops.get(su.op).in_place or 0]
+            if tensors[target].role != Role.STATE:
+                raise PoetcError(f"{model.source}: node {node.name}: {target!r} is not a state tensor")
+            if target in state_updates:
+                raise PoetcError(f"{model.source}: state tensor {target!r} is updated by two nodes")
+            readers = tuple(dict.fromkeys(n.name for n in nodes if target in n.inputs))
+            upd = b.emit(
+                su.op,
+                su.inputs,
+                su.attrs,
+                node,
+                f"update:{target}",
+                role=Role.UPDATE,
+                phase="update",
+                after=readers,
+            )
+            tensors[upd] = Tensor(upd, tensors[target].shape, Role.UPDATE)
+            state_updates[target] = b.nodes[-1].name
+
     for i in range(len(fwd.nodes) - 1, -1, -1):
         node = fwd.nodes[i]
         dy = pending.pop(node.output, None)
-        if dy is None:
-            continue  # does not reach the loss
-        rule = ops.get(node.op).grad
-        if rule is None:
-            raise PoetcError(f"{model.source}: node {node.name}: op {node.op} has no gradient rule")
-        contrib = rule(b, node, dy)
-        for k, g in contrib.items():
-            x = node.inputs[k]
-            if x in pending:
-                pending[x] = b.emit("add", (pending[x], g), Attrs(), node, f"acc{k}")
-            else:
-                pending[x] = g
+        if dy is not None:  # else it does not reach the loss
+            rule = ops.get(node.op).grad
+            if rule is None:
+                raise PoetcError(f"{model.source}: node {node.name}: op {node.op} has no gradient rule")
+            contrib = rule(b, node, dy)
+            for k, g in contrib.items():
+                x = node.inputs[k]
+                if x in pending:
+                    pending[x] = b.emit("add", (pending[x], g), Attrs(), node, f"acc{k}")
+                else:
+                    pending[x] = g
         for x in dict.fromkeys(node.inputs):
             if x in fwd.params and first_reader[x] == i and x in pending:
                 g = pending.pop(x)
@@ -181,12 +210,24 @@ def build_training_graph(model: Model, optimizer: str = "sgd") -> TrainingGraph:
                 grads[x] = g
                 updates[x] = b.nodes[-1].name
                 tensors[upd] = Tensor(upd, tensors[x].shape, Role.UPDATE)
+        emit_state_updates(node)
 
     missing = [p for p in fwd.params if p not in grads]
     if missing:
         raise PoetcError(f"{model.source}: parameter(s) {', '.join(missing)} do not affect the loss")
     graph = Graph(fwd.name + ":train", tensors, tuple(nodes), (model.input, label), (loss,))
-    return TrainingGraph(graph, model.input, label, logits, loss, grads, updates, len(fwd.nodes))
+    return TrainingGraph(
+        graph,
+        model.input,
+        label,
+        logits,
+        loss,
+        grads,
+        updates,
+        len(fwd.nodes),
+        state_updates,
+        model.train_flag,
+    )
 
 
 def _fresh(base: str, taken: Mapping[str, object]) -> str:

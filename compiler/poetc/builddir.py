@@ -96,6 +96,7 @@ def manifest(c: Compiled, command: str, batch: int) -> dict[str, Any]:
             "logits": ids[c.tg.logits],
         },
         "params": list(c.model.graph.params),
+        "state": list(c.model.state),  # BatchNorm running statistics: read back and exported with the params
         "graph_fingerprint": c.tg.graph.fingerprint(),
         "nodes": [
             {"name": n.name, "op": n.op, "phase": n.phase, "flops": int(c.cost.flops[i])}
@@ -148,7 +149,7 @@ def _write_files(c: Compiled, d: Path, command: str, target: Any) -> None:
     files = codegen.render(
         codegen.CodegenInput(
             tg=c.tg,
-            params=c.model.params,
+            params={**c.model.params, **c.model.state},  # initial values of parameters and state
             programs=c.programs,
             plans=c.plans,
             arena_bytes=c.arena_bytes,
@@ -194,6 +195,10 @@ class BuildInfo:
 
     def param_ids(self) -> dict[str, int]:
         return {p: self.tensor(p)["id"] for p in self.doc["params"]}
+
+    def state_ids(self) -> dict[str, int]:
+        """State tensors (BatchNorm running statistics), updated by training and exported like parameters."""
+        return {s: self.tensor(s)["id"] for s in self.doc.get("state", [])}
 
     @property
     def batch(self) -> int:

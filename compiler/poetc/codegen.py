@@ -58,6 +58,8 @@ def c_value(v: Any) -> str:
         return f"{v}u"
     if isinstance(v, float):
         return c_float(v)
+    if isinstance(v, tuple | list):  # a fixed-size array field
+        return "{" + ", ".join(c_value(x) for x in v) + "}"
     raise ValueError(f"cannot emit {v!r} as a C value")
 
 
@@ -112,7 +114,7 @@ def render(inp: CodegenInput) -> dict[str, str]:
         if not t.in_arena and t.nbytes:
             ctype = "int32_t" if t.dtype == "i32" else "float"
             init = None
-            if t.role == Role.PARAM:
+            if t.role in (Role.PARAM, Role.STATE):
                 arr = np.asarray(inp.params[name], np.float32).reshape(-1)
                 init = c_array_lines(c_float(v) for v in arr)
                 param_inits.append({"tensor": i, "ident": ident})
@@ -126,7 +128,7 @@ def render(inp: CodegenInput) -> dict[str, str]:
                 }
             )
             data = ident
-        writable = int(t.role in (Role.INPUT, Role.LABEL, Role.PARAM))
+        writable = int(t.role in (Role.INPUT, Role.LABEL, Role.PARAM, Role.STATE))
         producer = g.producer.get(name)
         slot = inp.slots.get(producer, 0) if producer is not None else 0
         tensors.append(
@@ -206,6 +208,7 @@ def render(inp: CodegenInput) -> dict[str, str]:
         "label": tid[tg.label],
         "loss": tid[tg.loss],
         "logits": tid[tg.logits],
+        "train_flag": f"t{tid[tg.train_flag]}" if tg.train_flag is not None else "NULL",
     }
     return {name: render_template(f"{name}.j2", **ctx) for name in ("model.c", "model.h")}
 

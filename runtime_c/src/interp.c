@@ -8,6 +8,7 @@
 #define F32(i) ((float *)m->loc[nd->in[i]])
 #define I32(i) ((const int32_t *)m->loc[nd->in[i]])
 #define OUT ((float *)m->loc[nd->out])
+#define OPT(i) (nd->n_in > (i) ? F32(i) : NULL)
 
 poet_status poet_dispatch(const poet_model *m, uint16_t node, float lr, poet_grad_hook hook, void *hook_ctx) {
     const poet_node *nd = &m->nodes[node];
@@ -35,8 +36,95 @@ poet_status poet_dispatch(const poet_model *m, uint16_t node, float lr, poet_gra
     case POET_K_SGD:
         if (hook) hook(hook_ctx, nd->in[0], F32(1), m->tensors[nd->in[1]].bytes);
         return poet_sgd_f32(&m->sgd[nd->params], lr, F32(1), F32(0));
+    case POET_K_CONV2D_FWD:
+        return poet_conv2d_fwd_f32(&m->conv[nd->params], F32(0), F32(1), OPT(2), OUT);
+    case POET_K_CONV2D_DX:
+        return poet_conv2d_dx_f32(&m->conv[nd->params], F32(0), F32(1), OUT);
+    case POET_K_CONV2D_DW:
+        return poet_conv2d_dw_f32(&m->conv[nd->params], F32(0), F32(1), OUT);
+    case POET_K_CONV2D_DB:
+        return poet_conv2d_db_f32(&m->conv[nd->params], F32(0), OUT);
+    case POET_K_MAXPOOL_FWD:
+        return poet_maxpool_fwd_f32(&m->pool[nd->params], F32(0), OUT);
+    case POET_K_MAXPOOL_BWD:
+        return poet_maxpool_bwd_f32(&m->pool[nd->params], F32(0), F32(1), OUT);
+    case POET_K_AVGPOOL_FWD:
+        return poet_avgpool_fwd_f32(&m->pool[nd->params], F32(0), OUT);
+    case POET_K_AVGPOOL_BWD:
+        return poet_avgpool_bwd_f32(&m->pool[nd->params], F32(0), OUT);
+    case POET_K_BN_STATS:
+        return poet_bn_stats_f32(&m->bn[nd->params], F32(0), F32(1), F32(2), F32(3), OUT);
+    case POET_K_BN_APPLY:
+        return poet_bn_apply_f32(&m->bn[nd->params], F32(0), F32(1), F32(2), F32(3), OUT);
+    case POET_K_BN_DX:
+        return poet_bn_dx_f32(&m->bn[nd->params], F32(0), F32(1), F32(2), F32(3), OUT);
+    case POET_K_BN_DGAMMA:
+        return poet_bn_dgamma_f32(&m->bn[nd->params], F32(0), F32(1), F32(2), OUT);
+    case POET_K_BN_DBETA:
+        return poet_bn_dbeta_f32(&m->bn[nd->params], F32(0), OUT);
+    case POET_K_BN_RUNNING: /* in place: input 0 is the running statistic */
+        return poet_bn_running_f32(&m->bn[nd->params], F32(1), F32(0));
+    case POET_K_CLIP_FWD:
+        return poet_clip_fwd_f32(&m->act[nd->params], F32(0), OUT);
+    case POET_K_CLIP_BWD:
+        return poet_clip_bwd_f32(&m->act[nd->params], F32(0), F32(1), OUT);
+    case POET_K_SIGMOID_FWD:
+        return poet_sigmoid_fwd_f32(&m->act[nd->params], F32(0), OUT);
+    case POET_K_SIGMOID_BWD:
+        return poet_sigmoid_bwd_f32(&m->act[nd->params], F32(0), F32(1), OUT);
+    case POET_K_TANH_FWD:
+        return poet_tanh_fwd_f32(&m->act[nd->params], F32(0), OUT);
+    case POET_K_TANH_BWD:
+        return poet_tanh_bwd_f32(&m->act[nd->params], F32(0), F32(1), OUT);
+    case POET_K_GELU_FWD:
+        return poet_gelu_fwd_f32(&m->act[nd->params], F32(0), OUT);
+    case POET_K_GELU_BWD:
+        return poet_gelu_bwd_f32(&m->act[nd->params], F32(0), F32(1), OUT);
+    case POET_K_ERF_FWD:
+        return poet_erf_fwd_f32(&m->act[nd->params], F32(0), OUT);
+    case POET_K_ERF_BWD:
+        return poet_erf_bwd_f32(&m->act[nd->params], F32(0), F32(1), OUT);
+    case POET_K_AFFINE:
+        return poet_affine_f32(&m->act[nd->params], F32(0), OUT);
+    case POET_K_SQRT_FWD:
+        return poet_sqrt_fwd_f32(&m->act[nd->params], F32(0), OUT);
+    case POET_K_SQRT_BWD:
+        return poet_sqrt_bwd_f32(&m->act[nd->params], F32(0), F32(1), OUT);
+    case POET_K_POW_FWD:
+        return poet_pow_fwd_f32(&m->act[nd->params], F32(0), OUT);
+    case POET_K_POW_BWD:
+        return poet_pow_bwd_f32(&m->act[nd->params], F32(0), F32(1), OUT);
+    case POET_K_SOFTMAX_FWD:
+        return poet_softmax_fwd_f32(&m->softmax[nd->params], F32(0), OUT);
+    case POET_K_SOFTMAX_BWD:
+        return poet_softmax_bwd_f32(&m->softmax[nd->params], F32(0), F32(1), OUT);
+    case POET_K_LN_FWD:
+        return poet_ln_fwd_f32(&m->ln[nd->params], F32(0), F32(1), OPT(2), OUT);
+    case POET_K_LN_DX:
+        return poet_ln_dx_f32(&m->ln[nd->params], F32(0), F32(1), F32(2), OUT);
+    case POET_K_LN_DGAMMA:
+        return poet_ln_dgamma_f32(&m->ln[nd->params], F32(0), F32(1), OUT);
+    case POET_K_MATMUL:
+        return poet_matmul_f32(&m->matmul[nd->params], F32(0), F32(1), OUT);
+    case POET_K_BINARY:
+        return poet_binary_f32(&m->bcast[nd->params], F32(0), F32(1), OUT);
+    case POET_K_REDUCE:
+        return poet_reduce_f32(&m->bcast[nd->params], F32(0), OPT(1), OPT(2), OUT);
+    case POET_K_STRIDED:
+        return poet_strided_f32(&m->layout[nd->params], F32(0), OUT);
+    case POET_K_SCATTER:
+        return poet_scatter_f32(&m->layout[nd->params], F32(0), OUT);
+    case POET_K_CONCAT:
+        return poet_concat_f32(&m->concat[nd->params], F32(0), OPT(1), OPT(2), OPT(3), OUT);
     }
     return POET_ERR_PROGRAM;
+}
+
+/* Elements of a broadcast operand (or a reduction's output): one past its largest offset in the loop. */
+static uint32_t bcast_extent(const poet_bcast_params *p, const uint32_t *s) {
+    uint32_t e = 1;
+    for (uint32_t k = 0; k < p->rank && k < POET_MAX_RANK; k++) e += (p->shape[k] - 1) * s[k];
+    return e;
 }
 
 /* Expected element counts of a node's inputs (in[0..n_in)) and output, from its kernel's params. */
@@ -73,6 +161,120 @@ static poet_status expected_sizes(const poet_model *m, const poet_node *nd, uint
         in[0] = in[1] = m->sgd[nd->params].n;
         *out = 0;
         return POET_OK;
+    case POET_K_CONV2D_FWD:
+    case POET_K_CONV2D_DX:
+    case POET_K_CONV2D_DW:
+    case POET_K_CONV2D_DB: {
+        const poet_conv_params *p = &m->conv[nd->params];
+        if (p->groups == 0) return POET_ERR_PROGRAM;
+        uint32_t x = p->n * p->c_in * p->h * p->w, y = p->n * p->c_out * p->oh * p->ow;
+        uint32_t w = p->c_out * (p->c_in / p->groups) * p->kh * p->kw;
+        if (nd->kernel == POET_K_CONV2D_FWD) { in[0] = x; in[1] = w; in[2] = p->c_out; *out = y; }
+        if (nd->kernel == POET_K_CONV2D_DX) { in[0] = y; in[1] = w; *out = x; }
+        if (nd->kernel == POET_K_CONV2D_DW) { in[0] = y; in[1] = x; *out = w; }
+        if (nd->kernel == POET_K_CONV2D_DB) { in[0] = y; *out = p->c_out; }
+        return POET_OK;
+    }
+    case POET_K_MAXPOOL_FWD:
+    case POET_K_MAXPOOL_BWD:
+    case POET_K_AVGPOOL_FWD:
+    case POET_K_AVGPOOL_BWD: {
+        const poet_pool_params *p = &m->pool[nd->params];
+        uint32_t x = p->nc * p->h * p->w, y = p->nc * p->oh * p->ow;
+        if (nd->kernel == POET_K_MAXPOOL_FWD || nd->kernel == POET_K_AVGPOOL_FWD) { in[0] = x; *out = y; }
+        if (nd->kernel == POET_K_MAXPOOL_BWD) { in[0] = x; in[1] = y; *out = x; }
+        if (nd->kernel == POET_K_AVGPOOL_BWD) { in[0] = y; *out = x; }
+        return POET_OK;
+    }
+    case POET_K_BN_STATS:
+    case POET_K_BN_APPLY:
+    case POET_K_BN_DX:
+    case POET_K_BN_DGAMMA:
+    case POET_K_BN_DBETA:
+    case POET_K_BN_RUNNING: {
+        const poet_bn_params *p = &m->bn[nd->params];
+        uint32_t x = p->n * p->c * p->hw, c = p->c;
+        if (nd->kernel == POET_K_BN_STATS) { in[0] = x; in[1] = c; in[2] = c; in[3] = 1; *out = 2 * c; }
+        if (nd->kernel == POET_K_BN_APPLY) { in[0] = x; in[1] = 2 * c; in[2] = c; in[3] = c; *out = x; }
+        if (nd->kernel == POET_K_BN_DX) { in[0] = x; in[1] = x; in[2] = 2 * c; in[3] = c; *out = x; }
+        if (nd->kernel == POET_K_BN_DGAMMA) { in[0] = x; in[1] = x; in[2] = 2 * c; *out = c; }
+        if (nd->kernel == POET_K_BN_DBETA) { in[0] = x; *out = c; }
+        if (nd->kernel == POET_K_BN_RUNNING) { in[0] = c; in[1] = 2 * c; *out = 0; }
+        return POET_OK;
+    }
+    case POET_K_CLIP_FWD:
+    case POET_K_CLIP_BWD:
+    case POET_K_SIGMOID_FWD:
+    case POET_K_SIGMOID_BWD:
+    case POET_K_TANH_FWD:
+    case POET_K_TANH_BWD:
+    case POET_K_GELU_FWD:
+    case POET_K_GELU_BWD:
+    case POET_K_ERF_FWD:
+    case POET_K_ERF_BWD:
+    case POET_K_AFFINE:
+    case POET_K_SQRT_FWD:
+    case POET_K_SQRT_BWD:
+    case POET_K_POW_FWD:
+    case POET_K_POW_BWD:
+        in[0] = in[1] = *out = m->act[nd->params].n;
+        return POET_OK;
+    case POET_K_SOFTMAX_FWD:
+    case POET_K_SOFTMAX_BWD: {
+        const poet_softmax_params *p = &m->softmax[nd->params];
+        in[0] = in[1] = *out = p->outer * p->n * p->inner;
+        return POET_OK;
+    }
+    case POET_K_LN_FWD:
+    case POET_K_LN_DX:
+    case POET_K_LN_DGAMMA: {
+        const poet_ln_params *p = &m->ln[nd->params];
+        uint32_t x = p->m * p->d;
+        if (nd->kernel == POET_K_LN_FWD) { in[0] = x; in[1] = in[2] = p->d; *out = x; }
+        if (nd->kernel == POET_K_LN_DX) { in[0] = in[1] = x; in[2] = p->d; *out = x; }
+        if (nd->kernel == POET_K_LN_DGAMMA) { in[0] = in[1] = x; *out = p->d; }
+        return POET_OK;
+    }
+    case POET_K_MATMUL: {
+        const poet_matmul_params *p = &m->matmul[nd->params];
+        in[0] = (p->sa ? p->batch : 1) * p->m * p->k;
+        in[1] = (p->sb ? p->batch : 1) * p->k * p->n;
+        *out = (p->so ? p->batch : 1) * p->m * p->n;
+        return POET_OK;
+    }
+    case POET_K_BINARY:
+    case POET_K_REDUCE: {
+        const poet_bcast_params *p = &m->bcast[nd->params];
+        if (p->rank < 1 || p->rank > POET_MAX_RANK) return POET_ERR_PROGRAM;
+        uint32_t n = 1;
+        for (uint32_t k = 0; k < p->rank; k++) n *= p->shape[k];
+        if (nd->kernel == POET_K_BINARY) {
+            in[0] = bcast_extent(p, p->sa);
+            in[1] = bcast_extent(p, p->sb);
+            *out = n;
+        } else {
+            in[0] = n;
+            in[1] = bcast_extent(p, p->sb);
+            in[2] = bcast_extent(p, p->sc);
+            *out = bcast_extent(p, p->sa);
+        }
+        return POET_OK;
+    }
+    case POET_K_STRIDED:
+    case POET_K_SCATTER:
+        in[0] = m->layout[nd->params].n_src;
+        *out = m->layout[nd->params].n_dst;
+        return POET_OK;
+    case POET_K_CONCAT: {
+        const poet_concat_params *p = &m->concat[nd->params];
+        uint32_t total = 0;
+        for (uint32_t k = 0; k < p->n_in && k < 4; k++) {
+            in[k] = p->outer * p->part[k];
+            total += p->part[k];
+        }
+        *out = p->outer * total;
+        return POET_OK;
+    }
     }
     return POET_ERR_PROGRAM;
 }
@@ -166,6 +368,7 @@ poet_run_result poet_run(const poet_model *m, int program, float lr, poet_grad_h
         return r;
     }
     const poet_program *pr = &m->programs[program];
+    if (m->train_flag) *m->train_flag = program == POET_PROG_TRAIN ? 1.0f : 0.0f;
     for (uint16_t t = 0; t < m->n_tensors; t++)
         m->loc[t] = m->tensors[t].home == POET_HOME_STATIC ? m->tensors[t].data : NULL;
     for (uint16_t n = 0; n < m->n_nodes; n++) m->node_ticks[n] = 0;

@@ -1,6 +1,21 @@
 """Op registry: importing this package registers every op family."""
 
-from . import eltwise, linear, loss, optim, relu  # noqa: F401  (registration side effects)
+from . import (  # noqa: F401  (registration side effects)
+    act,
+    bcast,
+    bn,
+    conv,
+    eltwise,
+    layernorm,
+    layout,
+    linear,
+    loss,
+    matmul,
+    optim,
+    pool,
+    relu,
+    softmax,
+)
 from .base import REGISTRY, OpDef, get, register
 
 __all__ = ["REGISTRY", "OpDef", "get", "register"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -31,8 +31,22 @@ class GradBuilder(Protocol):
         ...
 
 
+class StateUpdate(NamedTuple):
+    """An in-place update of a static state tensor (BatchNorm running statistics) that a forward node asks for.
+
+    ``op`` must be an in-place op whose ``in_place`` input is ``inputs[0]``, the state tensor; autodiff emits
+    it once per step, right after the forward node's gradient nodes, ordered after every reader of the state."""
+
+    op: str
+    inputs: tuple[str, ...]
+    attrs: Attrs
+    hint: str
+
+
 # A gradient rule returns, for each input index that needs a gradient, the name of the tensor holding it.
 GradRule = Callable[[GradBuilder, Node, str], dict[int, str]]
+# A state rule lists the in-place state updates one training step makes for a forward node.
+StateRule = Callable[[GradBuilder, Node], list[StateUpdate]]
 
 
 @dataclass(frozen=True)
@@ -46,7 +60,10 @@ class OpDef:
     ref: Callable[..., np.ndarray]  # ref(attrs, *inputs) -> output, float64
     c_params: Callable[[Attrs, Sequence[Shape], Shape], dict[str, Any]]
     grad: GradRule | None = None
-    in_place: int | None = None  # index of the input this op updates in place (optimizer steps)
+    in_place: int | None = (
+        None  # index of the input this op updates in place (optimizer steps, running stats)
+    )
+    state: StateRule | None = None  # forward ops that update state tensors once per training step
     scratch_bytes: Callable[[Attrs, Sequence[Shape], Shape], int] = lambda a, i, o: 0
 
 
@@ -76,3 +93,69 @@ def numel(shape: Shape) -> int:
     for d in shape:
         n *= d
     return n
+
+
+# ---- strided views (transpose, slice, expand, broadcasting): shared by several families ----------------------
+MAX_RANK = 6  # POET_MAX_RANK in runtime_c/include/poet/kernels.h
+
+
+def contiguous_strides(shape: Shape) -> tuple[int, ...]:
+    out, acc = [], 1
+    for d in reversed(shape):
+        out.append(acc)
+        acc *= d
+    return tuple(reversed(out))
+
+
+def broadcast_strides(shape: Shape, out: Shape) -> tuple[int, ...]:
+    """Strides (in elements) that read a contiguous tensor of ``shape`` broadcast to ``out`` (numpy rules)."""
+    if len(shape) > len(out):
+        raise ValueError(f"cannot broadcast {shape} to {out}")
+    padded = (1,) * (len(out) - len(shape)) + tuple(shape)
+    st = contiguous_strides(padded)
+    res = []
+    for d, o, s in zip(padded, out, st, strict=True):
+        if d == o:
+            res.append(s if d != 1 else 0)
+        elif d == 1:
+            res.append(0)
+        else:
+            raise ValueError(f"cannot broadcast {shape} to {out}")
+    return tuple(res)
+
+
+def broadcast_shape(a: Shape, b: Shape) -> Shape:
+    n = max(len(a), len(b))
+    pa, pb = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+    out = []
+    for x, y in zip(pa, pb, strict=True):
+        if x != y and 1 not in (x, y):
+            raise ValueError(f"shapes {a} and {b} do not broadcast")
+        out.append(max(x, y) if min(x, y) != 0 else 0)
+    return tuple(out)
+
+
+def coalesce(shape: Shape, *strides: Sequence[int]) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
+    """Drop size-1 dimensions and merge neighbours that are contiguous in every stride set, so that a loop
+    over ``shape`` reading at the given strides needs as few dimensions as possible (at most MAX_RANK)."""
+    dims = [(d, [s[k] for s in strides]) for k, d in enumerate(shape) if d != 1]
+    merged: list[tuple[int, list[int]]] = []
+    for d, st in dims:
+        if merged:
+            pd, pst = merged[-1]
+            if all(ps == s * d for ps, s in zip(pst, st, strict=True)):
+                merged[-1] = (pd * d, st)
+                continue
+        merged.append((d, st))
+    if not merged:
+        merged = [(1, [0 for _ in strides])]
+    if len(merged) > MAX_RANK:
+        raise ValueError(f"a strided loop over {shape} needs {len(merged)} dimensions (at most {MAX_RANK})")
+    out_shape = tuple(d for d, _ in merged)
+    out_strides = [tuple(st[k] for _, st in merged) for k in range(len(strides))]
+    return out_shape, out_strides
+
+
+def pad_rank(values: Sequence[int], fill: int = 0) -> tuple[int, ...]:
+    """A C array field of MAX_RANK entries."""
+    return tuple(values) + (fill,) * (MAX_RANK - len(values))

@@ -79,6 +79,19 @@ typedef struct {
     const poet_eltwise_params *eltwise;
     const poet_xent_params *xent;
     const poet_sgd_params *sgd;
+    const poet_conv_params *conv;
+    const poet_pool_params *pool;
+    const poet_bn_params *bn;
+    const poet_act_params *act;
+    const poet_softmax_params *softmax;
+    const poet_ln_params *ln;
+    const poet_matmul_params *matmul;
+    const poet_bcast_params *bcast;
+    const poet_layout_params *layout;
+    const poet_concat_params *concat;
+    /* set to 1 before the train program and to 0 before the others: BatchNorm uses batch statistics in
+     * training and its running statistics in inference. NULL when no kernel reads it. */
+    float *train_flag;
     /* runtime state in RAM, sized by the generator */
     void **loc;
     uint64_t *node_ticks;

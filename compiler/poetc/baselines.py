@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 
-
 from .problem import Problem
 from .schedule import Instr, Op, Program, Schedule, from_compute_sets, lower
 from .simulate import ScheduleError, replay
@@ -23,9 +22,10 @@ from .simulate import ScheduleError, replay
 def chen_segments(p: Problem, seg_len: int) -> Schedule:
     F = p.n_forward or p.T
     fwd = [i for i in range(F) if p.mem[i] > 0]
-    segments = [fwd[k: k + seg_len] for k in range(0, len(fwd), seg_len)]
+    segments = [fwd[k : k + seg_len] for k in range(0, len(fwd), seg_len)]
     seg_of = {i: s for s, seg in enumerate(segments) for i in seg}
-    checkpoint = {seg[-1] for seg in segments}
+    # segment ends are checkpoints, and so is whatever may not be recomputed (the input data)
+    checkpoint = {seg[-1] for seg in segments} | {i for i in fwd if p.last_stage[i] < p.last_use[i]}
     sets: list[list[int]] = [[t] for t in range(F)]
     recomputed: set[int] = set()
     for t in range(F, p.T):
@@ -79,7 +79,9 @@ class _Greedy:
         self.pinned: set[int] = set()
         self.uses = [sorted(c) for c in p.consumers]
         self.update_ran: set[int] = set()
-        self.dropped_readers: dict[int, set[int]] = {}  # input -> dropped tensors that need it to be recomputed
+        self.dropped_readers: dict[
+            int, set[int]
+        ] = {}  # input -> dropped tensors that need it to be recomputed
         self.blocked_by: dict[int, list[int]] = {}
         for u, readers in p.updates:
             for r in readers:
@@ -102,10 +104,19 @@ class _Greedy:
 
     def can_recompute(self, i: int, at: int, depth: int = 0) -> bool:
         """Whether i could be recomputed in stage ``at`` (no in-place update of what it reads before then)."""
-        if depth > 50 or at > self.p.last_stage[i] or any(u in self.update_ran for u in self.blocked_by.get(i, ())):
+        if (
+            depth > 50
+            or at > self.p.last_stage[i]
+            or any(u in self.update_ran for u in self.blocked_by.get(i, ()))
+        ):
             return False
-        return all(self.p.mem[u] == 0 or u in self.resident or u in self.stored
-                   or self.can_recompute(u, at, depth + 1) for u in set(self.p.inputs[i]))
+        return all(
+            self.p.mem[u] == 0
+            or u in self.resident
+            or u in self.stored
+            or self.can_recompute(u, at, depth + 1)
+            for u in set(self.p.inputs[i])
+        )
 
     def recompute_cost(self, i: int) -> float:
         p = self.p
@@ -217,5 +228,3 @@ def greedy(p: Problem) -> tuple[Program | None, str]:
     for v in list(g.resident):
         g.free(v)
     return Program("train", tuple(g.code), tuple(range(p.T))), "DTR score, Capuchin swap-or-drop"
-
-

@@ -65,18 +65,26 @@ def _solve_options(a: argparse.Namespace) -> strategies.SolveOptions:
         raise PoetcError(f"--time-limit must be positive, got {a.time_limit}")
     if not 0 <= a.gap < 1:
         raise PoetcError(f"--gap must be in [0, 1), got {a.gap}")
-    return strategies.SolveOptions(solver=a.solver.upper(), time_limit_s=a.time_limit, gap=a.gap,
-                                   formulation=a.formulation, remat=not a.no_remat, paging=not a.no_paging,
-                                   verbose=a.verbose_solver)
+    return strategies.SolveOptions(
+        solver=a.solver.upper(),
+        time_limit_s=a.time_limit,
+        gap=a.gap,
+        formulation=a.formulation,
+        remat=not a.no_remat,
+        paging=not a.no_paging,
+        verbose=a.verbose_solver,
+    )
 
 
 def _load_model(a: argparse.Namespace) -> frontend.Model:
     if a.batch is not None and a.batch <= 0:
         raise PoetcError(f"--batch must be positive, got {a.batch}")
     model = frontend.load(a.model, batch=a.batch)
-    _say(f"model {model.source}: {len(model.graph.nodes)} layers, "
-         f"{sum(v.size for v in model.params.values())} parameters, "
-         f"input {list(model.graph.tensor(model.input).shape)}")
+    _say(
+        f"model {model.source}: {len(model.graph.nodes)} layers, "
+        f"{sum(v.size for v in model.params.values())} parameters, "
+        f"input {list(model.graph.tensor(model.input).shape)}"
+    )
     return model
 
 
@@ -107,19 +115,54 @@ def _figure_rows(figs: list[dict]) -> list[list[object]]:
     rows = []
     for f in figs:
         if not f["feasible"]:
-            rows.append([f["strategy"], "no", "-", "-", "-", "-", "-", "-", "-", f"{f['solve_s']:.2f} s",
-                         f["message"][:60]])
+            rows.append(
+                [
+                    f["strategy"],
+                    "no",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    f"{f['solve_s']:.2f} s",
+                    f["message"][:60],
+                ]
+            )
             continue
         gap = "" if f["gap"] is None else f"gap {100 * f['gap']:.2f}%"
-        rows.append([f["strategy"], "yes", joules(f["energy_j"]), joules(f["extra_energy_j"]),
-                     joules(f["compute_energy_j"]), joules(f["paging_energy_j"]), seconds(f["time_s"]),
-                     nbytes(f["peak_ram_bytes"]), nbytes(f["arena_bytes"]), f"{f['solve_s']:.2f} s",
-                     f"{f['status']} {gap}".strip()])
+        rows.append(
+            [
+                f["strategy"],
+                "yes",
+                joules(f["energy_j"]),
+                joules(f["extra_energy_j"]),
+                joules(f["compute_energy_j"]),
+                joules(f["paging_energy_j"]),
+                seconds(f["time_s"]),
+                nbytes(f["peak_ram_bytes"]),
+                nbytes(f["arena_bytes"]),
+                f"{f['solve_s']:.2f} s",
+                f"{f['status']} {gap}".strip(),
+            ]
+        )
     return rows
 
 
-_FIG_HEADERS = ["strategy", "feasible", "energy", "extra", "compute", "paging", "time", "peak RAM", "arena",
-                "solve", "status"]
+_FIG_HEADERS = [
+    "strategy",
+    "feasible",
+    "energy",
+    "extra",
+    "compute",
+    "paging",
+    "time",
+    "peak RAM",
+    "arena",
+    "solve",
+    "status",
+]
 
 
 def cmd_build(a: argparse.Namespace) -> int:
@@ -133,15 +176,18 @@ def cmd_build(a: argparse.Namespace) -> int:
     print(f"poetc build {a.model} for {board.name}", flush=True)
     model = _load_model(a)
     with _Ticker("scheduling"):
-        c = pipeline.compile_model(model, board, ram, a.strategy, _command_line(), progress=_say, opts=opts,
-                                   deadline=a.deadline)
+        c = pipeline.compile_model(
+            model, board, ram, a.strategy, _command_line(), progress=_say, opts=opts, deadline=a.deadline
+        )
     builddir.write(c, out, _command_line(), tgt, say=_say, compile_=not a.no_compile)
     s = builddir.schedule_summary(c)
     print(table(["memory", "bytes"], [[k, v] for k, v in c.memory.rows()], "lr"))
     print(table(_FIG_HEADERS, _figure_rows([s])))
     if c.repairs:
-        print(f"fragmentation: {c.repairs} re-solve(s) to fit the arena; extra energy "
-              f"{joules(s.get('repair_overhead_j', 0.0))} over the first schedule")
+        print(
+            f"fragmentation: {c.repairs} re-solve(s) to fit the arena; extra energy "
+            f"{joules(s.get('repair_overhead_j', 0.0))} over the first schedule"
+        )
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s (build hash {c.hash_hex})")
     return 0
 
@@ -190,9 +236,11 @@ def cmd_solve(a: argparse.Namespace) -> int:
         print(json.dumps(figs if a.compare else figs[0], indent=1))
     else:
         p = pl.problem
-        print(f"RAM budget {nbytes(pl.fixed.budget)} ({nbytes(p.budget)} for the arena after "
-              f"{nbytes(pl.fixed.fixed)} fixed); floor energy {joules(p.floor_j)}"
-              + (f"; deadline {seconds(p.deadline_s)}" if p.deadline_s else ""))
+        print(
+            f"RAM budget {nbytes(pl.fixed.budget)} ({nbytes(p.budget)} for the arena after "
+            f"{nbytes(pl.fixed.fixed)} fixed); floor energy {joules(p.floor_j)}"
+            + (f"; deadline {seconds(p.deadline_s)}" if p.deadline_s else "")
+        )
         print(table(_FIG_HEADERS, _figure_rows(figs)))
         if a.plot:
             print(f"plots in {a.plot}")
@@ -401,7 +449,9 @@ def make_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="energy versus RAM budget for POET and every baseline (table + plot)")
     _model_args(s)
     _schedule_args(s, strategy=False)
-    s.add_argument("--points", type=int, default=6, help="budgets from the smallest feasible to the store-all peak")
+    s.add_argument(
+        "--points", type=int, default=6, help="budgets from the smallest feasible to the store-all peak"
+    )
     s.add_argument("--strategies", help="comma-separated subset (default: all)")
     s.add_argument("--jobs", type=int, default=0, help="parallel solves (default: the number of cores)")
     s.add_argument("--out", default="poetc-sweep", help="directory for energy-vs-ram.png and sweep.json")
@@ -456,7 +506,9 @@ def _model_args(s: argparse.ArgumentParser) -> None:
 def _schedule_args(s: argparse.ArgumentParser, strategy: bool = True) -> None:
     if strategy:
         s.add_argument("--strategy", default="poet", help="one of: " + ", ".join(strategies.NAMES))
-    s.add_argument("--deadline", help="time budget of one step: 1.5x (of one computation of every node) or 0.2s")
+    s.add_argument(
+        "--deadline", help="time budget of one step: 1.5x (of one computation of every node) or 0.2s"
+    )
     s.add_argument("--solver", default="HIGHS", help="MILP solver known to cvxpy (HIGHS, SCIP, GUROBI, ...)")
     s.add_argument("--time-limit", type=float, default=60.0, help="seconds per MILP solve (default 60)")
     s.add_argument("--gap", type=float, default=1e-4, help="relative gap on the extra energy (default 1e-4)")

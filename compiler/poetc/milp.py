@@ -35,6 +35,7 @@ Two formulations:
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -170,8 +171,13 @@ class Formulation:
                 if i == t:
                     m.fix(("R", t, t), 1.0)  # frontier-advancing: stage t computes node t
                     self.runnable[t].append(i)
-                elif (opt.remat and self.arena[i] and p.consumers[i] and t <= p.horizon[i]
-                      and t <= p.last_stage[i]):
+                elif (
+                    opt.remat
+                    and self.arena[i]
+                    and p.consumers[i]
+                    and t <= p.horizon[i]
+                    and t <= p.last_stage[i]
+                ):
                     m.binary(("R", t, i))
                     self.runnable[t].append(i)
         for i in range(T):
@@ -180,7 +186,8 @@ class Formulation:
             for t in range(i + 1, p.horizon[i] + 1):
                 m.binary(("S_RAM", t, i))
                 if opt.paging:
-                    m.binary(("S_SD", t, i))
+                    if self.orig:
+                        m.binary(("S_SD", t, i))
                     m.binary(("M_in", t, i))
             if opt.paging:
                 for t in range(i if not self.orig else i + 1, p.horizon[i]):
@@ -190,7 +197,7 @@ class Formulation:
         for t in range(T):
             run = set(self.runnable[t])
             for i in range(t + 1):
-                if not self.arena[i] or t > p.horizon[i] and i != t:
+                if not self.arena[i] or (t > p.horizon[i] and i != t):
                     continue
                 for k in (i, *p.consumers[i]):
                     if k <= t and k in run:
@@ -199,13 +206,22 @@ class Formulation:
                         else:
                             m.continuous(("FREE", t, i, k), 1.0)
                         self.free_pairs[t].append((i, k))
+        # FREE0[t,i]: i, resident at the start of stage t, is freed at the stage start (lowering step 2)
+        if not self.orig:
+            for i in range(T):
+                if self.arena[i]:
+                    for t in range(i + 1, p.horizon[i] + 1):
+                        m.continuous(("FREE0", t, i), 1.0)
         for t in range(T):
             for k in self.runnable[t]:
                 m.continuous(("U", t, k), float(p.budget))
         # P[i]: i is ever written to storage (for the capacity row)
-        self.storage_row = bool(opt.paging and p.storage_bytes is not None
-                                and float((p.mem + p.page_overhead).sum()) > p.storage_bytes)
-        if self.storage_row:
+        self.storage_row = bool(
+            opt.paging
+            and p.storage_bytes is not None
+            and float((p.mem + p.page_overhead).sum()) > p.storage_bytes
+        )
+        if self.storage_row and self.orig:
             for i in range(T):
                 if self.arena[i]:
                     m.binary(("P", i))
@@ -238,24 +254,57 @@ class Formulation:
                 nxt = t + 1
                 # RAM residency: S_RAM[t+1,i] <= S_RAM[t,i] + R[t,i] + M_in[t,i]
                 if m.has(("S_RAM", nxt, i)):
-                    m.le([(("S_RAM", nxt, i), 1.0), (("S_RAM", t, i), -1.0), (("R", t, i), -1.0),
-                          (("M_in", t, i), -1.0)], 0.0)
-                # storage residency: S_SD[t+1,i] <= S_SD[t,i] + M_out[t,i]
-                if m.has(("S_SD", nxt, i)):
-                    m.le([(("S_SD", nxt, i), 1.0), (("S_SD", t, i), -1.0), (("M_out", t, i), -1.0)], 0.0)
-                # paging only of what is there: M_in[t,i] <= S_SD[t,i];  M_out[t,i] <= S_RAM[t,i] + R[t,i]
-                if m.has(("M_in", t, i)):
-                    m.le([(("M_in", t, i), 1.0), (("S_SD", t, i), -1.0)], 0.0)
+                    m.le(
+                        [
+                            (("S_RAM", nxt, i), 1.0),
+                            (("S_RAM", t, i), -1.0),
+                            (("R", t, i), -1.0),
+                            (("M_in", t, i), -1.0),
+                        ],
+                        0.0,
+                    )
+                # storage residency. POET 2022: S_SD[t+1,i] <= S_SD[t,i] + M_out[t,i], M_in[t,i] <= S_SD[t,i].
+                # poet: a tensor's value never changes, so it is paged out at most once and stays on storage:
+                #   sum_t M_out[t,i] <= 1,   S_SD[t,i] = sum_{t' < t} M_out[t',i],   M_in[t,i] <= S_SD[t,i]
+                if self.orig:
+                    if m.has(("S_SD", nxt, i)):
+                        m.le([(("S_SD", nxt, i), 1.0), (("S_SD", t, i), -1.0), (("M_out", t, i), -1.0)], 0.0)
+                    if m.has(("M_in", t, i)):
+                        m.le([(("M_in", t, i), 1.0), (("S_SD", t, i), -1.0)], 0.0)
+                elif m.has(("M_in", t, i)):
+                    m.le([(("M_in", t, i), 1.0), *[(("M_out", tt, i), -1.0) for tt in range(i, t)]], 0.0)
+                # paging out only of what is there: M_out[t,i] <= S_RAM[t,i] + R[t,i]
                 if m.has(("M_out", t, i)):
                     terms = [(("M_out", t, i), 1.0), (("S_RAM", t, i), -1.0)]
                     if not self.orig:
                         terms.append((("R", t, i), -1.0))
                     m.le(terms, 0.0)
-                    if self.storage_row:
+                    if self.storage_row and self.orig:
                         m.le([(("M_out", t, i), 1.0), (("P", i), -1.0)], 0.0)
+            if not self.orig and self.opt.paging:
+                outs = [(("M_out", t, i), 1.0) for t in range(i, p.horizon[i]) if m.has(("M_out", t, i))]
+                if len(outs) > 1:
+                    m.le(outs, 1.0)
+            for t in range(i, p.horizon[i] + 1):
                 # one source per stage: S_RAM[t,i] + R[t,i] + M_in[t,i] <= 1  (for i < t)
                 if t > i:
                     m.le([(("S_RAM", t, i), 1.0), (("R", t, i), 1.0), (("M_in", t, i), 1.0)], 1.0)
+
+        # Usefulness (valid inequalities that cut useless work and tighten the relaxation): recomputing,
+        # paging in or keeping i in stage t pays only if a node of stage t reads i, or i is kept for t+1
+        # (or paged out, for a recomputation):
+        #   R[t,i] (i < t), M_in[t,i]  <=  sum_{j reads i} R[t,j] + S_RAM[t+1,i] (+ M_out[t,i] for R)
+        if not self.orig:
+            for t in range(T):
+                for i in range(t):
+                    if not self.arena[i] or t > p.horizon[i]:
+                        continue
+                    use = [(("R", t, j), -1.0) for j in p.consumers[i] if j <= t and m.has(("R", t, j))]
+                    keep = [(("S_RAM", t + 1, i), -1.0)] if m.has(("S_RAM", t + 1, i)) else []
+                    out = [(("M_out", t, i), -1.0)] if m.has(("M_out", t, i)) else []
+                    for kind in ("R", "M_in"):
+                        if m.has((kind, t, i)):
+                            m.le([((kind, t, i), 1.0), *use, *keep, *(out if kind != "M_in" else [])], 0.0)
 
         # Frees. "poet": FREE[t,i,k] <= R[t,k];  <= 1 - S_RAM[t+1,i];  <= 1 - R[t,j], each reader j > k of i.
         # "poet2022": binary FREE = 1 iff hazards h = (1 - R[t,k]) + S_RAM[t+1,i] + sum_j R[t,j] are zero:
@@ -266,12 +315,26 @@ class Formulation:
                 later = [j for j in p.consumers[i] if k < j <= t and m.has(("R", t, j))]
                 if self.orig:
                     # 1 - FREE <= h   <=>   -FREE + R[t,k] - S_RAM[t+1,i] - sum_j R[t,j] <= 0
-                    m.le([(f, -1.0), (("R", t, k), 1.0), (("S_RAM", t + 1, i), -1.0),
-                          *[(("R", t, j), -1.0) for j in later]], 0.0)
+                    m.le(
+                        [
+                            (f, -1.0),
+                            (("R", t, k), 1.0),
+                            (("S_RAM", t + 1, i), -1.0),
+                            *[(("R", t, j), -1.0) for j in later],
+                        ],
+                        0.0,
+                    )
                     # h <= H (1 - FREE)   <=>   -R[t,k] + S_RAM[t+1,i] + sum_j R[t,j] + H FREE <= H - 1
                     big = 2 + len(later)
-                    m.le([(("R", t, k), -1.0), (("S_RAM", t + 1, i), 1.0), *[(("R", t, j), 1.0) for j in later],
-                          (f, float(big))], float(big) - 1.0)
+                    m.le(
+                        [
+                            (("R", t, k), -1.0),
+                            (("S_RAM", t + 1, i), 1.0),
+                            *[(("R", t, j), 1.0) for j in later],
+                            (f, float(big)),
+                        ],
+                        float(big) - 1.0,
+                    )
                     continue
                 m.le([(f, 1.0), (("R", t, k), -1.0)], 0.0)
                 if m.has(("S_RAM", t + 1, i)):
@@ -279,8 +342,23 @@ class Formulation:
                 for j in later:
                     m.le([(f, 1.0), (("R", t, j), 1.0)], 1.0)
 
+        # Frees at the stage start ("poet" only): FREE0[t,i] <= S_RAM[t,i];  <= 1 - S_RAM[t+1,i];
+        #   <= 1 - R[t,j] for every reader j of i in stage t   (i is resident but unused and not kept)
+        if not self.orig:
+            for i in range(T):
+                if not self.arena[i]:
+                    continue
+                for t in range(i + 1, p.horizon[i] + 1):
+                    f0 = ("FREE0", t, i)
+                    m.le([(f0, 1.0), (("S_RAM", t, i), -1.0)], 0.0)
+                    if m.has(("S_RAM", t + 1, i)):
+                        m.le([(f0, 1.0), (("S_RAM", t + 1, i), 1.0)], 1.0)
+                    for j in p.consumers[i]:
+                        if j <= t and m.has(("R", t, j)):
+                            m.le([(f0, 1.0), (("R", t, j), 1.0)], 1.0)
+
         # Memory, at every point inside a stage:
-        #   base_t   = sum_i M_i (S_RAM[t,i] + M_in[t,i])            (POET 2022: S_RAM only)
+        #   base_t   = sum_i M_i (S_RAM[t,i] + M_in[t,i] - FREE0[t,i])  (POET 2022: S_RAM only)
         #   U[t,k]   = U[t,k-] + M_k R[t,k] - sum_i M_i FREE[t,i,k]   (k- the previous runnable node)
         #   U[t,k-] + M_k R[t,k] <= budget                            (while k runs, before its frees)
         for t in range(T):
@@ -290,6 +368,7 @@ class Formulation:
                     base.append((("S_RAM", t, i), mem[i]))
                     if not self.orig:
                         base.append((("M_in", t, i), mem[i]))
+                        base.append((("FREE0", t, i), -mem[i]))
             prev: list[tuple[Key, float]] = base
             for k in self.runnable[t]:
                 run = [(("R", t, k), mem[k])] if mem[k] > 0 else []
@@ -301,10 +380,24 @@ class Formulation:
         # Time: sum R tau + M_in tau_in + M_out tau_out <= deadline (paging time counts, unlike POET's row)
         if p.deadline_s is not None:
             m.le(self._cost_terms(p.compute_s, p.page_in_s, p.page_out_s), float(p.deadline_s))
-        # Storage capacity: sum_i P_i (M_i + CRC) <= storage
+        # Storage capacity: sum_i (M_i + CRC) [i is ever paged out] <= storage
         if self.storage_row:
-            m.le([(("P", i), float(mem[i] + p.page_overhead)) for i in range(T) if self.arena[i]],
-                 float(p.storage_bytes))
+            if self.orig:
+                m.le(
+                    [(("P", i), float(mem[i] + p.page_overhead)) for i in range(T) if self.arena[i]],
+                    float(p.storage_bytes),
+                )
+            else:
+                m.le(
+                    [
+                        (("M_out", t, i), float(mem[i] + p.page_overhead))
+                        for i in range(T)
+                        if self.arena[i]
+                        for t in range(i, p.horizon[i])
+                        if m.has(("M_out", t, i))
+                    ],
+                    float(p.storage_bytes),
+                )
 
     def _cost_terms(self, c: np.ndarray, cin: np.ndarray, cout: np.ndarray) -> list[tuple[Key, float]]:
         terms: list[tuple[Key, float]] = []
@@ -340,24 +433,66 @@ class Formulation:
         for key, v in self.m.const.items():
             if key[0] in mats and v:
                 mats[key[0]][key[1], key[2]] = True
+        if not self.orig:  # on storage from the stage after the page-out on
+            mats["S_SD"] = np.cumsum(mats["M_out"], axis=0, dtype=np.int64) > 0
+            mats["S_SD"] = np.vstack([np.zeros((1, T), dtype=bool), mats["S_SD"][:-1]])
         return Schedule(mats["R"], mats["S_RAM"], mats["S_SD"], mats["M_in"], mats["M_out"], strategy, meta)
 
-    def start_values(self, s: Schedule) -> np.ndarray:
-        """Binary column values of a given schedule (for a warm start); other columns are left to the solver."""
-        xb = np.zeros(len(self.m.bin))
+    def start_values(self, s: Schedule) -> tuple[np.ndarray, np.ndarray]:
+        """Column values of a given schedule (a warm start): binaries from its matrices, FREE from its
+        hazards, U from the memory recurrence."""
+        p, m = self.p, self.m
+        T = p.T
+        xb = np.zeros(max(1, len(m.bin)))
         mats = {"R": s.R, "S_RAM": s.S_RAM, "S_SD": s.S_SD, "M_in": s.M_in, "M_out": s.M_out}
-        for key, col in self.m.bin.items():
+        free: dict[tuple[int, int, int], float] = {}
+        for t in range(T):
+            for i, k in self.free_pairs[t]:
+                later = any(s.R[t, j] for j in p.consumers[i] if k < j <= t)
+                keep = t + 1 < T and s.S_RAM[t + 1, i]
+                free[(t, i, k)] = float(bool(s.R[t, k]) and not keep and not later)
+        for key, col in m.bin.items():
             if key[0] in mats:
                 xb[col] = float(mats[key[0]][key[1], key[2]])
             elif key[0] == "P":
                 xb[col] = float(s.M_out[:, key[1]].any())
             elif key[0] == "FREE":
-                xb[col] = 0.0
-        return xb
+                xb[col] = free[key[1:]]
+        free0: dict[tuple[int, int], float] = {}
+        for t in range(T):
+            for i in np.flatnonzero(s.S_RAM[t]):
+                used = any(s.R[t, j] for j in p.consumers[i] if j <= t)
+                kept = t + 1 < T and s.S_RAM[t + 1, i]
+                free0[(t, int(i))] = float(not used and not kept and not self.orig)
+        xc = np.zeros(max(1, len(m.cont)))
+        mem = p.mem.astype(float)
+        for t in range(T):
+            u = sum(
+                mem[i] * (s.S_RAM[t, i] + (0 if self.orig else s.M_in[t, i]) - free0.get((t, i), 0.0))
+                for i in range(t)
+            )
+            by_k: dict[int, float] = {}
+            for (tt, i, k), v in free.items():
+                if tt == t:
+                    by_k[k] = by_k.get(k, 0.0) + mem[i] * v
+            for k in self.runnable[t]:
+                u += mem[k] * s.R[t, k] - by_k.get(k, 0.0)
+                if ("U", t, k) in m.cont:
+                    xc[m.cont[("U", t, k)]] = max(u, 0.0)
+        for key, col in m.cont.items():
+            if key[0] == "FREE":
+                xc[col] = free[key[1:]]
+            elif key[0] == "FREE0":
+                xc[col] = free0.get(key[1:], 0.0)
+        return xb, xc
 
 
-def solve(p: Problem, opt: MilpOptions = MilpOptions(), strategy: str = "poet",
-          on_progress: Callable[[str], None] | None = None) -> MilpResult:
+def solve(
+    p: Problem,
+    opt: MilpOptions = MilpOptions(),
+    strategy: str = "poet",
+    on_progress: Callable[[str], None] | None = None,
+) -> MilpResult:
     t0 = time.perf_counter()
     f = Formulation(p, opt)
     m = f.m
@@ -366,7 +501,7 @@ def solve(p: Problem, opt: MilpOptions = MilpOptions(), strategy: str = "poet",
     nb, nc = len(m.bin), len(m.cont)
     x = cp.Variable(max(1, nb), boolean=True)
     y = cp.Variable(max(1, nc))
-    c, const = f.objective()
+    c, _const = f.objective()
     floor = p.floor_j
     cons = [ab_le @ x + ac_le @ y <= b_le, y >= 0, y <= np.array(m.cont_ub or [0.0])]
     if m.rows_eq:
@@ -377,27 +512,44 @@ def solve(p: Problem, opt: MilpOptions = MilpOptions(), strategy: str = "poet",
     prob = cp.Problem(cp.Minimize((c * scale) @ x), cons)
     build_s = time.perf_counter() - t0
     if on_progress:
-        on_progress(f"MILP ({opt.formulation}): {nb} binaries, {nc} continuous, "
-                    f"{len(m.rows_le) + len(m.rows_eq)} rows; solving with {opt.solver} "
-                    f"(time limit {opt.time_limit_s:g} s, gap {opt.gap:g} on extra energy)")
+        on_progress(
+            f"MILP ({opt.formulation}): {nb} binaries, {nc} continuous, "
+            f"{len(m.rows_le) + len(m.rows_eq)} rows; solving with {opt.solver} "
+            f"(time limit {opt.time_limit_s:g} s, gap {opt.gap:g} on extra energy)"
+        )
     kwargs: dict[str, Any] = {"verbose": opt.verbose}
     solver = opt.solver.upper()
     if solver not in cp.installed_solvers():
-        raise PoetcError(f"solver {opt.solver} is not installed (installed MILP solvers: "
-                         f"{', '.join(s for s in cp.installed_solvers() if s in MILP_SOLVERS)})")
+        raise PoetcError(
+            f"solver {opt.solver} is not installed (installed MILP solvers: "
+            f"{', '.join(s for s in cp.installed_solvers() if s in MILP_SOLVERS)})"
+        )
     if solver == "HIGHS":
         kwargs.update(time_limit=float(opt.time_limit_s), mip_rel_gap=float(opt.gap), mip_abs_gap=1e-12)
+        if os.environ.get("POETC_HIGHS_PRESOLVE"):
+            kwargs["presolve"] = os.environ["POETC_HIGHS_PRESOLVE"]
     elif solver == "SCIP":
-        kwargs["scip_params"] = {"limits/time": float(opt.time_limit_s), "limits/gap": float(opt.gap),
-                                 "limits/absgap": 1e-12}
+        kwargs["scip_params"] = {
+            "limits/time": float(opt.time_limit_s),
+            "limits/gap": float(opt.gap),
+            "limits/absgap": 1e-12,
+        }
     elif solver == "GUROBI":
         kwargs.update(TimeLimit=float(opt.time_limit_s), MIPGap=float(opt.gap), MIPGapAbs=1e-12)
     elif solver == "CPLEX":
-        kwargs["cplex_params"] = {"timelimit": float(opt.time_limit_s), "mip.tolerances.mipgap": float(opt.gap)}
-    if opt.warm_start is not None and nb:
-        x.value = f.start_values(opt.warm_start)
-        kwargs["warm_start"] = True
+        kwargs["cplex_params"] = {
+            "timelimit": float(opt.time_limit_s),
+            "mip.tolerances.mipgap": float(opt.gap),
+        }
     t1 = time.perf_counter()
+    warm_note = ""
+    if opt.warm_start is not None and nb:
+        xb0, xc0 = f.start_values(opt.warm_start)
+        x.value = xb0
+        y.value = xc0
+        kwargs["warm_start"] = True
+        if solver == "HIGHS":
+            warm_note = _prime_highs(prob, {x: xb0, y: xc0})
     msg = ""
     try:
         prob.solve(solver=solver, **kwargs)
@@ -406,9 +558,12 @@ def solve(p: Problem, opt: MilpOptions = MilpOptions(), strategy: str = "poet",
         status, msg = "solver_error", str(e).splitlines()[0] if str(e) else "solver error"
     solve_s = time.perf_counter() - t1
 
-    def result(st: str, sched: Schedule | None, extra: float | None, bound: float | None, why: str = "") -> MilpResult:
-        return MilpResult(st, sched, extra, bound, solve_s, build_s, nb, nc, len(m.rows_le) + len(m.rows_eq),
-                          solver, why)
+    def result(
+        st: str, sched: Schedule | None, extra: float | None, bound: float | None, why: str = ""
+    ) -> MilpResult:
+        return MilpResult(
+            st, sched, extra, bound, solve_s, build_s, nb, nc, len(m.rows_le) + len(m.rows_eq), solver, why
+        )
 
     if status in ("infeasible", "infeasible_inaccurate"):
         return result("infeasible", None, None, None, "the solver proved that no schedule fits")
@@ -422,8 +577,16 @@ def solve(p: Problem, opt: MilpOptions = MilpOptions(), strategy: str = "poet",
         if status == "user_limit" and extra <= 0 and bound is not None and bound > 0:
             return result("no_solution", None, None, bound, "time limit reached without a schedule")
         st = "optimal" if status.startswith("optimal") else "feasible"
-        meta = {"status": st, "extra_j": extra, "bound_j": bound, "floor_j": floor, "solver": solver,
-                "formulation": opt.formulation, "solve_s": solve_s}
+        meta = {
+            "status": st,
+            "extra_j": extra,
+            "bound_j": bound,
+            "floor_j": floor,
+            "solver": solver,
+            "formulation": opt.formulation,
+            "solve_s": solve_s,
+            "warm_start": warm_note,
+        }
         sched = f.schedule_from(xb, strategy, meta)
         r = result(st, sched, extra, bound)
         sched.meta["gap"] = r.gap
@@ -431,6 +594,28 @@ def solve(p: Problem, opt: MilpOptions = MilpOptions(), strategy: str = "poet",
     if status == "user_limit" or "time" in msg.lower() or status == "solver_error":
         return result("no_solution", None, None, None, msg or "time limit reached without a schedule")
     return result("error", None, None, None, f"solver status {status} {msg}".strip())
+
+
+def _prime_highs(prob: cp.Problem, values: dict[cp.Variable, np.ndarray]) -> str:
+    """Hand a MIP start to HiGHS through cvxpy: cvxpy passes the solution cached from a previous solve of the
+    same problem to HiGHS's setSolution when ``warm_start=True``, so the cache is filled with ours, laid out in
+    cvxpy's canonical column order."""
+    try:
+        import highspy
+
+        _data, _chain, inverse = prob.get_problem_data(cp.HIGHS)
+        offsets = next(i for i in inverse if hasattr(i, "var_offsets"))
+        col = np.zeros(offsets.x_length)
+        for var, v in values.items():
+            off = offsets.var_offsets[var.id]
+            col[off : off + var.size] = np.asarray(v, dtype=float).reshape(-1)[: var.size]
+        sol = highspy.HighsSolution()
+        sol.col_value = list(col)
+        sol.value_valid = True
+        prob._solver_cache[cp.HIGHS] = (None, None, {"model_status": "kOptimal", "solution": sol})
+        return "warm start passed to HiGHS"
+    except Exception as e:
+        return f"warm start not passed ({type(e).__name__})"
 
 
 MILP_SOLVERS = ("HIGHS", "SCIP", "GUROBI", "CPLEX", "MOSEK", "CBC", "GLPK_MI", "XPRESS", "COPT")
@@ -443,12 +628,15 @@ def _bound(prob: cp.Problem, solver: str, extra: float, status: str) -> float | 
     stats = prob.solver_stats
     es = getattr(stats, "extra_stats", None)
     b = None
-    if solver == "HIGHS" and es is not None and hasattr(es, "mip_dual_bound"):
-        b = float(es.mip_dual_bound)
+    if solver == "HIGHS" and es is not None and hasattr(es, "mip_gap"):
+        # HiGHS's dual bound can be reported in the presolved space (without the objective's offset); its
+        # relative gap is not, so the bound is derived from the gap
+        gap = float(es.mip_gap)
+        b = extra * (1.0 - gap) if np.isfinite(gap) and 0 <= gap <= 1 else None
     elif solver == "SCIP" and es is not None:
         try:
             b = float(es.getDualbound())
-        except Exception:  # noqa: BLE001 - optional statistic
+        except Exception:
             b = None
     elif solver == "GUROBI" and es is not None:
         b = float(getattr(es, "ObjBound", np.nan))

@@ -23,7 +23,7 @@ from .memplan import MemPlan
 from .problem import Problem
 from .schedule import Program, Schedule
 from .simulate import Replay
-from .strategies import SolveOptions, Solution
+from .strategies import Solution, SolveOptions
 
 
 @dataclass(frozen=True)
@@ -149,8 +149,13 @@ class Planned:
     problem: Problem
 
 
-def plan(model: Model, board: Board, ram: int | None = None, deadline: str | None = None,
-         say: Callable[[str], None] | None = None) -> Planned:
+def plan(
+    model: Model,
+    board: Board,
+    ram: int | None = None,
+    deadline: str | None = None,
+    say: Callable[[str], None] | None = None,
+) -> Planned:
     say = say or (lambda s: None)
     budget = ram if ram is not None else board.ram_bytes
     if budget > board.ram_bytes:
@@ -164,15 +169,18 @@ def plan(model: Model, board: Board, ram: int | None = None, deadline: str | Non
             f"board {board.name}: parameters and fixed buffers need {fixed.fixed} bytes, over the {budget}-byte "
             f"RAM budget before any activation is stored"
         )
-    p = problem.from_training(tg, cm, fixed.arena_budget, parse_deadline(deadline, cm.floor_s),
-                              board.storage_bytes)
+    p = problem.from_training(
+        tg, cm, fixed.arena_budget, parse_deadline(deadline, cm.floor_s), board.storage_bytes
+    )
     return Planned(tg, cm, fixed, p)
 
 
 def infeasible_message(pl: Planned, sol: Solution, strategy: str, opts: SolveOptions) -> str:
     b, how = strategies.smallest_budget(pl.problem, strategy, opts)
     budget = pl.fixed.budget
-    msg = f"no {strategy} schedule fits a RAM budget of {budget} bytes ({pl.problem.budget} left for the arena)"
+    msg = (
+        f"no {strategy} schedule fits a RAM budget of {budget} bytes ({pl.problem.budget} left for the arena)"
+    )
     if pl.problem.deadline_s is not None:
         msg += f" and the deadline of {pl.problem.deadline_s:.4g} s"
     msg += f": {sol.message}"
@@ -184,9 +192,16 @@ def infeasible_message(pl: Planned, sol: Solution, strategy: str, opts: SolveOpt
 MAX_REPAIRS = 6
 
 
-def compile_model(model: Model, board: Board, ram: int | None = None, strategy: str = "poet",
-                  command: str = "", progress: Callable[[str], None] | None = None,
-                  opts: SolveOptions = SolveOptions(), deadline: str | None = None) -> Compiled:
+def compile_model(
+    model: Model,
+    board: Board,
+    ram: int | None = None,
+    strategy: str = "poet",
+    command: str = "",
+    progress: Callable[[str], None] | None = None,
+    opts: SolveOptions = SolveOptions(),
+    deadline: str | None = None,
+) -> Compiled:
     say = progress or (lambda s: None)
     pl = plan(model, board, ram, deadline, say)
     tg, cm, fixed, p = pl.tg, pl.cost, pl.fixed, pl.problem
@@ -194,9 +209,11 @@ def compile_model(model: Model, board: Board, ram: int | None = None, strategy: 
     infer = schedule.forward_program(tg, p)
     infer_plan = memplan.plan(infer, p.mem)
     if infer_plan.arena_bytes > p.budget:
-        raise PoetcError(f"even inference needs an arena of {infer_plan.arena_bytes} bytes, over the "
-                         f"{p.budget} left in a RAM budget of {fixed.budget}; smallest feasible RAM budget: "
-                         f"{fixed.fixed + infer_plan.arena_bytes} bytes or more")
+        raise PoetcError(
+            f"even inference needs an arena of {infer_plan.arena_bytes} bytes, over the "
+            f"{p.budget} left in a RAM budget of {fixed.budget}; smallest feasible RAM budget: "
+            f"{fixed.fixed + infer_plan.arena_bytes} bytes or more"
+        )
     sol = strategies.run(strategy, p, opts, progress=say)
     if not sol.ok:
         raise PoetcError(infeasible_message(pl, sol, strategy, opts))
@@ -212,29 +229,61 @@ def compile_model(model: Model, board: Board, ram: int | None = None, strategy: 
         if arena <= p.budget:
             break
         if repairs == MAX_REPAIRS:
-            raise PoetcError(f"could not absorb {arena - p.budget} bytes of arena fragmentation after "
-                             f"{repairs} re-solves; raise --ram by that much")
+            raise PoetcError(
+                f"could not absorb {arena - p.budget} bytes of arena fragmentation after "
+                f"{repairs} re-solves; raise --ram by that much"
+            )
         repairs += 1
         q = q.with_budget(q.budget - (arena - p.budget))
         say(f"arena {arena} B exceeds the {p.budget} B budget by fragmentation: re-solving with {q.budget} B")
         sol = strategies.run(strategy, q, opts, progress=say)
         if not sol.ok:
-            raise PoetcError(f"fragmentation repair failed: at an arena budget of {q.budget} bytes "
-                             f"{sol.message}; raise --ram")
+            raise PoetcError(
+                f"fragmentation repair failed: at an arena budget of {q.budget} bytes "
+                f"{sol.message}; raise --ram"
+            )
     solve_s = time.perf_counter() - t0
     replays = (simulate.replay(p, train, budget=p.budget), simulate.replay(p, infer, budget=p.budget))
     plans = (train_plan, infer_plan)
-    say(f"schedule {strategy}: {sol.status}{' (' + sol.message + ')' if sol.message else ''}; peak live "
-        f"{replays[0].peak_bytes} B, arena {arena} B ({train_plan.fragmentation_bytes} B fragmentation)")
+    say(
+        f"schedule {strategy}: {sol.status}{' (' + sol.message + ')' if sol.message else ''}; peak live "
+        f"{replays[0].peak_bytes} B, arena {arena} B ({train_plan.fragmentation_bytes} B fragmentation)"
+    )
     slots = memplan.storage_slots(train, p.mem)
     storage = memplan.storage_bytes(slots, p.mem)
     if storage > board.storage_bytes:
         raise PoetcError(f"schedule pages {storage} bytes, over the board's storage of {board.storage_bytes}")
-    mem = MemoryReport(fixed.budget, fixed.params, fixed.io, fixed.tables, fixed.link, fixed.port, fixed.stack,
-                       arena)
+    mem = MemoryReport(
+        fixed.budget, fixed.params, fixed.io, fixed.tables, fixed.link, fixed.port, fixed.stack, arena
+    )
     h = hashlib.sha256()
-    for part in (model.sha256, tg.graph.fingerprint(), board.name, repr(train.instrs), repr(infer.instrs),
-                 repr([pp.offsets for pp in plans]), repr(sorted(slots.items())), str(arena)):
+    for part in (
+        model.sha256,
+        tg.graph.fingerprint(),
+        board.name,
+        repr(train.instrs),
+        repr(infer.instrs),
+        repr([pp.offsets for pp in plans]),
+        repr(sorted(slots.items())),
+        str(arena),
+    ):
         h.update(part.encode())
-    return Compiled(model, tg, board, cm, p, sol, (train, infer), plans, replays, slots, storage, mem,
-                    h.hexdigest()[:16], strategy, solve_s, repairs, first_extra)
+    return Compiled(
+        model,
+        tg,
+        board,
+        cm,
+        p,
+        sol,
+        (train, infer),
+        plans,
+        replays,
+        slots,
+        storage,
+        mem,
+        h.hexdigest()[:16],
+        strategy,
+        solve_s,
+        repairs,
+        first_extra,
+    )

@@ -8,21 +8,28 @@ from typing import TYPE_CHECKING
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch
 
-from .problem import Problem  # noqa: E402
-from .schedule import Op  # noqa: E402
+from .problem import Problem
+from .schedule import Op
 
 if TYPE_CHECKING:
     from .strategies import Solution
     from .sweep import SweepResult
 
 # grid states, lowest priority first
-STATES = [("empty", "#ffffff"), ("on storage", "#c6dbef"), ("resident in RAM", "#bdbdbd"),
-          ("compute", "#2171b5"), ("page-out", "#fd8d3c"), ("page-in", "#31a354"), ("recompute", "#de2d26")]
+STATES = [
+    ("empty", "#ffffff"),
+    ("on storage", "#c6dbef"),
+    ("resident in RAM", "#bdbdbd"),
+    ("compute", "#2171b5"),
+    ("page-out", "#fd8d3c"),
+    ("page-in", "#31a354"),
+    ("recompute", "#de2d26"),
+]
 
 
 def grid_codes(p: Problem, sol: Solution) -> np.ndarray:
@@ -40,15 +47,26 @@ def schedule_grid(p: Problem, sol: Solution, path: Path) -> Path:
     T = p.T
     size = min(14.0, 4 + T / 12)
     fig, ax = plt.subplots(figsize=(size + 2.5, size))
-    ax.imshow(g.T, cmap=ListedColormap([c for _, c in STATES]), vmin=0, vmax=len(STATES) - 1,
-              interpolation="nearest", aspect="auto", origin="upper")
+    ax.imshow(
+        g.T,
+        cmap=ListedColormap([c for _, c in STATES]),
+        vmin=0,
+        vmax=len(STATES) - 1,
+        interpolation="nearest",
+        aspect="auto",
+        origin="upper",
+    )
     ax.set_xlabel("stage t")
     ax.set_ylabel("node i")
     if T <= 60:
         ax.set_yticks(range(T), [n[:28] for n in p.names], fontsize=6)
     ax.set_title(f"{sol.strategy} schedule ({sol.status})")
-    ax.legend(handles=[Patch(color=c, label=n) for n, c in STATES[1:]], loc="upper left",
-              bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.legend(
+        handles=[Patch(color=c, label=n) for n, c in STATES[1:]],
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=8,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -81,7 +99,9 @@ def ram_timeline(p: Problem, sol: Solution, path: Path) -> Path:
     for name, color in colors.items():
         xs = [pc for pc, n in marks if n == name]
         if xs:
-            ax.scatter(xs, trace[xs] / 1024, s=12, color=color, zorder=3, label=name.lower().replace("_", "-"))
+            ax.scatter(
+                xs, trace[xs] / 1024, s=12, color=color, zorder=3, label=name.lower().replace("_", "-")
+            )
     ax.set_xlabel("instruction")
     ax.set_ylabel("KiB")
     ax.set_title(f"RAM over the {sol.strategy} program")
@@ -95,8 +115,11 @@ def ram_timeline(p: Problem, sol: Solution, path: Path) -> Path:
 def energy_vs_budget(res: SweepResult, path: Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(8, 5))
     for name in res.strategies:
-        pts = sorted((r["ram_budget_bytes"], r["energy_j"]) for r in res.rows
-                     if r["strategy"] == name and r["feasible"])
+        pts = sorted(
+            (r["ram_budget_bytes"], r["energy_j"])
+            for r in res.rows
+            if r["strategy"] == name and r["feasible"]
+        )
         if pts:
             xs, ys = zip(*pts, strict=True)
             ax.plot(np.array(xs) / 1024, ys, marker="o", lw=2.5 if name == "poet" else 1.2, label=name)

@@ -88,8 +88,12 @@ class Problem:
 
     def min_budget(self) -> int:
         """No schedule can use less arena than the largest node with all its inputs resident."""
-        return int(max((self.mem[k] + sum(self.mem[u] for u in set(self.inputs[k])) for k in range(self.T)),
-                       default=0))
+        return int(
+            max(
+                (self.mem[k] + sum(self.mem[u] for u in set(self.inputs[k])) for k in range(self.T)),
+                default=0,
+            )
+        )
 
     def with_budget(self, budget: int) -> Problem:
         from dataclasses import replace
@@ -97,8 +101,13 @@ class Problem:
         return replace(self, budget=int(budget))
 
 
-def from_training(tg: TrainingGraph, cost: CostModel, budget: int, deadline_s: float | None = None,
-                  storage_bytes: int | None = None) -> Problem:
+def from_training(
+    tg: TrainingGraph,
+    cost: CostModel,
+    budget: int,
+    deadline_s: float | None = None,
+    storage_bytes: int | None = None,
+) -> Problem:
     g = tg.graph
     T = len(g.nodes)
     last = [T - 1] * T
@@ -108,10 +117,21 @@ def from_training(tg: TrainingGraph, cost: CostModel, budget: int, deadline_s: f
         last[r] = min(last[r], u)
     updates = tuple((u, tuple(r for r in g.consumers[t] if r != u)) for u, t in tg.in_place.items())
     p = Problem(
-        names=tuple(n.name for n in g.nodes), edges=tuple(dict.fromkeys(g.edges)), mem=cost.mem.copy(),
-        compute_j=cost.compute_j.copy(), compute_s=cost.compute_s.copy(), page_in_j=cost.page_in_j.copy(),
-        page_in_s=cost.page_in_s.copy(), page_out_j=cost.page_out_j.copy(), page_out_s=cost.page_out_s.copy(),
-        last_stage=tuple(last), budget=int(budget), deadline_s=deadline_s, storage_bytes=storage_bytes,
-        updates=updates, outputs=tuple(n.output for n in g.nodes), n_forward=tg.n_forward,
+        names=tuple(n.name for n in g.nodes),
+        edges=tuple(dict.fromkeys(g.edges)),
+        mem=cost.mem.copy(),
+        compute_j=cost.compute_j.copy(),
+        compute_s=cost.compute_s.copy(),
+        page_in_j=cost.page_in_j.copy(),
+        page_in_s=cost.page_in_s.copy(),
+        page_out_j=cost.page_out_j.copy(),
+        page_out_s=cost.page_out_s.copy(),
+        last_stage=tuple(last),
+        budget=int(budget),
+        deadline_s=deadline_s,
+        storage_bytes=storage_bytes,
+        updates=updates,
+        outputs=tuple(n.output for n in g.nodes),
+        n_forward=tg.n_forward,
     )
     return p

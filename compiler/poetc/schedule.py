@@ -225,3 +225,18 @@ def from_compute_sets(p: Problem, sets: list[list[int]], strategy: str) -> Sched
         S[c + 1 : last + 1, u] = True
     z = np.zeros((T, T), dtype=bool)
     return Schedule(R, S, z, z.copy(), z.copy(), strategy)
+
+
+def trim(p: Problem, s: Schedule) -> Schedule:
+    """Drop residency that serves nothing: i resident at the start of stage t although no node of stage t reads
+    it, it is not paged out in t and not kept for t+1. The lowered program then frees it one stage earlier, so
+    the trimmed schedule uses no more RAM or energy (and matches the MILP's usefulness rows)."""
+    T = s.T
+    S = s.S_RAM.copy()
+    for t in range(T - 1, 0, -1):
+        for i in np.flatnonzero(S[t]):
+            used = any(s.R[t, j] for j in p.consumers[i] if j <= t)
+            kept = t + 1 < T and S[t + 1, i]
+            if not (used or kept or s.M_out[t, i]):
+                S[t, i] = False
+    return Schedule(s.R, S, s.S_SD, s.M_in, s.M_out, s.strategy, dict(s.meta))

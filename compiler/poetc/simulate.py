@@ -92,10 +92,14 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
                 raise fail(pc, st, i, "in-place update applied twice")
             for u in readers_of.get(i, ()):
                 if ran[u]:
-                    raise fail(pc, st, i, f"node {names[i]!r} reads a tensor after its in-place update {names[u]!r}")
+                    raise fail(
+                        pc, st, i, f"node {names[i]!r} reads a tensor after its in-place update {names[u]!r}"
+                    )
             for u in ins[i]:
                 if p.mem[u] > 0 and u not in resident:
                     raise fail(pc, st, u, f"input of node {names[i]!r} is not resident")
+            if ran[i] and st > p.last_stage[i]:
+                raise fail(pc, st, i, f"node {names[i]!r} may not run after stage {p.last_stage[i]}")
             if ins_.op == Op.RUN and ran[i]:
                 raise fail(pc, st, i, "RUN of a node already computed (should be RECOMPUTE)")
             if ins_.op == Op.RECOMPUTE and not ran[i]:

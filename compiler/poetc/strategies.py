@@ -22,7 +22,7 @@ from typing import Any
 from . import baselines, milp
 from .errors import PoetcError
 from .problem import Problem
-from .schedule import Program, Schedule, from_program, lower, store_all
+from .schedule import Program, Schedule, from_program, lower, store_all, trim
 from .simulate import Replay, ScheduleError, replay
 
 NAMES = ("poet", "store-all", "remat-only", "paging-only", "chen-sqrt", "greedy")
@@ -37,7 +37,9 @@ class SolveOptions:
     formulation: str = "poet"
     remat: bool = True  # --no-remat switches recomputation off for the poet strategy
     paging: bool = True  # --no-paging switches paging off for the poet strategy
-    warm_start: bool = True
+    warm_start: bool = True  # also evaluate the heuristics and keep the best schedule found
+    mip_start: bool = False  # pass the best heuristic to HiGHS as a MIP start (HiGHS 1.16 can then claim
+    #                          optimality wrongly when presolve shifts the objective; off by default)
     verbose: bool = False
 
 
@@ -62,15 +64,23 @@ class Solution:
         return None if self.replay is None else self.replay.energy_j - p.floor_j
 
 
-def _check(p: Problem, name: str, prog: Program, t0: float, status: str, msg: str = "",
-           **kw: Any) -> Solution:
+def _check(
+    p: Problem, name: str, prog: Program, t0: float, status: str, msg: str = "", **kw: Any
+) -> Solution:
     try:
         r = replay(p, prog, budget=p.budget)
     except ScheduleError as e:
         return Solution(name, "infeasible", None, None, None, time.perf_counter() - t0, message=str(e))
     if p.deadline_s is not None and r.time_s > p.deadline_s * (1 + 1e-9):
-        return Solution(name, "infeasible", None, None, None, time.perf_counter() - t0,
-                        message=f"needs {r.time_s:.4g} s, over the deadline of {p.deadline_s:.4g} s")
+        return Solution(
+            name,
+            "infeasible",
+            None,
+            None,
+            None,
+            time.perf_counter() - t0,
+            message=f"needs {r.time_s:.4g} s, over the deadline of {p.deadline_s:.4g} s",
+        )
     sched = kw.pop("schedule", None) or from_program(p, prog, name)
     return Solution(name, status, prog, sched, r, time.perf_counter() - t0, message=msg, **kw)
 
@@ -95,9 +105,18 @@ def best_heuristic(p: Problem) -> Solution | None:
     return best
 
 
-def run(name: str, p: Problem, opt: SolveOptions = SolveOptions(),
-        progress: Callable[[str], None] | None = None, warm: Schedule | None = None) -> Solution:
-    """Solve ``p`` with strategy ``name``. MILP strategies start from ``warm`` or from the best heuristic."""
+def run(
+    name: str,
+    p: Problem,
+    opt: SolveOptions = SolveOptions(),
+    progress: Callable[[str], None] | None = None,
+    warm: Schedule | None = None,
+) -> Solution:
+    """Solve ``p`` with strategy ``name``.
+
+    MILP strategies also evaluate the best heuristic (and ``warm``, a schedule found elsewhere, e.g. by a
+    baseline at the same budget) within what the variant allows, and return the best replayed schedule; the
+    solver's bound (from a search that did not see these incumbents) still bounds the gap."""
     if name not in NAMES:
         raise PoetcError(f"unknown strategy {name!r} (known: {', '.join(NAMES)})")
     if name not in MILP_STRATEGIES:
@@ -105,31 +124,77 @@ def run(name: str, p: Problem, opt: SolveOptions = SolveOptions(),
     remat, paging = MILP_STRATEGIES[name]
     remat, paging = remat and opt.remat, paging and opt.paging
     t0 = time.perf_counter()
-    if warm is None and opt.warm_start:
-        h = best_heuristic(p)
-        warm = h.schedule if h is not None else None
-    if warm is not None and not _allowed(warm, remat, paging):
-        warm = None
-    mopt = milp.MilpOptions(solver=opt.solver, time_limit_s=opt.time_limit_s, gap=opt.gap, remat=remat,
-                            paging=paging, formulation=opt.formulation, verbose=opt.verbose,
-                            warm_start=warm)
+    seeds: list[Solution] = []
+    if opt.warm_start:
+        for h in ("store-all", "chen-sqrt", "greedy"):
+            sol = _heuristic(h, p)
+            if sol.ok and _allowed(sol.schedule, remat, paging):
+                seeds.append(sol)
+    if warm is not None and _allowed(warm, remat, paging):
+        sol = _check(p, "warm", lower(p, trim(p, warm)), t0, "heuristic")
+        if sol.ok:
+            seeds.append(sol)
+    best_seed = min(seeds, key=lambda x: x.replay.energy_j, default=None)
+    mopt = milp.MilpOptions(
+        solver=opt.solver,
+        time_limit_s=opt.time_limit_s,
+        gap=opt.gap,
+        remat=remat,
+        paging=paging,
+        formulation=opt.formulation,
+        verbose=opt.verbose,
+        warm_start=trim(p, best_seed.schedule) if opt.mip_start and best_seed else None,
+    )
     res = milp.solve(p, mopt, strategy=name, on_progress=progress)
-    meta = {"formulation": opt.formulation, "solver": res.solver, "n_binary": res.n_binary, "n_rows": res.n_rows,
-            "milp_status": res.status, "remat": remat, "paging": paging}
-    if res.schedule is None:
-        why = {"infeasible": "the solver proved that no schedule fits the budget"
-               + (" and the deadline" if p.deadline_s is not None else ""),
-               "no_solution": f"time limit of {opt.time_limit_s:g} s reached without a schedule"}.get(
-                   res.status, res.message)
+    meta = {
+        "formulation": opt.formulation,
+        "solver": res.solver,
+        "n_binary": res.n_binary,
+        "n_rows": res.n_rows,
+        "milp_status": res.status,
+        "remat": remat,
+        "paging": paging,
+    }
+    milp_sol = None
+    if res.schedule is not None:
+        milp_sol = _check(p, name, lower(p, res.schedule), t0, res.status, schedule=res.schedule)
+        if not milp_sol.ok:  # the solver's answer did not survive the replay: never build it
+            raise PoetcError(
+                f"internal error: the {name} schedule failed the replay check: {milp_sol.message}"
+            )
+    cands = [c for c in (milp_sol, best_seed) if c is not None]
+    if not cands:
+        why = {
+            "infeasible": "the solver proved that no schedule fits the budget"
+            + (" and the deadline" if p.deadline_s is not None else ""),
+            "no_solution": f"time limit of {opt.time_limit_s:g} s reached without a schedule",
+        }.get(res.status, res.message)
         status = "infeasible" if res.status == "infeasible" else "no_solution"
-        return Solution(name, status, None, None, None, time.perf_counter() - t0, None, res.bound_j, why, meta)
-    prog = lower(p, res.schedule)
-    msg = "proven optimal" if res.status == "optimal" else f"not proven optimal, gap {100 * (res.gap or 0):.2f}%"
-    sol = _check(p, name, prog, t0, res.status, msg, gap=res.gap, bound_j=res.bound_j, meta=meta,
-                 schedule=res.schedule)
-    if not sol.ok:  # the solver's answer did not survive the replay: never build it
-        raise PoetcError(f"internal error: the {name} schedule failed the replay check: {sol.message}")
-    return sol
+        return Solution(
+            name, status, None, None, None, time.perf_counter() - t0, None, res.bound_j, why, meta
+        )
+    best = min(cands, key=lambda c: c.replay.energy_j)
+    extra = best.replay.energy_j - p.floor_j
+    bound = res.bound_j
+    gap = None if bound is None else (0.0 if extra <= 1e-15 else max(0.0, (extra - bound) / extra))
+    proven = gap is not None and gap <= opt.gap
+    if best is milp_sol:
+        how = f"{opt.solver} MILP"
+    else:
+        how = f"{best.strategy} schedule (the MILP {'found nothing better' if milp_sol else res.status})"
+        meta["incumbent"] = best.strategy
+    status = "optimal" if proven else "feasible"
+    msg = (
+        f"proven optimal ({how})"
+        if proven
+        else f"not proven optimal, gap {100 * gap:.2f}% ({how})"
+        if gap is not None
+        else f"no bound ({how})"
+    )
+    sched = best.schedule if best is milp_sol else from_program(p, best.program, name)
+    return Solution(
+        name, status, best.program, sched, best.replay, time.perf_counter() - t0, gap, bound, msg, meta
+    )
 
 
 def _allowed(s: Schedule, remat: bool, paging: bool) -> bool:
@@ -176,16 +241,43 @@ def smallest_budget(p: Problem, name: str = "poet", opt: SolveOptions = SolveOpt
 def figures(p: Problem, sol: Solution, fixed_bytes: int, arena_bytes: int | None) -> dict[str, Any]:
     """The machine-readable result of one strategy (``poetc solve --json``, ``schedule.json``)."""
     r = sol.replay
-    out: dict[str, Any] = {"status": sol.status, "strategy": sol.strategy, "feasible": sol.ok,
-                           "message": sol.message}
+    out: dict[str, Any] = {
+        "status": sol.status,
+        "strategy": sol.strategy,
+        "feasible": sol.ok,
+        "message": sol.message,
+    }
     if r is None:
-        out.update(energy_j=None, compute_energy_j=None, paging_energy_j=None, time_s=None, peak_ram_bytes=None,
-                   arena_bytes=None, recomputes=None, page_outs=None, page_ins=None)
+        out.update(
+            energy_j=None,
+            compute_energy_j=None,
+            paging_energy_j=None,
+            time_s=None,
+            peak_ram_bytes=None,
+            arena_bytes=None,
+            recomputes=None,
+            page_outs=None,
+            page_ins=None,
+        )
     else:
-        out.update(energy_j=r.energy_j, compute_energy_j=r.compute_j, paging_energy_j=r.paging_j,
-                   time_s=r.time_s, peak_ram_bytes=fixed_bytes + r.peak_bytes, arena_bytes=arena_bytes,
-                   recomputes=r.recomputes, page_outs=r.page_outs, page_ins=r.page_ins)
-    out.update(solve_s=sol.solve_s, gap=sol.gap, floor_energy_j=p.floor_j,
-               extra_energy_j=None if r is None else r.energy_j - p.floor_j, bound_extra_j=sol.bound_j,
-               ram_budget_bytes=fixed_bytes + p.budget, deadline_s=p.deadline_s)
+        out.update(
+            energy_j=r.energy_j,
+            compute_energy_j=r.compute_j,
+            paging_energy_j=r.paging_j,
+            time_s=r.time_s,
+            peak_ram_bytes=fixed_bytes + r.peak_bytes,
+            arena_bytes=arena_bytes,
+            recomputes=r.recomputes,
+            page_outs=r.page_outs,
+            page_ins=r.page_ins,
+        )
+    out.update(
+        solve_s=sol.solve_s,
+        gap=sol.gap,
+        floor_energy_j=p.floor_j,
+        extra_energy_j=None if r is None else r.energy_j - p.floor_j,
+        bound_extra_j=sol.bound_j,
+        ram_budget_bytes=fixed_bytes + p.budget,
+        deadline_s=p.deadline_s,
+    )
     return out

@@ -42,8 +42,14 @@ def _job(p: Problem, name: str, opt: strategies.SolveOptions, fixed: int, warm_p
     return f
 
 
-def run(pl: Planned, names: list[str], opt: strategies.SolveOptions, points: int, jobs: int = 0,
-        say: Callable[[str], None] = lambda s: None) -> SweepResult:
+def run(
+    pl: Planned,
+    names: list[str],
+    opt: strategies.SolveOptions,
+    points: int,
+    jobs: int = 0,
+    say: Callable[[str], None] = lambda s: None,
+) -> SweepResult:
     p = pl.problem
     fixed = pl.fixed.fixed
     peak = replay(p, lower(p, store_all(p))).peak_bytes
@@ -51,16 +57,22 @@ def run(pl: Planned, names: list[str], opt: strategies.SolveOptions, points: int
     if lo < 0:
         lo, how = p.min_budget(), "lower bound (no schedule found)"
     lo = min(lo, peak)
-    arena_budgets = sorted({int(round(x)) for x in np.linspace(lo, peak, points)})
-    say(f"{len(arena_budgets)} budgets from {nbytes(fixed + lo)} ({how}) to {nbytes(fixed + peak)} "
-        f"(store-all peak); {len(names)} strategies")
+    arena_budgets = sorted({round(x) for x in np.linspace(lo, peak, points)})
+    say(
+        f"{len(arena_budgets)} budgets from {nbytes(fixed + lo)} ({how}) to {nbytes(fixed + peak)} "
+        f"(store-all peak); {len(names)} strategies"
+    )
     workers = jobs or os.cpu_count() or 1
     opt1 = opt
     rows: list[dict[str, Any]] = []
     baselines = [n for n in names if n != "poet"]
     # spawn, not fork: a forked child inherits HiGHS's thread pool in an unusable state and hangs
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as ex:
-        futs = {(b, n): ex.submit(_job, p.with_budget(b), n, opt1, fixed) for b in arena_budgets for n in baselines}
+        futs = {
+            (b, n): ex.submit(_job, p.with_budget(b), n, opt1, fixed)
+            for b in arena_budgets
+            for n in baselines
+        }
         base_rows: dict[int, list[dict[str, Any]]] = {b: [] for b in arena_budgets}
         for (b, _n), fut in futs.items():
             base_rows[b].append(fut.result())
@@ -92,8 +104,10 @@ def table_text(res: SweepResult) -> str:
             row.append(joules(r["energy_j"]) if r and r["feasible"] else "-")
         rows.append(row)
     head = table(["RAM budget", *res.strategies], rows, "r" * (1 + len(res.strategies)))
-    return head + f"\nfloor (one computation of every node): {joules(res.floor_j)}; smallest feasible budget " \
-                  f"{nbytes(res.smallest[0])} ({res.smallest[1]})"
+    return (
+        head + f"\nfloor (one computation of every node): {joules(res.floor_j)}; smallest feasible budget "
+        f"{nbytes(res.smallest[0])} ({res.smallest[1]})"
+    )
 
 
 def poet_not_best(res: SweepResult) -> list[str]:

@@ -34,7 +34,7 @@ def test_store_all_replays_and_computes_each_node_once(mlp):
 
 
 def test_budget_below_peak_is_rejected_with_step_and_tensor(mlp):
-    tg, cm = mlp
+    _tg, cm = mlp
     prog = schedule.lower(cm, schedule.store_all(cm))
     r = simulate.replay(cm, prog)
     with pytest.raises(ScheduleError) as e:
@@ -103,7 +103,7 @@ def test_memplan_no_overlap_and_tight_for_store_all(mlp):
 
 
 def test_overlap_checker_catches_collisions(mlp):
-    tg, cm = mlp
+    _tg, cm = mlp
     mp = memplan.plan(schedule.lower(cm, schedule.store_all(cm)), cm.mem)
     ivs = list(mp.intervals)
     a = next(

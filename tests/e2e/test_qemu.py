@@ -316,3 +316,21 @@ def test_parallel_sessions_get_their_own_ports(m0_small):
     with tgt.launch(m0_small, timeout_s=10) as a, tgt.launch(m0_small, timeout_s=10) as b:
         assert a.url != b.url
         assert a.link.echo(b"a") == b"a" and b.link.echo(b"b") == b"b"
+
+
+def test_instruction_counts_are_deterministic_to_the_systick_resolution(m0_small):
+    """-icount shift=0: the same step on the same batch counts the same instructions, up to one SysTick tick
+    (62.5 instructions on the microbit's 16 MHz SysTick)."""
+    b = builddir.open_build(m0_small)
+    tgt = target.for_board(boards.load("qemu-m0"))
+    x = np.random.default_rng(0).random(b.input_shape).astype(np.float32)
+    y = np.arange(b.batch) % 10
+    counts = []
+    for _ in range(2):
+        with tgt.launch(m0_small, timeout_s=10) as s:
+            dev = harness.Device(b, s, tgt.seconds)
+            for _ in range(2):
+                dev.link.reset()
+                dev.set_batch(x, y)
+                counts.append(dev.step(0.1).ticks)
+    assert max(counts) - min(counts) <= 63, counts

@@ -170,6 +170,25 @@ def test_mlp_trains_on_qemu_m0_within_16k(m0_small):
     assert "instructions per step x 1.4 cycles/instruction / 48 MHz" in r.stdout
 
 
+def _instructions_per_step(build: Path) -> int:
+    r = poetc("train", str(build), "--steps", "3", "--lr", "0.1", "--eval-every", "0")
+    return int(re.search(r"measured: ([\d,]+) instructions per step", r.stdout).group(1).replace(",", ""))
+
+
+def test_recomputation_under_a_tight_budget_on_qemu_m4(m4_digits, tmp_path):
+    """digits-mlp under 40 KB: the schedule recomputes; the firmware runs RECOMPUTE, counts the extra
+    instructions, and the first step still matches the reference."""
+    out = tmp_path / "remat"
+    poetc("build", "digits-mlp", "--board", "qemu-m4", "--out", str(out), "--ram", "40K")
+    sched = builddir.open_build(out).doc["schedule"]
+    if not sched.get("recomputes"):
+        pytest.skip("this scheduler does not recompute at 40 KB")
+    size = target.image_size(out / "build" / "poet.elf", boards.load("qemu-m4"))
+    assert size.ram <= 40 * 1024
+    assert _instructions_per_step(out) > _instructions_per_step(m4_digits)
+    assert "PASS" in poetc("verify", str(out)).stdout
+
+
 def test_deep_mlp_must_page_to_fit_qemu_m0_and_still_learns(tmp_path):
     """A 6-layer digits MLP at batch 13 on qemu-m0: store-all does not fit 16 KB, a schedule that pages does;
     it trains with the pager on a host file through semihosting, and its first step matches the reference."""

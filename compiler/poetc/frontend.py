@@ -578,7 +578,9 @@ class _Importer:
             )
         gamma, beta = self._param(n.input[1], where), self._param(n.input[2], where)
         rm, rv = self._state(n.input[3], c, where), self._state(n.input[4], c, where)
-        mom = 1.0 - float(a.get("momentum", 0.9))  # ONNX keeps that much of the old value; PyTorch the rest
+        # ONNX keeps `momentum` of the old value, PyTorch's momentum is the rest; the shortest decimal of the
+        # float32 attribute (0.9, not 0.899999976) gives back PyTorch's 0.1 exactly
+        mom = 1.0 - float(str(np.float32(a.get("momentum", 0.9))))
         attrs = Attrs(eps=float(a.get("epsilon", 1e-5)), momentum=mom)
         stats = self._emit(
             "bn_stats", (x, rm, rv, self._train_flag()), self._tmp(f"{n.output[0]}:stats"), attrs, where

@@ -1,8 +1,22 @@
 /* Batch normalisation kernels, reference versions. x is [n, c, hw]; statistics are [2, c]: mean, biased variance.
- * The train program computes them from the batch; inference (training flag 0) takes the running ones. */
+ * The train program computes them from the batch; inference (training flag 0) takes the running ones.
+ * Per-channel sums are compensated (Kahan): the input gradient subtracts two such sums from m dy, and their
+ * float32 rounding, amplified by that cancellation and by the layers below, costs deep networks (MobileNetV2)
+ * about 1e-2 relative gradient error with plain sums; compensated, about 3e-5, PyTorch's own float32 level. */
 #include <math.h>
 
 #include "poet/kernels.h"
+
+typedef struct {
+    float sum, carry;
+} ksum;
+
+static void kadd(ksum *k, float v) {
+    const float y = v - k->carry;
+    const float t = k->sum + y;
+    k->carry = (t - k->sum) - y;
+    k->sum = t;
+}
 
 #define AT(p, x, n, ch, i) ((x)[((size_t)(n) * (p)->c + (ch)) * (p)->hw + (i)])
 
@@ -18,19 +32,18 @@ poet_status poet_bn_stats_f32(const poet_bn_params *p, const float *restrict x, 
     }
     const float inv_m = 1.0f / (float)(p->n * p->hw);
     for (uint32_t ch = 0; ch < p->c; ch++) {
-        float s = 0.0f;
+        ksum s = {0.0f, 0.0f}, ss = {0.0f, 0.0f};
         for (uint32_t n = 0; n < p->n; n++)
-            for (uint32_t i = 0; i < p->hw; i++) s += AT(p, x, n, ch, i);
-        const float mean = s * inv_m;
-        float ss = 0.0f;
+            for (uint32_t i = 0; i < p->hw; i++) kadd(&s, AT(p, x, n, ch, i));
+        const float mean = s.sum * inv_m;
         for (uint32_t n = 0; n < p->n; n++) {
             for (uint32_t i = 0; i < p->hw; i++) {
                 const float d = AT(p, x, n, ch, i) - mean;
-                ss += d * d;
+                kadd(&ss, d * d);
             }
         }
         stats[ch] = mean;
-        stats[p->c + ch] = ss * inv_m;
+        stats[p->c + ch] = ss.sum * inv_m;
     }
     return POET_OK;
 }
@@ -53,19 +66,19 @@ poet_status poet_bn_dx_f32(const poet_bn_params *p, const float *restrict dy, co
     const float m = (float)(p->n * p->hw);
     for (uint32_t ch = 0; ch < p->c; ch++) {
         const float mean = stats[ch], r = 1.0f / sqrtf(stats[p->c + ch] + p->eps);
-        float s1 = 0.0f, s2 = 0.0f;
+        ksum s1 = {0.0f, 0.0f}, s2 = {0.0f, 0.0f};
         for (uint32_t n = 0; n < p->n; n++) {
             for (uint32_t i = 0; i < p->hw; i++) {
                 const float d = AT(p, dy, n, ch, i);
-                s1 += d;
-                s2 += d * (AT(p, x, n, ch, i) - mean) * r;
+                kadd(&s1, d);
+                kadd(&s2, d * (AT(p, x, n, ch, i) - mean) * r);
             }
         }
         const float k = gamma[ch] * r / m;
         for (uint32_t n = 0; n < p->n; n++) {
             for (uint32_t i = 0; i < p->hw; i++) {
                 const float xh = (AT(p, x, n, ch, i) - mean) * r;
-                AT(p, dx, n, ch, i) = k * (m * AT(p, dy, n, ch, i) - s1 - xh * s2);
+                AT(p, dx, n, ch, i) = k * (m * AT(p, dy, n, ch, i) - s1.sum - xh * s2.sum);
             }
         }
     }
@@ -77,10 +90,10 @@ poet_status poet_bn_dgamma_f32(const poet_bn_params *p, const float *restrict dy
     if (!p || !dy || !x || !stats || !dgamma) return POET_ERR_ARG;
     for (uint32_t ch = 0; ch < p->c; ch++) {
         const float mean = stats[ch], r = 1.0f / sqrtf(stats[p->c + ch] + p->eps);
-        float s = 0.0f;
+        ksum s = {0.0f, 0.0f};
         for (uint32_t n = 0; n < p->n; n++)
-            for (uint32_t i = 0; i < p->hw; i++) s += AT(p, dy, n, ch, i) * (AT(p, x, n, ch, i) - mean) * r;
-        dgamma[ch] = s;
+            for (uint32_t i = 0; i < p->hw; i++) kadd(&s, AT(p, dy, n, ch, i) * (AT(p, x, n, ch, i) - mean) * r);
+        dgamma[ch] = s.sum;
     }
     return POET_OK;
 }
@@ -88,10 +101,10 @@ poet_status poet_bn_dgamma_f32(const poet_bn_params *p, const float *restrict dy
 poet_status poet_bn_dbeta_f32(const poet_bn_params *p, const float *restrict dy, float *restrict dbeta) {
     if (!p || !dy || !dbeta) return POET_ERR_ARG;
     for (uint32_t ch = 0; ch < p->c; ch++) {
-        float s = 0.0f;
+        ksum s = {0.0f, 0.0f};
         for (uint32_t n = 0; n < p->n; n++)
-            for (uint32_t i = 0; i < p->hw; i++) s += AT(p, dy, n, ch, i);
-        dbeta[ch] = s;
+            for (uint32_t i = 0; i < p->hw; i++) kadd(&s, AT(p, dy, n, ch, i));
+        dbeta[ch] = s.sum;
     }
     return POET_OK;
 }

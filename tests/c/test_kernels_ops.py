@@ -1,0 +1,339 @@
+"""Every C kernel against the numpy reference, node by node, on the training graphs of small models.
+
+A model's training step is run by the float64 reference; then every node (forward, backward, updates) is run
+again by its C kernel, called through ctypes with the reference's own inputs rounded to float32, and its output
+is compared with the reference's (relative error <= 1e-5 of the tensor's scale). The params structs are built
+from the header: each op's ``c_params`` must name exactly the fields of its family's C struct.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import subprocess
+from functools import cache
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tests.unit.test_ops_torch import rnd, run
+
+from poetc import cheaders
+from poetc.frontend import TRAIN_FLAG
+from poetc.ir import Attrs
+from poetc.ops import get
+from poetc.reference import max_rel_error
+from poetc.resources import runtime_dir
+
+TOL = 1e-5
+SETTINGS = settings(max_examples=12, deadline=None)
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory) -> ctypes.CDLL:
+    out = str(tmp_path_factory.mktemp("k") / "libpoetops.so")
+    inc = str(runtime_dir() / "include")
+    src = sorted(str(p) for p in (runtime_dir() / "src").glob("*.c") if p.name not in ("interp.c", "link.c"))
+    subprocess.run(
+        [
+            "cc",
+            "-std=c99",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-shared",
+            "-fPIC",
+            "-I",
+            inc,
+            *src,
+            "-lm",
+            "-o",
+            out,
+        ],
+        check=True,
+    )
+    return ctypes.CDLL(out)
+
+
+# ---- the header, parsed: params structs and kernel prototypes ------------------------------------------------
+def _header() -> str:
+    text = (runtime_dir() / "include" / "poet" / "kernels.h").read_text()
+    return re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+
+
+@cache
+def structs() -> dict[str, type[ctypes.Structure]]:
+    text = _header()
+    rank = int(re.search(r"#define POET_MAX_RANK (\d+)", text).group(1))
+    out = {}
+    for body, fam in re.findall(r"typedef struct \{(.*?)\} poet_(\w+)_params;", text, re.S):
+        fields = []
+        for decl in body.split(";"):
+            decl = decl.strip()
+            if not decl:
+                continue
+            ctype, names = decl.split(None, 1)
+            base = {"uint32_t": ctypes.c_uint32, "float": ctypes.c_float}[ctype]
+            for name in (n.strip() for n in names.split(",")):
+                m = re.fullmatch(r"(\w+)\[(\w+)\]", name)
+                if m:
+                    n = rank if m.group(2) == "POET_MAX_RANK" else int(m.group(2))
+                    fields.append((m.group(1), base * n))
+                else:
+                    fields.append((name, base))
+        out[fam] = type(f"poet_{fam}_params", (ctypes.Structure,), {"_fields_": fields})
+    return out
+
+
+@cache
+def n_args() -> dict[str, int]:
+    """Kernel function -> number of arguments after the params pointer."""
+    return {
+        name: len(args.split(",")) - 1
+        for name, args in re.findall(r"poet_status (poet_\w+_f32)\((.*?)\);", _header(), re.S)
+    }
+
+
+def _struct(family: str, fields: dict) -> ctypes.Structure:
+    cls = structs()[family]
+    names = [f for f, _ in cls._fields_]
+    assert sorted(fields) == sorted(names), f"{family}: c_params {sorted(fields)} vs C struct {sorted(names)}"
+    s = cls()
+    for k, v in fields.items():
+        if isinstance(v, tuple):
+            getattr(s, k)[:] = list(v)
+        else:
+            setattr(s, k, v)
+    return s
+
+
+def _c_array(a: np.ndarray, dtype: str) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.int32 if dtype == "i32" else np.float32)
+
+
+def replay(lib, tg, values: dict[str, np.ndarray], lr: float = 0.0) -> None:
+    """Run every node of the training graph in C on the reference's inputs; compare with its outputs."""
+    g = tg.graph
+    kinfo = cheaders.kernels()
+    before = dict(values)
+    for node in g.nodes:
+        op = get(node.op)
+        fam = kinfo[op.kernel].family
+        shapes = [g.tensor(x).shape for x in node.inputs]
+        params = _struct(fam, op.c_params(node.attrs, shapes, g.tensor(node.output).shape))
+        fn_name = f"poet_{op.kernel.lower()}_f32"
+        fn = getattr(lib, fn_name)
+        ins = [_c_array(values[x], g.tensor(x).dtype) for x in node.inputs]
+        if op.in_place is not None:  # in place: the target is the last argument
+            target = ins[op.in_place].copy()
+            others = [a for k, a in enumerate(ins) if k != op.in_place]
+            if node.op == "sgd":
+                fn.argtypes = [ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p]
+                status = fn(ctypes.addressof(params), lr, others[0].ctypes.data, target.ctypes.data)
+            else:
+                status = fn(
+                    ctypes.byref(params), *[a.ctypes.data_as(ctypes.c_void_p) for a in others], _ptr(target)
+                )
+            assert status == 0, f"{node.name}: status {status}"
+            want = op.ref(node.attrs, *[before[x] for x in node.inputs], lr)
+            assert max_rel_error(target, want) <= TOL, node.name
+            continue
+        t_out = g.tensor(node.output)
+        out = np.zeros(max(1, t_out.numel), np.int32 if t_out.dtype == "i32" else np.float32)
+        slots = n_args()[fn_name] - 1
+        args = [_ptr(a) for a in ins] + [None] * (slots - len(ins))
+        status = fn(ctypes.byref(params), *args, _ptr(out))
+        assert status == 0, f"{node.name} ({node.op}): status {status}"
+        want = np.asarray(values[node.output], np.float64)
+        # a sum whose terms cancel (dbeta of a BatchNorm followed by a linear layer and another BatchNorm is
+        # analytically zero) is judged against the size of its terms: the inputs' mass per output element
+        floor = max(float(np.abs(values[x]).sum()) for x in node.inputs) / max(1, t_out.numel)
+        err = max_rel_error(out[: t_out.numel].reshape(want.shape), want, floor)
+        assert err <= TOL, f"{node.name} ({node.op}): relative error {err:.2e}"
+
+
+def _ptr(a: np.ndarray):
+    return a.ctypes.data_as(ctypes.c_void_p)
+
+
+def check_c(lib, nodes, params, state=None, lr=0.05):
+    tg, r, _labels = run(nodes, params, state)  # lr 0: parameters keep their values; state is updated
+    replay(lib, tg, {**r.values, **(state or {})}, lr)
+    return tg
+
+
+# ---- the cases: each op and its gradient rule's kernels ---------------------------------------------------
+@SETTINGS
+@given(
+    n=st.integers(1, 2),
+    g=st.sampled_from([1, 2, 4]),
+    ci=st.integers(1, 2),
+    co=st.integers(1, 2),
+    k=st.sampled_from([(1, 1), (3, 3), (2, 3), (5, 5)]),
+    s=st.sampled_from([(1, 1), (2, 2), (3, 1)]),
+    pads=st.tuples(*[st.integers(0, 2)] * 4),
+    hw=st.tuples(st.integers(5, 9), st.integers(5, 9)),
+    bias=st.booleans(),
+)
+def test_conv_kernels(lib, n, g, ci, co, k, s, pads, hw, bias):
+    x = rnd(1, n, ci * g, *hw)
+    w = rnd(2, co * g, ci, *k)
+    ins = ("x", "w", "b") if bias else ("x", "w")
+    params = {"x": x, "w": w} | ({"b": rnd(3, co * g)} if bias else {})
+    check_c(lib, [("conv2d", ins, "y", Attrs(strides=s, pads=pads, groups=g))], params)
+
+
+@SETTINGS
+@given(
+    k=st.sampled_from([(1, 1), (2, 2), (3, 3), (2, 3)]),
+    s=st.integers(1, 3),
+    p=st.integers(0, 1),
+    hw=st.tuples(st.integers(3, 9), st.integers(3, 9)),
+    count_pad=st.booleans(),
+)
+def test_pool_kernels(lib, k, s, p, hw, count_pad):
+    x = np.maximum(rnd(4, 2, 3, *hw), 0.0)  # ReLU'd input: ties between zeros
+    pads = (min(p, k[0] - 1), min(p, k[1] - 1)) * 2
+    a = Attrs(kernel=k, strides=(s, s), pads=pads, count_include_pad=count_pad)
+    check_c(lib, [("maxpool", ("x",), "y", a)], {"x": x + rnd(5, 2, 3, *hw) * 0.01 * (x > 0)})
+    check_c(lib, [("avgpool", ("x",), "y", a)], {"x": x})
+
+
+@SETTINGS
+@given(n=st.integers(1, 3), c=st.integers(1, 5), hw=st.sampled_from([(), (1, 1), (3, 4), (6, 6)]))
+def test_batchnorm_kernels(lib, n, c, hw):
+    n = 3 if not hw or hw == (1, 1) else n  # with 2 values per channel the normalised output is +-1: dx ~ 0
+    params = {"x": rnd(6, n, c, *hw) * 2 + 1, "gamma": rnd(7, c), "beta": rnd(8, c)}
+    state = {"rm": rnd(9, c), "rv": rnd(10, c, lo=0.5)}
+    a = Attrs(eps=1e-5, momentum=0.1)
+    nodes = [
+        ("bn_stats", ("x", "rm", "rv", TRAIN_FLAG), "stats", a),
+        ("bn_apply", ("x", "stats", "gamma", "beta"), "y", a),
+    ]
+    tg = check_c(lib, nodes, params, state)
+    assert {n.op for n in tg.graph.nodes} >= {"bn_dx", "bn_dgamma", "bn_dbeta", "bn_running"}
+
+
+def test_batchnorm_stats_in_inference_are_the_running_ones(lib):
+    c = 3
+    p = structs()["bn"](n=2, c=c, hw=4, eps=1e-5, momentum=0.1, unbias=8 / 7, which=0)
+    x = rnd(11, 2, c, 4).astype(np.float32)
+    rm, rv = rnd(12, c).astype(np.float32), rnd(13, c, lo=0.5).astype(np.float32)
+    stats = np.zeros((2, c), np.float32)
+    for flag, want in ((0.0, np.stack([rm, rv])), (1.0, np.stack([x.mean(axis=(0, 2)), x.var(axis=(0, 2))]))):
+        f = np.array([flag], np.float32)
+        assert lib.poet_bn_stats_f32(ctypes.byref(p), *map(_ptr, (x, rm, rv, f, stats))) == 0
+        np.testing.assert_allclose(stats, want, rtol=1e-5)
+
+
+@SETTINGS
+@given(shape=st.lists(st.integers(1, 6), min_size=2, max_size=4), seed=st.integers(0, 50))
+def test_activation_kernels(lib, shape, seed):
+    x = rnd(seed, *shape) * 3
+    for op, attrs, v in [
+        ("clip", Attrs(a=0.0, b=6.0), x * 3),
+        ("sigmoid", Attrs(), x),
+        ("tanh", Attrs(), x),
+        ("gelu", Attrs(), x),
+        ("erf", Attrs(), x),
+        ("affine", Attrs(a=-0.7, b=0.25), x),
+        ("sqrt", Attrs(), np.abs(x) + 0.1),
+        ("pow", Attrs(a=2.0), x),
+        ("pow", Attrs(a=1.5), np.abs(x) + 0.1),
+        ("relu", Attrs(), x),
+    ]:
+        check_c(lib, [(op, ("x",), "y", attrs)], {"x": v})
+
+
+@SETTINGS
+@given(shape=st.lists(st.integers(1, 7), min_size=2, max_size=4), data=st.data())
+def test_softmax_and_layernorm_kernels(lib, shape, data):
+    ax = data.draw(st.integers(0, len(shape) - 1))
+    x = rnd(14, *shape) * 2
+    check_c(lib, [("softmax", ("x",), "y", Attrs(axis=ax))], {"x": x})
+    ax = max(ax, 1)
+    norm = tuple(shape[ax:])
+    p = {"x": x, "g": rnd(15, *norm), "b": rnd(16, *norm)}
+    check_c(lib, [("layernorm", ("x", "g", "b"), "y", Attrs(axis=ax, eps=1e-5))], p)
+
+
+@SETTINGS
+@given(
+    batch=st.sampled_from([(), (3,), (2, 2)]),
+    bcast=st.sampled_from(["none", "a", "b"]),
+    mkn=st.tuples(st.integers(1, 6), st.integers(1, 9), st.integers(1, 6)),
+    ta=st.booleans(),
+    tb=st.booleans(),
+)
+def test_matmul_kernel(lib, batch, bcast, mkn, ta, tb):
+    m, k, n = mkn
+    ba = () if bcast == "a" else batch
+    bb = () if bcast == "b" else batch
+    if not ba and not bb:
+        ba = (1,)
+    a = rnd(17, *ba, *((k, m) if ta else (m, k)))
+    b = rnd(18, *bb, *((n, k) if tb else (k, n)))
+    check_c(lib, [("matmul", ("a", "b"), "y", Attrs(ta=ta, tb=tb, alpha=0.5))], {"a": a, "b": b})
+
+
+@SETTINGS
+@given(
+    full=st.lists(st.integers(1, 5), min_size=2, max_size=5),
+    data=st.data(),
+    op=st.sampled_from(["add", "sub", "mul", "div"]),
+)
+def test_broadcast_kernels(lib, full, data, op):
+    small = [d if data.draw(st.booleans()) else 1 for d in full]
+    small = small[data.draw(st.integers(0, len(full) - 1)) :]
+    a, b = rnd(19, *full), (rnd(20, *small, lo=0.5) if op == "div" else rnd(20, *small))
+    check_c(lib, [("binary", ("a", "b"), "y", Attrs(op=op))], {"a": a, "b": b})
+    axes = [k for k in range(len(full) - 1) if data.draw(st.booleans())] or [0]
+    keep = tuple(1 if k in axes else d for k, d in enumerate(full))
+    attrs = Attrs(mode="sum", scale=0.25, out_shape=keep)
+    check_c(lib, [("reduce", ("a",), "y", attrs)], {"a": a})
+
+
+@SETTINGS
+@given(shape=st.lists(st.integers(1, 5), min_size=2, max_size=6), data=st.data())
+def test_layout_kernels(lib, shape, data):
+    x = rnd(21, *shape)
+    perm = tuple(data.draw(st.permutations(range(len(shape)))))
+    check_c(lib, [("transpose", ("x",), "y", Attrs(perm=perm))], {"x": x})
+    src = tuple(1 if data.draw(st.booleans()) else d for d in shape)
+    check_c(
+        lib,
+        [("expand", ("x",), "y", Attrs(src_shape=src, shape=tuple(shape), scale=2.0))],
+        {"x": rnd(22, *src)},
+    )
+    starts = [data.draw(st.integers(0, d - 1)) for d in shape]
+    steps = [data.draw(st.integers(1, 2)) for _ in shape]
+    counts = [(d - 1 - s0) // k + 1 for d, s0, k in zip(shape, starts, steps, strict=True)]
+    a = Attrs(starts=tuple(starts), steps=tuple(steps), shape=tuple(counts))
+    if len(counts) >= 2:
+        check_c(lib, [("slice", ("x",), "y", a)], {"x": x})
+    ax = data.draw(st.integers(0, len(shape) - 1))
+    parts = {}
+    for i in range(data.draw(st.integers(1, 4))):
+        s = list(shape)
+        s[ax] = data.draw(st.integers(1, 3))
+        parts[f"p{i}"] = rnd(23 + i, *s)
+    check_c(lib, [("concat", tuple(parts), "y", Attrs(axis=ax))], parts)
+
+
+def test_every_c_params_matches_its_struct_and_every_kernel_has_a_prototype():
+    from poetc.ops import REGISTRY
+
+    kinfo = cheaders.kernels()
+    for op in REGISTRY.values():
+        assert op.family in structs(), op.name
+        assert f"poet_{op.kernel.lower()}_f32" in n_args(), op.kernel
+        assert kinfo[op.kernel].family == op.family
+
+
+def test_strided_kernel_rejects_a_view_outside_its_input(lib):
+    p = structs()["layout"](rank=1, base=3, scale=1.0, n_src=4, n_dst=2)
+    p.shape[0], p.stride[0] = 2, 1
+    x, y = np.zeros(4, np.float32), np.zeros(2, np.float32)
+    assert lib.poet_strided_f32(ctypes.byref(p), _ptr(x), _ptr(y)) == 1  # POET_ERR_SHAPE

@@ -225,7 +225,12 @@ class HostTarget(Target):
         return build_dir / "build" / "poet_host"
 
     def launch(
-        self, build_dir: Path, timeout_s: float = 60.0, pager: str = "file", binary: Path | None = None
+        self,
+        build_dir: Path,
+        timeout_s: float = 60.0,
+        pager: str = "file",
+        binary: Path | None = None,
+        extra_args: list[str] | None = None,
     ) -> Session:
         exe = binary or self.binary(build_dir)
         if not exe.exists():
@@ -233,6 +238,7 @@ class HostTarget(Target):
         tmp = tempfile.mkdtemp(prefix="poetc-pager-")
         args = [str(exe), "--listen", "0"]
         args += ["--pager", os.path.join(tmp, "pager.bin")] if pager == "file" else ["--pager-ram"]
+        args += extra_args or []
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         cleanup = lambda: shutil.rmtree(tmp, ignore_errors=True)  # noqa: E731
         try:
@@ -529,16 +535,31 @@ class QemuTarget(ArmTarget):
 
 
 def _wait_listening(proc: subprocess.Popen, log: Path, port: int, timeout_s: float) -> bool:
-    """True once QEMU says it waits for our connection on ``port``; False if it exited (e.g. port taken)."""
+    """True once QEMU says it waits for our connection on ``port`` (QEMU 7 and 8 print "QEMU waiting for
+    connection on: disconnected:tcp:127.0.0.1:PORT"), or once something of QEMU's accepts a connection there when
+    a QEMU prints no such line; False if it exited (e.g. the port was taken)."""
     deadline = time.monotonic() + timeout_s
+    quiet_until = time.monotonic() + 3.0
     while time.monotonic() < deadline:
         m = _QEMU_WAITING.search(log.read_text(errors="replace"))
         if m and int(m.group(1)) == port:
             return True
         if proc.poll() is not None:
             return False
+        if time.monotonic() > quiet_until and _listening(port):
+            return True
         time.sleep(0.01)
     raise TargetError(f"target: QEMU did not open its serial port within {timeout_s:g} s")
+
+
+def _listening(port: int) -> bool:
+    """Whether the port is bound by a listener (checked by binding it ourselves, without connecting)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+        return False
 
 
 class BoardTarget(ArmTarget):

@@ -386,7 +386,11 @@ def cmd_export(a: argparse.Namespace) -> int:
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
-    print(f"wrote {out}: {len(trained)} trained parameters written back into {b.doc['model']['source']}")
+    n_state = sum(1 for k in trained if k in b.doc.get("state", []))
+    what = f"{len(trained) - n_state} trained parameters" + (
+        f" and {n_state} BatchNorm running statistics (BatchNormalization set to inference)" if n_state else ""
+    )
+    print(f"wrote {out}: {what} written back into {b.doc['model']['source']}")
     return 0
 
 

@@ -61,7 +61,8 @@ LAYER_OPS = frozenset(
         "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Conv", "Div", "Dropout", "Erf",
         "Expand", "Flatten", "Gather", "Gemm", "GlobalAveragePool", "Identity", "LayerNormalization", "MatMul",
         "MaxPool", "Mul", "Neg", "Pow", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Sigmoid", "Slice",
-        "Softmax", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze",
+        "Softmax", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze", "Gelu",
+        "SplitToSequence", "SequenceAt",
     }
 )  # fmt: skip
 SUPPORTED_OPS = tuple(sorted(LAYER_OPS | constfold.FOLDABLE))
@@ -125,6 +126,9 @@ class _Importer:
         self.state: dict[str, np.ndarray] = {}
         self.names: set[str] = set()
         self.flag: str | None = None
+        self.seqs: dict[
+            str, tuple[str, int, list[int], bool]
+        ] = {}  # SplitToSequence: source, axis, sizes, squeeze
         self.onnx_nodes = list(g.node)
         self.users = _users(self.onnx_nodes)
         self.graph_outputs = {o.name for o in g.output}
@@ -429,6 +433,14 @@ class _Importer:
         if op == "Constant":
             self.known[n.output[0]] = self._constant(a, where)
             return
+        if (
+            op == "CastLike"
+            and self._name(n.input[0]) in self.known
+            and self._name(n.input[1]) not in self.known
+        ):
+            # the dynamo exporter casts constants "like" an activation: activations are float32
+            self.known[n.output[0]] = self.known[self._name(n.input[0])].astype(np.float32)
+            return
         if op == "Shape" and self._name(n.input[0]) not in self.known:
             self.known[n.output[0]] = constfold.shape_of(self._shape(n.input[0]), a)
             return
@@ -545,8 +557,20 @@ class _Importer:
         strides = tuple(a.get("strides", [1, 1]))
         pads = self._pads(a, xs[2:], ws[2:], strides, where)
         attrs = Attrs(strides=strides, pads=pads, groups=int(a.get("group", 1)))
-        ins = (x, w) + ((self._param(n.input[2], where),) if len(n.input) > 2 and n.input[2] else ())
+        ins = (x, w, *self._bias(n, 2, where))
         self._emit("conv2d", ins, n.output[0], attrs, where)
+
+    def _bias(self, n: onnx.NodeProto, k: int, where: str) -> tuple[str, ...]:
+        """The optional bias input k: a parameter, or nothing (absent, or a constant zero tensor, which the
+        dynamo exporter writes for bias=False)."""
+        if len(n.input) <= k or not n.input[k]:
+            return ()
+        v = self.known.get(self._name(n.input[k]))
+        if v is not None:
+            if np.any(v != 0):
+                raise self.err(f"node {where}: a constant non-zero bias is not supported (only a weight)")
+            return ()
+        return (self._param(n.input[k], where),)
 
     def _pads(self, a, hw, k, strides, where) -> tuple[int, int, int, int]:
         auto = a.get("auto_pad", b"NOTSET")
@@ -603,7 +627,7 @@ class _Importer:
         x = self._act(n.input[0], where)
         if ta:
             x = self._emit("transpose", (x,), self._tmp(f"{n.output[0]}:A^T"), Attrs(perm=(1, 0)), where)
-        has_c = len(n.input) > 2 and bool(n.input[2])
+        has_c = bool(self._bias(n, 2, where))
         bname = self._name(n.input[1])
         if bname in self.wview and self.wview[bname][1] == (1, 0):
             w, tb = self._param(self.wview.pop(bname)[0], where), not tb
@@ -674,6 +698,15 @@ class _Importer:
 
     def _op_Neg(self, n, a, where):
         self._unary("affine", n, where, a=-1.0, b=0.0)
+
+    def _op_Gelu(self, n, a, where):
+        approx = a.get("approximate", b"none")
+        approx = approx.decode() if isinstance(approx, bytes) else approx
+        if approx != "none":
+            raise self.err(
+                f"node {where}: Gelu with approximate={approx!r} is not supported (only the exact one)"
+            )
+        self._unary("gelu", n, where)
 
     def _op_Clip(self, n, a, where):
         lo, hi = float(a.get("min", -FLT_MAX)), float(a.get("max", FLT_MAX))
@@ -846,14 +879,7 @@ class _Importer:
         shape = self._shape(x)
         ax = int(a.get("axis", 0))
         ax = ax + len(shape) if ax < 0 else ax
-        if len(n.input) > 1 and n.input[1]:
-            sizes = [int(v) for v in self._const(n.input[1], where, "split sizes").reshape(-1)]
-        elif "split" in a:
-            sizes = [int(v) for v in a["split"]]
-        else:
-            k = len(n.output)
-            step = -(-shape[ax] // k)
-            sizes = [min(step, shape[ax] - j * step) for j in range(k)]
+        sizes = self._split_sizes(n, a, where, shape[ax], len(n.output))
         if sum(sizes) != shape[ax] or len(sizes) != len(n.output):
             raise self.err(f"node {where}: split sizes {sizes} do not cover axis {ax} of {shape}")
         off = 0
@@ -863,6 +889,49 @@ class _Importer:
             if out:
                 self._slice(x, starts, counts, [1] * len(shape), out, where)
             off += sz
+
+    def _split_sizes(self, n, a, where: str, dim: int, count: int | None) -> list[int]:
+        if len(n.input) > 1 and n.input[1]:
+            v = self._const(n.input[1], where, "split sizes")
+            if v.ndim == 0:  # a chunk size: equal chunks, the last one smaller
+                k = int(v)
+                return [min(k, dim - j) for j in range(0, dim, k)]
+            return [int(x) for x in v.reshape(-1)]
+        if "split" in a:
+            return [int(x) for x in a["split"]]
+        if count is None:
+            return [1] * dim
+        step = -(-dim // count)
+        return [min(step, dim - j * step) for j in range(count)]
+
+    def _op_SplitToSequence(self, n, a, where):
+        x = self._act(n.input[0], where)
+        shape = self._shape(x)
+        ax = int(a.get("axis", 0))
+        ax = ax + len(shape) if ax < 0 else ax
+        sizes = self._split_sizes(n, a, where, shape[ax], None)
+        if sum(sizes) != shape[ax]:
+            raise self.err(f"node {where}: split sizes {sizes} do not cover axis {ax} of {shape}")
+        squeeze = not (len(n.input) > 1 and n.input[1]) and not a.get("keepdims", 1)
+        self.seqs[n.output[0]] = (x, ax, sizes, squeeze)
+
+    def _op_SequenceAt(self, n, a, where):
+        if n.input[0] not in self.seqs:
+            raise self.err(
+                f"node {where}: SequenceAt of a sequence poetc did not make (only SplitToSequence)"
+            )
+        x, ax, sizes, squeeze = self.seqs[n.input[0]]
+        k = int(self._const(n.input[1], where, "the position"))
+        k = k + len(sizes) if k < 0 else k
+        shape = self._shape(x)
+        starts = [sum(sizes[:k]) if d == ax else 0 for d in range(len(shape))]
+        counts = [sizes[k] if d == ax else s for d, s in enumerate(shape)]
+        if not squeeze:
+            self._slice(x, starts, counts, [1] * len(shape), n.output[0], where)
+            return
+        tmp = self._tmp(f"{n.output[0]}:slice")
+        self._slice(x, starts, counts, [1] * len(shape), tmp, where)
+        self._reshape_to(n, self._name(tmp), tuple(c for d, c in enumerate(counts) if d != ax), where)
 
     def _op_Gather(self, n, a, where):
         x = self._act(n.input[0], where)

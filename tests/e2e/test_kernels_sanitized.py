@@ -1,0 +1,50 @@
+"""The model-coverage kernels under AddressSanitizer and UndefinedBehaviorSanitizer, in whole training steps and
+inference: convolutions (grouped, depthwise), BatchNorm, pooling, every activation, broadcasting arithmetic,
+reductions, LayerNorm (fused and written out), batched matmul, softmax, transpose, reshape, slice, concat."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from tests.conftest import poetc
+
+from poetc import builddir, harness, target
+from poetc.boards import load as load_board
+
+torch = pytest.importorskip("torch")
+from tests.e2e.test_pytorch_models_host import SmallCNN, SmallTransformer, _export, _randomised  # noqa: E402
+
+MODELS = [
+    ("cnn", SmallCNN, (4, 3, 8, 8), 17),
+    ("transformer-opset13", SmallTransformer, (2, 5, 16), 13),
+    ("transformer-opset17", SmallTransformer, (2, 5, 16), 17),
+]
+
+
+@pytest.mark.parametrize("name, cls, shape, opset", MODELS, ids=[m[0] for m in MODELS])
+def test_sanitized_training_and_inference(tmp_path, name, cls, shape, opset):
+    torch.manual_seed(0)
+    path = tmp_path / "m.onnx"
+    _export(_randomised(cls(), 1), torch.randn(*shape), path, False, opset)
+    out = tmp_path / "b"
+    poetc("build", str(path), "--board", "host", "--out", str(out), "--strategy", "store-all", "--no-compile")
+    shutil.rmtree(out / "build", ignore_errors=True)
+    subprocess.run(["make", "-C", str(out), "SAN=asan"], check=True, capture_output=True)
+    b = builddir.open_build(out)
+    rng = np.random.default_rng(0)
+    with target.for_board(load_board("host")).launch(out, timeout_s=60, pager="ram") as s:
+        dev = harness.Device(b, s)
+        for _ in range(2):
+            dev.set_batch(
+                rng.standard_normal(b.input_shape).astype(np.float32), rng.integers(0, b.classes, b.batch)
+            )
+            step = dev.step(0.05, capture=True)
+            assert np.isfinite(step.loss) and len(step.grads) == len(b.doc["params"])
+        assert np.all(np.isfinite(dev.infer(rng.standard_normal(b.input_shape).astype(np.float32))))
+        proc = s.proc
+    assert proc.wait(10) == 0
+    err = proc.stderr.read().decode() if proc.stderr and not proc.stderr.closed else ""
+    assert "runtime error" not in err and "AddressSanitizer" not in err, err[-2000:]

@@ -320,7 +320,7 @@ def test_a_hung_firmware_is_a_timeout_not_a_protocol_error(m4_digits, tmp_path):
     elf = work / "build" / "poet.elf"
     tgt = target.for_board(boards.load("qemu-m4"))
     t0 = time.monotonic()
-    with pytest.raises(TargetError, match=r"target timed out \(hung\?\)"), tgt.launch(work, timeout_s=2) as s:
+    with pytest.raises(TargetError, match=r"target timed out \(hung\?\)"), tgt.launch(work, timeout_s=4) as s:
         dev = harness.Device(b, s, tgt.seconds)
         dev.set_batch(np.zeros(b.input_shape, np.float32), np.zeros(b.batch, np.int64))
         dev.step(0.1)

@@ -53,7 +53,7 @@ class Board:
 _OPTIONAL_DEFAULTS = ("cycles_per_instruction", "active_power_w", "emulator", "sources")
 
 
-def _check(path: Path, doc: dict[str, Any]) -> Board:
+def _check(path: Path, doc: dict[str, Any], check_name: bool = True) -> Board:
     where = str(path)
     known = {f.name: f for f in fields(Board)}
     for key in doc:
@@ -99,21 +99,21 @@ def _check(path: Path, doc: dict[str, Any]) -> Board:
             raise PoetcError(f"{where}: field {positive!r} must be positive")
     if vals["storage"] not in STORAGE_KINDS:
         raise PoetcError(f"{where}: field 'storage' must be one of {', '.join(STORAGE_KINDS)}")
-    if vals["name"] != path.stem:
+    if check_name and vals["name"] != path.stem:
         raise PoetcError(f"{where}: field 'name' is {vals['name']!r} but the file is {path.name}")
     if not 64 <= vals["frame_max_bytes"] <= 65535:
         raise PoetcError(f"{where}: field 'frame_max_bytes' must be in 64..65535")
     return Board(**vals, path=where)
 
 
-def load_file(path: Path) -> Board:
+def load_file(path: Path, check_name: bool = True) -> Board:
     try:
         doc = tomllib.loads(path.read_text())
     except OSError as e:
         raise PoetcError(f"{path}: cannot read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise PoetcError(f"{path}: not valid TOML: {e}") from None
-    return _check(path, doc)
+    return _check(path, doc, check_name)
 
 
 def names() -> list[str]:

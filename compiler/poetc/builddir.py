@@ -177,6 +177,8 @@ def _write_files(c: Compiled, d: Path, command: str, target: Any) -> None:
         )
     )
     onnx.save(c.model.onnx_model, str(d / "model.onnx"))
+    if c.board.path:  # the board as built, so train/verify find it even when it came from a file
+        shutil.copyfile(c.board.path, d / "board.toml")
     (d / MANIFEST).write_text(json.dumps(manifest(c, command, batch), indent=1) + "\n")
     (d / "schedule.json").write_text(json.dumps(schedule_summary(c), indent=1) + "\n")
 
@@ -219,6 +221,13 @@ class BuildInfo:
         if name not in names:
             listed.write_text("\n".join(sorted(names | {name})) + "\n")
         return self.dir / name
+
+    def board(self):  # -> boards.Board
+        """The board this was built for (the copy in the build directory; by name for older builds)."""
+        from . import boards
+
+        copy = self.dir / "board.toml"
+        return boards.load_file(copy, check_name=False) if copy.is_file() else boards.load(self.doc["board"])
 
     def trained_path(self) -> Path:
         return self.dir / "trained.npz"

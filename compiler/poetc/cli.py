@@ -296,7 +296,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.steps < 0:
         raise PoetcError(f"--steps must be >= 0, got {a.steps}")
     ds = _dataset(b, a.data)
-    board = _load_board(b.doc["board"])
+    board = b.board()
     tgt = target.for_board(board)
     dump = Path(a.dump) if a.dump else None
     if dump is not None and dump.suffix != ".npz":
@@ -344,7 +344,7 @@ def cmd_flash(a: argparse.Namespace) -> int:
     import subprocess
 
     b = builddir.open_build(Path(a.dir))
-    board = _load_board(b.doc["board"])
+    board = b.board()
     cmd = target.flash(board, b.dir, port=a.port, env=a.env)
     print(f"poetc flash {b.dir} to {board.name}: {' '.join(cmd)}", flush=True)
     rc = subprocess.run(cmd).returncode
@@ -357,7 +357,7 @@ def cmd_flash(a: argparse.Namespace) -> int:
 def cmd_verify(a: argparse.Namespace) -> int:
     b = builddir.open_build(Path(a.dir))
     ds = _dataset(b, a.data)
-    board = _load_board(b.doc["board"])
+    board = b.board()
     r = harness.verify(b, target.for_board(board), ds, a.lr, a.seed)
     rows = [[p, f"{r.errors[p]:.2e}", f"{r.update_errors[p]:.2e}"] for p in r.errors]
     print(table(["parameter", "grad rel. error", "update rel. error"], rows, "lrr"))

@@ -35,7 +35,6 @@ Two formulations:
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -424,6 +423,14 @@ class Formulation:
                 const += coef * self.m.const[key]
         return c, const
 
+    def residency_weights(self) -> np.ndarray:
+        """M_i / budget for every S_RAM[t,i] column (0 elsewhere)."""
+        w = np.zeros(max(1, len(self.m.bin)))
+        for key, col in self.m.bin.items():
+            if key[0] == "S_RAM":
+                w[col] = float(self.p.mem[key[2]]) / max(1, self.p.budget)
+        return w
+
     def schedule_from(self, xb: np.ndarray, strategy: str, meta: dict[str, Any]) -> Schedule:
         T = self.p.T
         mats = {n: np.zeros((T, T), dtype=bool) for n in ("R", "S_RAM", "S_SD", "M_in", "M_out")}
@@ -509,7 +516,13 @@ def solve(
     # the fixed R[t,t] contribute exactly the floor; the objective is the extra energy, scaled so that its
     # largest coefficient is 1000 (joules of tiny nodes are below the solvers' absolute tolerances otherwise)
     scale = 1000.0 / float(c.max()) if c.size and c.max() > 0 else 1.0
-    prob = cp.Problem(cp.Minimize((c * scale) @ x), cons)
+    # tie-break: among schedules of equal energy prefer the one that keeps less in RAM. Residency summed over
+    # stages and divided by the budget is at most T, so a weight of (smallest energy coefficient) / (10 T)
+    # can never outweigh a real energy difference.
+    tie = f.residency_weights()
+    pos = c[c > 0]
+    eps = float(pos.min()) * scale / (10.0 * max(1, p.T)) if pos.size else 0.0
+    prob = cp.Problem(cp.Minimize((c * scale + eps * tie) @ x), cons)
     build_s = time.perf_counter() - t0
     if on_progress:
         on_progress(
@@ -518,6 +531,8 @@ def solve(
             f"(time limit {opt.time_limit_s:g} s, gap {opt.gap:g} on extra energy)"
         )
     kwargs: dict[str, Any] = {"verbose": opt.verbose}
+    if opt.solver.upper() == "HIGHS":
+        kwargs["output_flag"] = opt.verbose  # HiGHS prints its banner otherwise
     solver = opt.solver.upper()
     if solver not in cp.installed_solvers():
         raise PoetcError(
@@ -526,8 +541,10 @@ def solve(
         )
     if solver == "HIGHS":
         kwargs.update(time_limit=float(opt.time_limit_s), mip_rel_gap=float(opt.gap), mip_abs_gap=1e-12)
-        if os.environ.get("POETC_HIGHS_PRESOLVE"):
-            kwargs["presolve"] = os.environ["POETC_HIGHS_PRESOLVE"]
+        if opt.warm_start is not None:
+            # HiGHS 1.16 mishandles a MIP start when presolve moves part of the objective into a constant: it
+            # prunes with a shifted cutoff and declares the start optimal. Without presolve it is correct.
+            kwargs["presolve"] = "off"
     elif solver == "SCIP":
         kwargs["scip_params"] = {
             "limits/time": float(opt.time_limit_s),
@@ -574,8 +591,8 @@ def solve(
         extra = float(c[: len(xb)] @ np.round(xb)) if nb else 0.0
         bound = _bound(prob, solver, extra * scale, status)
         bound = None if bound is None else bound / scale
-        if status == "user_limit" and extra <= 0 and bound is not None and bound > 0:
-            return result("no_solution", None, None, bound, "time limit reached without a schedule")
+        if status == "user_limit" and not _has_incumbent(prob, solver):
+            return result("no_solution", None, None, None, "time limit reached without a schedule")
         st = "optimal" if status.startswith("optimal") else "feasible"
         meta = {
             "status": st,
@@ -616,6 +633,15 @@ def _prime_highs(prob: cp.Problem, values: dict[cp.Variable, np.ndarray]) -> str
         return "warm start passed to HiGHS"
     except Exception as e:
         return f"warm start not passed ({type(e).__name__})"
+
+
+def _has_incumbent(prob: cp.Problem, solver: str) -> bool:
+    """At a time limit, whether the values cvxpy returns are a feasible integer solution (HiGHS reports the
+    status of its primal solution; for other solvers the replay check decides)."""
+    es = getattr(prob.solver_stats, "extra_stats", None)
+    if solver == "HIGHS" and es is not None and hasattr(es, "primal_solution_status"):
+        return int(es.primal_solution_status) == 2  # kSolutionStatusFeasible
+    return True
 
 
 MILP_SOLVERS = ("HIGHS", "SCIP", "GUROBI", "CPLEX", "MOSEK", "CBC", "GLPK_MI", "XPRESS", "COPT")

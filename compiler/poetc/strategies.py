@@ -38,8 +38,7 @@ class SolveOptions:
     remat: bool = True  # --no-remat switches recomputation off for the poet strategy
     paging: bool = True  # --no-paging switches paging off for the poet strategy
     warm_start: bool = True  # also evaluate the heuristics and keep the best schedule found
-    mip_start: bool = False  # pass the best heuristic to HiGHS as a MIP start (HiGHS 1.16 can then claim
-    #                          optimality wrongly when presolve shifts the objective; off by default)
+    mip_start: bool = True  # if the first solve is not proven optimal, restart HiGHS from the best schedule
     verbose: bool = False
 
 
@@ -124,6 +123,20 @@ def run(
     remat, paging = MILP_STRATEGIES[name]
     remat, paging = remat and opt.remat, paging and opt.paging
     t0 = time.perf_counter()
+    if p.budget < p.min_budget():
+        k = max(range(p.T), key=lambda k: p.mem[k] + sum(p.mem[u] for u in set(p.inputs[k])))
+        return Solution(
+            name,
+            "infeasible",
+            None,
+            None,
+            None,
+            0.0,
+            message=(
+                f"node {p.names[k]!r} alone needs {p.min_budget()} B with its inputs, over the arena budget of "
+                f"{p.budget} B"
+            ),
+        )
     seeds: list[Solution] = []
     if opt.warm_start:
         for h in ("store-all", "chen-sqrt", "greedy"):
@@ -135,17 +148,19 @@ def run(
         if sol.ok:
             seeds.append(sol)
     best_seed = min(seeds, key=lambda x: x.replay.energy_j, default=None)
-    mopt = milp.MilpOptions(
+    # Two phases: a cold solve with presolve (fast on small models, and its bound is always valid), then, if it
+    # did not prove optimality, a solve started from the best schedule known so far for the remaining time.
+    cold_s = opt.time_limit_s if best_seed is None or not opt.mip_start else 0.3 * opt.time_limit_s
+    base = milp.MilpOptions(
         solver=opt.solver,
-        time_limit_s=opt.time_limit_s,
+        time_limit_s=cold_s,
         gap=opt.gap,
         remat=remat,
         paging=paging,
         formulation=opt.formulation,
         verbose=opt.verbose,
-        warm_start=trim(p, best_seed.schedule) if opt.mip_start and best_seed else None,
     )
-    res = milp.solve(p, mopt, strategy=name, on_progress=progress)
+    res = milp.solve(p, base, strategy=name, on_progress=progress)
     meta = {
         "formulation": opt.formulation,
         "solver": res.solver,
@@ -155,13 +170,33 @@ def run(
         "remat": remat,
         "paging": paging,
     }
-    milp_sol = None
-    if res.schedule is not None:
-        milp_sol = _check(p, name, lower(p, res.schedule), t0, res.status, schedule=res.schedule)
-        if not milp_sol.ok:  # the solver's answer did not survive the replay: never build it
-            raise PoetcError(
-                f"internal error: the {name} schedule failed the replay check: {milp_sol.message}"
+    milp_sol = _milp_solution(p, name, res, t0, meta)
+    bound = res.bound_j
+    if (
+        res.status != "optimal"
+        and res.status != "infeasible"
+        and opt.mip_start
+        and opt.solver.upper() == "HIGHS"
+    ):
+        inc = min(
+            [c for c in (milp_sol, best_seed) if c is not None], key=lambda c: c.replay.energy_j, default=None
+        )
+        left = opt.time_limit_s - (time.perf_counter() - t0)
+        if inc is not None and left > 1.0:
+            res2 = milp.solve(
+                p,
+                replace(base, time_limit_s=left, warm_start=trim(p, inc.schedule)),
+                strategy=name,
+                on_progress=progress,
             )
+            meta["milp_status"] = res2.status
+            meta["warm_start"] = inc.strategy
+            sol2 = _milp_solution(p, name, res2, t0, meta)
+            if sol2 is not None and (milp_sol is None or sol2.replay.energy_j < milp_sol.replay.energy_j):
+                milp_sol = sol2
+            if res2.bound_j is not None:
+                bound = max(bound or 0.0, res2.bound_j)
+            res = res2 if res2.status != "no_solution" else res
     cands = [c for c in (milp_sol, best_seed) if c is not None]
     if not cands:
         why = {
@@ -175,7 +210,6 @@ def run(
         )
     best = min(cands, key=lambda c: c.replay.energy_j)
     extra = best.replay.energy_j - p.floor_j
-    bound = res.bound_j
     gap = None if bound is None else (0.0 if extra <= 1e-15 else max(0.0, (extra - bound) / extra))
     proven = gap is not None and gap <= opt.gap
     if best is milp_sol:
@@ -195,6 +229,18 @@ def run(
     return Solution(
         name, status, best.program, sched, best.replay, time.perf_counter() - t0, gap, bound, msg, meta
     )
+
+
+def _milp_solution(p: Problem, name: str, res: milp.MilpResult, t0: float, meta: dict) -> Solution | None:
+    if res.schedule is None:
+        return None
+    sol = _check(p, name, lower(p, res.schedule), t0, res.status, schedule=res.schedule)
+    if sol.ok:
+        return sol
+    if res.status == "optimal":  # the solver's answer did not survive the replay: never build it
+        raise PoetcError(f"internal error: the {name} schedule failed the replay check: {sol.message}")
+    meta["rejected"] = sol.message  # a time-limited solver's point that is not a schedule
+    return None
 
 
 def _allowed(s: Schedule, remat: bool, paging: bool) -> bool:

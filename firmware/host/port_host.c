@@ -30,6 +30,8 @@ static size_t out_len;
 static FILE *pager_file;
 static uint8_t *pager_ram;
 static uint32_t pager_size;
+static long corrupt_write = -1; /* test-only fault injection: corrupt the data of this page-out (0-based) */
+static long data_writes;
 
 int poet_port_getc(void) {
     if (in_pos == in_len) {
@@ -83,9 +85,17 @@ poet_status poet_port_pager_write(uint32_t addr, const void *buf, uint32_t n) {
     if ((uint64_t)addr + n > pager_size) return POET_ERR_PAGER_IO;
     if (pager_ram) {
         memcpy(pager_ram + addr, buf, n);
-        return POET_OK;
+    } else if (fseek(pager_file, (long)addr, SEEK_SET) != 0 || fwrite(buf, 1, n, pager_file) != n) {
+        return POET_ERR_PAGER_IO;
     }
-    if (fseek(pager_file, (long)addr, SEEK_SET) != 0 || fwrite(buf, 1, n, pager_file) != n) return POET_ERR_PAGER_IO;
+    if (n > 4 && data_writes++ == corrupt_write) { /* flip a byte of the stored copy, as a bad card would */
+        uint8_t bad = (uint8_t)(((const uint8_t *)buf)[n / 2] ^ 0x5A);
+        if (pager_ram) {
+            pager_ram[addr + n / 2] = bad;
+        } else if (fseek(pager_file, (long)(addr + n / 2), SEEK_SET) != 0 || fwrite(&bad, 1, 1, pager_file) != 1) {
+            return POET_ERR_PAGER_IO;
+        }
+    }
     return POET_OK;
 }
 
@@ -142,7 +152,8 @@ static void usage(const char *argv0) {
             "usage: %s (--listen PORT | --stdio) [--pager FILE | --pager-ram] [--pager-bytes N]\n"
             "  --listen PORT   serve one TCP client on 127.0.0.1:PORT (0 picks a free port; printed)\n"
             "  --stdio         speak the protocol on stdin/stdout (e.g. a pty)\n"
-            "  --pager FILE    page to FILE (created); default: RAM\n",
+            "  --pager FILE    page to FILE (created); default: RAM\n"
+            "  --corrupt-page-write N   test only: corrupt the stored data of the N-th page-out (0-based)\n",
             argv0);
 }
 
@@ -160,6 +171,8 @@ int main(int argc, char **argv) {
             pager_path = argv[++i];
         } else if (!strcmp(argv[i], "--pager-ram")) {
             pager_path = NULL;
+        } else if (!strcmp(argv[i], "--corrupt-page-write") && i + 1 < argc) {
+            corrupt_write = atol(argv[++i]);
         } else if (!strcmp(argv[i], "--pager-bytes") && i + 1 < argc) {
             pager_bytes = atoll(argv[++i]);
         } else {

@@ -1,0 +1,176 @@
+"""Training under RAM budgets on the host program: recomputation and paging really run, and change nothing.
+
+A host board with the nRF52840's cost constants (so that recomputing and paging are both worth it) runs a
+six-layer MLP exported from PyTorch at four budgets from the smallest feasible to the store-all peak. The
+gradients and updated weights of every run must equal the store-all run's (relative error <= 1e-6) and
+PyTorch's (<= 1e-4), the tighter budgets must really recompute and page, and the arena must fit.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tests.conftest import export_torch, poetc
+
+from poetc import boards, builddir, frontend, harness, pipeline, reference, strategies, target
+
+torch = pytest.importorskip("torch")
+
+WIDTHS = [48, 64, 64, 64, 64, 64, 10]
+BATCH = 32
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("budgets")
+    torch.manual_seed(11)
+    layers = [torch.nn.Flatten()]
+    for i, (a, b) in enumerate(itertools.pairwise(WIDTHS)):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(WIDTHS) - 2:
+            layers.append(torch.nn.ReLU())
+    net = torch.nn.Sequential(*layers)
+    onnx_path = export_torch(net, torch.randn(BATCH, WIDTHS[0]), d / "deep.onnx")
+    # a host board costed like the nRF52840 (so both recomputation and paging pay off somewhere)
+    host, sources = (boards.boards_dir() / "host.toml").read_text().split("[sources]")
+    m4 = boards.load("nrf52840")
+    for f in (
+        "flop_per_s",
+        "flop_per_j",
+        "page_in_latency_s",
+        "page_in_bytes_per_s",
+        "page_out_latency_s",
+        "page_out_bytes_per_s",
+        "memory_power_w",
+    ):
+        host = "\n".join(
+            f"{f} = {getattr(m4, f)!r}" if ln.startswith(f"{f} =") else ln for ln in host.splitlines()
+        )
+    host = host.replace('name = "host"', 'name = "hostm4"') + "\n[sources]" + sources
+    board_file = d / "hostm4.toml"
+    board_file.write_text(host + "\n")
+    rng = np.random.default_rng(5)
+    np.savez(
+        d / "data.npz",
+        x=rng.standard_normal((96, WIDTHS[0])).astype(np.float32),
+        y=rng.integers(0, WIDTHS[-1], 96),
+    )
+    board = boards.load(str(board_file))
+    pl = pipeline.plan(frontend.load(onnx_path), board)
+    opt = strategies.SolveOptions(time_limit_s=30)
+    lo, _ = strategies.smallest_budget(pl.problem, "poet", opt)
+    from poetc import schedule, simulate
+
+    peak = simulate.replay(pl.problem, schedule.lower(pl.problem, schedule.store_all(pl.problem))).peak_bytes
+    fixed = pl.fixed.fixed
+    budgets = [fixed + lo + k * (peak - lo) // 3 for k in range(4)]
+    return d, net, onnx_path, board_file, budgets
+
+
+def _build_and_train(d: Path, onnx_path: Path, board_file: Path, ram: int, tag: str, strategy: str = "poet"):
+    out = d / f"b-{tag}"
+    poetc(
+        "build",
+        str(onnx_path),
+        "--board",
+        str(board_file),
+        "--out",
+        str(out),
+        "--ram",
+        str(ram),
+        "--strategy",
+        strategy,
+        "--time-limit",
+        "30",
+    )
+    dump = d / f"run-{tag}.npz"
+    poetc(
+        "train",
+        str(out),
+        "--steps",
+        "2",
+        "--lr",
+        "0.1",
+        "--data",
+        str(d / "data.npz"),
+        "--dump",
+        str(dump),
+        "--eval-every",
+        "0",
+    )
+    return out, json.loads((out / "schedule.json").read_text()), np.load(dump)
+
+
+@pytest.mark.slow
+def test_four_budgets_equal_store_all_and_pytorch(setup):
+    d, net, onnx_path, board_file, budgets = setup
+    _, s_ref, ref = _build_and_train(d, onnx_path, board_file, budgets[-1], "store", "store-all")
+    assert s_ref["recomputes"] == 0 and s_ref["page_outs"] == 0
+    recomputed = paged = False
+    for k, ram in enumerate(budgets):
+        out, sj, run = _build_and_train(d, onnx_path, board_file, ram, f"poet{k}")
+        assert (
+            sj["arena_bytes"] + (sj["peak_ram_bytes"] - sj["arena_bytes"]) <= ram
+            or sj["peak_ram_bytes"] <= ram
+        )
+        assert json.loads((out / "poetc.json").read_text())["memory"]["total"] <= ram
+        recomputed |= sj["recomputes"] > 0
+        paged |= sj["page_outs"] > 0 and sj["page_ins"] > 0
+        np.testing.assert_array_equal(run["x"], ref["x"])
+        np.testing.assert_allclose(run["loss"], ref["loss"], rtol=1e-6)
+        for key in ref.files:
+            if key.startswith(("grad/", "final/")):
+                assert reference.max_rel_error(run[key], ref[key]) <= 1e-6, (ram, key)
+    assert recomputed and paged, "the tight budgets neither recomputed nor paged"
+    # and all of them agree with PyTorch (first step's gradients)
+    tref = copy.deepcopy(net).double()
+    with torch.no_grad():
+        for name, p in tref.named_parameters():
+            p.copy_(torch.from_numpy(ref[f"param/{name}"].astype(np.float64)))
+    torch.nn.functional.cross_entropy(
+        tref(torch.from_numpy(ref["x"].astype(np.float64))), torch.from_numpy(ref["y"])
+    ).backward()
+    for name, p in tref.named_parameters():
+        assert reference.max_rel_error(ref[f"grad/{name}"], p.grad.numpy()) <= 1e-4
+
+
+@pytest.mark.slow
+def test_corrupt_page_is_an_error_not_a_wrong_gradient(setup):
+    d, _net, onnx_path, board_file, budgets = setup
+    out = d / "b-corrupt"
+    poetc(
+        "build",
+        str(onnx_path),
+        "--board",
+        str(board_file),
+        "--out",
+        str(out),
+        "--ram",
+        str(budgets[0]),
+        "--time-limit",
+        "30",
+    )
+    sj = json.loads((out / "schedule.json").read_text())
+    assert sj["page_outs"] > 0
+    b = builddir.open_build(out)
+    tgt = target.HostTarget(boards.load(str(board_file)))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(b.input_shape).astype(np.float32)
+    y = rng.integers(0, WIDTHS[-1], BATCH)
+    for pager in ("file", "ram"):
+        with tgt.launch(out, pager=pager, extra_args=["--corrupt-page-write", "0"]) as s:
+            dev = harness.Device(b, s)
+            dev.set_batch(x, y)
+            with pytest.raises(Exception, match="checksum"):
+                dev.step(0.1)
+        # the same build without the fault trains fine with this backend
+        with tgt.launch(out, pager=pager) as s:
+            dev = harness.Device(b, s)
+            dev.set_batch(x, y)
+            out_ok = dev.step(0.1)
+            assert np.isfinite(out_ok.loss) and out_ok.reply.page_ins > 0

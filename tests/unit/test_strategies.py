@@ -1,0 +1,121 @@
+"""Every strategy's schedule is replayed; POET is never above a baseline; the switches really switch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from poetc import autodiff, boards, cost, frontend, poetgraphs, problem, schedule, simulate, strategies
+from poetc.schedule import Op
+
+OPT = strategies.SolveOptions(time_limit_s=60)
+
+
+@pytest.fixture(scope="module")
+def mlp() -> problem.Problem:
+    tg = autodiff.build_training_graph(frontend.load("mlp", batch=8))
+    cm = cost.build(tg, boards.load("nrf52840"))
+    p = problem.from_training(tg, cm, 10**9)
+    peak = simulate.replay(p, schedule.lower(p, schedule.store_all(p))).peak_bytes
+    return p.with_budget(peak)
+
+
+def _budgets(p: problem.Problem) -> list[int]:
+    lo, peak = p.min_budget(), p.budget
+    return [lo, lo + (peak - lo) // 3, lo + 2 * (peak - lo) // 3, peak]
+
+
+@pytest.mark.slow
+def test_sweep_poet_is_never_above_a_baseline_and_every_output_replays(tmp_path):
+    from poetc import pipeline, plots, sweep
+
+    board = boards.load("nrf52840")
+    pl = pipeline.plan(frontend.load("mlp", batch=8), board)
+    res = sweep.run(pl, list(strategies.NAMES), strategies.SolveOptions(time_limit_s=30), points=4, jobs=2)
+    assert len(res.budgets) == 4
+    assert res.budgets[0] == res.smallest[0]  # from the smallest feasible budget ...
+    store = [r for r in res.rows if r["strategy"] == "store-all" and r["feasible"]]
+    assert store and max(r["ram_budget_bytes"] for r in store) == res.budgets[-1]  # ... to the store-all peak
+    assert sweep.poet_not_best(res) == []
+    poet = [r for r in res.rows if r["strategy"] == "poet"]
+    assert all(r["feasible"] for r in poet)
+    assert any(r["recomputes"] and r["page_outs"] for r in poet), "no budget made POET recompute and page"
+    for r in res.rows:
+        if r["feasible"]:
+            assert r["peak_ram_bytes"] <= r["ram_budget_bytes"]
+    png = plots.energy_vs_budget(res, tmp_path / "e.png")
+    assert png.stat().st_size > 10_000
+
+
+def test_switches_really_switch(mlp):
+    q = mlp.with_budget(_budgets(mlp)[1])
+    no_remat = strategies.run("poet", q, strategies.SolveOptions(time_limit_s=60, remat=False))
+    no_page = strategies.run("poet", q, strategies.SolveOptions(time_limit_s=60, paging=False))
+    assert no_remat.ok and no_remat.replay.recomputes == 0 and no_remat.replay.page_outs > 0
+    assert no_page.ok and no_page.replay.page_outs == 0 and no_page.replay.recomputes > 0
+    assert strategies.run("remat-only", q, OPT).replay.page_ins == 0
+    assert strategies.run("paging-only", q, OPT).replay.recomputes == 0
+
+
+def test_infeasible_budget_names_the_smallest(mlp):
+    lo = mlp.min_budget()
+    q = mlp.with_budget(lo - 1)
+    s = strategies.run("poet", q, OPT)
+    assert not s.ok and s.status == "infeasible"
+    b, how = strategies.smallest_budget(q, "poet", OPT)
+    assert b >= lo and how
+    assert strategies.run("poet", q.with_budget(b), OPT).ok
+
+
+def test_time_limit_without_solution_is_reported():
+    p = poetgraphs.build("vgg16_cifar", boards.load("nrf52840"))
+    s = strategies.run("poet", p, strategies.SolveOptions(time_limit_s=0.01, warm_start=False))
+    assert not s.ok and s.status == "no_solution" and "time limit" in s.message
+    # with the heuristics as incumbents a schedule is still returned, marked as not proven
+    s = strategies.run("poet", p, strategies.SolveOptions(time_limit_s=0.01))
+    assert s.ok and s.status == "feasible" and ("not proven" in s.message or "no bound" in s.message)
+
+
+def test_poet2022_formulation_is_an_ablation_that_still_replays(mlp):
+    q = mlp.with_budget(_budgets(mlp)[2])
+    s = strategies.run(
+        "poet", q, strategies.SolveOptions(time_limit_s=60, formulation="poet2022", warm_start=False)
+    )
+    assert s.ok and s.meta["formulation"] == "poet2022"
+    ours = strategies.run("poet", q, strategies.SolveOptions(time_limit_s=60, warm_start=False))
+    assert ours.replay.energy_j <= s.replay.energy_j * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("name, T", [("linear", 27), ("vgg16_cifar", 81), ("resnet18_cifar", 133)])
+def test_poet_shaped_graphs(name, T):
+    p = poetgraphs.build(name, boards.load("nrf52840"))
+    assert p.T == T
+    peak = simulate.replay(p.with_budget(10**12), schedule.lower(p, schedule.store_all(p))).peak_bytes
+    assert p.budget == int(0.6 * peak)
+    assert p.deadline_s == pytest.approx(1.5 * p.floor_s)
+
+
+def test_heuristics_respect_in_place_updates(mlp):
+    q = mlp.with_budget(_budgets(mlp)[0])
+    for n in ("greedy", "chen-sqrt"):
+        s = strategies.run(n, q)
+        if s.ok:
+            upd = {u for u, _ in q.updates}
+            runs = [i.node for i in s.program.instrs if i.op in (Op.RUN, Op.RECOMPUTE)]
+            assert all(runs.count(u) == 1 for u in upd)
+
+
+def test_tie_break_prefers_less_ram(mlp):
+    s = strategies.run("poet", mlp, OPT)
+    store = simulate.replay(mlp, schedule.lower(mlp, schedule.store_all(mlp)))
+    assert s.replay.energy_j == pytest.approx(store.energy_j)
+    assert s.replay.peak_bytes <= store.peak_bytes
+
+
+def test_from_program_round_trip(mlp):
+    q = mlp.with_budget(_budgets(mlp)[1])
+    s = strategies.run("greedy", q)
+    sched = schedule.from_program(q, s.program, "greedy")
+    assert sched.R.sum() == s.replay.runs + s.replay.recomputes
+    assert sched.M_out.sum() == s.replay.page_outs and sched.M_in.sum() == s.replay.page_ins
+    assert np.all(sched.R.diagonal())

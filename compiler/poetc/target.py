@@ -13,6 +13,7 @@ that ``poetc flash`` uploads; the harness then talks to the board's serial port)
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shutil
 import signal
@@ -224,6 +225,10 @@ class HostTarget(Target):
     def binary(self, build_dir: Path) -> Path:
         return build_dir / "build" / "poet_host"
 
+    def exec_prefix(self) -> list[str]:
+        """What runs the binary (nothing: it is native; an emulator for a foreign architecture)."""
+        return []
+
     def launch(
         self,
         build_dir: Path,
@@ -236,7 +241,7 @@ class HostTarget(Target):
         if not exe.exists():
             raise PoetcError(f"{build_dir}: no host binary at {exe}; run poetc build again")
         tmp = tempfile.mkdtemp(prefix="poetc-pager-")
-        args = [str(exe), "--listen", "0"]
+        args = [*self.exec_prefix(), str(exe), "--listen", "0"]
         args += ["--pager", os.path.join(tmp, "pager.bin")] if pager == "file" else ["--pager-ram"]
         args += extra_args or []
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -592,6 +597,74 @@ class BoardTarget(ArmTarget):
         return Session(None, dev, None, timeout_s, baudrate=SERIAL_BAUD)
 
 
+# ---- 64-bit Linux boards (Raspberry Pi 4, Jetson TX2) ---------------------------------------------------------
+LINUX_CPUS: dict[str, str] = {
+    "cortex-a72": "cortex-a72",
+    "cortex-a57": "cortex-a57",
+}  # board.core -> -mcpu / -cpu
+LINUX_CC = "aarch64-linux-gnu-gcc"
+
+
+class LinuxTarget(HostTarget):
+    """A 64-bit Arm Linux board: the host port, cross-compiled statically with Debian's aarch64-linux-gnu-gcc.
+    It runs natively on an aarch64 machine and under ``qemu-aarch64`` (user mode) elsewhere: QEMU's user-mode
+    networking is the host's, so the binary listens on a loopback port and the harness connects as it does to
+    the host program. Ticks are CLOCK_MONOTONIC nanoseconds: under qemu-aarch64 they time the emulation on this
+    machine, not the board (``emulated``)."""
+
+    makefile_template = "Makefile.linux.j2"
+
+    def __init__(self, board: Board) -> None:
+        super().__init__(board)
+        if board.core not in LINUX_CPUS:
+            raise PoetcError(
+                f"board {board.name}: unknown 64-bit core {board.core!r} ({', '.join(LINUX_CPUS)})"
+            )
+        self.cpu = LINUX_CPUS[board.core]
+
+    def binary(self, build_dir: Path) -> Path:
+        return build_dir / "build" / "poet_linux"
+
+    @property
+    def native(self) -> bool:
+        return platform.machine().lower() in ("aarch64", "arm64")
+
+    @property
+    def emulated(self) -> bool:
+        return not self.native
+
+    def template_vars(self, storage_bytes: int) -> dict[str, Any]:
+        return {
+            "cc": "gcc" if self.native and not shutil.which(LINUX_CC) else LINUX_CC,
+            "cpu_flags": f"-mcpu={self.cpu}",
+        }
+
+    def build(self, build_dir: Path, say: Callable[[str], None] | None = None, san: bool = False) -> Path:
+        if san:
+            raise PoetcError("sanitizer builds are for the host port only")
+        if not self.native and shutil.which(LINUX_CC) is None:
+            raise PoetcError(
+                f"{LINUX_CC} is not installed: 64-bit Arm Linux builds need Debian's gcc-aarch64-linux-gnu "
+                "(scripts/setup.sh installs it)"
+            )
+        run_make(build_dir, [], say)
+        exe = self.binary(build_dir)
+        if say:
+            say(f"image: {exe.name}, {nbytes(exe.stat().st_size)} (static, aarch64, -mcpu={self.cpu})")
+        return exe
+
+    def exec_prefix(self) -> list[str]:
+        if self.native:
+            return []
+        qemu = shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
+        if qemu is None:
+            raise PoetcError(
+                "qemu-aarch64 is not installed: on this machine the aarch64 build runs under QEMU user mode "
+                "(Debian: apt-get install qemu-user; scripts/setup.sh does it)"
+            )
+        return [qemu, "-cpu", self.cpu]
+
+
 def platformio_core_dir() -> Path:
     return Path(os.environ.get("PLATFORMIO_CORE_DIR") or Path.home() / ".platformio")
 
@@ -628,6 +701,8 @@ def flash(board: Board, build_dir: Path, port: str | None = None, env: str | Non
 
 
 def for_board(board: Board) -> Target:
+    if board.core in LINUX_CPUS:
+        return LinuxTarget(board)
     if board.port == "host":
         return HostTarget(board)
     if board.core.startswith("cortex-m"):

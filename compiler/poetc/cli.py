@@ -165,6 +165,16 @@ _FIG_HEADERS = [
 ]
 
 
+def _profile_kw(a: argparse.Namespace, model: frontend.Model, board: boards.Board) -> dict:
+    """--profile FILE: measured seconds per node in place of the FLOP model (checked against model and board)."""
+    if not a.profile:
+        return {}
+    from . import profile
+
+    prof = profile.for_build(a.profile, model, board, _say)
+    return {"profile": prof.node_seconds(), "profile_source": a.profile}
+
+
 def cmd_build(a: argparse.Namespace) -> int:
     board = _load_board(a.board)
     ram = pipeline.parse_bytes(a.ram) if a.ram else None
@@ -177,9 +187,13 @@ def cmd_build(a: argparse.Namespace) -> int:
     model = _load_model(a)
     with _Ticker("scheduling"):
         c = pipeline.compile_model(
-            model, board, ram, a.strategy, _command_line(), progress=_say, opts=opts, deadline=a.deadline
-        )
+            model, board, ram, a.strategy, _command_line(), progress=_say, opts=opts, deadline=a.deadline,
+            **_profile_kw(a, model, board),
+        )  # fmt: skip
     builddir.write(c, out, _command_line(), tgt, say=_say, compile_=not a.no_compile)
+    from . import report
+
+    report.record_build(c, out, a.profile)  # program.json (and profile.json) for poetc report
     s = builddir.schedule_summary(c)
     print(table(["memory", "bytes"], [[k, v] for k, v in c.memory.rows()], "lr"))
     print(table(_FIG_HEADERS, _figure_rows([s])))
@@ -212,7 +226,7 @@ def cmd_solve(a: argparse.Namespace) -> int:
         if not quiet:
             print(f"poetc solve {a.model} for {board.name}", flush=True)
         model = _load_model(a)
-        pl = pipeline.plan(model, board, ram, a.deadline, _say)
+        pl = pipeline.plan(model, board, ram, a.deadline, _say, **_profile_kw(a, model, board))
         names = list(strategies.NAMES) if a.compare else [a.strategy]
         figs = []
         with _Ticker("solving"):
@@ -318,8 +332,15 @@ def cmd_train(a: argparse.Namespace) -> int:
         cells = [str(s), f"{loss:.4f}", f"{acc:.3f}" if acc is not None else "", f"{ms:.3f}"]
         print("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)), flush=True)
 
-    log, final = harness.train(b, tgt, ds, a.steps, a.lr, a.seed, eval_every, dump, on_step)
+    meter = None
+    if a.meter:
+        from . import meter as meter_mod
+
+        meter = meter_mod.parse(a.meter)
+        print(f"metering with the {meter.name}", flush=True)
+    log, final = harness.train(b, tgt, ds, a.steps, a.lr, a.seed, eval_every, dump, on_step, meter=meter)
     harness.write_npz(b.add_file("trained.npz"), final)
+    harness.write_train_record(b, harness.train_record(b, tgt, log, a.lr, a.seed))
     if log.loss:
         first, last = log.loss[0], float(np.mean(log.loss[-max(1, len(log.loss) // 10) :]))
         mean_ms = log.mean_step_s * 1e3  # on the board's clock (QEMU: instructions x CPI / clock)
@@ -333,9 +354,50 @@ def cmd_train(a: argparse.Namespace) -> int:
             f"{log.paging[3]} page-outs ({nbytes(log.paging[1])})"
         )
         print(harness.energy_report(b, tgt, log))
+        if log.metered is not None:
+            print(harness.metered_report(b, tgt, log))
         if a.profile_nodes:
             print(harness.node_profile(b, tgt, log))
     print(f"trained weights: {b.trained_path()}" + (f"; dump: {dump}" if dump else ""))
+    return 0
+
+
+# ---- profile / report -------------------------------------------------------------------------------------
+def cmd_profile(a: argparse.Namespace) -> int:
+    from . import profile
+
+    board = _load_board(a.board)
+    if a.time_limit <= 0:
+        raise PoetcError(f"--time-limit must be positive, got {a.time_limit}")
+    print(f"poetc profile {a.model} on {board.name}", flush=True)
+    model = _load_model(a)
+    prof = profile.measure(
+        model,
+        board,
+        steps=a.steps,
+        strategy=a.strategy,
+        opts=strategies.SolveOptions(time_limit_s=a.time_limit),
+        say=_say,
+        keep=Path(a.keep_build) if a.keep_build else None,
+        command=_command_line(),
+        port=a.port,
+    )
+    out = Path(a.out)
+    profile.save(prof, out)
+    print(profile.table_text(prof))
+    print(f"wrote {out}; use it with poetc build/solve ... --profile {out}")
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from . import report
+
+    b = builddir.open_build(Path(a.dir))
+    out = Path(a.out) if a.out else b.dir / "report.html"
+    path, notes = report.write(b, out, profile_path=a.profile)
+    for n in notes:
+        print(f"note: {n}")
+    print(f"wrote {path}")
     return 0
 
 
@@ -439,6 +501,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--ram", help="RAM budget, e.g. 64K (default: the board's RAM)")
     _schedule_args(s)
     s.add_argument("--no-compile", action="store_true", help="generate sources only")
+    s.add_argument("--profile", help="measured node times (poetc profile) instead of the FLOP model")
     s.set_defaults(func=cmd_build)
 
     s = sub.add_parser("solve", help="schedule a model under a RAM budget and print the figures")
@@ -448,6 +511,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--compare", action="store_true", help="one row per strategy")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--plot", metavar="DIR", help="write schedule and RAM plots (PNG) to DIR")
+    s.add_argument("--profile", help="measured node times (poetc profile) instead of the FLOP model")
     s.set_defaults(func=cmd_solve)
 
     s = sub.add_parser("sweep", help="energy versus RAM budget for POET and every baseline (table + plot)")
@@ -473,7 +537,24 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--profile-nodes", action="store_true", help="print each node's ticks (instructions in QEMU)"
     )
+    s.add_argument("--meter", metavar="ppk2:PORT", help="meter each step's energy with a PPK2 (see docs)")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("profile", help="time every node of a training step on the board; write a profile")
+    _model_args(s)
+    s.add_argument("--out", default="profile.json", help="the profile (JSON) to write")
+    s.add_argument("--steps", type=int, help="training steps measured (default: 2 in QEMU, 7 elsewhere)")
+    s.add_argument("--strategy", help="the profiling build's schedule (default: store-all if it fits)")
+    s.add_argument("--time-limit", type=float, default=60.0, help="seconds for a poet solve (default 60)")
+    s.add_argument("--keep-build", metavar="DIR", help="keep the profiling build in DIR")
+    s.add_argument("--port", help="a real board's serial device (it is flashed with the profiling build)")
+    s.set_defaults(func=cmd_profile)
+
+    s = sub.add_parser("report", help="an HTML report of a build: schedule, RAM, energy, profile, loss")
+    s.add_argument("dir")
+    s.add_argument("--out", help="the HTML file (default: DIR/report.html)")
+    s.add_argument("--profile", help="a profile to compare per node (default: the training run's node ticks)")
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("flash", help="build and upload a real board's firmware with PlatformIO")
     s.add_argument("dir")

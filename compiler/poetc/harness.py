@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import autodiff, frontend, reference
+from . import meter as meter_mod
 from .boards import Board
 from .builddir import BuildInfo
 from .data import Dataset, q8_params
@@ -56,6 +57,7 @@ class Device:
         self.pids = build.param_ids()
         self.names = {t["id"]: t["name"] for t in build.doc["tensors"]}
         self.shapes = {t["name"]: tuple(t["shape"]) for t in build.doc["tensors"]}
+        self.runs: list[meter_mod.RunMark] = []  # every RUN, with the host's clock around it (--meter)
 
     @property
     def tick_hz(self) -> int:
@@ -96,7 +98,9 @@ class Device:
                 raise TargetError(f"target: gradient chunk for tensor {tid} at {off}, expected {len(buf)}")
             buf += data
 
+        t0 = time.monotonic()
         r = self.link.run(PROG_TRAIN, lr, capture, on_grad)
+        self.runs.append(meter_mod.RunMark(PROG_TRAIN, t0, time.monotonic()))
         if r.status != 0:
             raise StatusError(f"training step (instruction {r.pc})", r.status)
         out = StepOut(r.loss, r.ticks, r, self.to_seconds(r.ticks, self.tick_hz))
@@ -107,7 +111,9 @@ class Device:
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         self.set_batch(x, None)
+        t0 = time.monotonic()
         r = self.link.run(PROG_INFER, 0.0)
+        self.runs.append(meter_mod.RunMark(PROG_INFER, t0, time.monotonic()))
         if r.status != 0:
             raise StatusError(f"inference (instruction {r.pc})", r.status)
         return self.read_f32(self.build.doc["model"]["logits"])
@@ -164,6 +170,7 @@ class TrainLog:
         default_factory=list
     )  # steps that streamed gradients (their ticks include it)
     last_reply: RunReply | None = None
+    metered: meter_mod.Metered | None = None  # the power meter's view of the steps (--meter)
 
     @property
     def timed_ticks(self) -> list[int]:
@@ -188,8 +195,32 @@ def train(
     dump: Path | None = None,
     on_step: Callable[[int, float, float | None, StepOut], None] | None = None,
     timeout_s: float = 120.0,
+    meter: meter_mod.Ppk2Meter | None = None,
 ) -> tuple[TrainLog, dict[str, np.ndarray]]:
-    """Train on the target; returns the log and the trained parameters (also written by the caller)."""
+    """Train on the target; returns the log and the trained parameters (also written by the caller). With a
+    ``meter``, the board's current is sampled from the first step to the last and every step's energy metered."""
+    if meter is not None:
+        meter.open()  # as a source meter this powers the board: before the harness connects
+        try:
+            return _train(build, target, ds, steps, lr, seed, eval_every, dump, on_step, timeout_s, meter)
+        finally:
+            meter.close()
+    return _train(build, target, ds, steps, lr, seed, eval_every, dump, on_step, timeout_s, None)
+
+
+def _train(
+    build: BuildInfo,
+    target: Target,
+    ds: Dataset,
+    steps: int,
+    lr: float,
+    seed: int,
+    eval_every: int,
+    dump: Path | None,
+    on_step: Callable[[int, float, float | None, StepOut], None] | None,
+    timeout_s: float,
+    meter: meter_mod.Ppk2Meter | None,
+) -> tuple[TrainLog, dict[str, np.ndarray]]:
     batch = build.batch
     log = TrainLog()
     it = batches(ds, batch, seed)
@@ -202,6 +233,9 @@ def train(
         if dump is not None:
             dumpd.update({f"param/{k}": v for k, v in dev.params().items()})
             dumpd.update({f"state/{k}": v for k, v in dev.state().items()})
+        if meter is not None:
+            meter.start()
+            dev.runs.clear()
         for s in range(1, steps + 1):
             x, y = next(it)
             dev.set_batch(x, y, ds.q8)
@@ -229,6 +263,8 @@ def train(
                 log.evals.append((s, acc))
             if on_step:
                 on_step(s, out.loss, acc, out)
+        if meter is not None:
+            log.metered = meter_mod.attribute(meter.stop(), dev.runs, meter.bit)
         final = {**dev.params(), **dev.state()}  # trained weights and running statistics
     log.wall_s = time.perf_counter() - t0
     if dump is not None:
@@ -414,3 +450,83 @@ def node_profile(build: BuildInfo, target: Target, log: TrainLog) -> str:
     unit = "instructions" if qemu else "ticks"
     per = "instr/FLOP" if qemu else "ticks/FLOP"
     return table(["node", "name", "op", unit, per, "time", "share"], rows, "rllrrrr")
+
+
+# ---- the training record (train.json) and the meter's report ------------------------------------------------------
+TRAIN_RECORD = "train.json"
+
+
+def train_record(build: BuildInfo, target: Target, log: TrainLog, lr: float, seed: int = 0) -> dict:
+    """What ``poetc report`` shows of a training run: the loss curve, each step's ticks and board seconds, the
+    last step's ticks per node, the paging counts, the energy per step (counted: ticks x active power, paging x the
+    board's constants; and metered, with --meter)."""
+    board = target.board
+    ticks = int(np.mean(log.timed_ticks)) if log.step_ticks else 0
+    in_b, out_b, ins, outs = log.paging
+    e = step_energy(board, target, ticks, log.tick_hz, log.paging)
+    pin_s = ins * board.page_in_latency_s + in_b / board.page_in_bytes_per_s
+    pout_s = outs * board.page_out_latency_s + out_b / board.page_out_bytes_per_s
+    unit = "instructions" if isinstance(target, QemuTarget) else "ticks"
+    return {
+        "board": board.name,
+        "hash": build.doc["hash"],
+        "steps": len(log.steps),
+        "lr": lr,
+        "seed": seed,
+        "batch": build.batch,
+        "tick_hz": log.tick_hz,
+        "tick_unit": unit,
+        "seconds_per_tick": target.seconds(10**9, log.tick_hz) / 1e9,
+        "loss": log.loss,
+        "evals": [list(ev) for ev in log.evals],
+        "step_ticks": log.step_ticks,
+        "step_seconds": log.step_seconds,
+        "captured_steps": log.captured,
+        "node_ticks": log.node_ticks,
+        "node_seconds": [target.seconds(t, log.tick_hz) for t in log.node_ticks],
+        "paging": {"page_in_bytes": in_b, "page_out_bytes": out_b, "page_ins": ins, "page_outs": outs},
+        "energy_per_step": {
+            "ticks": ticks,
+            "compute_s": e.compute_s,
+            "compute_j": e.compute_j,
+            "page_in_s": pin_s,
+            "page_in_j": pin_s * board.memory_power_w,
+            "page_out_s": pout_s,
+            "page_out_j": pout_s * board.memory_power_w,
+            "total_j": e.total_j,
+        },
+        "metered": log.metered.to_json() if log.metered is not None else None,
+        "wall_s": log.wall_s,
+    }
+
+
+def write_train_record(build: BuildInfo, record: dict) -> Path:
+    path = build.add_file(TRAIN_RECORD)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise PoetcError(f"{path}: cannot write: {e.strerror}") from None
+    return path
+
+
+def metered_report(build: BuildInfo, target: Target, log: TrainLog) -> str:
+    """The metered energy per step beside the counted one (--meter)."""
+    m = log.metered
+    if m is None:
+        return ""
+    skip = set(log.captured)
+    steps_j = [j for s, j in zip(log.steps, m.train_j, strict=False) if s not in skip] or m.train_j
+    if not steps_j:
+        return f"metered: no training step in the trace ({m.note})"
+    mean_j = float(np.mean(steps_j))
+    ticks = int(np.mean(log.timed_ticks))
+    counted = step_energy(target.board, target, ticks, log.tick_hz, log.paging).total_j
+    return (
+        f"metered: {joules(mean_j)} per step (min {joules(min(steps_j))}, max {joules(max(steps_j))}, "
+        f"{len(steps_j)} steps) at {m.voltage_v:g} V; counted {joules(counted)} "
+        + (f"(metered / counted {mean_j / counted:.3g}); " if counted > 0 else "; ")
+        + f"idle {m.idle_a * 1e3:.3f} mA; {m.how}: {m.note}"
+    )

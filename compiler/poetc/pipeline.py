@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from . import autodiff, cost, memplan, problem, schedule, simulate, strategies
@@ -155,14 +155,24 @@ def plan(
     ram: int | None = None,
     deadline: str | None = None,
     say: Callable[[str], None] | None = None,
+    profile: Mapping[str, float] | None = None,
+    profile_source: str = "",
 ) -> Planned:
+    """``profile``: measured seconds per node name (``poetc profile``) replacing the FLOP estimates."""
     say = say or (lambda s: None)
     budget = ram if ram is not None else board.ram_bytes
     if budget > board.ram_bytes:
         raise PoetcError(f"--ram {budget} exceeds the RAM of board {board.name} ({board.ram_bytes} bytes)")
     tg = autodiff.build_training_graph(model)
     say(f"training graph: {len(tg.graph.nodes)} nodes ({tg.n_forward} forward), {len(tg.params)} parameters")
-    cm = cost.build(tg, board)
+    if profile is not None:
+        missing = [n.name for n in tg.graph.nodes if n.name not in profile]
+        if missing:
+            raise PoetcError(
+                f"profile {profile_source}: no measurement for node {missing[0]!r} ({len(missing)} of "
+                f"{len(tg.graph.nodes)} nodes missing); profile this model and batch size again"
+            )
+    cm = cost.build(tg, board, profile, profile_source)
     fixed = fixed_memory(tg, board, budget)
     if fixed.arena_budget <= 0:
         raise PoetcError(
@@ -201,9 +211,11 @@ def compile_model(
     progress: Callable[[str], None] | None = None,
     opts: SolveOptions = SolveOptions(),
     deadline: str | None = None,
+    profile: Mapping[str, float] | None = None,
+    profile_source: str = "",
 ) -> Compiled:
     say = progress or (lambda s: None)
-    pl = plan(model, board, ram, deadline, say)
+    pl = plan(model, board, ram, deadline, say, profile, profile_source)
     tg, cm, fixed, p = pl.tg, pl.cost, pl.fixed, pl.problem
     t0 = time.perf_counter()
     infer = schedule.forward_program(tg, p)

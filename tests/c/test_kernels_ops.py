@@ -337,3 +337,32 @@ def test_strided_kernel_rejects_a_view_outside_its_input(lib):
     p.shape[0], p.stride[0] = 2, 1
     x, y = np.zeros(4, np.float32), np.zeros(2, np.float32)
     assert lib.poet_strided_f32(ctypes.byref(p), _ptr(x), _ptr(y)) == 1  # POET_ERR_SHAPE
+
+
+# ---- optimised kernels against their reference versions ------------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(
+    m=st.integers(1, 13),
+    k=st.integers(1, 21),
+    n=st.integers(1, 13),
+    trans=st.booleans(),
+    alpha=st.sampled_from([1.0, 0.5]),
+    bias=st.booleans(),
+)
+def test_blocked_linear_kernels_match_their_reference(lib, m, k, n, trans, alpha, bias):
+    """Sizes below, at and above the 4x4 tiles, so that full tiles and every edge are exercised."""
+    rng = np.random.default_rng(m * 1000 + k * 10 + n)
+    p = structs()["linear"](m=m, k=k, n=n, trans_w=int(trans), alpha=alpha, beta=-0.5)
+    x, dy = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((m, n)).astype(np.float32)
+    w = rng.standard_normal((n, k) if trans else (k, n)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32) if bias else None
+    for name, ins, shape in [
+        ("linear_fwd", (x, w, b), (m, n)),
+        ("linear_dx", (dy, w), (m, k)),
+        ("linear_dw", (dy, x), w.shape),
+    ]:
+        got, want = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
+        args = [_ptr(a) if a is not None else None for a in ins]
+        assert getattr(lib, f"poet_{name}_f32")(ctypes.byref(p), *args, _ptr(got)) == 0
+        assert getattr(lib, f"poet_{name}_ref_f32")(ctypes.byref(p), *args, _ptr(want)) == 0
+        assert max_rel_error(got, want) <= 1e-5, name

@@ -164,6 +164,13 @@ poet_status poet_linear_dx_f32(const poet_linear_params *p, const float *restric
 poet_status poet_linear_dw_f32(const poet_linear_params *p, const float *restrict dy, const float *restrict x,
                                float *restrict dw);
 poet_status poet_bias_grad_f32(const poet_linear_params *p, const float *restrict dy, float *restrict db);
+/* The reference versions the dispatched kernels above are tested against (plain loops). */
+poet_status poet_linear_fwd_ref_f32(const poet_linear_params *p, const float *restrict x, const float *restrict w,
+                                    const float *restrict b, float *restrict y);
+poet_status poet_linear_dx_ref_f32(const poet_linear_params *p, const float *restrict dy,
+                                   const float *restrict w, float *restrict dx);
+poet_status poet_linear_dw_ref_f32(const poet_linear_params *p, const float *restrict dy,
+                                   const float *restrict x, float *restrict dw);
 
 /* ---- eltwise.c ----------------------------------------------------------------------------------------- */
 poet_status poet_relu_fwd_f32(const poet_eltwise_params *p, const float *restrict x, float *restrict y);

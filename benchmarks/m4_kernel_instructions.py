@@ -1,0 +1,131 @@
+"""Executed instructions per multiply-accumulate of the linear and conv kernels on the Cortex-M4F (qemu-m4),
+counted exactly by QEMU (-icount: the firmware's per-node ticks are instructions, to SysTick's 40-instruction
+resolution), on layer shapes of the zoo.
+
+Each case is a small ONNX model built around one layer of a zoo model's shape, with a layer in front so that the
+input gradient is computed too, compiled for qemu-m4 (arm-none-eabi-gcc -O2, hard float), trained one step; the
+per-node instruction counts of the layer's forward, input-gradient and weight-gradient nodes are divided by the
+layer's MACs. Reference points on this core (GCC 12 -O2): a naive matmul loop about 6.2 instructions per MAC,
+CMSIS-DSP's arm_mat_mult_f32 about 5.0, a naive 3x3 conv forward about 17, a 4x4 register-blocked kernel 1.75.
+
+    python benchmarks/m4_kernel_instructions.py [--cases lenet.fc2,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from poetc import boards, builddir, frontend, harness, pipeline, target
+from poetc.fmt import table
+
+# name: (kind, batch, shape) -- linear: (m rows per sample, k, n); conv: (cin, cout, k, stride, pad, groups, h, w)
+CASES = {
+    "lenet.fc2": ("linear", 8, (1, 120, 84)),
+    "tiny-bert.attention.dense": ("linear", 1, (32, 64, 64)),
+    "lenet.conv2": ("conv", 2, (6, 16, 5, 1, 0, 1, 14, 14)),
+    "resnet8.layer2.conv2": ("conv", 1, (32, 32, 3, 1, 1, 1, 16, 16)),
+    "mobilenetv2.expand-1x1": ("conv", 1, (16, 96, 1, 1, 0, 1, 8, 8)),
+    "mobilenetv2.depthwise": ("conv", 1, (96, 96, 3, 1, 1, 96, 8, 8)),
+}
+
+
+def _model(kind: str, batch: int, shape: tuple[int, ...]) -> tuple[onnx.ModelProto, int]:
+    """The test model and the layer's multiply-accumulates."""
+    rng = np.random.default_rng(0)
+
+    def init(name, *s):
+        return numpy_helper.from_array(rng.uniform(-0.1, 0.1, s).astype(np.float32), name)
+
+    if kind == "linear":
+        m, k, n = shape
+        in_shape = [batch, m, k] if m > 1 else [batch, k]
+        nodes = [
+            helper.make_node("Mul", ["x", "s"], ["x2"]),  # a parameter in front: the layer's dx is needed
+            helper.make_node("MatMul", ["x2", "w"], ["y"]),
+            helper.make_node("ReduceMean", ["y"], ["p"], axes=[1], keepdims=0) if m > 1 else None,
+            helper.make_node("Gemm", ["p" if m > 1 else "y", "h"], ["out"], transB=1),
+        ]
+        inits = [init("s", k), init("w", k, n), init("h", 2, n)]
+        macs = batch * m * k * n
+    else:
+        cin, cout, kk, st, pad, g, h, w = shape
+        in_shape = [batch, cin, h, w]
+        nodes = [
+            helper.make_node("Mul", ["x", "s"], ["x2"]),
+            helper.make_node(
+                "Conv", ["x2", "w"], ["y"], kernel_shape=[kk, kk], strides=[st, st], pads=[pad] * 4, group=g
+            ),
+            helper.make_node("GlobalAveragePool", ["y"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["f"]),
+            helper.make_node("Gemm", ["f", "h"], ["out"], transB=1),
+        ]
+        inits = [init("s", cin, 1, 1), init("w", cout, cin // g, kk, kk), init("h", 2, cout)]
+        oh = (h + 2 * pad - kk) // st + 1
+        ow = (w + 2 * pad - kk) // st + 1
+        macs = batch * cout * oh * ow * (cin // g) * kk * kk
+    g_ = helper.make_graph(
+        [n for n in nodes if n is not None],
+        "bench",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [batch, 2])],
+        inits,
+    )
+    return helper.make_model(g_, opset_imports=[helper.make_opsetid("", 17)]), macs
+
+
+def measure(name: str, work: Path) -> dict[str, float]:
+    kind, batch, shape = CASES[name]
+    proto, macs = _model(kind, batch, shape)
+    model = frontend.from_onnx(proto, f"bench:{name}", batch)
+    board = boards.load("qemu-m4")
+    c = pipeline.compile_model(
+        model, board, strategy="store-all", command="benchmarks/m4_kernel_instructions.py"
+    )
+    out = work / name
+    tgt = target.for_board(board)
+    builddir.write(c, out, "benchmarks/m4_kernel_instructions.py", tgt)
+    b = builddir.open_build(out)
+    rng = np.random.default_rng(1)
+    with tgt.launch(out, timeout_s=300) as s:
+        dev = harness.Device(b, s)
+        dev.set_batch(rng.standard_normal(b.input_shape).astype(np.float32), rng.integers(0, 2, batch))
+        dev.step(0.01)
+        ticks = dev.node_ticks()
+    layer = "MatMul" if kind == "linear" else "Conv"
+    want = {"linear": "fwd", "linear_dx": "dx", "linear_dw": "dw", "conv2d": "fwd", "conv2d_dx": "dx"}
+    want["conv2d_dw"] = "dw"
+    res = {}
+    for i, n in enumerate(b.doc["nodes"]):
+        if n["name"].startswith(layer) and n["op"] in want:
+            res[want[n["op"]]] = ticks[i] / macs
+    res["macs"] = macs
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", default=",".join(CASES))
+    a = ap.parse_args()
+    if not (shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc")):
+        raise SystemExit("needs qemu-system-arm and arm-none-eabi-gcc")
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for name in a.cases.split(","):
+            r = measure(name, Path(d))
+            rows.append(
+                [name, CASES[name][0], f"{r['macs']:,}"]
+                + [f"{r.get(k, float('nan')):.2f}" for k in ("fwd", "dx", "dw")]
+            )
+            print(rows[-1], flush=True)
+    print(table(["layer", "kernel", "MACs", "fwd instr/MAC", "dx instr/MAC", "dw instr/MAC"], rows, "llrrrr"))
+
+
+if __name__ == "__main__":
+    main()

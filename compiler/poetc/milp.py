@@ -35,6 +35,9 @@ Two formulations:
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -61,6 +64,7 @@ class MilpOptions:
     formulation: str = "poet"  # "poet" | "poet2022"
     warm_start: Schedule | None = None
     verbose: bool = False
+    trace: bool = False  # record the solver's progress (HiGHS log): (seconds, best extra J, bound J)
 
 
 @dataclass
@@ -76,7 +80,7 @@ class MilpResult:
     n_rows: int
     solver: str
     message: str = ""
-    log: list[tuple[float, float]] = field(default_factory=list)
+    log: list[tuple[float, float, float]] = field(default_factory=list)  # (s, best extra J, bound J)
 
     @property
     def gap(self) -> float | None:
@@ -531,8 +535,14 @@ def solve(
             f"(time limit {opt.time_limit_s:g} s, gap {opt.gap:g} on extra energy)"
         )
     kwargs: dict[str, Any] = {"verbose": opt.verbose}
+    log_path = None
     if opt.solver.upper() == "HIGHS":
         kwargs["output_flag"] = opt.verbose  # HiGHS prints its banner otherwise
+        if opt.trace:
+            import tempfile
+
+            log_path = tempfile.mktemp(prefix="poetc-highs-", suffix=".log")
+            kwargs.update(output_flag=True, log_to_console=opt.verbose, log_file=log_path)
     solver = opt.solver.upper()
     if solver not in cp.installed_solvers():
         raise PoetcError(
@@ -574,12 +584,30 @@ def solve(
     except cp.error.SolverError as e:
         status, msg = "solver_error", str(e).splitlines()[0] if str(e) else "solver error"
     solve_s = time.perf_counter() - t1
+    trace: list[tuple[float, float, float]] = []
+    if log_path is not None:
+        import gc
+
+        prob._solver_cache.clear()  # drop cvxpy's cached HiGHS instance so that it closes (flushes) its log
+        gc.collect()
+        trace = _parse_highs_log(log_path, scale)
 
     def result(
         st: str, sched: Schedule | None, extra: float | None, bound: float | None, why: str = ""
     ) -> MilpResult:
         return MilpResult(
-            st, sched, extra, bound, solve_s, build_s, nb, nc, len(m.rows_le) + len(m.rows_eq), solver, why
+            st,
+            sched,
+            extra,
+            bound,
+            solve_s,
+            build_s,
+            nb,
+            nc,
+            len(m.rows_le) + len(m.rows_eq),
+            solver,
+            why,
+            trace,
         )
 
     if status in ("infeasible", "infeasible_inaccurate"):
@@ -633,6 +661,29 @@ def _prime_highs(prob: cp.Problem, values: dict[cp.Variable, np.ndarray]) -> str
         return "warm start passed to HiGHS"
     except Exception as e:
         return f"warm start not passed ({type(e).__name__})"
+
+
+_LOG_ROW = re.compile(
+    r"^\s*(?:[A-Za-z]\s+)?\d+\s+\d+\s+\d+\s+[\d.]+%\s+(\S+)\s+(\S+)\s+\S+\s.*?([\d.]+)s\s*$"
+)
+
+
+def _parse_highs_log(path: str, scale: float) -> list[tuple[float, float, float]]:
+    """(seconds, best extra J or inf, bound J) from the rows of HiGHS's branch-and-bound table."""
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                mt = _LOG_ROW.match(line)
+                if mt:
+                    bound, best, secs = (float(v) for v in mt.groups())
+                    out.append((secs, best / scale, bound / scale))
+    except OSError:
+        return []
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return out
 
 
 def _has_incumbent(prob: cp.Problem, solver: str) -> bool:

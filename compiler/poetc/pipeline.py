@@ -174,14 +174,17 @@ def plan(
             )
     cm = cost.build(tg, board, profile, profile_source)
     fixed = fixed_memory(tg, board, budget)
-    if fixed.arena_budget <= 0:
-        raise PoetcError(
-            f"board {board.name}: parameters and fixed buffers need {fixed.fixed} bytes, over the {budget}-byte "
-            f"RAM budget before any activation is stored"
-        )
     p = problem.from_training(
-        tg, cm, fixed.arena_budget, parse_deadline(deadline, cm.floor_s), board.storage_bytes
+        tg, cm, max(0, fixed.arena_budget), parse_deadline(deadline, cm.floor_s), board.storage_bytes
     )
+    if fixed.arena_budget < p.min_budget():
+        need = fixed.fixed + p.min_budget()
+        raise PoetcError(
+            f"board {board.name}: parameters and fixed buffers need {fixed.fixed} bytes and the largest node "
+            f"{p.min_budget()} more with its inputs, so no schedule fits a RAM budget of {budget} bytes; the "
+            f"smallest budget that could fit is {need} bytes (a lower bound)"
+            + (f", over the board's {board.ram_bytes}" if need > board.ram_bytes else "")
+        )
     return Planned(tg, cm, fixed, p)
 
 

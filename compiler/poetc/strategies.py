@@ -39,6 +39,7 @@ class SolveOptions:
     paging: bool = True  # --no-paging switches paging off for the poet strategy
     warm_start: bool = True  # also evaluate the heuristics and keep the best schedule found
     mip_start: bool = True  # if the first solve is not proven optimal, restart HiGHS from the best schedule
+    trace: bool = False  # record (seconds, best extra J, bound J) as the solve progresses (meta["trace"])
     verbose: bool = False
 
 
@@ -159,7 +160,12 @@ def run(
         paging=paging,
         formulation=opt.formulation,
         verbose=opt.verbose,
+        trace=opt.trace,
     )
+    trace: list[tuple[float, float, float]] = []
+    if best_seed is not None:
+        trace.append((time.perf_counter() - t0, best_seed.replay.energy_j - p.floor_j, 0.0))
+    t_milp = time.perf_counter() - t0
     res = milp.solve(p, base, strategy=name, on_progress=progress)
     meta = {
         "formulation": opt.formulation,
@@ -172,6 +178,7 @@ def run(
     }
     milp_sol = _milp_solution(p, name, res, t0, meta)
     bound = res.bound_j
+    trace += [(t_milp + ts, b, lb) for ts, b, lb in res.log]
     if (
         res.status != "optimal"
         and res.status != "infeasible"
@@ -183,6 +190,7 @@ def run(
         )
         left = opt.time_limit_s - (time.perf_counter() - t0)
         if inc is not None and left > 1.0:
+            t_milp = time.perf_counter() - t0
             res2 = milp.solve(
                 p,
                 replace(base, time_limit_s=left, warm_start=trim(p, inc.schedule)),
@@ -191,6 +199,7 @@ def run(
             )
             meta["milp_status"] = res2.status
             meta["warm_start"] = inc.strategy
+            trace += [(t_milp + ts, b, lb) for ts, b, lb in res2.log]
             sol2 = _milp_solution(p, name, res2, t0, meta)
             if sol2 is not None and (milp_sol is None or sol2.replay.energy_j < milp_sol.replay.energy_j):
                 milp_sol = sol2
@@ -226,9 +235,20 @@ def run(
         else f"no bound ({how})"
     )
     sched = best.schedule if best is milp_sol else from_program(p, best.program, name)
+    if opt.trace:
+        meta["trace"] = _monotone(trace)
     return Solution(
         name, status, best.program, sched, best.replay, time.perf_counter() - t0, gap, bound, msg, meta
     )
+
+
+def _monotone(trace: list[tuple[float, float, float]]) -> list[tuple[float, float, float]]:
+    """Best extra energy so far and best bound so far, over time."""
+    out, best, bound = [], float("inf"), 0.0
+    for ts, b, lb in sorted(trace):
+        best, bound = min(best, b), max(bound, lb if lb == lb else 0.0)
+        out.append((ts, best, bound))
+    return out
 
 
 def _milp_solution(p: Problem, name: str, res: milp.MilpResult, t0: float, meta: dict) -> Solution | None:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import memplan, strategies
+from .errors import PoetcError
 from .fmt import joules, nbytes, table
 from .pipeline import Planned
 from .problem import Problem
@@ -57,6 +58,18 @@ def run(
     if lo < 0:
         lo, how = p.min_budget(), "lower bound (no schedule found)"
     lo = min(lo, peak)
+    cap = pl.fixed.arena_budget  # the board's RAM minus what is fixed
+    if lo > cap:
+        raise PoetcError(
+            f"the smallest feasible schedule needs {fixed + lo} bytes of RAM, over the board's "
+            f"{pl.fixed.budget}"
+        )
+    if peak > cap:
+        say(
+            f"the store-all peak ({nbytes(fixed + peak)}) is over the board's RAM: the sweep stops at "
+            f"{nbytes(pl.fixed.budget)}"
+        )
+        peak = cap
     arena_budgets = sorted({round(x) for x in np.linspace(lo, peak, points)})
     say(
         f"{len(arena_budgets)} budgets from {nbytes(fixed + lo)} ({how}) to {nbytes(fixed + peak)} "

@@ -544,7 +544,7 @@ def make_parser() -> argparse.ArgumentParser:
     _model_args(s)
     s.add_argument("--out", default="profile.json", help="the profile (JSON) to write")
     s.add_argument("--steps", type=int, help="training steps measured (default: 2 in QEMU, 7 elsewhere)")
-    s.add_argument("--strategy", help="the profiling build's schedule (default: store-all if it fits)")
+    s.add_argument("--strategy", help="the profiling build's schedule (default: cheapest that fits)")
     s.add_argument("--time-limit", type=float, default=60.0, help="seconds for a poet solve (default 60)")
     s.add_argument("--keep-build", metavar="DIR", help="keep the profiling build in DIR")
     s.add_argument("--port", help="a real board's serial device (it is flashed with the profiling build)")

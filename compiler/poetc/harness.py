@@ -421,7 +421,13 @@ def energy_report(build: BuildInfo, target: Target, log: TrainLog) -> str:
         table(["energy per step", "compute", "paging", "total", "time"], rows, "lrrrr")
         + f"\nmeasured: {how} = {seconds(e.compute_s)} x {active_power_w(board) * 1e3:.4g} mW; paging: "
         f"{ins} page-ins ({nbytes(in_b)}), {outs} page-outs ({nbytes(out_b)}) x the board's page-in/out latency, "
-        f"throughput and {board.memory_power_w:g} W; predicted: the schedule's cost model (FLOPs / flop_per_j)"
+        f"throughput and {board.memory_power_w:g} W; predicted: the schedule's cost model ("
+        + (
+            "a measured profile, profile.json"
+            if (build.dir / "profile.json").is_file()
+            else "FLOPs / flop_per_j"
+        )
+        + ")"
     )
 
 

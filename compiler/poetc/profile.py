@@ -1,7 +1,7 @@
 """Profiles: every node of a model's training step timed on its target, and the pager's throughput.
 
 ``measure`` builds the model for the board through the ordinary pipeline (store-all when it fits the board's RAM,
-else the POET schedule, so every kernel runs with the shapes it will have) and replaces the inference program
+else another heuristic schedule or POET's, so every kernel runs with the shapes it will have) and replaces the inference program
 with a pager probe: the forward pass, with the largest forward activation paged out, freed and paged back in a
 few times right after it is computed. It then runs training steps on the target and reads each node's ticks of
 the last RUN (the TICKS command), and runs the probe once or more:
@@ -338,8 +338,9 @@ def measure(
     say = say or (lambda s: None)
     tgt = target.for_board(board)
     pl = pipeline.plan(model, board, say=say)
-    if strategy is None:
-        strategy = "store-all" if strategies.run("store-all", pl.problem, opts).ok else "poet"
+    if strategy is None:  # any schedule that runs every node will do: the cheapest heuristic, else POET's
+        best = strategies.best_heuristic(pl.problem)
+        strategy = best.strategy if best is not None else "poet"
     say(f"profiling build: the {strategy} schedule at the board's {nbytes(board.ram_bytes)} of RAM")
     c = pipeline.compile_model(
         model, board, None, strategy, command or "poetc profile", progress=say, opts=opts

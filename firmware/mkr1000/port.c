@@ -8,6 +8,8 @@
  *   ticks    SysTick at the core clock, 24-bit wraps counted (cortexm/systick.c): cycles at 48 MHz
  *   pager    SD card over SERCOM1 SPI on the MKR header (MOSI D8 = PA16 PAD0, SCK D9 = PA17 PAD1,
  *            MISO D10 = PA19 PAD3), CS D4 = PB10 (the MKR SD Proto / MEM shields), raw 512-byte blocks
+ *   marker   D5 = PB11 is high from a RUN's first tick reading until its reply starts: wired to a Power
+ *            Profiler Kit II's logic input D0 it frames each step in the current trace (--meter)
  *   exit     the core resets
  * Register addresses: SAM D21 family datasheet (DS40001882). */
 #include "../cortexm/cm.h"
@@ -147,13 +149,31 @@ static void uart_init(void) {
     }
 }
 
+/* ---- step marker ---------------------------------------------------------------------------------------- */
+#define MARKER_PIN 11u /* PB11 = D5 */
+static uint8_t marker_on;
+
+static void marker_init(void) {
+    PORT_OUTCLR(PORT_B) = 1u << MARKER_PIN;
+    PORT_DIRSET(PORT_B) = 1u << MARKER_PIN;
+}
+
+static void marker_off(void) {
+    if (marker_on) {
+        PORT_OUTCLR(PORT_B) = 1u << MARKER_PIN;
+        marker_on = 0;
+    }
+}
+
 int poet_port_getc(void) {
+    marker_off();
     while (!(SERCOM_INTFLAG(SERCOM5_BASE) & INTFLAG_RXC)) {
     }
     return (int)(SERCOM_DATA(SERCOM5_BASE) & 0xFFu);
 }
 
 void poet_port_write(const uint8_t *buf, size_t n) {
+    marker_off(); /* a RUN's reply (or a gradient event) */
     for (size_t i = 0; i < n; i++) {
         while (!(SERCOM_INTFLAG(SERCOM5_BASE) & INTFLAG_DRE)) {
         }
@@ -241,9 +261,16 @@ void poet_port_init(void) {
     cm_systick_start();
     uart_init();
     spi_init();
+    marker_init();
 }
 
-uint64_t poet_port_ticks(void) { return cm_systick_count(); }
+uint64_t poet_port_ticks(void) { /* read only by poet_run: the first read starts the marker */
+    if (!marker_on) {
+        PORT_OUTSET(PORT_B) = 1u << MARKER_PIN;
+        marker_on = 1;
+    }
+    return cm_systick_count();
+}
 
 uint32_t poet_port_tick_hz(void) { return CORE_HZ; }
 

@@ -7,6 +7,8 @@
  *            MOSI P1.13 = D11, CS P1.12 = D10), raw 512-byte blocks from block POET_SD_FIRST_BLOCK; or, built
  *            with -DPOET_PAGER_FLASH=1 (make PAGER=flash), internal flash through the NVMC, in the pages the
  *            linker script reserves after the image (cortexm/flashpager.h)
+ *   marker   P1.10 (Arduino D8) is high from a RUN's first tick reading until its reply starts: wired to a
+ *            Power Profiler Kit II's logic input D0 it frames each step in the current trace (--meter)
  *   exit     the core resets (ready for the next session)
  * Register addresses: nRF52840 Product Specification v1.7. */
 #include "../cortexm/cm.h"
@@ -113,7 +115,24 @@ static void uart_init(void) {
     UARTE_TASKS_STARTRX = 1u;
 }
 
+/* ---- step marker ---------------------------------------------------------------------------------------- */
+#define MARKER_PIN 10u /* P1.10 */
+static uint8_t marker_on;
+
+static void marker_init(void) {
+    GPIO_OUTCLR(P1_BASE) = 1u << MARKER_PIN;
+    GPIO_PIN_CNF(P1_BASE, MARKER_PIN) = PIN_OUTPUT;
+}
+
+static void marker_off(void) {
+    if (marker_on) {
+        GPIO_OUTCLR(P1_BASE) = 1u << MARKER_PIN;
+        marker_on = 0;
+    }
+}
+
 int poet_port_getc(void) {
+    marker_off();
     while (!UARTE_EVENTS_ENDRX) {
     }
     UARTE_EVENTS_ENDRX = 0;
@@ -137,6 +156,7 @@ static int in_ram(const void *p, size_t n) {
 }
 
 void poet_port_write(const uint8_t *buf, size_t n) {
+    marker_off(); /* a RUN's reply (or a gradient event) */
     while (n) {
         size_t k;
         if (in_ram(buf, n)) {
@@ -169,7 +189,13 @@ static uint64_t cycles(void) {
 
 void cm_systick_hook(void) { (void)cycles(); } /* a sample every 2^24 cycles: no 2^32 wrap goes unseen */
 
-uint64_t poet_port_ticks(void) { return cycles(); }
+uint64_t poet_port_ticks(void) { /* read only by poet_run: the first read starts the marker */
+    if (!marker_on) {
+        GPIO_OUTSET(P1_BASE) = 1u << MARKER_PIN;
+        marker_on = 1;
+    }
+    return cycles();
+}
 
 uint32_t poet_port_tick_hz(void) { return CORE_HZ; }
 
@@ -331,6 +357,7 @@ void poet_port_init(void) {
     cm_systick_start();
     uart_init();
     spi_init();
+    marker_init();
 }
 
 static void uart_text(const char *s) {

@@ -1,5 +1,11 @@
-/* 2-D convolution kernels, reference versions: NCHW activations, OIHW weights, zero padding, groups, dilation 1.
- * Plain loops over every output (forward, weight gradient) or every input contribution (input gradient). */
+/* 2-D convolution kernels: NCHW activations, OIHW weights, zero padding, groups, dilation 1.
+ * The reference versions (poet_conv2d_*_ref_f32) are plain loops over every output (forward, weight gradient) or
+ * every input contribution (input gradient). The dispatched versions compute the same sums tap by tap: for one
+ * kernel tap (ky, kx) the outputs it reaches form a contiguous interval of each output row, so a 4x4 tile (four
+ * channels by four positions) is a small matrix product over the other channel dimension with no bounds checks,
+ * keeping 16 accumulators in registers (benchmarks/m4_kernel_instructions.py: about 15-60 instructions per MAC
+ * down to about 2 on the Cortex-M4F). Channels that do not fill a tile of four (depthwise convolutions) take
+ * the reference loops. tests/c/test_kernels_ops.py checks each against its reference. */
 #include <string.h>
 
 #include "poet/kernels.h"
@@ -15,7 +21,7 @@ static long tap(uint32_t o, uint32_t s, uint32_t k, uint32_t pad, uint32_t size)
     return (i < 0 || i >= (long)size) ? -1 : i;
 }
 
-poet_status poet_conv2d_fwd_f32(const poet_conv_params *p, const float *restrict x, const float *restrict w,
+poet_status poet_conv2d_fwd_ref_f32(const poet_conv_params *p, const float *restrict x, const float *restrict w,
                                 const float *restrict b, float *restrict y) {
     if (!p || !x || !w || !y || !conv_ok(p)) return POET_ERR_ARG;
     const uint32_t cig = p->c_in / p->groups, cog = p->c_out / p->groups;
@@ -46,7 +52,7 @@ poet_status poet_conv2d_fwd_f32(const poet_conv_params *p, const float *restrict
     return POET_OK;
 }
 
-poet_status poet_conv2d_dx_f32(const poet_conv_params *p, const float *restrict dy, const float *restrict w,
+poet_status poet_conv2d_dx_ref_f32(const poet_conv_params *p, const float *restrict dy, const float *restrict w,
                                float *restrict dx) {
     if (!p || !dy || !w || !dx || !conv_ok(p)) return POET_ERR_ARG;
     const uint32_t cig = p->c_in / p->groups, cog = p->c_out / p->groups;
@@ -77,7 +83,7 @@ poet_status poet_conv2d_dx_f32(const poet_conv_params *p, const float *restrict 
     return POET_OK;
 }
 
-poet_status poet_conv2d_dw_f32(const poet_conv_params *p, const float *restrict dy, const float *restrict x,
+poet_status poet_conv2d_dw_ref_f32(const poet_conv_params *p, const float *restrict dy, const float *restrict x,
                                float *restrict dw) {
     if (!p || !dy || !x || !dw || !conv_ok(p)) return POET_ERR_ARG;
     const uint32_t cig = p->c_in / p->groups, cog = p->c_out / p->groups;
@@ -118,6 +124,308 @@ poet_status poet_conv2d_db_f32(const poet_conv_params *p, const float *restrict 
             for (size_t i = 0; i < plane; i++) acc += dp[i];
         }
         db[oc] = acc;
+    }
+    return POET_OK;
+}
+
+/* ---- tiled versions --------------------------------------------------------------------------------------- */
+/* The outputs o in [0, count) that tap k reaches: o * s + k - pad inside [0, size). */
+static void tap_range(uint32_t k, uint32_t s, uint32_t pad, uint32_t size, uint32_t count, uint32_t *o0, uint32_t *o1) {
+    long lo = (long)pad - (long)k;                        /* o * s >= lo */
+    long hi = (long)size - 1 + (long)pad - (long)k;      /* o * s <= hi */
+    long a = lo <= 0 ? 0 : (lo + (long)s - 1) / (long)s;
+    long b = hi < 0 ? -1 : hi / (long)s;
+    if (b >= (long)count) b = (long)count - 1;
+    *o0 = (uint32_t)a;
+    *o1 = b < a ? (uint32_t)a : (uint32_t)(b + 1);
+}
+
+/* (arguments are evaluated several times: pass plain loads, never increments) */
+#define CV_MUL16(a0, a1, a2, a3, b0, b1, b2, b3)                                                              \
+    float c00 = a0 * b0, c01 = a0 * b1, c02 = a0 * b2, c03 = a0 * b3;                                         \
+    float c10 = a1 * b0, c11 = a1 * b1, c12 = a1 * b2, c13 = a1 * b3;                                         \
+    float c20 = a2 * b0, c21 = a2 * b1, c22 = a2 * b2, c23 = a2 * b3;                                         \
+    float c30 = a3 * b0, c31 = a3 * b1, c32 = a3 * b2, c33 = a3 * b3
+
+#define CV_FMA16(a0, a1, a2, a3, b0, b1, b2, b3)                                                              \
+    do {                                                                                                      \
+        c00 += a0 * b0; c01 += a0 * b1; c02 += a0 * b2; c03 += a0 * b3;                                       \
+        c10 += a1 * b0; c11 += a1 * b1; c12 += a1 * b2; c13 += a1 * b3;                                       \
+        c20 += a2 * b0; c21 += a2 * b1; c22 += a2 * b2; c23 += a2 * b3;                                       \
+        c30 += a3 * b0; c31 += a3 * b1; c32 += a3 * b2; c33 += a3 * b3;                                       \
+    } while (0)
+
+/* Add a 4x4 tile to y: row r at y + r * rs, position q at + q * qs. */
+#define CV_ADD16(y, rs, qs)                                                                                   \
+    do {                                                                                                      \
+        float *y0_ = (y), *y1_ = y0_ + (rs), *y2_ = y1_ + (rs), *y3_ = y2_ + (rs);                            \
+        y0_[0] += c00; y0_[qs] += c01; y0_[2 * (qs)] += c02; y0_[3 * (qs)] += c03;                           \
+        y1_[0] += c10; y1_[qs] += c11; y1_[2 * (qs)] += c12; y1_[3 * (qs)] += c13;                           \
+        y2_[0] += c20; y2_[qs] += c21; y2_[2 * (qs)] += c22; y2_[3 * (qs)] += c23;                           \
+        y3_[0] += c30; y3_[qs] += c31; y3_[2 * (qs)] += c32; y3_[3 * (qs)] += c33;                           \
+    } while (0)
+
+/* y[r][q] += sum over t < len of w_r(t) x_q(t), w_r(t) = w[r * wr + t * wt], x_q(t) = x[q * xs + t * xt].
+ * Four weight streams and a quartet of inputs xs apart (xs is a constant where inlined: 1 or 2). */
+static inline void tile_wx(const float *w, size_t wr, size_t wt, const float *x, uint32_t xs, size_t xt,
+                           uint32_t len, float *y, size_t yr, uint32_t ys) {
+    const float *w0 = w, *w1 = w + wr, *w2 = w + 2 * wr, *w3 = w + 3 * wr;
+    CV_MUL16(w0[0], w1[0], w2[0], w3[0], x[0], x[xs], x[2 * xs], x[3 * xs]);
+    for (uint32_t t = 1; t < len; t++) {
+        w0 += wt, w1 += wt, w2 += wt, w3 += wt, x += xt;
+        CV_FMA16(w0[0], w1[0], w2[0], w3[0], x[0], x[xs], x[2 * xs], x[3 * xs]);
+    }
+    CV_ADD16(y, yr, ys);
+}
+
+/* The same for a single position: y[r] += sum over t of w_r(t) x(t). */
+static inline void col_wx(const float *w, size_t wr, size_t wt, const float *x, size_t xt, uint32_t len, float *y,
+                          size_t yr) {
+    float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+    for (uint32_t t = 0; t < len; t++, w += wt, x += xt) {
+        const float v = x[0];
+        a0 += w[0] * v;
+        a1 += w[wr] * v;
+        a2 += w[2 * wr] * v;
+        a3 += w[3 * wr] * v;
+    }
+    y[0] += a0;
+    y[yr] += a1;
+    y[2 * yr] += a2;
+    y[3 * yr] += a3;
+}
+
+/* Four output channels oc0.. (input channels from c0) of image n, row oy, tap by tap: for each tap the positions
+ * it reaches are an interval; four positions at a time sum over the input channels in registers (tile_wx), the
+ * rest one at a time. y holds the bias. (Summing every tap in registers instead needs three nested loops whose
+ * pointers GCC spills on the M4: slower.) */
+static void fwd_rows(const poet_conv_params *p, const float *x, const float *w, float *y, uint32_t n,
+                     uint32_t oc0, uint32_t c0, uint32_t oy) {
+    const uint32_t cig = p->c_in / p->groups, khkw = p->kh * p->kw;
+    const size_t plane_y = (size_t)p->oh * p->ow, plane_x = (size_t)p->h * p->w, wr = (size_t)cig * khkw;
+    float *yrow = y + ((size_t)n * p->c_out + oc0) * plane_y + (size_t)oy * p->ow;
+    const float *xn = x + ((size_t)n * p->c_in + c0) * plane_x;
+    for (uint32_t ky = 0; ky < p->kh; ky++) {
+        const long iy = (long)oy * p->sh + ky - p->ph;
+        if (iy < 0 || iy >= (long)p->h) continue;
+        for (uint32_t kx = 0; kx < p->kw; kx++) {
+            uint32_t o0, o1;
+            tap_range(kx, p->sw, p->pw, p->w, p->ow, &o0, &o1);
+            const float *wt = w + (size_t)oc0 * wr + (size_t)ky * p->kw + kx;
+            const float *xrow = xn + (size_t)iy * p->w + kx - p->pw; /* + ox * sw */
+            uint32_t ox = o0;
+            for (; ox + 4 <= o1; ox += 4) {
+                const float *xp = xrow + (size_t)ox * p->sw;
+                float *yp = yrow + ox;
+                /* constant strides where they are common, so that loads use immediate offsets */
+                if (khkw == 1 && p->sw == 1) tile_wx(wt, wr, 1, xp, 1, plane_x, cig, yp, plane_y, 1);
+                else if (khkw == 1 && p->sw == 2) tile_wx(wt, wr, 1, xp, 2, plane_x, cig, yp, plane_y, 1);
+                else if (p->sw == 1) tile_wx(wt, wr, khkw, xp, 1, plane_x, cig, yp, plane_y, 1);
+                else if (p->sw == 2) tile_wx(wt, wr, khkw, xp, 2, plane_x, cig, yp, plane_y, 1);
+                else tile_wx(wt, wr, khkw, xp, p->sw, plane_x, cig, yp, plane_y, 1);
+            }
+            for (; ox < o1; ox++) col_wx(wt, wr, khkw, xrow + (size_t)ox * p->sw, plane_x, cig, yrow + ox, plane_y);
+        }
+    }
+}
+
+/* One output channel oc alone (channels that do not fill a tile of four: depthwise convolutions), with the taps
+ * inside the input found per row and per position rather than tested per tap. */
+static void fwd_channel(const poet_conv_params *p, const float *x, const float *w, const float *b, float *y,
+                        uint32_t n, uint32_t oc) {
+    const uint32_t cig = p->c_in / p->groups, c0 = (oc / (p->c_out / p->groups)) * cig;
+    for (uint32_t oy = 0; oy < p->oh; oy++) {
+        const long lo_y = (long)p->ph - (long)oy * p->sh, hi_y = (long)p->h + p->ph - (long)oy * p->sh;
+        const uint32_t ky0 = lo_y < 0 ? 0 : (uint32_t)lo_y;
+        const uint32_t ky1 = hi_y > (long)p->kh ? p->kh : (hi_y < (long)ky0 ? ky0 : (uint32_t)hi_y);
+        for (uint32_t ox = 0; ox < p->ow; ox++) {
+            const long lo_x = (long)p->pw - (long)ox * p->sw, hi_x = (long)p->w + p->pw - (long)ox * p->sw;
+            const uint32_t kx0 = lo_x < 0 ? 0 : (uint32_t)lo_x;
+            const uint32_t kx1 = hi_x > (long)p->kw ? p->kw : (hi_x < (long)kx0 ? kx0 : (uint32_t)hi_x);
+            float acc = 0.0f;
+            for (uint32_t ic = 0; ic < cig; ic++) {
+                const float *xp = x + ((size_t)n * p->c_in + c0 + ic) * p->h * p->w;
+                const float *wp = w + ((size_t)oc * cig + ic) * p->kh * p->kw;
+                for (uint32_t ky = ky0; ky < ky1; ky++) {
+                    const float *xr = xp + (size_t)(oy * p->sh + ky - p->ph) * p->w + ox * p->sw - p->pw;
+                    const float *wr = wp + (size_t)ky * p->kw;
+                    for (uint32_t kx = kx0; kx < kx1; kx++) acc += xr[kx] * wr[kx];
+                }
+            }
+            y[(((size_t)n * p->c_out + oc) * p->oh + oy) * p->ow + ox] = acc + (b ? b[oc] : 0.0f);
+        }
+    }
+}
+
+poet_status poet_conv2d_fwd_f32(const poet_conv_params *p, const float *restrict x, const float *restrict w,
+                                const float *restrict b, float *restrict y) {
+    if (!p || !x || !w || !y || !conv_ok(p)) return POET_ERR_ARG;
+    const uint32_t cig = p->c_in / p->groups, cog = p->c_out / p->groups;
+    const size_t plane_y = (size_t)p->oh * p->ow;
+    if (cig == 0) return poet_conv2d_fwd_ref_f32(p, x, w, b, y);
+    for (uint32_t n = 0; n < p->n; n++) {
+        for (uint32_t g = 0; g < p->groups; g++) {
+            uint32_t oc = g * cog;
+            for (; oc + 4 <= (g + 1) * cog; oc += 4) {
+                for (uint32_t r = 0; r < 4; r++) {
+                    float *yp = y + ((size_t)n * p->c_out + oc + r) * plane_y;
+                    const float v = b ? b[oc + r] : 0.0f;
+                    for (size_t i = 0; i < plane_y; i++) yp[i] = v;
+                }
+                for (uint32_t oy = 0; oy < p->oh; oy++) fwd_rows(p, x, w, y, n, oc, g * cig, oy);
+            }
+            for (; oc < (g + 1) * cog; oc++) fwd_channel(p, x, w, b, y, n, oc);
+        }
+    }
+    return POET_OK;
+}
+
+/* ---- input gradient: each tap scatters dy back; a tile is four input channels by four output positions ----- */
+/* The output rows oy that tap ky reaches (iy inside the input) are tap_range(ky, sh, ph, h, oh). */
+static void dx_channel(const poet_conv_params *p, const float *dy, const float *w, float *dx, uint32_t n,
+                       uint32_t c) {
+    const uint32_t cig = p->c_in / p->groups, cog = p->c_out / p->groups, g = c / cig, ic = c - g * cig;
+    const uint32_t khkw = p->kh * p->kw;
+    float *dxc = dx + ((size_t)n * p->c_in + c) * p->h * p->w;
+    for (uint32_t ky = 0; ky < p->kh; ky++) {
+        uint32_t oy0, oy1;
+        tap_range(ky, p->sh, p->ph, p->h, p->oh, &oy0, &oy1);
+        for (uint32_t kx = 0; kx < p->kw; kx++) {
+            uint32_t ox0, ox1;
+            tap_range(kx, p->sw, p->pw, p->w, p->ow, &ox0, &ox1);
+            for (uint32_t oc = g * cog; oc < (g + 1) * cog; oc++) {
+                const float wv = w[((size_t)oc * cig + ic) * khkw + (size_t)ky * p->kw + kx];
+                const float *dyc = dy + ((size_t)n * p->c_out + oc) * p->oh * p->ow;
+                for (uint32_t oy = oy0; oy < oy1; oy++) {
+                    float *dr = dxc + (size_t)(oy * p->sh + ky - p->ph) * p->w + kx - p->pw;
+                    const float *gr = dyc + (size_t)oy * p->ow;
+                    for (uint32_t ox = ox0; ox < ox1; ox++) dr[(size_t)ox * p->sw] += wv * gr[ox];
+                }
+            }
+        }
+    }
+}
+
+poet_status poet_conv2d_dx_f32(const poet_conv_params *p, const float *restrict dy, const float *restrict w,
+                               float *restrict dx) {
+    if (!p || !dy || !w || !dx || !conv_ok(p)) return POET_ERR_ARG;
+    const uint32_t cig = p->c_in / p->groups, cog = p->c_out / p->groups, khkw = p->kh * p->kw;
+    const size_t plane_y = (size_t)p->oh * p->ow, plane_x = (size_t)p->h * p->w;
+    memset(dx, 0, (size_t)p->n * p->c_in * plane_x * sizeof(float));
+    if (cog == 0) return POET_OK;
+    for (uint32_t n = 0; n < p->n; n++) {
+        for (uint32_t g = 0; g < p->groups; g++) {
+            uint32_t ic = 0;
+            for (; ic + 4 <= cig; ic += 4) {
+                const uint32_t c = g * cig + ic;
+                /* weights of output channel g * cog, input channel ic, this tap; + khkw per input channel,
+                 * + cig * khkw per output channel */
+                const float *wg = w + ((size_t)g * cog * cig + ic) * khkw;
+                const float *dyg = dy + ((size_t)n * p->c_out + g * cog) * plane_y;
+                float *dxc = dx + ((size_t)n * p->c_in + c) * plane_x;
+                for (uint32_t ky = 0; ky < p->kh; ky++) {
+                    uint32_t oy0, oy1;
+                    tap_range(ky, p->sh, p->ph, p->h, p->oh, &oy0, &oy1);
+                    for (uint32_t kx = 0; kx < p->kw; kx++) {
+                        uint32_t ox0, ox1;
+                        tap_range(kx, p->sw, p->pw, p->w, p->ow, &ox0, &ox1);
+                        const float *wt = wg + (size_t)ky * p->kw + kx;
+                        for (uint32_t oy = oy0; oy < oy1; oy++) {
+                            float *dr = dxc + (size_t)(oy * p->sh + ky - p->ph) * p->w + kx - p->pw;
+                            const float *gr = dyg + (size_t)oy * p->ow;
+                            uint32_t ox = ox0;
+                            for (; ox + 4 <= ox1; ox += 4) {
+                                float *d = dr + (size_t)ox * p->sw;
+                                if (p->sw == 1) tile_wx(wt, khkw, (size_t)cig * khkw, gr + ox, 1, plane_y, cog, d, plane_x, 1);
+                                else if (p->sw == 2) tile_wx(wt, khkw, (size_t)cig * khkw, gr + ox, 1, plane_y, cog, d, plane_x, 2);
+                                else tile_wx(wt, khkw, (size_t)cig * khkw, gr + ox, 1, plane_y, cog, d, plane_x, p->sw);
+                            }
+                            for (; ox < ox1; ox++)
+                                col_wx(wt, khkw, (size_t)cig * khkw, gr + ox, plane_y, cog, dr + (size_t)ox * p->sw, plane_x);
+                        }
+                    }
+                }
+            }
+            for (; ic < cig; ic++) dx_channel(p, dy, w, dx, n, g * cig + ic);
+        }
+    }
+    return POET_OK;
+}
+
+/* ---- weight gradient: per tap, a tile is four output by four input channels, summed over positions ------- */
+static inline void dw_tile(const float *dy, size_t dyr, const float *x, size_t xr, uint32_t xs, uint32_t len,
+                           float c[16]) {
+    const float *d0 = dy, *d1 = dy + dyr, *d2 = dy + 2 * dyr, *d3 = dy + 3 * dyr;
+    const float *x0 = x, *x1 = x + xr, *x2 = x + 2 * xr, *x3 = x + 3 * xr;
+    float c00 = c[0], c01 = c[1], c02 = c[2], c03 = c[3], c10 = c[4], c11 = c[5], c12 = c[6], c13 = c[7];
+    float c20 = c[8], c21 = c[9], c22 = c[10], c23 = c[11], c30 = c[12], c31 = c[13], c32 = c[14], c33 = c[15];
+    for (uint32_t t = 0; t < len; t++) {
+        const float a0 = *d0++, a1 = *d1++, a2 = *d2++, a3 = *d3++;
+        const float b0 = *x0, b1 = *x1, b2 = *x2, b3 = *x3;
+        x0 += xs, x1 += xs, x2 += xs, x3 += xs;
+        CV_FMA16(a0, a1, a2, a3, b0, b1, b2, b3);
+    }
+    c[0] = c00, c[1] = c01, c[2] = c02, c[3] = c03, c[4] = c10, c[5] = c11, c[6] = c12, c[7] = c13;
+    c[8] = c20, c[9] = c21, c[10] = c22, c[11] = c23, c[12] = c30, c[13] = c31, c[14] = c32, c[15] = c33;
+}
+
+/* One weight, the reference sum over positions with the tap's output ranges found once. */
+static float dw_one(const poet_conv_params *p, const float *dy, const float *x, uint32_t oc, uint32_t c,
+                    uint32_t ky, uint32_t kx) {
+    uint32_t oy0, oy1, ox0, ox1;
+    tap_range(ky, p->sh, p->ph, p->h, p->oh, &oy0, &oy1);
+    tap_range(kx, p->sw, p->pw, p->w, p->ow, &ox0, &ox1);
+    float acc = 0.0f;
+    for (uint32_t n = 0; n < p->n; n++) {
+        const float *dyc = dy + ((size_t)n * p->c_out + oc) * p->oh * p->ow;
+        const float *xc = x + ((size_t)n * p->c_in + c) * p->h * p->w;
+        for (uint32_t oy = oy0; oy < oy1; oy++) {
+            const float *gr = dyc + (size_t)oy * p->ow;
+            const float *xr = xc + (size_t)(oy * p->sh + ky - p->ph) * p->w + kx - p->pw;
+            for (uint32_t ox = ox0; ox < ox1; ox++) acc += gr[ox] * xr[(size_t)ox * p->sw];
+        }
+    }
+    return acc;
+}
+
+poet_status poet_conv2d_dw_f32(const poet_conv_params *p, const float *restrict dy, const float *restrict x,
+                               float *restrict dw) {
+    if (!p || !dy || !x || !dw || !conv_ok(p)) return POET_ERR_ARG;
+    const uint32_t cig = p->c_in / p->groups, cog = p->c_out / p->groups, khkw = p->kh * p->kw;
+    const size_t plane_y = (size_t)p->oh * p->ow, plane_x = (size_t)p->h * p->w;
+    for (uint32_t g = 0; g < p->groups; g++) {
+        for (uint32_t oc = g * cog; oc < (g + 1) * cog; oc += 4) {
+            const int oc_full = oc + 4 <= (g + 1) * cog;
+            for (uint32_t ic = 0; ic < cig; ic += 4) {
+                const int full = oc_full && ic + 4 <= cig;
+                for (uint32_t ky = 0; ky < p->kh; ky++) {
+                    for (uint32_t kx = 0; kx < p->kw; kx++) {
+                        float *out = dw + ((size_t)oc * cig + ic) * khkw + (size_t)ky * p->kw + kx;
+                        if (!full) {
+                            for (uint32_t r = 0; r < 4 && oc + r < (g + 1) * cog; r++)
+                                for (uint32_t q = 0; q < 4 && ic + q < cig; q++)
+                                    out[((size_t)r * cig + q) * khkw] = dw_one(p, dy, x, oc + r, g * cig + ic + q, ky, kx);
+                            continue;
+                        }
+                        uint32_t oy0, oy1, ox0, ox1;
+                        tap_range(ky, p->sh, p->ph, p->h, p->oh, &oy0, &oy1);
+                        tap_range(kx, p->sw, p->pw, p->w, p->ow, &ox0, &ox1);
+                        float c[16] = {0};
+                        for (uint32_t n = 0; n < p->n && ox1 > ox0; n++) {
+                            for (uint32_t oy = oy0; oy < oy1; oy++) {
+                                const float *gr = dy + (((size_t)n * p->c_out + oc) * p->oh + oy) * p->ow + ox0;
+                                const float *xr = x + (((size_t)n * p->c_in + g * cig + ic) * p->h +
+                                                       (oy * p->sh + ky - p->ph)) * p->w + (size_t)ox0 * p->sw + kx - p->pw;
+                                if (p->sw == 1) dw_tile(gr, plane_y, xr, plane_x, 1, ox1 - ox0, c);
+                                else dw_tile(gr, plane_y, xr, plane_x, p->sw, ox1 - ox0, c);
+                            }
+                        }
+                        for (uint32_t r = 0; r < 4; r++)
+                            for (uint32_t q = 0; q < 4; q++) out[((size_t)r * cig + q) * khkw] = c[r * 4 + q];
+                    }
+                }
+            }
+        }
     }
     return POET_OK;
 }

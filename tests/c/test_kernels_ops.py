@@ -88,12 +88,17 @@ def structs() -> dict[str, type[ctypes.Structure]]:
 
 
 @cache
-def n_args() -> dict[str, int]:
-    """Kernel function -> number of arguments after the params pointer."""
+def prototypes() -> dict[str, list[str]]:
+    """Kernel function -> its parameter declarations."""
     return {
-        name: len(args.split(",")) - 1
+        name: [a.strip() for a in args.split(",")]
         for name, args in re.findall(r"poet_status (poet_\w+_f32)\((.*?)\);", _header(), re.S)
     }
+
+
+def n_args() -> dict[str, int]:
+    """Kernel function -> number of arguments after the params pointer."""
+    return {k: len(v) - 1 for k, v in prototypes().items()}
 
 
 def _struct(family: str, fields: dict) -> ctypes.Structure:
@@ -126,16 +131,20 @@ def replay(lib, tg, values: dict[str, np.ndarray], lr: float = 0.0) -> None:
         fn_name = f"poet_{op.kernel.lower()}_f32"
         fn = getattr(lib, fn_name)
         ins = [_c_array(values[x], g.tensor(x).dtype) for x in node.inputs]
-        if op.in_place is not None:  # in place: the target is the last argument
+        if op.in_place is not None:  # in place: the updated tensor is the prototype's non-const pointer
             target = ins[op.in_place].copy()
-            others = [a for k, a in enumerate(ins) if k != op.in_place]
-            if node.op == "sgd":
-                fn.argtypes = [ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p]
-                status = fn(ctypes.addressof(params), lr, others[0].ctypes.data, target.ctypes.data)
-            else:
-                status = fn(
-                    ctypes.byref(params), *[a.ctypes.data_as(ctypes.c_void_p) for a in others], _ptr(target)
-                )
+            others = iter(a for k, a in enumerate(ins) if k != op.in_place)
+            args = []
+            for decl in prototypes()[fn_name][1:]:
+                if decl == "float lr":
+                    args.append(ctypes.c_float(lr))
+                elif decl.startswith("const "):
+                    args.append(_ptr(next(others)))
+                elif decl.startswith("float *"):
+                    args.append(_ptr(target))
+                else:  # an optional hook and its context
+                    args.append(None)
+            status = fn(ctypes.byref(params), *args)
             assert status == 0, f"{node.name}: status {status}"
             want = op.ref(node.attrs, *[before[x] for x in node.inputs], lr)
             assert max_rel_error(target, want) <= TOL, node.name
@@ -360,6 +369,48 @@ def test_blocked_linear_kernels_match_their_reference(lib, m, k, n, trans, alpha
         ("linear_fwd", (x, w, b), (m, n)),
         ("linear_dx", (dy, w), (m, k)),
         ("linear_dw", (dy, x), w.shape),
+    ]:
+        got, want = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
+        args = [_ptr(a) if a is not None else None for a in ins]
+        assert getattr(lib, f"poet_{name}_f32")(ctypes.byref(p), *args, _ptr(got)) == 0
+        assert getattr(lib, f"poet_{name}_ref_f32")(ctypes.byref(p), *args, _ptr(want)) == 0
+        assert max_rel_error(got, want) <= 1e-5, name
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 2),
+    g=st.sampled_from([1, 2, 3]),
+    ci=st.integers(1, 9),
+    co=st.integers(1, 9),
+    k=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    s=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    pads=st.tuples(*[st.integers(0, 2)] * 4),
+    hw=st.tuples(st.integers(1, 13), st.integers(1, 13)),
+    bias=st.booleans(),
+    depthwise=st.booleans(),
+)
+def test_tiled_conv_kernels_match_their_reference(lib, n, g, ci, co, k, s, pads, hw, bias, depthwise):
+    """Channel counts below, at and above the tiles of four, strides above the kernel, 1x1 and 5x5 kernels,
+    asymmetric padding, odd sizes, depthwise."""
+    if depthwise:
+        g, ci, co = 5, 1, 1
+    pt, pl, pb, pr = pads
+    h, w = max(hw[0], k[0] - pt - pb), max(hw[1], k[1] - pl - pr)
+    oh, ow = (h + pt + pb - k[0]) // s[0] + 1, (w + pl + pr - k[1]) // s[1] + 1
+    p = structs()["conv"](
+        n=n, c_in=ci * g, h=h, w=w, c_out=co * g, oh=oh, ow=ow, kh=k[0], kw=k[1], sh=s[0], sw=s[1], ph=pt, pw=pl,
+        groups=g,
+    )  # fmt: skip
+    rng = np.random.default_rng(n + 7 * ci + 31 * co + 101 * h)
+    x = rng.standard_normal((n, ci * g, h, w)).astype(np.float32)
+    wt = rng.standard_normal((co * g, ci, *k)).astype(np.float32)
+    dy = rng.standard_normal((n, co * g, oh, ow)).astype(np.float32)
+    b = rng.standard_normal(co * g).astype(np.float32) if bias else None
+    for name, ins, shape in [
+        ("conv2d_fwd", (x, wt, b), dy.shape),
+        ("conv2d_dx", (dy, wt), x.shape),
+        ("conv2d_dw", (dy, x), wt.shape),
     ]:
         got, want = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
         args = [_ptr(a) if a is not None else None for a in ins]

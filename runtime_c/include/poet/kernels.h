@@ -193,6 +193,13 @@ poet_status poet_conv2d_dx_f32(const poet_conv_params *p, const float *restrict 
 poet_status poet_conv2d_dw_f32(const poet_conv_params *p, const float *restrict dy, const float *restrict x,
                                float *restrict dw);
 poet_status poet_conv2d_db_f32(const poet_conv_params *p, const float *restrict dy, float *restrict db);
+/* The reference versions the dispatched kernels above are tested against (plain loops). */
+poet_status poet_conv2d_fwd_ref_f32(const poet_conv_params *p, const float *restrict x, const float *restrict w,
+                                    const float *restrict b, float *restrict y);
+poet_status poet_conv2d_dx_ref_f32(const poet_conv_params *p, const float *restrict dy, const float *restrict w,
+                                   float *restrict dx);
+poet_status poet_conv2d_dw_ref_f32(const poet_conv_params *p, const float *restrict dy, const float *restrict x,
+                                   float *restrict dw);
 
 /* ---- pool.c -------------------------------------------------------------------------------------------- */
 poet_status poet_maxpool_fwd_f32(const poet_pool_params *p, const float *restrict x, float *restrict y);

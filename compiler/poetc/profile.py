@@ -72,8 +72,9 @@ class PagerTiming:
     probe_ops: int  # page-outs + page-ins per probe run
     tensor: str  # the tensor paged
     overhead_ticks_per_instr: float
-    emulated: bool  # the pager is not the board's storage (QEMU's host file)
+    emulated: bool  # the pager is not the board's storage (a host file under QEMU)
     board_bytes_per_s: float  # the board file's figure, for comparison: 2 / (1/in + 1/out)
+    storage: str = ""  # what was measured
 
 
 @dataclass(frozen=True)
@@ -260,6 +261,16 @@ def timing_note(tgt: target.Target) -> tuple[str, bool]:
     return "CLOCK_MONOTONIC ns", False
 
 
+def pager_storage(tgt: target.Target) -> str:
+    if isinstance(tgt, target.QemuTarget):
+        return "a host file through semihosting: CPU cost (CRC) only, not an SD card"
+    if isinstance(tgt, target.LinuxTarget) and tgt.emulated:
+        return "a host file under qemu-aarch64, timed on this machine"
+    if isinstance(tgt, target.BoardTarget):
+        return f"the board's {tgt.board.storage} storage"
+    return "a file (the host port's --pager)"
+
+
 def _first_line(cmd: list[str]) -> str:
     if shutil.which(cmd[0]) is None:
         return "missing"
@@ -444,8 +455,9 @@ def _run(
             ops,
             c.problem.tensor_names[probed] if probed is not None else "",
             fit[0] if fit else math.nan,
-            qemu,
+            qemu or timing_note(tgt)[1],
             board_bps,
+            pager_storage(tgt),
         )
     note, emulated = timing_note(tgt)
     return Profile(
@@ -509,11 +521,7 @@ def table_text(prof: Profile) -> str:
     )
     if prof.pager is not None:
         pg = prof.pager
-        what = (
-            "host file through semihosting: CPU cost (CRC) only, not an SD card"
-            if pg.emulated
-            else "board storage"
-        )
+        what = pg.storage or ("emulated storage" if pg.emulated else "board storage")
         if pg.bytes_per_s is None:
             lines.append(f"pager: too fast to resolve ({pg.probe_bytes} B per probe run; {what})")
         else:

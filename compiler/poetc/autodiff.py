@@ -113,7 +113,9 @@ class _Builder:
         return out
 
 
-def build_training_graph(model: Model, optimizer: str = "sgd") -> TrainingGraph:
+def build_training_graph(model: Model, optimizer: str = "sgd", fuse_updates: bool = True) -> TrainingGraph:
+    """The training graph of ``model``. ``fuse_updates`` computes weight gradients inside their SGD step
+    (no gradient buffer in RAM); without it, every gradient is a tensor of its own."""
     fwd = model.graph
     if optimizer != "sgd":
         raise PoetcError(f"unknown optimizer {optimizer!r} (supported: sgd)")
@@ -215,6 +217,8 @@ def build_training_graph(model: Model, optimizer: str = "sgd") -> TrainingGraph:
     missing = [p for p in fwd.params if p not in grads]
     if missing:
         raise PoetcError(f"{model.source}: parameter(s) {', '.join(missing)} do not affect the loss")
+    if fuse_updates:
+        nodes = _fuse_updates(nodes, tensors, grads, updates)
     graph = Graph(fwd.name + ":train", tensors, tuple(nodes), (model.input, label), (loss,))
     return TrainingGraph(
         graph,
@@ -228,6 +232,49 @@ def build_training_graph(model: Model, optimizer: str = "sgd") -> TrainingGraph:
         state_updates,
         model.train_flag,
     )
+
+
+FUSED = {"linear_dw": "linear_dw_sgd", "bias_grad": "bias_grad_sgd"}
+
+
+def _fuse_updates(
+    nodes: list[Node], tensors: dict[str, Tensor], grads: dict[str, str], updates: dict[str, str]
+) -> list[Node]:
+    """Rewrite gradient + SGD pairs into fused nodes (ops/optim.py) where the gradient has no other reader.
+
+    The fused node takes the SGD's place (right after the gradient was due) and the SGD's output token, so the
+    order contract holds: every reader of the parameter still comes before its update."""
+    producer = {n.output: i for i, n in enumerate(nodes)}
+    readers: dict[str, int] = {}
+    for n in nodes:
+        for x in set(n.inputs):
+            readers[x] = readers.get(x, 0) + 1
+    drop: set[int] = set()
+    out = list(nodes)
+    for k, u in enumerate(nodes):
+        if u.op != "sgd":
+            continue
+        param, g = u.inputs
+        pi = producer.get(g)
+        if pi is None or nodes[pi].op not in FUSED or readers.get(g, 0) != 1:
+            continue
+        src = nodes[pi]
+        fused = Node(
+            f"{src.name}+sgd",
+            FUSED[src.op],
+            (*src.inputs, param),
+            u.output,
+            src.attrs,
+            after=u.after,
+            phase="update",
+            origin=src.origin,
+        )
+        out[k] = fused
+        drop.add(pi)
+        del tensors[g]
+        grads[param] = u.output
+        updates[param] = fused.name
+    return [n for i, n in enumerate(out) if i not in drop]
 
 
 def _fresh(base: str, taken: Mapping[str, object]) -> str:

@@ -36,6 +36,8 @@ def nbytes(n: float) -> str:
 
 
 def joules(j: float) -> str:
+    if abs(j) < 1e-15:  # rounding noise of sums that are zero
+        j = 0.0
     for unit, mul in (("J", 1.0), ("mJ", 1e3), ("uJ", 1e6), ("nJ", 1e9)):
         if abs(j) * mul >= 1 or unit == "nJ":
             return f"{j * mul:.3f} {unit}"

@@ -5,7 +5,9 @@ that lasts until the tensor's FREE (or the program's end). Two intervals that ar
 must not share bytes; intervals that never coexist may. Placement is greedy first-fit, as in TFLM's
 greedy_memory_planner: intervals are taken in some order and each is put at the lowest aligned offset that
 does not collide with an already placed interval live at the same time. Several orders are tried (largest
-first, earliest first, largest size x lifetime first) and the smallest arena wins. A tensor recomputed or paged in
+first, earliest first, largest size x lifetime first, longest first, then size-biased random orders from a
+fixed seed), each with first-fit and best-fit gaps, and the smallest arena wins; the search stops as soon as a
+plan reaches the live peak, which no plan can beat. A tensor recomputed or paged in
 later may come back at a different offset; the runtime follows it. ``check`` is a brute-force pairwise overlap
 check used in tests and after every plan; ``timeline`` prints the arena over the program.
 """
@@ -21,6 +23,7 @@ from .errors import PoetcError
 from .schedule import Op, Program
 
 ALIGN = 8
+RANDOM_ORDERS = 64
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,8 @@ def intervals(prog: Program, mem: np.ndarray) -> list[Interval]:
     return sorted(out, key=lambda iv: iv.start)
 
 
-def _place(ivs: list[Interval], order: list[int]) -> tuple[list[int], int]:
+def _place(ivs: list[Interval], order: list[int], best_fit: bool = False) -> tuple[list[int], int]:
+    """Place intervals in ``order``: each at the lowest free gap (first fit) or the tightest one (best fit)."""
     offsets = [-1] * len(ivs)
     placed: list[int] = []
     top = 0
@@ -81,14 +85,20 @@ def _place(ivs: list[Interval], order: list[int]) -> tuple[list[int], int]:
             for j in placed
             if ivs[j].start < a.end and a.start < ivs[j].end
         )
-        off = 0
+        off, chosen, slack = 0, -1, None
         for lo, hi in busy:
             if off + size <= lo:
-                break
+                if not best_fit:
+                    chosen = off
+                    break
+                if slack is None or lo - off - size < slack:
+                    chosen, slack = off, lo - off - size
             off = max(off, hi)
-        offsets[k] = off
+        if chosen < 0:
+            chosen = off
+        offsets[k] = chosen
         placed.append(k)
-        top = max(top, off + size)
+        top = max(top, chosen + size)
     return offsets, top
 
 
@@ -111,17 +121,27 @@ def plan(prog: Program, mem: np.ndarray) -> MemPlan:
         ),
         "longest-first": sorted(range(n), key=lambda k: (-(ivs[k].end - ivs[k].start), -ivs[k].size)),
     }
+    peak = live_peak(ivs, len(prog.instrs))
     best: tuple[int, str, list[int]] | None = None
-    for name, order in orders.items():
-        offs, top = _place(ivs, order)
+    rng = np.random.default_rng(0)  # deterministic: the same program always gets the same plan
+    candidates = [(name, order, fit) for name, order in orders.items() for fit in (False, True)]
+    for r in range(RANDOM_ORDERS):  # size-biased random orders, kept only if they beat the fixed ones
+        jitter = rng.uniform(0.6, 1.4, size=n)
+        candidates.append(
+            (f"random-{r}", sorted(range(n), key=lambda k: -ivs[k].size * jitter[k]), bool(r % 2))
+        )
+    for name, order, fit in candidates:
+        offs, top = _place(ivs, order, fit)
         if best is None or top < best[0]:
-            best = (top, name, offs)
+            best = (top, name + (" best-fit" if fit else ""), offs)
+        if best[0] <= peak:
+            break  # as small as any plan can be
     top, name, offs = best if best else (0, "empty", [])
     placed = tuple(Interval(iv.node, iv.start, iv.end, iv.size, o) for iv, o in zip(ivs, offs, strict=True))
     per_instr = [-1] * len(prog.instrs)
     for iv in placed:
         per_instr[iv.start] = iv.offset
-    result = MemPlan(prog.name, placed, tuple(per_instr), top, live_peak(ivs, len(prog.instrs)), name)
+    result = MemPlan(prog.name, placed, tuple(per_instr), top, peak, name)
     check(result)
     return result
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -576,10 +577,12 @@ def solve(
         y.value = xc0
         kwargs["warm_start"] = True
         if solver == "HIGHS":
-            warm_note = _prime_highs(prob, {x: xb0, y: xc0})
+            with _quiet_stdout(not opt.verbose):
+                warm_note = _prime_highs(prob, {x: xb0, y: xc0})
     msg = ""
     try:
-        prob.solve(solver=solver, **kwargs)
+        with _quiet_stdout(not opt.verbose):
+            prob.solve(solver=solver, **kwargs)
         status = prob.status
     except cp.error.SolverError as e:
         status, msg = "solver_error", str(e).splitlines()[0] if str(e) else "solver error"
@@ -684,6 +687,26 @@ def _parse_highs_log(path: str, scale: float) -> list[tuple[float, float, float]
         with contextlib.suppress(OSError):
             os.unlink(path)
     return out
+
+
+@contextlib.contextmanager
+def _quiet_stdout(quiet: bool):
+    """Silence C-level writes to stdout (HiGHS prints a banner even with its output off in some paths), so that
+    machine-readable output (poetc solve --json) stays clean."""
+    if not quiet:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _has_incumbent(prob: cp.Problem, solver: str) -> bool:

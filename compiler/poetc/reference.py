@@ -51,7 +51,7 @@ def train_step(
         if op.in_place is not None:
             target = node.inputs[op.in_place]
             if g.tensor(target).role == Role.PARAM:
-                grads[target] = args[1].copy()
+                grads[target] = (op.step_grad(node.attrs, *args) if op.step_grad else args[1]).copy()
             vals[target] = op.ref(node.attrs, *args, lr)
             continue
         vals[node.output] = np.asarray(op.ref(node.attrs, *args), np.float64)

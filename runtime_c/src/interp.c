@@ -10,6 +10,18 @@
 #define OUT ((float *)m->loc[nd->out])
 #define OPT(i) (nd->n_in > (i) ? F32(i) : NULL)
 
+/* Adapts a fused kernel's per-chunk gradient sink to the run's gradient hook. */
+typedef struct {
+    poet_grad_hook hook;
+    void *ctx;
+    uint16_t param;
+} grad_sink_ctx;
+
+static void grad_sink(void *vctx, uint32_t offset, const float *g, uint32_t count) {
+    const grad_sink_ctx *c = (const grad_sink_ctx *)vctx;
+    c->hook(c->ctx, c->param, 4u * offset, g, 4u * count);
+}
+
 poet_status poet_dispatch(const poet_model *m, uint16_t node, float lr, poet_grad_hook hook, void *hook_ctx) {
     const poet_node *nd = &m->nodes[node];
     for (uint16_t i = 0; i < nd->n_in; i++)
@@ -34,8 +46,17 @@ poet_status poet_dispatch(const poet_model *m, uint16_t node, float lr, poet_gra
     case POET_K_SOFTMAX_XENT_BWD:
         return poet_softmax_xent_bwd_f32(&m->xent[nd->params], F32(0), I32(1), OUT);
     case POET_K_SGD:
-        if (hook) hook(hook_ctx, nd->in[0], F32(1), m->tensors[nd->in[1]].bytes);
+        if (hook) hook(hook_ctx, nd->in[0], 0, F32(1), m->tensors[nd->in[1]].bytes);
         return poet_sgd_f32(&m->sgd[nd->params], lr, F32(1), F32(0));
+    case POET_K_LINEAR_DW_SGD: {
+        grad_sink_ctx sc = {hook, hook_ctx, nd->in[2]};
+        return poet_linear_dw_sgd_f32(&m->linear[nd->params], lr, F32(0), F32(1), F32(2), hook ? grad_sink : NULL,
+                                      &sc);
+    }
+    case POET_K_BIAS_GRAD_SGD: {
+        grad_sink_ctx sc = {hook, hook_ctx, nd->in[1]};
+        return poet_bias_grad_sgd_f32(&m->linear[nd->params], lr, F32(0), F32(1), hook ? grad_sink : NULL, &sc);
+    }
     case POET_K_CONV2D_FWD:
         return poet_conv2d_fwd_f32(&m->conv[nd->params], F32(0), F32(1), OPT(2), OUT);
     case POET_K_CONV2D_DX:
@@ -161,6 +182,21 @@ static poet_status expected_sizes(const poet_model *m, const poet_node *nd, uint
         in[0] = in[1] = m->sgd[nd->params].n;
         *out = 0;
         return POET_OK;
+    case POET_K_LINEAR_DW_SGD: {
+        const poet_linear_params *p = &m->linear[nd->params];
+        in[0] = p->m * p->n;
+        in[1] = p->m * p->k;
+        in[2] = p->k * p->n;
+        *out = 0;
+        return POET_OK;
+    }
+    case POET_K_BIAS_GRAD_SGD: {
+        const poet_linear_params *p = &m->linear[nd->params];
+        in[0] = p->m * p->n;
+        in[1] = p->n;
+        *out = 0;
+        return POET_OK;
+    }
     case POET_K_CONV2D_FWD:
     case POET_K_CONV2D_DX:
     case POET_K_CONV2D_DW:

@@ -124,7 +124,7 @@ typedef struct {
     uint8_t seq;
 } grad_ctx;
 
-static void grad_hook(void *vctx, uint16_t param, const float *grad, uint32_t bytes) {
+static void grad_hook(void *vctx, uint16_t param, uint32_t base, const float *grad, uint32_t bytes) {
     const grad_ctx *ctx = (const grad_ctx *)vctx;
     const uint8_t *src = (const uint8_t *)grad;
     const uint32_t chunk = (POET_FRAME_MAX - 8) & ~3u;
@@ -133,7 +133,7 @@ static void grad_hook(void *vctx, uint16_t param, const float *grad, uint32_t by
         tx[4] = EVT_GRAD;
         tx[5] = ctx->seq;
         put_u16(tx + 6, param);
-        put_u32(tx + 8, off);
+        put_u32(tx + 8, base + off);
         memcpy(tx + 12, src + off, n);
         send_frame((uint16_t)(8 + n));
     }

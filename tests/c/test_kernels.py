@@ -167,3 +167,55 @@ def test_status_strings_cover_the_enum(lib):
 
     for code, (_, text) in cheaders.statuses().items():
         assert lib.poet_status_str(code).decode() == text
+
+
+SINK = ctypes.CFUNCTYPE(
+    None, ctypes.c_void_p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_float), ctypes.c_uint32
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    m=st.integers(1, 9),
+    k=st.integers(1, 70),
+    n=st.integers(1, 40),
+    trans=st.booleans(),
+    alpha=st.sampled_from([1.0, 0.5]),
+    beta=st.sampled_from([1.0, -2.0]),
+)
+def test_fused_weight_gradient_sgd(lib, m, k, n, trans, alpha, beta):
+    """LINEAR_DW_SGD / BIAS_GRAD_SGD apply exactly the reference's gradient, and the sink sees all of it in
+    order, chunk by chunk, before it is applied."""
+    rng = np.random.default_rng(m + 3 * k + 17 * n)
+    x, dy = f32(rng.standard_normal((m, k))), f32(rng.standard_normal((m, n)))
+    w = f32(rng.standard_normal((n, k) if trans else (k, n)))
+    b = f32(rng.standard_normal(n))
+    p = Linear(m, k, n, int(trans), alpha, beta)
+    a = Attrs(trans_w=trans, alpha=alpha, beta=beta, flatten=True, x_shape=(m, k), n=n, b_shape=(n,))
+    lr = 0.125
+    for name, args, param, want_g in (
+        ("poet_linear_dw_sgd_f32", (dy, x), w, get("linear_dw").ref(a, dy.astype(float), x.astype(float))),
+        ("poet_bias_grad_sgd_f32", (dy,), b, get("bias_grad").ref(a, dy.astype(float))),
+    ):
+        seen: list[tuple[int, np.ndarray]] = []
+        before = param.copy()
+
+        def sink(ctx, off, g, cnt, seen=seen):
+            seen.append((off, np.ctypeslib.as_array(g, shape=(cnt,)).copy()))
+
+        cb = SINK(sink)
+        fn = getattr(lib, name)
+        fn.argtypes = (
+            [ctypes.c_void_p, ctypes.c_float] + [ctypes.c_void_p] * (len(args) + 1) + [SINK, ctypes.c_void_p]
+        )
+        assert fn(ctypes.addressof(p), lr, *[ptr(v) for v in args], ptr(param), cb, None) == 0
+        offs = [o for o, _ in seen]
+        assert offs == sorted(offs) and offs[0] == 0
+        got = np.concatenate([g for _, g in seen]).reshape(want_g.shape)
+        assert max_rel_error(got, want_g) < 1e-5
+        assert max_rel_error(before - param, lr * want_g) < 1e-4
+        # without a sink: the same update
+        again = before.copy()
+        fn.argtypes = [*fn.argtypes[:-2], ctypes.c_void_p, ctypes.c_void_p]
+        assert fn(ctypes.addressof(p), lr, *[ptr(v) for v in args], ptr(again), None, None) == 0
+        np.testing.assert_array_equal(again, param)

@@ -8,7 +8,7 @@ from poetc.ir import Role
 
 @pytest.fixture(scope="module")
 def tg():
-    return autodiff.build_training_graph(frontend.load("mlp"))
+    return autodiff.build_training_graph(frontend.load("mlp"), fuse_updates=False)
 
 
 def test_structure(tg):
@@ -20,6 +20,22 @@ def test_structure(tg):
     # the first layer's input needs no gradient
     assert ops.count("linear_dx") == 5
     assert g.tensor(tg.loss).role == Role.LOSS and g.tensor(tg.label).dtype == "i32"
+
+
+def test_fused_updates_keep_no_gradient_buffer():
+    fused = autodiff.build_training_graph(frontend.load("mlp"))
+    ops = [n.op for n in fused.graph.nodes]
+    assert ops.count("linear_dw_sgd") == 6 and ops.count("bias_grad_sgd") == 6 and ops.count("sgd") == 0
+    assert "linear_dw" not in ops and "bias_grad" not in ops
+    # every parameter is updated once, after all of its readers
+    g = fused.graph
+    for p, upd in fused.updates.items():
+        u = g.node_index[upd]
+        assert g.nodes[u].inputs[-1] == p and fused.in_place[u] == p
+        assert all(r < u for r in g.consumers[p] if r != u)
+    # the largest weight gradient is gone from the arena: no grad tensor has a weight's shape
+    shapes = {g.tensor(p).shape for p in g.params}
+    assert not [t for t in g.by_role(Role.GRAD) if t.shape in shapes and len(t.shape) == 2]
 
 
 def test_update_right_after_gradient_and_after_all_readers(tg):

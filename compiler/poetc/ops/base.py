@@ -64,6 +64,9 @@ class OpDef:
         None  # index of the input this op updates in place (optimizer steps, running stats)
     )
     state: StateRule | None = None  # forward ops that update state tensors once per training step
+    # for in-place optimizer steps: the gradient the step applies, from the node's inputs (the host reference
+    # reports it; plain SGD reads it from its second input)
+    step_grad: Callable[..., np.ndarray] | None = None
     scratch_bytes: Callable[[Attrs, Sequence[Shape], Shape], int] = lambda a, i, o: 0
 
 

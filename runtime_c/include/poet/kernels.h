@@ -60,7 +60,9 @@
     X(REDUCE, 47, bcast)                \
     X(STRIDED, 48, layout)              \
     X(SCATTER, 49, layout)              \
-    X(CONCAT, 50, concat)
+    X(CONCAT, 50, concat)               \
+    X(LINEAR_DW_SGD, 51, linear)        \
+    X(BIAS_GRAD_SGD, 52, linear)
 
 typedef enum {
 #define POET_KERNEL_ENUM_(name, id, fam) POET_K_##name = id,
@@ -279,5 +281,16 @@ poet_status poet_concat_f32(const poet_concat_params *p, const float *restrict x
 /* ---- sgd.c --------------------------------------------------------------------------------------------- */
 /* In place: w -= lr * g. */
 poet_status poet_sgd_f32(const poet_sgd_params *p, float lr, const float *restrict g, float *restrict w);
+
+/* Fused weight gradient + SGD: the gradient is computed a chunk at a time and applied at once, so it never
+ * occupies RAM. A sink, when given, sees every chunk first (element offset into the parameter, values). */
+typedef void (*poet_grad_sink)(void *ctx, uint32_t offset, const float *g, uint32_t count);
+#define POET_SGD_CHUNK 32
+/* w -= lr * alpha * (dy^T x) in W's layout (trans_w: W is [n, k]; else [k, n]) */
+poet_status poet_linear_dw_sgd_f32(const poet_linear_params *p, float lr, const float *restrict dy,
+                                   const float *restrict x, float *restrict w, poet_grad_sink sink, void *ctx);
+/* b -= lr * beta * column sums of dy */
+poet_status poet_bias_grad_sgd_f32(const poet_linear_params *p, float lr, const float *restrict dy,
+                                   float *restrict b, poet_grad_sink sink, void *ctx);
 
 #endif

@@ -97,7 +97,8 @@ typedef struct {
     uint64_t *node_ticks;
 } poet_model;
 
-typedef void (*poet_grad_hook)(void *ctx, uint16_t param, const float *grad, uint32_t bytes);
+/* Sees a parameter's gradient before the update uses it, in pieces: byte offset into the parameter. */
+typedef void (*poet_grad_hook)(void *ctx, uint16_t param, uint32_t offset, const float *grad, uint32_t bytes);
 
 typedef struct {
     uint32_t pc;         /* instruction that failed, or the program length */

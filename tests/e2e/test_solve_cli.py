@@ -1,0 +1,179 @@
+"""poetc solve / build / sweep from the command line: JSON fields, schedule.json, plots, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tests.conftest import poetc
+
+FIELDS = (
+    "status",
+    "strategy",
+    "energy_j",
+    "compute_energy_j",
+    "paging_energy_j",
+    "time_s",
+    "peak_ram_bytes",
+    "arena_bytes",
+    "recomputes",
+    "page_outs",
+    "page_ins",
+    "solve_s",
+    "gap",
+)
+
+
+def test_solve_json_and_plots(tmp_path):
+    r = poetc(
+        "solve",
+        "mlp",
+        "--board",
+        "nrf52840",
+        "--batch",
+        "8",
+        "--ram",
+        "226K",
+        "--json",
+        "--plot",
+        str(tmp_path / "plots"),
+        "--time-limit",
+        "30",
+    )
+    doc = json.loads(r.stdout)
+    for f in FIELDS:
+        assert f in doc, f
+    assert doc["strategy"] == "poet" and doc["status"] in ("optimal", "feasible")
+    assert doc["peak_ram_bytes"] <= 226 * 1024 and doc["recomputes"] + doc["page_outs"] > 0
+    assert doc["energy_j"] == pytest.approx(doc["compute_energy_j"] + doc["paging_energy_j"])
+    for name in ("schedule-poet.png", "ram-poet.png"):
+        png = tmp_path / "plots" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_solve_compare_table_and_json(tmp_path):
+    r = poetc(
+        "solve",
+        "mlp",
+        "--board",
+        "nrf52840",
+        "--batch",
+        "8",
+        "--ram",
+        "226K",
+        "--compare",
+        "--json",
+        "--time-limit",
+        "20",
+    )
+    rows = json.loads(r.stdout)
+    assert [x["strategy"] for x in rows] == [
+        "poet",
+        "store-all",
+        "remat-only",
+        "paging-only",
+        "chen-sqrt",
+        "greedy",
+    ]
+    poet = rows[0]
+    for x in rows[1:]:
+        if x["feasible"]:
+            assert (
+                poet["energy_j"] <= x["energy_j"] * (1 + 1e-9) + (poet["gap"] or 0) * poet["extra_energy_j"]
+            )
+    r = poetc(
+        "solve",
+        "mlp",
+        "--board",
+        "nrf52840",
+        "--batch",
+        "8",
+        "--ram",
+        "226K",
+        "--compare",
+        "--time-limit",
+        "20",
+    )
+    assert "strategy" in r.stdout and "remat-only" in r.stdout and "floor energy" in r.stdout
+
+
+def test_build_writes_schedule_json_within_budget(tmp_path):
+    out = tmp_path / "b"
+    poetc(
+        "build",
+        "mlp",
+        "--board",
+        "nrf52840",
+        "--batch",
+        "8",
+        "--ram",
+        "226K",
+        "--out",
+        str(out),
+        "--no-compile",
+        "--time-limit",
+        "30",
+    )
+    doc = json.loads((out / "schedule.json").read_text())
+    for f in FIELDS:
+        assert f in doc
+    man = json.loads((out / "poetc.json").read_text())
+    assert man["memory"]["total"] <= 226 * 1024
+    assert (
+        "POET_OP_RECOMPUTE" in (out / "model.c").read_text()
+        or "POET_OP_PAGE_OUT" in (out / "model.c").read_text()
+    )
+
+
+def test_infeasible_budget_is_one_line_with_smallest(tmp_path):
+    r = poetc(
+        "build",
+        "mlp",
+        "--board",
+        "nrf52840",
+        "--batch",
+        "8",
+        "--ram",
+        "220K",
+        "--out",
+        str(tmp_path / "o"),
+        "--time-limit",
+        "20",
+        check=False,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1 and "smallest" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_scheduling_options(tmp_path):
+    for args, msg in (
+        (["--strategy", "magic"], "unknown strategy 'magic'"),
+        (["--deadline", "soon"], "bad deadline"),
+        (["--solver", "NOPE"], "solver NOPE is not installed"),
+        (["--gap", "2"], "--gap must be"),
+    ):
+        r = poetc("solve", "mlp", "--board", "nrf52840", "--batch", "8", *args, check=False)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_deadline_too_tight_is_infeasible():
+    r = poetc(
+        "solve",
+        "mlp",
+        "--board",
+        "nrf52840",
+        "--batch",
+        "8",
+        "--ram",
+        "226K",
+        "--deadline",
+        "1.0001x",
+        "--json",
+        "--time-limit",
+        "20",
+        check=False,
+    )
+    doc = json.loads(r.stdout)
+    assert not doc["feasible"] and r.returncode == 1

@@ -234,11 +234,12 @@ def _img(fid: str, b64: str, alt: str, caption: str) -> str:
 
 
 STYLE = """
-body { font-family: sans-serif; max-width: 1100px; margin: 1.5em auto; color: #222; }
+body { font-family: sans-serif; max-width: 1200px; margin: 1.5em auto; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; margin-top: 1.6em; }
-table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.85em; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.8em; }
 td, th { border: 1px solid #ddd; padding: 2px 8px; } th { background: #f3f3f3; text-align: left; }
 td { text-align: right; } td:first-child { text-align: left; }
+#node-table td:nth-child(2), #node-table td:nth-child(3) { text-align: left; }
 figure { margin: 0.8em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.8em; color: #555; } .note { color: #8a4b00; } .meta { color: #666; font-size: 0.85em; }
 """
@@ -453,29 +454,22 @@ def write(b: builddir.BuildInfo, out: Path, profile_path: str | None = None) -> 
     if meas_s is not None:
         clock = board.clock_hz
         sched_s = p.compute_s if (p is not None and built_with) else None
-        head = ["#", "node", "op", "FLOPs", "runs", "FLOP model cycles", "measured cycles", "error"]
-        head += ["FLOP model energy", "measured energy", "error"]
+        head = ["#", "node", "op", "FLOPs", "runs", "measured cycles", "FLOP model cycles", "error"]
         if sched_s is not None:
-            head.insert(7, "profile cycles")
+            head += ["profile cycles", "error"]
+        head += ["measured energy", "FLOP model energy", "error"]
+
+        def err(pred: float, meas: float) -> str:
+            return "-" if meas <= 0 else f"{100 * (pred - meas) / meas:+.1f}%"
+
         trows = []
         for i, n in enumerate(nodes):
             m = float(meas_s[i])
-            err = "-" if m <= 0 else f"{100 * (pred_s[i] - m) / m:+.1f}%"
-            row = [
-                str(i),
-                n["name"],
-                n["op"],
-                f"{int(flops[i]):,}",
-                str(int(runs[i])),
-                f"{pred_s[i] * clock:,.0f}",
-                f"{m * clock:,.0f}",
-                err,
-                joules(float(pred_j[i])),
-                joules(m * power),
-                err,
-            ]
+            row = [str(i), n["name"][:32], n["op"], f"{int(flops[i]):,}", str(int(runs[i]))]
+            row += [f"{m * clock:,.0f}", f"{pred_s[i] * clock:,.0f}", err(float(pred_s[i]), m)]
             if sched_s is not None:
-                row.insert(7, f"{float(sched_s[i]) * clock:,.0f}")
+                row += [f"{float(sched_s[i]) * clock:,.0f}", err(float(sched_s[i]), m)]
+            row += [joules(m * power), joules(float(pred_j[i])), err(float(pred_j[i]), m * power)]
             trows.append(row)
         tot_p = float((pred_s * runs).sum())
         tot_m = float((meas_s * runs).sum())

@@ -182,20 +182,20 @@ class Formulation:
                     and t <= p.horizon[i]
                     and t <= p.last_stage[i]
                 ):
-                    m.binary(("R", t, i))
+                    self.m.binary(("R", t, i))
                     self.runnable[t].append(i)
         for i in range(T):
             if not self.arena[i]:
                 continue
             for t in range(i + 1, p.horizon[i] + 1):
-                m.binary(("S_RAM", t, i))
+                self.m.binary(("S_RAM", t, i))
                 if opt.paging:
                     if self.orig:
-                        m.binary(("S_SD", t, i))
-                    m.binary(("M_in", t, i))
+                        self.m.binary(("S_SD", t, i))
+                    self.m.binary(("M_in", t, i))
             if opt.paging:
                 for t in range(i if not self.orig else i + 1, p.horizon[i]):
-                    m.binary(("M_out", t, i))
+                    self.m.binary(("M_out", t, i))
         # FREE[t,i,k]: i's output freed right after node k (k = i or a reader of i) runs in stage t
         self.free_pairs: list[list[tuple[int, int]]] = [[] for _ in range(T)]
         for t in range(T):
@@ -499,14 +499,9 @@ class Formulation:
         return xb, xc
 
 
-def solve(
-    p: Problem,
-    opt: MilpOptions = MilpOptions(),
-    strategy: str = "poet",
-    on_progress: Callable[[str], None] | None = None,
-) -> MilpResult:
-    t0 = time.perf_counter()
-    f = Formulation(p, opt)
+def _cvxpy_problem(p: Problem, f: Formulation):
+    """The cvxpy problem of a formulation: (problem, binary vars x, continuous vars y, energy coefficients c,
+    objective scale)."""
     m = f.m
     ab_le, ac_le, b_le = m._matrix(m.rows_le)
     ab_eq, ac_eq, b_eq = m._matrix(m.rows_eq)
@@ -514,7 +509,6 @@ def solve(
     x = cp.Variable(max(1, nb), boolean=True)
     y = cp.Variable(max(1, nc))
     c, _const = f.objective()
-    floor = p.floor_j
     cons = [ab_le @ x + ac_le @ y <= b_le, y >= 0, y <= np.array(m.cont_ub or [0.0])]
     if m.rows_eq:
         cons.append(ab_eq @ x + ac_eq @ y == b_eq)
@@ -528,6 +522,21 @@ def solve(
     pos = c[c > 0]
     eps = float(pos.min()) * scale / (10.0 * max(1, p.T)) if pos.size else 0.0
     prob = cp.Problem(cp.Minimize((c * scale + eps * tie) @ x), cons)
+    return prob, x, y, c, scale
+
+
+def solve(
+    p: Problem,
+    opt: MilpOptions = MilpOptions(),
+    strategy: str = "poet",
+    on_progress: Callable[[str], None] | None = None,
+) -> MilpResult:
+    t0 = time.perf_counter()
+    f = Formulation(p, opt)
+    m = f.m
+    nb, nc = len(m.bin), len(m.cont)
+    floor = p.floor_j
+    prob, x, y, c, scale = _cvxpy_problem(p, f)
     build_s = time.perf_counter() - t0
     if on_progress:
         on_progress(

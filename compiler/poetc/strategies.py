@@ -151,7 +151,7 @@ def run(
     best_seed = min(seeds, key=lambda x: x.replay.energy_j, default=None)
     # Two phases: a cold solve with presolve (fast on small models, and its bound is always valid), then, if it
     # did not prove optimality, a solve started from the best schedule known so far for the remaining time.
-    cold_s = opt.time_limit_s if best_seed is None or not opt.mip_start else 0.3 * opt.time_limit_s
+    cold_s = opt.time_limit_s if best_seed is None or not opt.mip_start else 0.5 * opt.time_limit_s
     base = milp.MilpOptions(
         solver=opt.solver,
         time_limit_s=cold_s,

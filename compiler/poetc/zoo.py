@@ -356,6 +356,11 @@ ZOO: dict[str, ZooEntry] = {
         batch=32,
         about="64-32-10 MLP for the bundled 8x8 digits",
     ),
+    "digits-deep-mlp": ZooEntry(
+        lambda: _mlp("digits_deep_mlp", [64, 96, 96, 96, 10], (1, 8, 8), seed=3),
+        batch=64,
+        about="64-96-96-96-10 MLP for the digits: activations outweigh a small board's RAM (the demo model)",
+    ),
     "lenet": ZooEntry(_lenet, batch=8, about="LeNet-5 for 3x32x32 (conv5-pool-conv5-pool-120-84-10)"),
     "resnet8": ZooEntry(_resnet8, batch=4, about="MLPerf Tiny's ResNet-8 (16-32-64), 3x32x32, BatchNorm"),
     "resnet18-cifar": ZooEntry(

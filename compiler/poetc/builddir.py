@@ -98,6 +98,8 @@ def manifest(c: Compiled, command: str, batch: int) -> dict[str, Any]:
         "params": list(c.model.graph.params),
         "state": list(c.model.state),  # BatchNorm running statistics: read back and exported with the params
         "graph_fingerprint": c.tg.graph.fingerprint(),
+        # --input-u8: the batch is sent and held as bytes, dequantized on the target with this scale
+        "input_u8_scale": next((n.attrs["scale"] for n in g.nodes if n.op == "dequant_u8"), None),
         "nodes": [
             {"name": n.name, "op": n.op, "phase": n.phase, "flops": int(c.cost.flops[i])}
             for i, n in enumerate(g.nodes)

@@ -80,6 +80,10 @@ def _load_model(a: argparse.Namespace) -> frontend.Model:
     if a.batch is not None and a.batch <= 0:
         raise PoetcError(f"--batch must be positive, got {a.batch}")
     model = frontend.load(a.model, batch=a.batch)
+    if getattr(a, "input_u8", None) is not None:
+        from .quantize import u8_input
+
+        model = u8_input(model, a.input_u8)
     _say(
         f"model {model.source}: {len(model.graph.nodes)} layers, "
         f"{sum(v.size for v in model.params.values())} parameters, "
@@ -587,6 +591,8 @@ def _model_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("model", help="an ONNX file or a zoo name (" + ", ".join(_zoo_names()) + ")")
     s.add_argument("--board", required=True)
     s.add_argument("--batch", type=int, help="batch size (default: the model input's first dimension)")
+    s.add_argument("--input-u8", type=float, metavar="SCALE",
+                   help="hold the input batch as bytes (x = SCALE * q) and dequantize it on the target")
 
 
 def _schedule_args(s: argparse.ArgumentParser, strategy: bool = True) -> None:

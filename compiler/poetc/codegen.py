@@ -112,7 +112,7 @@ def render(inp: CodegenInput) -> dict[str, str]:
         ident = c_ident(f"t{i}")
         data = "NULL"
         if not t.in_arena and t.nbytes:
-            ctype = "int32_t" if t.dtype == "i32" else "float"
+            ctype = {"i32": "int32_t", "u8": "uint8_t"}.get(t.dtype, "float")
             init = None
             if t.role in (Role.PARAM, Role.STATE):
                 arr = np.asarray(inp.params[name], np.float32).reshape(-1)
@@ -135,7 +135,7 @@ def render(inp: CodegenInput) -> dict[str, str]:
             {
                 "id": i,
                 "bytes": t.nbytes if t.role != Role.UPDATE else 0,
-                "dtype": "POET_I32" if t.dtype == "i32" else "POET_F32",
+                "dtype": {"i32": "POET_I32", "u8": "POET_U8"}.get(t.dtype, "POET_F32"),
                 "home": "POET_HOME_ARENA" if t.in_arena else "POET_HOME_STATIC",
                 "writable": writable,
                 "data": data,

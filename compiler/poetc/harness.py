@@ -22,6 +22,7 @@ from .data import Dataset, q8_params
 from .errors import PoetcError, TargetError
 from .fmt import joules, nbytes, seconds, table
 from .link import RunReply, StatusError
+from .quantize import from_u8, to_u8, u8_input
 from .target import QemuTarget, Session, Target
 
 PROG_TRAIN, PROG_INFER = 0, 1
@@ -71,13 +72,30 @@ class Device:
         raw = self.link.read(t["id"], t["bytes"])
         return np.frombuffer(raw, dtype="<f4").reshape(t["shape"]).copy()
 
+    @property
+    def input_u8_scale(self) -> float | None:
+        """The scale of a byte input (models built with --input-u8), else None."""
+        return self.build.doc.get("input_u8_scale")
+
+    def read_input(self) -> np.ndarray:
+        """The batch as the target holds it, as floats (dequantized for a byte input)."""
+        name = self.build.doc["model"]["input"]
+        scale = self.input_u8_scale
+        if scale is None:
+            return self.read_f32(name)
+        t = self.build.tensor(name)
+        raw = np.frombuffer(self.link.read(t["id"], t["bytes"]), dtype=np.uint8).reshape(t["shape"])
+        return from_u8(raw, scale)
+
     def set_batch(self, x: np.ndarray, y: np.ndarray | None, q8: tuple[float, float] | None = None) -> None:
         x = np.asarray(x, np.float32)
         want = self.build.input_shape
         if x.shape != want:
             raise PoetcError(f"batch of shape {list(x.shape)} does not match the model input {list(want)}")
         qp = q8 if q8 is not None else q8_params(x)
-        if qp is not None:
+        if self.input_u8_scale is not None:
+            self.link.write_q8(self.ids["input"], to_u8(x, self.input_u8_scale).tobytes(), 1.0, 0.0)
+        elif qp is not None:
             q = np.round(x / np.float32(qp[0])).astype(np.uint8)
             self.link.write_q8(self.ids["input"], q.tobytes(), qp[0], qp[1])
         else:
@@ -240,7 +258,7 @@ def _train(
             x, y = next(it)
             dev.set_batch(x, y, ds.q8)
             if s == 1 and dump is not None:
-                dumpd["x"] = dev.read_f32(build.doc["model"]["input"])
+                dumpd["x"] = dev.read_input()
                 dumpd["y"] = y.astype(np.int64)
             out = dev.step(lr, capture=(s == 1 and dump is not None))
             if s == 1 and dump is not None:
@@ -305,6 +323,8 @@ class VerifyResult:
 
 def training_graph_of(build: BuildInfo) -> tuple[frontend.Model, autodiff.TrainingGraph]:
     model = frontend.load(build.dir / "model.onnx", batch=build.batch)
+    if build.doc.get("input_u8_scale") is not None:
+        model = u8_input(model, build.doc["input_u8_scale"])
     tg = autodiff.build_training_graph(model)
     if tg.graph.fingerprint() != build.doc.get("graph_fingerprint"):
         raise PoetcError(f"{build.dir}: model.onnx no longer matches the build; rebuild it")
@@ -320,10 +340,12 @@ def verify(build: BuildInfo, target: Target, ds: Dataset, lr: float, seed: int =
         params = dev.params()
         state = dev.state()
         dev.set_batch(x, y, ds.q8)
-        x_dev = dev.read_f32(build.doc["model"]["input"])
+        x_dev = dev.read_input()
         out = dev.step(lr, capture=True)
         after = dev.params()
-    ref = reference.train_step(tg, {**params, **state}, x_dev, y, lr)
+    scale = build.doc.get("input_u8_scale")
+    x_ref = x_dev if scale is None else to_u8(x_dev, scale)  # the reference's input is what the target holds
+    ref = reference.train_step(tg, {**params, **state}, x_ref, y, lr)
     # judged at the model's gradient scale too: a bias before BatchNorm has an analytically zero gradient
     floor = reference.grad_floor(ref.grads)
     errs = {p: reference.max_rel_error(out.grads[p], ref.grads[p], floor) for p in params}

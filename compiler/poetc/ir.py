@@ -38,7 +38,7 @@ STATIC_ROLES = frozenset({Role.INPUT, Role.LABEL, Role.PARAM, Role.STATE, Role.L
 
 SOURCE_ROLES = frozenset({Role.INPUT, Role.LABEL, Role.PARAM, Role.STATE})  # exist before any node
 
-DTYPE_BYTES = {"f32": 4, "i32": 4}
+DTYPE_BYTES = {"f32": 4, "i32": 4, "u8": 1}
 
 
 class Attrs(Mapping[str, Any]):

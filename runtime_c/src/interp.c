@@ -48,6 +48,8 @@ poet_status poet_dispatch(const poet_model *m, uint16_t node, float lr, poet_gra
     case POET_K_SGD:
         if (hook) hook(hook_ctx, nd->in[0], 0, F32(1), m->tensors[nd->in[1]].bytes);
         return poet_sgd_f32(&m->sgd[nd->params], lr, F32(1), F32(0));
+    case POET_K_DEQUANT_U8:
+        return poet_dequant_u8_f32(&m->quant[nd->params], (const uint8_t *)m->loc[nd->in[0]], OUT);
     case POET_K_LINEAR_DW_SGD: {
         grad_sink_ctx sc = {hook, hook_ctx, nd->in[2]};
         return poet_linear_dw_sgd_f32(&m->linear[nd->params], lr, F32(0), F32(1), F32(2), hook ? grad_sink : NULL,
@@ -182,6 +184,9 @@ static poet_status expected_sizes(const poet_model *m, const poet_node *nd, uint
         in[0] = in[1] = m->sgd[nd->params].n;
         *out = 0;
         return POET_OK;
+    case POET_K_DEQUANT_U8:
+        in[0] = *out = m->quant[nd->params].n;
+        return POET_OK;
     case POET_K_LINEAR_DW_SGD: {
         const poet_linear_params *p = &m->linear[nd->params];
         in[0] = p->m * p->n;
@@ -315,6 +320,8 @@ static poet_status expected_sizes(const poet_model *m, const poet_node *nd, uint
     return POET_ERR_PROGRAM;
 }
 
+static uint32_t elem_bytes(const poet_tensor *t) { return t->dtype == POET_U8 ? 1u : 4u; }
+
 poet_status poet_model_validate(const poet_model *m) {
     for (uint16_t i = 0; i < m->n_nodes; i++) {
         const poet_node *nd = &m->nodes[i];
@@ -324,9 +331,9 @@ poet_status poet_model_validate(const poet_model *m) {
         if (s != POET_OK) return s;
         for (uint16_t k = 0; k < nd->n_in; k++) {
             if (nd->in[k] >= m->n_tensors) return POET_ERR_PROGRAM;
-            if (m->tensors[nd->in[k]].bytes != 4u * in[k]) return POET_ERR_SHAPE;
+            if (m->tensors[nd->in[k]].bytes != elem_bytes(&m->tensors[nd->in[k]]) * in[k]) return POET_ERR_SHAPE;
         }
-        if (m->tensors[nd->out].bytes != 4u * out) return POET_ERR_SHAPE;
+        if (m->tensors[nd->out].bytes != elem_bytes(&m->tensors[nd->out]) * out) return POET_ERR_SHAPE;
     }
     for (int p = 0; p < POET_N_PROGRAMS; p++) {
         const poet_program *pr = &m->programs[p];

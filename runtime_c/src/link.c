@@ -188,11 +188,14 @@ static void handle(const poet_model *m, int len) {
         uint16_t t = get_u16(a);
         uint32_t off = get_u32(a + 2), n = (uint32_t)alen - 14; /* off and n count elements */
         float scale = get_f32(a + 6), bias = get_f32(a + 10);
-        poet_status s = check_range(m, t, 4ull * off, 4ull * n);
+        const uint64_t eb = t < m->n_tensors && m->tensors[t].dtype == POET_U8 ? 1u : 4u;
+        poet_status s = check_range(m, t, eb * off, eb * n);
         if (s == POET_OK && !m->tensors[t].writable) s = POET_ERR_READONLY;
         if (s == POET_OK) {
             const uint8_t *q = a + 14;
-            if (m->tensors[t].dtype == POET_I32) {
+            if (m->tensors[t].dtype == POET_U8) { /* stored as is; a DEQUANT_U8 node applies the scale */
+                memcpy((uint8_t *)m->tensors[t].data + off, q, n);
+            } else if (m->tensors[t].dtype == POET_I32) {
                 int32_t *d = (int32_t *)m->tensors[t].data + off;
                 for (uint32_t i = 0; i < n; i++) d[i] = (int32_t)q[i];
             } else {

@@ -13,6 +13,7 @@ from . import (  # noqa: F401  (registration side effects)
     matmul,
     optim,
     pool,
+    quant,
     relu,
     softmax,
 )

@@ -62,7 +62,8 @@
     X(SCATTER, 49, layout)              \
     X(CONCAT, 50, concat)               \
     X(LINEAR_DW_SGD, 51, linear)        \
-    X(BIAS_GRAD_SGD, 52, linear)
+    X(BIAS_GRAD_SGD, 52, linear)        \
+    X(DEQUANT_U8, 53, quant)
 
 typedef enum {
 #define POET_KERNEL_ENUM_(name, id, fam) POET_K_##name = id,
@@ -281,6 +282,15 @@ poet_status poet_concat_f32(const poet_concat_params *p, const float *restrict x
 /* ---- sgd.c --------------------------------------------------------------------------------------------- */
 /* In place: w -= lr * g. */
 poet_status poet_sgd_f32(const poet_sgd_params *p, float lr, const float *restrict g, float *restrict w);
+
+/* ---- quant.c ------------------------------------------------------------------------------------------- */
+typedef struct {
+    uint32_t n;
+    float scale; /* y = scale * q */
+} poet_quant_params;
+
+/* An input stored as bytes becomes floats: y = scale * q (one rounding, with or without FMA). */
+poet_status poet_dequant_u8_f32(const poet_quant_params *p, const uint8_t *restrict q, float *restrict y);
 
 /* Fused weight gradient + SGD: the gradient is computed a chunk at a time and applied at once, so it never
  * occupies RAM. A sink, when given, sees every chunk first (element offset into the parameter, values). */

@@ -25,7 +25,7 @@
 #define POET_ALIGNED
 #endif
 
-enum { POET_F32 = 0, POET_I32 = 1 };
+enum { POET_F32 = 0, POET_I32 = 1, POET_U8 = 2 };
 enum { POET_HOME_ARENA = 0, POET_HOME_STATIC = 1 };
 enum { POET_OP_RUN = 1, POET_OP_PAGE_OUT = 2, POET_OP_PAGE_IN = 3, POET_OP_FREE = 4, POET_OP_RECOMPUTE = 5 };
 enum { POET_PROG_TRAIN = 0, POET_PROG_INFER = 1, POET_N_PROGRAMS = 2 };
@@ -89,6 +89,7 @@ typedef struct {
     const poet_bcast_params *bcast;
     const poet_layout_params *layout;
     const poet_concat_params *concat;
+    const poet_quant_params *quant;
     /* set to 1 before the train program and to 0 before the others: BatchNorm uses batch statistics in
      * training and its running statistics in inference. NULL when no kernel reads it. */
     float *train_flag;

@@ -18,6 +18,13 @@ import serial
 from . import cheaders
 from .errors import TargetError
 
+try:
+    import termios
+
+    _TTY_ERRORS: tuple[type[BaseException], ...] = (termios.error,)
+except ImportError:  # not POSIX
+    _TTY_ERRORS = ()
+
 SOF = b"\xa5\x5a"
 CMD_INFO, CMD_WRITE, CMD_WRITE_Q8, CMD_READ, CMD_RUN, CMD_TICKS, CMD_RESET, CMD_EXIT, CMD_ECHO = range(1, 10)
 EVT_GRAD = 0x40
@@ -99,7 +106,7 @@ class Link:
         try:
             self.ser.write(data)
             self.ser.flush()
-        except serial.SerialException as e:
+        except (serial.SerialException, OSError, *_TTY_ERRORS) as e:  # a tty that hung up: termios.error
             raise self._dead(f"cannot send ({e})") from None
         self.bytes_sent += len(data)
 

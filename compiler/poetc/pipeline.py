@@ -230,6 +230,12 @@ def compile_model(
             f"{fixed.fixed + infer_plan.arena_bytes} bytes or more"
         )
     sol = strategies.run(strategy, p, opts, progress=say)
+    if not sol.ok and sol.status == "no_solution":
+        raise PoetcError(
+            f"no {strategy} schedule within the time limit of {opts.time_limit_s:g} s, and no fallback schedule "
+            f"(store-all, chen-sqrt, greedy) fits a RAM budget of {fixed.budget} bytes either; raise --time-limit "
+            f"or --ram"
+        )
     if not sol.ok:
         raise PoetcError(infeasible_message(pl, sol, strategy, opts))
     first_extra = sol.extra_j(p)

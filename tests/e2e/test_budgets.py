@@ -36,7 +36,18 @@ def setup(tmp_path_factory):
             layers.append(torch.nn.ReLU())
     net = torch.nn.Sequential(*layers)
     onnx_path = export_torch(net, torch.randn(BATCH, WIDTHS[0]), d / "deep.onnx")
-    # a host board costed like the nRF52840 (so both recomputation and paging pay off somewhere)
+    board_file = _hostm4(d)
+    rng = np.random.default_rng(5)
+    np.savez(
+        d / "data.npz",
+        x=rng.standard_normal((96, WIDTHS[0])).astype(np.float32),
+        y=rng.integers(0, WIDTHS[-1], 96),
+    )
+    return d, net, onnx_path, board_file, _budgets(onnx_path, board_file)
+
+
+def _hostm4(d: Path) -> Path:
+    """A host board costed like the nRF52840 (so both recomputation and paging pay off somewhere)."""
     host, sources = (boards.boards_dir() / "host.toml").read_text().split("[sources]")
     m4 = boards.load("nrf52840")
     for f in (
@@ -54,22 +65,17 @@ def setup(tmp_path_factory):
     host = host.replace('name = "host"', 'name = "hostm4"') + "\n[sources]" + sources
     board_file = d / "hostm4.toml"
     board_file.write_text(host + "\n")
-    rng = np.random.default_rng(5)
-    np.savez(
-        d / "data.npz",
-        x=rng.standard_normal((96, WIDTHS[0])).astype(np.float32),
-        y=rng.integers(0, WIDTHS[-1], 96),
-    )
-    board = boards.load(str(board_file))
-    pl = pipeline.plan(frontend.load(onnx_path), board)
-    opt = strategies.SolveOptions(time_limit_s=30)
-    lo, _ = strategies.smallest_budget(pl.problem, "poet", opt)
+    return board_file
+
+
+def _budgets(onnx_path: Path, board_file: Path, **kw) -> list[int]:
+    """Four RAM budgets from the smallest feasible one to the store-all peak, both included."""
     from poetc import schedule, simulate
 
+    pl = pipeline.plan(frontend.load(onnx_path, **kw), boards.load(str(board_file)))
+    lo, _ = strategies.smallest_budget(pl.problem, "poet", strategies.SolveOptions(time_limit_s=30))
     peak = simulate.replay(pl.problem, schedule.lower(pl.problem, schedule.store_all(pl.problem))).peak_bytes
-    fixed = pl.fixed.fixed
-    budgets = [fixed + lo + k * (peak - lo) // 3 for k in range(4)]
-    return d, net, onnx_path, board_file, budgets
+    return [pl.fixed.fixed + lo + k * (peak - lo) // 3 for k in range(4)]
 
 
 def _build_and_train(d: Path, onnx_path: Path, board_file: Path, ram: int, tag: str, strategy: str = "poet"):
@@ -86,7 +92,7 @@ def _build_and_train(d: Path, onnx_path: Path, board_file: Path, ram: int, tag: 
         "--strategy",
         strategy,
         "--time-limit",
-        "30",
+        "20",
     )
     dump = d / f"run-{tag}.npz"
     poetc(
@@ -174,3 +180,66 @@ def test_corrupt_page_is_an_error_not_a_wrong_gradient(setup):
             dev.set_batch(x, y)
             out_ok = dev.step(0.1)
             assert np.isfinite(out_ok.loss) and out_ok.reply.page_ins > 0
+
+
+class _SmallCNN(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.b1 = torch.nn.BatchNorm2d(8)
+        self.c2 = torch.nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.max_pool2d(torch.relu(self.b1(self.c1(x))), 2)
+        return self.fc(torch.relu(self.c2(x)).mean(dim=(2, 3)))
+
+
+@pytest.mark.slow
+def test_cnn_at_four_budgets_equals_store_all_and_pytorch(tmp_path):
+    """The same contract for a CNN (conv, BatchNorm in training mode, max-pooling, global pooling)."""
+    torch.manual_seed(3)
+    net = _SmallCNN().train()
+    onnx_path = tmp_path / "cnn.onnx"
+    torch.onnx.export(
+        net,
+        (torch.randn(4, 1, 8, 8),),
+        str(onnx_path),
+        dynamo=False,
+        input_names=["input"],
+        training=torch.onnx.TrainingMode.TRAINING,
+        do_constant_folding=False,
+    )
+    board_file = _hostm4(tmp_path)
+    rng = np.random.default_rng(2)
+    np.savez(
+        tmp_path / "data.npz",
+        x=rng.standard_normal((32, 1, 8, 8)).astype(np.float32),
+        y=rng.integers(0, 10, 32),
+    )
+    budgets = _budgets(onnx_path, board_file)
+    _, s_ref, ref = _build_and_train(tmp_path, onnx_path, board_file, budgets[-1], "store", "store-all")
+    assert s_ref["recomputes"] == 0 and s_ref["page_outs"] == 0
+    recomputed = paged = False
+    for k, ram in enumerate(budgets):
+        out, sj, run = _build_and_train(tmp_path, onnx_path, board_file, ram, f"poet{k}")
+        assert json.loads((out / "poetc.json").read_text())["memory"]["total"] <= ram
+        recomputed |= sj["recomputes"] > 0
+        paged |= sj["page_outs"] > 0
+        for key in ref.files:
+            if key.startswith(("grad/", "final/")) or key == "loss":
+                assert reference.max_rel_error(run[key], ref[key]) <= 1e-6, (ram, key)
+    assert recomputed or paged, "the tight budgets neither recomputed nor paged"
+    tref = copy.deepcopy(net).double().train()
+    with torch.no_grad():
+        for name, p in tref.named_parameters():
+            p.copy_(torch.from_numpy(ref[f"param/{name}"].astype(np.float64)))
+    torch.nn.functional.cross_entropy(
+        tref(torch.from_numpy(ref["x"].astype(np.float64))), torch.from_numpy(ref["y"])
+    ).backward()
+    scale = max(float(np.abs(p.grad.numpy()).max()) for p in tref.parameters())
+    for name, p in tref.named_parameters():
+        err = np.abs(ref[f"grad/{name}"] - p.grad.numpy()).max() / max(
+            np.abs(p.grad.numpy()).max(), 0.01 * scale
+        )
+        assert err <= 1e-4, name

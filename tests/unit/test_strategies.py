@@ -119,3 +119,40 @@ def test_from_program_round_trip(mlp):
     assert sched.R.sum() == s.replay.runs + s.replay.recomputes
     assert sched.M_out.sum() == s.replay.page_outs and sched.M_in.sum() == s.replay.page_ins
     assert np.all(sched.R.diagonal())
+
+
+def test_other_solvers_through_cvxpy(mlp):
+    import cvxpy as cp
+
+    if "SCIP" not in cp.installed_solvers():
+        pytest.skip("SCIP is not installed (pip install pyscipopt)")
+    q = mlp.with_budget(_budgets(mlp)[2])
+    scip = strategies.run("poet", q, strategies.SolveOptions(solver="SCIP", time_limit_s=60))
+    highs = strategies.run("poet", q, strategies.SolveOptions(time_limit_s=60))
+    assert scip.ok and scip.meta["solver"] == "SCIP"
+    assert scip.replay.energy_j == pytest.approx(highs.replay.energy_j, rel=1e-6)
+
+
+def test_fragmentation_is_repaired_by_resolving_tighter(monkeypatch):
+    """If the arena plan overshoots the budget, compile_model re-solves with the budget tightened by the
+    overflow until the plan fits, and reports how many re-solves that took."""
+    from dataclasses import replace as dc_replace
+
+    from poetc import memplan, pipeline
+
+    real_plan = memplan.plan
+    calls = {"n": 0}
+
+    def inflated(prog, mem):  # the first train plan wastes 4 KiB, as a fragmented arena would
+        mp = real_plan(prog, mem)
+        if prog.name == "train" and calls["n"] == 0:
+            calls["n"] += 1
+            return dc_replace(mp, arena_bytes=mp.arena_bytes + 4096)
+        return mp
+
+    monkeypatch.setattr(memplan, "plan", inflated)
+    board = boards.load("nrf52840")
+    model = frontend.load("mlp", batch=8)
+    c = pipeline.compile_model(model, board, ram=229 * 1024, opts=strategies.SolveOptions(time_limit_s=30))
+    assert c.repairs == 1 and c.arena_bytes <= c.problem.budget
+    assert c.memory.total <= 229 * 1024

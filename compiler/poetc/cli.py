@@ -454,7 +454,9 @@ def cmd_export(a: argparse.Namespace) -> int:
         tmp.unlink(missing_ok=True)
     n_state = sum(1 for k in trained if k in b.doc.get("state", []))
     what = f"{len(trained) - n_state} trained parameters" + (
-        f" and {n_state} BatchNorm running statistics (BatchNormalization set to inference)" if n_state else ""
+        f" and {n_state} BatchNorm running statistics (BatchNormalization set to inference)"
+        if n_state
+        else ""
     )
     print(f"wrote {out}: {what} written back into {b.doc['model']['source']}")
     return 0
@@ -591,8 +593,12 @@ def _model_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("model", help="an ONNX file or a zoo name (" + ", ".join(_zoo_names()) + ")")
     s.add_argument("--board", required=True)
     s.add_argument("--batch", type=int, help="batch size (default: the model input's first dimension)")
-    s.add_argument("--input-u8", type=float, metavar="SCALE",
-                   help="hold the input batch as bytes (x = SCALE * q) and dequantize it on the target")
+    s.add_argument(
+        "--input-u8",
+        type=float,
+        metavar="SCALE",
+        help="hold the input batch as bytes (x = SCALE * q) and dequantize it on the target",
+    )
 
 
 def _schedule_args(s: argparse.ArgumentParser, strategy: bool = True) -> None:

@@ -81,7 +81,12 @@ def test_unsupported_ops_listed_at_once():
     with pytest.raises(PoetcError) as e:
         frontend.from_onnx(_model(nodes, {"w": W, "b": B}), "m.onnx")
     msg = str(e.value)
-    assert "m.onnx" in msg and "sig (Softsign)" in msg and "HardSwish_1 (HardSwish)" in msg and "supported: " in msg
+    assert (
+        "m.onnx" in msg
+        and "sig (Softsign)" in msg
+        and "HardSwish_1 (HardSwish)" in msg
+        and "supported: " in msg
+    )
 
 
 def test_no_parameters():

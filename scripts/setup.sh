@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what poetc needs on a fresh Debian machine: system packages (C compiler, make, the Arm cross
 # toolchain with newlib, QEMU; the aarch64 cross compiler and QEMU user mode; chromium for the tests) when they
-# are missing, then the Python package (and, for the tests, ppk2-api).
+# are missing, then the Python package.
 #   scripts/setup.sh          poetc itself (non-editable install)
 #   scripts/setup.sh --dev    poetc editable, with everything the tests need
 set -euo pipefail
@@ -34,8 +34,6 @@ fi
 PY=${PYTHON:-python3}
 if [ "${1:-}" = "--dev" ]; then
   "$PY" -m pip install -q -e '.[dev]'
-  # the PPK2 power meter's client (poetc train --meter; its tests use a fake device)
-  "$PY" -c 'import ppk2_api' 2>/dev/null || "$PY" -m pip install -q ppk2-api
 else
   "$PY" -m pip install -q .
 fi

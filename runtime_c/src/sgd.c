@@ -7,48 +7,31 @@ poet_status poet_sgd_f32(const poet_sgd_params *p, float lr, const float *restri
     return POET_OK;
 }
 
-/* Fused gradient + update. Two paths with the same arithmetic (each gradient element is the sum over i in
- * order, then times alpha, then w -= lr * g), so they give bit-identical weights:
- *  - with a sink (gradient capture): chunks of up to POET_SGD_CHUNK gradients in a local array, in W's memory
- *    order, each handed to the sink before it is applied;
+/* Fused gradient + update, W[r][c] -= lr * alpha * sum_i a[i, r] b[i, c]: for trans_w (W is [n, k]) a = dy
+ * and b = x, otherwise (W is [k, n]) a = x and b = dy. Two paths with the same arithmetic (each gradient
+ * element is the sum over i in order, then times alpha, then w -= lr * g), so they give bit-identical weights:
+ *  - with a sink (gradient capture): chunks of up to POET_SGD_CHUNK gradients of a row of W in a local array,
+ *    in W's memory order, each handed to the sink before it is applied;
  *  - without: 4x4 register blocks of W (16 accumulators, 4 + 4 loads per 16 multiply-adds). */
-static poet_status dw_sgd_chunked(const poet_linear_params *p, float lr, const float *restrict dy,
-                                  const float *restrict x, float *restrict w, poet_grad_sink sink, void *ctx) {
+static void dw_sgd_chunked(uint32_t m, uint32_t rows, uint32_t cols, const float *restrict a, size_t lda,
+                           const float *restrict b, size_t ldb, float *restrict w, float alpha, float lr,
+                           poet_grad_sink sink, void *ctx) {
     float g[POET_SGD_CHUNK];
-    if (p->trans_w) { /* W[j, kk], j < n: a chunk runs along kk, the contiguous axis of x */
-        for (uint32_t j = 0; j < p->n; j++) {
-            for (uint32_t k0 = 0; k0 < p->k; k0 += POET_SGD_CHUNK) {
-                uint32_t c = p->k - k0 < POET_SGD_CHUNK ? p->k - k0 : POET_SGD_CHUNK;
-                for (uint32_t q = 0; q < c; q++) g[q] = 0.0f;
-                for (uint32_t i = 0; i < p->m; i++) {
-                    const float d = dy[(size_t)i * p->n + j];
-                    const float *xr = x + (size_t)i * p->k + k0;
-                    for (uint32_t q = 0; q < c; q++) g[q] += d * xr[q];
-                }
-                float *wr = w + (size_t)j * p->k + k0;
-                for (uint32_t q = 0; q < c; q++) g[q] *= p->alpha;
-                sink(ctx, j * p->k + k0, g, c);
-                for (uint32_t q = 0; q < c; q++) wr[q] -= lr * g[q];
+    for (uint32_t r = 0; r < rows; r++) {
+        for (uint32_t c0 = 0; c0 < cols; c0 += POET_SGD_CHUNK) {
+            uint32_t c = cols - c0 < POET_SGD_CHUNK ? cols - c0 : POET_SGD_CHUNK;
+            for (uint32_t q = 0; q < c; q++) g[q] = 0.0f;
+            for (uint32_t i = 0; i < m; i++) {
+                const float av = a[(size_t)i * lda + r];
+                const float *br = b + (size_t)i * ldb + c0;
+                for (uint32_t q = 0; q < c; q++) g[q] += av * br[q];
             }
-        }
-    } else { /* W[kk, j]: a chunk runs along j, the contiguous axis of dy */
-        for (uint32_t kk = 0; kk < p->k; kk++) {
-            for (uint32_t j0 = 0; j0 < p->n; j0 += POET_SGD_CHUNK) {
-                uint32_t c = p->n - j0 < POET_SGD_CHUNK ? p->n - j0 : POET_SGD_CHUNK;
-                for (uint32_t q = 0; q < c; q++) g[q] = 0.0f;
-                for (uint32_t i = 0; i < p->m; i++) {
-                    const float xv = x[(size_t)i * p->k + kk];
-                    const float *dr = dy + (size_t)i * p->n + j0;
-                    for (uint32_t q = 0; q < c; q++) g[q] += xv * dr[q];
-                }
-                float *wr = w + (size_t)kk * p->n + j0;
-                for (uint32_t q = 0; q < c; q++) g[q] *= p->alpha;
-                sink(ctx, kk * p->n + j0, g, c);
-                for (uint32_t q = 0; q < c; q++) wr[q] -= lr * g[q];
-            }
+            float *wr = w + (size_t)r * cols + c0;
+            for (uint32_t q = 0; q < c; q++) g[q] *= alpha;
+            sink(ctx, r * cols + c0, g, c);
+            for (uint32_t q = 0; q < c; q++) wr[q] -= lr * g[q];
         }
     }
-    return POET_OK;
 }
 
 /* One gradient element, plainly: alpha * sum_i a[i * sa] * b[i * sb]. */
@@ -58,9 +41,6 @@ static inline float dot_strided(const float *a, size_t sa, const float *b, size_
     return acc * alpha;
 }
 
-/* The 4x4-blocked update: rows r of W pair with the columns of ra (a[i, r]), its columns c with rb (b[i, c]);
- * W[r][c] -= lr * alpha * sum_i a[i, r] b[i, c]. For trans_w, a = dy (rows j), b = x (columns kk); otherwise
- * a = x (rows kk), b = dy (columns j). */
 static void dw_sgd_blocked(uint32_t m, uint32_t rows, uint32_t cols, const float *restrict a, size_t lda,
                            const float *restrict b, size_t ldb, float *restrict w, float alpha, float lr) {
     uint32_t r = 0;
@@ -95,11 +75,13 @@ static void dw_sgd_blocked(uint32_t m, uint32_t rows, uint32_t cols, const float
 poet_status poet_linear_dw_sgd_f32(const poet_linear_params *p, float lr, const float *restrict dy,
                                    const float *restrict x, float *restrict w, poet_grad_sink sink, void *ctx) {
     if (!p || !dy || !x || !w) return POET_ERR_ARG;
-    if (sink) return dw_sgd_chunked(p, lr, dy, x, w, sink, ctx);
-    if (p->trans_w)
-        dw_sgd_blocked(p->m, p->n, p->k, dy, p->n, x, p->k, w, p->alpha, lr);
+    const uint32_t rows = p->trans_w ? p->n : p->k, cols = p->trans_w ? p->k : p->n;
+    const float *a = p->trans_w ? dy : x, *b = p->trans_w ? x : dy;
+    const size_t lda = p->trans_w ? p->n : p->k, ldb = p->trans_w ? p->k : p->n;
+    if (sink)
+        dw_sgd_chunked(p->m, rows, cols, a, lda, b, ldb, w, p->alpha, lr, sink, ctx);
     else
-        dw_sgd_blocked(p->m, p->k, p->n, x, p->k, dy, p->n, w, p->alpha, lr);
+        dw_sgd_blocked(p->m, rows, cols, a, lda, b, ldb, w, p->alpha, lr);
     return POET_OK;
 }
 

@@ -129,7 +129,8 @@ def test_digits_mlp_trains_on_qemu_m4_with_energy_and_node_ticks(m4_digits):
     prof = [c for c in _table_rows(r.stdout) if len(c) == 8 and c[-1].endswith("%")]  # "14.32 ms": 2 cells
     assert len(prof) == len(json.loads((m4_digits / "poetc.json").read_text())["nodes"])
     counts = [int(c[3].replace(",", "")) for c in prof]
-    assert all(n > 0 for n in counts) and 0.9 * instr < sum(counts) <= instr * 1.01
+    # each node is counted to a SysTick tick (40 instructions), so the sum may exceed the step a little
+    assert all(n > 0 for n in counts) and 0.9 * instr < sum(counts) <= instr * 1.01 + 40 * len(counts)
 
 
 def test_first_step_gradients_match_the_host_reference_on_qemu_m4(m4_digits):

@@ -6,6 +6,7 @@ its files in ``.poetc-files``); a directory holding anything else is refused.
 
 Layout:
   poetc.json       manifest: model, board, tensors with ids, parameters, programs, memory, hash
+  arena.txt        the memory plan over each program (memplan.timeline)
   schedule.json    the schedule's figures (strategy, energy, time, peak RAM, arena, paging counts)
   model.c/.h       generated tables;   model.onnx   the source model (for export)
   runtime/ port/   copies of runtime_c and firmware/<port>;  Makefile;  build/  the compiled program
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import __version__, codegen, strategies
+from . import __version__, codegen, memplan, strategies
 from .errors import PoetcError
 from .pipeline import Compiled
 from .resources import firmware_dir, runtime_dir
@@ -179,6 +180,8 @@ def _write_files(c: Compiled, d: Path, command: str, target: Any) -> None:
         )
     )
     onnx.save(c.model.onnx_model, str(d / "model.onnx"))
+    names = [n.output for n in c.tg.graph.nodes]
+    (d / "arena.txt").write_text("".join(memplan.timeline(mp, names) for mp in c.plans))
     if c.board.path:  # the board as built, so train/verify find it even when it came from a file
         shutil.copyfile(c.board.path, d / "board.toml")
     (d / MANIFEST).write_text(json.dumps(manifest(c, command, batch), indent=1) + "\n")

@@ -81,14 +81,6 @@ class Schedule:
     def T(self) -> int:
         return self.R.shape[0]
 
-    def energy(self, p: Problem) -> tuple[float, float, float]:
-        """(compute, page-in, page-out) energy in joules, as the MILP's objective counts it."""
-        return (
-            float((self.R * p.compute_j).sum()),
-            float((self.M_in * p.page_in_j).sum()),
-            float((self.M_out * p.page_out_j).sum()),
-        )
-
 
 def lower(p: Problem, s: Schedule) -> Program:
     """Turn a schedule's matrices into the train program (see the module doc for the order)."""

@@ -42,7 +42,6 @@ class Replay:
     page_outs: int
     page_in_bytes: int
     page_out_bytes: int
-    storage_tensors: int  # distinct tensors ever written to storage
 
     @property
     def energy_j(self) -> float:
@@ -68,7 +67,6 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
 
     resident: set[int] = set()
     stored: set[int] = set()
-    ever_stored: set[int] = set()
     ran = [0] * T
     used = 0
     peak = 0
@@ -125,7 +123,6 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
             if i not in resident:
                 raise fail(pc, st, i, "paged out while not resident")
             stored.add(i)
-            ever_stored.add(i)
             poj += float(p.page_out_j[i])
             ts += float(p.page_out_s[i])
             n_out += 1
@@ -160,4 +157,4 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
     for k in prog.keep:
         if k not in resident:
             raise fail(n_prog, -1, k, "must be resident at the end of the program")
-    return Replay(peak, peak_pc, cj, pij, poj, ts, n_run, n_re, n_in, n_out, b_in, b_out, len(ever_stored))
+    return Replay(peak, peak_pc, cj, pij, poj, ts, n_run, n_re, n_in, n_out, b_in, b_out)

@@ -158,6 +158,8 @@ def test_corrupt_page_is_an_error_not_a_wrong_gradient(setup):
         str(out),
         "--ram",
         str(budgets[0]),
+        "--strategy",
+        "paging-only",  # this test is about the pager's checksums: a schedule that surely pages
         "--time-limit",
         "30",
     )

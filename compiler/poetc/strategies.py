@@ -146,8 +146,12 @@ def run(
                 seeds.append(sol)
     if opt.warm_start and remat and paging:
         # the paging-only MILP is small and quick; POET's larger one can take long to find what it finds
-        sub = run("paging-only", p, replace(opt, time_limit_s=max(1.0, 0.2 * opt.time_limit_s), trace=False),
-                  progress=None)
+        sub = run(
+            "paging-only",
+            p,
+            replace(opt, time_limit_s=max(1.0, 0.2 * opt.time_limit_s), trace=False),
+            progress=None,
+        )
         if sub.ok:
             seeds.append(sub)
     if warm is not None and _allowed(warm, remat, paging):

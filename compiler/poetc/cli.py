@@ -56,10 +56,6 @@ def cmd_boards(a: argparse.Namespace) -> int:
 
 
 # ---- build ------------------------------------------------------------------------------------------------
-def _load_board(name: str) -> boards.Board:
-    return boards.load(name)
-
-
 def _solve_options(a: argparse.Namespace) -> strategies.SolveOptions:
     if a.time_limit <= 0:
         raise PoetcError(f"--time-limit must be positive, got {a.time_limit}")
@@ -180,7 +176,7 @@ def _profile_kw(a: argparse.Namespace, model: frontend.Model, board: boards.Boar
 
 
 def cmd_build(a: argparse.Namespace) -> int:
-    board = _load_board(a.board)
+    board = boards.load(a.board)
     ram = pipeline.parse_bytes(a.ram) if a.ram else None
     opts = _solve_options(a)
     out = Path(a.out)
@@ -220,7 +216,7 @@ def _solve_one(pl: pipeline.Planned, name: str, opts: strategies.SolveOptions) -
 
 
 def cmd_solve(a: argparse.Namespace) -> int:
-    board = _load_board(a.board)
+    board = boards.load(a.board)
     ram = pipeline.parse_bytes(a.ram) if a.ram else None
     opts = _solve_options(a)
     quiet = a.json
@@ -268,7 +264,7 @@ def cmd_solve(a: argparse.Namespace) -> int:
 def cmd_sweep(a: argparse.Namespace) -> int:
     from . import plots, sweep
 
-    board = _load_board(a.board)
+    board = boards.load(a.board)
     opts = _solve_options(a)
     print(f"poetc sweep {a.model} for {board.name}", flush=True)
     model = _load_model(a)
@@ -370,7 +366,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_profile(a: argparse.Namespace) -> int:
     from . import profile
 
-    board = _load_board(a.board)
+    board = boards.load(a.board)
     if a.time_limit <= 0:
         raise PoetcError(f"--time-limit must be positive, got {a.time_limit}")
     print(f"poetc profile {a.model} on {board.name}", flush=True)

@@ -416,17 +416,14 @@ class Formulation:
         return terms
 
     # ---- solve ---------------------------------------------------------------------------------------
-    def objective(self) -> tuple[np.ndarray, float]:
-        """Coefficients over the binary columns, and the constant part (the fixed R[t,t] = the floor)."""
+    def objective(self) -> np.ndarray:
+        """Energy coefficients over the binary columns. The fixed R[t,t] are left out: they are the floor."""
         p = self.p
         c = np.zeros(max(1, len(self.m.bin)))
-        const = 0.0
         for key, coef in self._cost_terms(p.compute_j, p.page_in_j, p.page_out_j):
             if key in self.m.bin:
                 c[self.m.bin[key]] += coef
-            else:
-                const += coef * self.m.const[key]
-        return c, const
+        return c
 
     def residency_weights(self) -> np.ndarray:
         """M_i / budget for every S_RAM[t,i] column (0 elsewhere)."""
@@ -508,7 +505,7 @@ def _cvxpy_problem(p: Problem, f: Formulation):
     nb, nc = len(m.bin), len(m.cont)
     x = cp.Variable(max(1, nb), boolean=True)
     y = cp.Variable(max(1, nc))
-    c, _const = f.objective()
+    c = f.objective()
     cons = [ab_le @ x + ac_le @ y <= b_le, y >= 0, y <= np.array(m.cont_ub or [0.0])]
     if m.rows_eq:
         cons.append(ab_eq @ x + ac_eq @ y == b_eq)
@@ -731,9 +728,6 @@ MILP_SOLVERS = ("HIGHS", "SCIP", "GUROBI", "CPLEX", "MOSEK", "CBC", "GLPK_MI", "
 
 
 def _bound(prob: cp.Problem, solver: str, extra: float, status: str) -> float | None:
-    if status.startswith("optimal"):
-        # a solver's "optimal" is optimal within its gap; report its own bound when it gives one
-        pass
     stats = prob.solver_stats
     es = getattr(stats, "extra_stats", None)
     b = None

@@ -96,13 +96,15 @@ def _heuristic(name: str, p: Problem) -> Solution:
     return _check(p, name, prog, t0, "heuristic", msg)
 
 
+HEURISTICS = ("store-all", "chen-sqrt", "greedy")
+
+
+def feasible_heuristics(p: Problem) -> list[Solution]:
+    return [s for s in (_heuristic(h, p) for h in HEURISTICS) if s.ok]
+
+
 def best_heuristic(p: Problem) -> Solution | None:
-    best = None
-    for name in ("store-all", "chen-sqrt", "greedy"):
-        s = _heuristic(name, p)
-        if s.ok and (best is None or s.replay.energy_j < best.replay.energy_j):
-            best = s
-    return best
+    return min(feasible_heuristics(p), key=lambda s: s.replay.energy_j, default=None)
 
 
 def run(
@@ -140,10 +142,7 @@ def run(
         )
     seeds: list[Solution] = []
     if opt.warm_start:
-        for h in ("store-all", "chen-sqrt", "greedy"):
-            sol = _heuristic(h, p)
-            if sol.ok and _allowed(sol.schedule, remat, paging):
-                seeds.append(sol)
+        seeds += [h for h in feasible_heuristics(p) if _allowed(h.schedule, remat, paging)]
     if opt.warm_start and remat and paging:
         # the paging-only MILP is small and quick; POET's larger one can take long to find what it finds
         sub = run(
@@ -285,16 +284,17 @@ def _allowed(s: Schedule, remat: bool, paging: bool) -> bool:
 def smallest_budget(p: Problem, name: str = "poet", opt: SolveOptions = SolveOptions()) -> tuple[int, str]:
     """The smallest arena budget at which ``name`` finds a schedule: (bytes, how it was found).
 
-    Starts from the lower bound (largest node with its inputs); a constructive schedule that pages every
-    tensor out right after it is computed gives a feasible upper end; bisection in between with the heuristics
-    (cheap) and, for MILP strategies, the MILP's feasibility."""
+    Starts from the lower bound (largest node with its inputs); the sum of all outputs is an upper end; bisection
+    in between with the heuristics whose schedules the strategy allows (cheap) and, for MILP strategies, the
+    MILP's feasibility."""
     lo = p.min_budget()
-    try_heur = ("greedy", "chen-sqrt", "store-all")
 
     def feasible(b: int) -> bool:
         q = p.with_budget(b)
         if name in MILP_STRATEGIES:
-            if any(_heuristic(h, q).ok for h in try_heur if h != "store-all" or name == "poet"):
+            remat, paging = MILP_STRATEGIES[name]
+            remat, paging = remat and opt.remat, paging and opt.paging
+            if any(_allowed(h.schedule, remat, paging) for h in feasible_heuristics(q)):
                 return True
             r = run(name, q, replace(opt, time_limit_s=min(opt.time_limit_s, 20.0), warm_start=False))
             return r.ok

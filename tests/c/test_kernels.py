@@ -3,45 +3,22 @@
 from __future__ import annotations
 
 import ctypes
-import subprocess
 import zlib
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.c.conftest import build_kernel_lib
 
 from poetc.ir import Attrs
 from poetc.ops import get
 from poetc.reference import max_rel_error
-from poetc.resources import runtime_dir
-
-KERNEL_SOURCES = ["linear.c", "eltwise.c", "xent.c", "sgd.c", "crc32.c", "status.c"]
 
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory) -> ctypes.CDLL:
-    out = tmp_path_factory.mktemp("k") / "libpoetk.so"
-    src = [str(runtime_dir() / "src" / s) for s in KERNEL_SOURCES]
-    subprocess.run(
-        [
-            "cc",
-            "-std=c99",
-            "-O2",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-shared",
-            "-fPIC",
-            f"-I{runtime_dir() / 'include'}",
-            *src,
-            "-lm",
-            "-o",
-            str(out),
-        ],
-        check=True,
-    )
-    return ctypes.CDLL(str(out))
+    return build_kernel_lib(tmp_path_factory.mktemp("k"), "poetk")
 
 
 class Linear(ctypes.Structure):

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import ctypes
 import re
-import subprocess
 from functools import cache
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.c.conftest import build_kernel_lib
 from tests.unit.test_ops_torch import rnd, run
 
 from poetc import cheaders
@@ -32,29 +32,7 @@ SETTINGS = settings(max_examples=12, deadline=None)
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory) -> ctypes.CDLL:
-    out = str(tmp_path_factory.mktemp("k") / "libpoetops.so")
-    inc = str(runtime_dir() / "include")
-    src = sorted(str(p) for p in (runtime_dir() / "src").glob("*.c") if p.name not in ("interp.c", "link.c"))
-    subprocess.run(
-        [
-            "cc",
-            "-std=c99",
-            "-O2",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-shared",
-            "-fPIC",
-            "-I",
-            inc,
-            *src,
-            "-lm",
-            "-o",
-            out,
-        ],
-        check=True,
-    )
-    return ctypes.CDLL(out)
+    return build_kernel_lib(tmp_path_factory.mktemp("k"), "poetops")
 
 
 # ---- the header, parsed: params structs and kernel prototypes ------------------------------------------------

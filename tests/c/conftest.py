@@ -1,0 +1,25 @@
+"""Shared by the kernel tests: the C runtime's kernels compiled as a shared library for ctypes."""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+from pathlib import Path
+
+from poetc.resources import runtime_dir
+
+# everything but the interpreter and the link, which need a port
+KERNEL_SOURCES = sorted(
+    p for p in (runtime_dir() / "src").glob("*.c") if p.name not in ("interp.c", "link.c")
+)
+
+
+def build_kernel_lib(out_dir: Path, name: str) -> ctypes.CDLL:
+    """Compile the kernels with the warnings the generated code must pass (C99, -Wall -Wextra -Werror)."""
+    out = out_dir / f"lib{name}.so"
+    subprocess.run(
+        ["cc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
+         f"-I{runtime_dir() / 'include'}", *map(str, KERNEL_SOURCES), "-lm", "-o", str(out)],
+        check=True,
+    )  # fmt: skip
+    return ctypes.CDLL(str(out))

@@ -80,9 +80,12 @@ class _Builder:
         pad: int = 0,
         groups: int = 1,
         bias=False,
+        gain: float = 1.0,
     ) -> str:
+        """`gain` scales PyTorch's default bound 1/sqrt(fan_in): sqrt(6) is He's uniform init for ReLU stacks."""
         fan_in = cin // groups * k * k
-        ins = [self.cur, self.init(f"{name}.weight", self.uniform((cout, cin // groups, k, k), fan_in))]
+        w = gain * self.uniform((cout, cin // groups, k, k), fan_in)
+        ins = [self.cur, self.init(f"{name}.weight", w)]
         if bias:
             ins.append(self.init(f"{name}.bias", self.uniform((cout,), fan_in)))
         return self.node(
@@ -172,6 +175,21 @@ def _lenet() -> onnx.ModelProto:
     b.linear("fc2", 120, 84)
     b.relu()
     b.linear("fc3", 84, 10)
+    return b.model(0, 10)
+
+
+def _digits_cnn() -> onnx.ModelProto:
+    """Five 3x3 conv-ReLU layers of 8 channels on the 8x8 digits, then a linear classifier: many activations of
+    one size, so a tight budget needs recomputation or paging for most of them. He's init keeps the signal alive
+    through the plain (unnormalised) stack."""
+    b = _Builder("digits_cnn", (1, 8, 8), seed=4)
+    cin = 1
+    for i in range(5):
+        b.conv(f"conv{i + 1}", cin, 8, 3, pad=1, bias=True, gain=math.sqrt(6.0))
+        b.relu()
+        cin = 8
+    b.flatten()
+    b.linear("fc", 8 * 8 * 8, 10)
     return b.model(0, 10)
 
 
@@ -360,6 +378,11 @@ ZOO: dict[str, ZooEntry] = {
         lambda: _mlp("digits_deep_mlp", [64, 96, 96, 96, 10], (1, 8, 8), seed=3),
         batch=64,
         about="64-96-96-96-10 MLP for the digits: activations outweigh a small board's RAM (the demo model)",
+    ),
+    "digits-cnn": ZooEntry(
+        _digits_cnn,
+        batch=8,
+        about="five 3x3 conv-ReLU layers of 8 channels and a linear layer for the 8x8 digits",
     ),
     "lenet": ZooEntry(_lenet, batch=8, about="LeNet-5 for 3x32x32 (conv5-pool-conv5-pool-120-84-10)"),
     "resnet8": ZooEntry(_resnet8, batch=4, about="MLPerf Tiny's ResNet-8 (16-32-64), 3x32x32, BatchNorm"),

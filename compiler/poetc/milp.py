@@ -40,6 +40,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -587,7 +588,10 @@ def solve(
                 warm_note = _prime_highs(prob, {x: xb0, y: xc0})
     msg = ""
     try:
-        with _quiet_stdout(not opt.verbose):
+        with _quiet_stdout(not opt.verbose), warnings.catch_warnings():
+            # cvxpy warns "Solution may be inaccurate" on a time limit; the schedule is rounded and replayed
+            # (simulate) below, and the status line says whether it is proven, so the warning only adds noise.
+            warnings.filterwarnings("ignore", message="Solution may be inaccurate", category=UserWarning)
             prob.solve(solver=solver, **kwargs)
         status = prob.status
     except cp.error.SolverError as e:

@@ -1,0 +1,68 @@
+"""A CNN trained on the emulated Cortex-M4 under a RAM budget and deadline that force both recomputation and
+paging: the zoo's digits-cnn (five 3x3 conv-ReLU layers, batch 8) in 108 KB with a deadline of 1.2x one
+computation of every node.
+
+Why both are forced at this point, each checked below by a solver run:
+- remat-only: the solver proves that no schedule without paging fits the budget and the deadline;
+- paging-only: its proven optimum costs more energy than POET's schedule, so POET's schedule recomputes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+from tests.conftest import poetc
+
+MODEL = "digits-cnn"
+POINT = ["--ram", "108K", "--deadline", "1.2x"]
+
+needs_qemu = pytest.mark.skipif(
+    not (shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc")),
+    reason="needs qemu-system-arm and arm-none-eabi-gcc (scripts/setup.sh installs them)",
+)
+
+
+def _solve(strategy: str, time_limit: int) -> dict:
+    r = poetc(
+        "solve", MODEL, "--board", "qemu-m4", *POINT, "--strategy", strategy,
+        "--time-limit", str(time_limit), "--json", check=False,
+    )  # fmt: skip
+    doc = json.loads(r.stdout)
+    assert r.returncode == (0 if doc["feasible"] else 1), r.stderr
+    return doc
+
+
+@pytest.mark.qemu
+@needs_qemu
+def test_digits_cnn_recomputes_pages_verifies_and_learns_on_qemu_m4(tmp_path):
+    out = tmp_path / "cnn"
+    poetc("build", MODEL, "--board", "qemu-m4", "--out", str(out), *POINT, "--time-limit", "10")
+    sj = json.loads((out / "schedule.json").read_text())
+    assert sj["recomputes"] > 0 and sj["page_outs"] > 0 and sj["page_ins"] > 0, sj
+    man = json.loads((out / "poetc.json").read_text())
+    assert man["memory"]["total"] <= 108 * 1024, man["memory"]
+
+    r = poetc("verify", str(out))
+    assert "PASS" in r.stdout, r.stdout
+    worst = float(re.search(r"worst relative gradient error ([\d.e+-]+)", r.stdout).group(1))
+    assert worst <= 1e-4
+
+    r = poetc("train", str(out), "--steps", "50", "--lr", "0.05", "--eval-every", "25")
+    first, last = (float(v) for v in re.search(r"^loss ([\d.]+) -> ([\d.]+)", r.stdout, re.M).groups())
+    assert last < 0.75 * first, r.stdout
+    m = re.search(r"paging per step: (\d+) page-ins .*?, (\d+) page-outs", r.stdout)
+    assert m and int(m.group(1)) > 0 and int(m.group(2)) > 0, r.stdout
+    assert re.search(r"^measured\s+\S+ mJ\s+[1-9]", r.stdout, re.M), r.stdout  # non-zero paging energy
+
+
+def test_the_cnn_budget_forces_both_recomputation_and_paging():
+    remat = _solve("remat-only", 600)
+    assert not remat["feasible"] and "proved" in remat["message"], remat
+    paging = _solve("paging-only", 60)
+    assert paging["status"] == "optimal", paging
+    poet = _solve("poet", 10)
+    assert poet["feasible"] and poet["energy_j"] < paging["energy_j"] * (1 - 1e-6), (poet, paging)
+    assert poet["recomputes"] > 0 and poet["page_outs"] > 0, poet

@@ -29,6 +29,19 @@ class LeNet(nn.Module):
         return self.fc3(F.relu(self.fc2(x)))
 
 
+class DigitsCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        for i in range(5):
+            setattr(self, f"conv{i + 1}", nn.Conv2d(1 if i == 0 else 8, 8, 3, padding=1))
+        self.fc = nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x):
+        for i in range(5):
+            x = F.relu(getattr(self, f"conv{i + 1}")(x))
+        return self.fc(x.flatten(1))
+
+
 class Block(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, shortcut: str) -> None:
         super().__init__()
@@ -199,6 +212,7 @@ class TinyBert(nn.Module):
 
 
 TWINS = {
+    "digits-cnn": DigitsCNN,
     "lenet": LeNet,
     "resnet8": ResNet8,
     "resnet18-cifar": ResNet18Cifar,

@@ -23,6 +23,7 @@ LR = 0.1
 
 # (zoo name, batch): small batches keep the host step and the build quick; BatchNorm still sees > 1 value
 CASES = [
+    ("digits-cnn", 4),
     ("lenet", 4),
     ("resnet8", 2),
     ("resnet18-cifar", 2),

@@ -37,3 +37,22 @@ def test_demo_schedule_recomputes_and_pages_and_trains(tmp_path):
     assert last < 0.9 * first, r.stdout
     m = re.search(r"paging per step: (\d+) page-ins .*?, (\d+) page-outs", r.stdout)
     assert m and int(m.group(1)) > 0 and int(m.group(2)) > 0, r.stdout
+
+
+def _solve(strategy: str) -> dict:
+    args = ["solve", cli.DEMO_MODEL, "--board", "qemu-m4", *cli.DEMO_QEMU_ARGS, "--strategy", strategy]
+    r = poetc(*args, "--time-limit", "120", "--json", check=False)
+    doc = json.loads(r.stdout)
+    assert r.returncode == (0 if doc["feasible"] else 1), r.stderr
+    return doc
+
+
+def test_the_demo_budget_forces_both_recomputation_and_paging():
+    """No schedule without paging fits (proved), and the best one without recomputation costs more energy than
+    POET's: so POET's schedule, at this budget and deadline, must page and recompute."""
+    remat = _solve("remat-only")
+    assert not remat["feasible"] and "proved" in remat["message"], remat
+    paging = _solve("paging-only")
+    assert paging["status"] == "optimal", paging
+    poet = _solve("poet")
+    assert poet["feasible"] and poet["energy_j"] < paging["energy_j"] * (1 - 1e-6), (poet, paging)

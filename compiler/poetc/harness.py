@@ -460,24 +460,44 @@ def node_profile(build: BuildInfo, target: Target, log: TrainLog) -> str:
     nodes = build.doc.get("nodes", [])
     total = max(1, sum(log.node_ticks))
     qemu = isinstance(target, QemuTarget)
+    runs = node_runs(build)
     rows = []
     for i, tk in enumerate(log.node_ticks):
         nd = nodes[i] if i < len(nodes) else {}
         flops = int(nd.get("flops", 0))
+        n = runs.get(i, 1) if runs else 1
         rows.append(
             [
                 i,
                 nd.get("name", f"node{i}"),
                 nd.get("op", "?"),
+                n if runs else "?",
                 f"{tk:,}",
-                f"{tk / flops:.2f}" if flops else "-",
+                f"{tk / (n * flops):.2f}" if flops and n else "-",
                 seconds(target.seconds(tk, log.tick_hz)),
                 f"{100 * tk / total:.1f}%",
             ]
         )
     unit = "instructions" if qemu else "ticks"
     per = "instr/FLOP" if qemu else "ticks/FLOP"
-    return table(["node", "name", "op", unit, per, "time", "share"], rows, "rllrrrr")
+    return table(["node", "name", "op", "runs", unit, per, "time", "share"], rows, "rllrrrrr")
+
+
+def node_runs(build: BuildInfo) -> dict[int, int]:
+    """How often each node computes in one training step (RUN plus every RECOMPUTE), from the build's
+    program.json; empty when the build has none. A node's ticks cover all its runs."""
+    path = build.dir / "program.json"
+    if not path.is_file():
+        return {}
+    doc = json.loads(path.read_text())
+    prog = next((p for p in doc.get("programs", []) if p.get("name") == "train"), None)
+    if prog is None:
+        return {}
+    runs: dict[int, int] = {}
+    for ins in prog["instrs"]:
+        if ins[0] in ("RUN", "RECOMPUTE"):
+            runs[int(ins[1])] = runs.get(int(ins[1]), 0) + 1
+    return runs
 
 
 # ---- the training record (train.json) and the meter's report ------------------------------------------------------

@@ -50,12 +50,30 @@ def test_digits_cnn_recomputes_pages_verifies_and_learns_on_qemu_m4(tmp_path):
     worst = float(re.search(r"worst relative gradient error ([\d.e+-]+)", r.stdout).group(1))
     assert worst <= 1e-4
 
-    r = poetc("train", str(out), "--steps", "50", "--lr", "0.05", "--eval-every", "25")
+    r = poetc("train", str(out), "--steps", "50", "--lr", "0.05", "--eval-every", "25", "--profile-nodes")
     first, last = (float(v) for v in re.search(r"^loss ([\d.]+) -> ([\d.]+)", r.stdout, re.M).groups())
     assert last < 0.75 * first, r.stdout
     m = re.search(r"paging per step: (\d+) page-ins .*?, (\d+) page-outs", r.stdout)
     assert m and int(m.group(1)) > 0 and int(m.group(2)) > 0, r.stdout
     assert re.search(r"^measured\s+\S+ mJ\s+[1-9]", r.stdout, re.M), r.stdout  # non-zero paging energy
+
+    # the firmware really computes a recomputed node again: its instructions per run match those of a node of
+    # the same op and size that runs once (the five ReLUs have one shape, as do conv2..conv5)
+    prof = re.findall(r"^\s*\d+\s+\S+\s+(\w+)\s+(\d+)\s+([\d,]+)\s", r.stdout, re.M)
+    nodes = json.loads((out / "poetc.json").read_text())["nodes"]
+    assert len(prof) == len(nodes), r.stdout
+    assert sum(int(n) - 1 for _, n, _ in prof) == sj["recomputes"]
+    once: dict[tuple[str, int], int] = {}
+    for (op, n, ticks), nd in zip(prof, nodes, strict=True):
+        if n == "1":
+            once[(op, nd["flops"])] = int(ticks.replace(",", ""))
+    compared = 0
+    for (op, n, ticks), nd in zip(prof, nodes, strict=True):
+        if int(n) > 1 and (op, nd["flops"]) in once:
+            per_run = int(ticks.replace(",", "")) / int(n)
+            assert per_run == pytest.approx(once[(op, nd["flops"])], rel=0.05), (op, n, ticks)
+            compared += 1
+    assert compared > 0, r.stdout
 
 
 def test_the_cnn_budget_forces_both_recomputation_and_paging():

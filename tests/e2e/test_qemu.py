@@ -126,9 +126,10 @@ def test_digits_mlp_trains_on_qemu_m4_with_energy_and_node_ticks(m4_digits):
     instr = int(re.search(r"measured: ([\d,]+) instructions per step", r.stdout).group(1).replace(",", ""))
     assert 100_000 < instr < 50_000_000
     # per-node instruction counts of the last step: every node ran, and they add up to about the step
-    prof = [c for c in _table_rows(r.stdout) if len(c) == 8 and c[-1].endswith("%")]  # "14.32 ms": 2 cells
+    prof = [c for c in _table_rows(r.stdout) if len(c) == 9 and c[-1].endswith("%")]  # "14.32 ms": 2 cells
     assert len(prof) == len(json.loads((m4_digits / "poetc.json").read_text())["nodes"])
-    counts = [int(c[3].replace(",", "")) for c in prof]
+    assert all(c[3] == "1" for c in prof)  # store-all: every node runs once
+    counts = [int(c[4].replace(",", "")) for c in prof]
     # each node is counted to a SysTick tick (40 instructions), so the sum may exceed the step a little
     assert all(n > 0 for n in counts) and 0.9 * instr < sum(counts) <= instr * 1.01 + 40 * len(counts)
 

@@ -403,13 +403,14 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 # ---- flash ------------------------------------------------------------------------------------------------
 def cmd_flash(a: argparse.Namespace) -> int:
+    import os
     import subprocess
 
     b = builddir.open_build(Path(a.dir))
     board = b.board()
     cmd = target.flash(board, b.dir, port=a.port, env=a.env)
     print(f"poetc flash {b.dir} to {board.name}: {' '.join(cmd)}", flush=True)
-    rc = subprocess.run(cmd).returncode
+    rc = subprocess.run(cmd, env={**os.environ, **target.PIO_ENV}).returncode
     if rc != 0:
         raise PoetcError(f"pio run -t upload failed (exit {rc}); its output is above")
     return 0
@@ -559,7 +560,11 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", help="a profile to compare per node (default: the training run's node ticks)")
     s.set_defaults(func=cmd_report)
 
-    s = sub.add_parser("flash", help="build and upload a real board's firmware with PlatformIO")
+    s = sub.add_parser(
+        "flash",
+        help="build and upload the firmware with PlatformIO (a real board; or a QEMU board through poetc's local "
+        "platform, offline: boot the image in QEMU and install it for train/verify)",
+    )
     s.add_argument("dir")
     s.add_argument("--port", help="the board's serial device (default: found by USB id, or POETC_SERIAL)")
     s.add_argument("--env", help="PlatformIO environment (default: the board's; e.g. nrf52840_flash)")

@@ -12,6 +12,7 @@ that ``poetc flash`` uploads; the harness then talks to the board's serial port)
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -19,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -400,6 +402,8 @@ class ArmTarget(Target):
             (d / "pio_link.py").write_text(
                 codegen.render_template("pio_link.py.j2", header=header, cpu_flags=self.cpu_flags)
             )
+        elif self.board.emulated:
+            write_local_platformio(d, self.board, header, self.cpu_flags, self.defines())
 
     def build(self, build_dir: Path, say: Callable[[str], None] | None = None, san: bool = False) -> Path:
         if san:
@@ -665,6 +669,107 @@ class LinuxTarget(HostTarget):
         return [qemu, "-cpu", self.cpu]
 
 
+# ---- PlatformIO for the QEMU boards: a local platform, offline -------------------------------------------------
+PIO_TOOLS = (
+    "gcc",
+    "g++",
+    "as",
+    "ld",
+    "ar",
+    "nm",
+    "objcopy",
+    "objdump",
+    "size",
+    "gcc-ar",
+    "gcc-nm",
+    "gcc-ranlib",
+)
+# the tool-scons version when PlatformIO cannot say which it wants: PlatformIO 6.2's (SCons 4.11.1)
+SCONS_PACKAGE_VERSION = "4.41101.0"
+
+
+def _scons_package_version() -> str:
+    """The tool-scons version this PlatformIO requires ("~4.41101.0" -> "4.41101.0")."""
+    try:
+        from platformio.dependencies import get_core_dependencies  # type: ignore[import-not-found]
+
+        req = str(get_core_dependencies()["tool-scons"])
+    except Exception:  # PlatformIO absent or changed: the ini still validates
+        return SCONS_PACKAGE_VERSION
+    m = re.search(r"\d+\.\d+\.\d+", req)
+    return m.group(0) if m else SCONS_PACKAGE_VERSION
+
+
+def write_local_platformio(
+    d: Path, board: Board, header: str, cpu_flags: tuple[str, ...], defines: list[str]
+) -> None:
+    """A PlatformIO project for an emulated board that builds and uploads with no registry: ``pio/platform`` (poetc's
+    local platform and a board manifest from the board file), ``pio/toolchain`` (Debian's arm-none-eabi tools,
+    linked, as PlatformIO's toolchain package) and ``pio/core/packages/tool-scons`` (SCons from pip). Paths in
+    platformio.ini are relative, so the build directory may move."""
+    src = firmware_dir() / "platformio"
+    pio = d / "pio"
+    shutil.copytree(src / "platform", pio / "platform")
+    pio_board = "poetc_" + board.name.replace("-", "_")
+    manifest = {
+        "name": f"poetc {board.name}: {board.description}",
+        "vendor": "QEMU",
+        "url": "https://www.qemu.org/docs/master/system/target-arm.html",
+        "frameworks": [],
+        "build": {"cpu": board.core.removesuffix("f"), "mcu": board.emulator, "f_cpu": f"{board.clock_hz}L"},
+        "upload": {
+            "maximum_ram_size": board.ram_bytes,
+            "maximum_size": board.flash_bytes,
+            "protocol": "qemu",
+            "protocols": ["qemu"],
+        },
+    }
+    (pio / "platform" / "boards").mkdir(exist_ok=True)
+    (pio / "platform" / "boards" / f"{pio_board}.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    gcc = shutil.which("arm-none-eabi-gcc")
+    bindir = Path(gcc).resolve().parent if gcc else Path("/usr/bin")
+    (pio / "toolchain" / "bin").mkdir(parents=True)
+    for tool in PIO_TOOLS:
+        (pio / "toolchain" / "bin" / f"arm-none-eabi-{tool}").symlink_to(bindir / f"arm-none-eabi-{tool}")
+    (pio / "toolchain" / "package.json").write_text(
+        json.dumps(
+            {
+                "name": "toolchain-gccarmnoneeabi",
+                "version": "1.0.0",
+                "description": f"Debian's arm-none-eabi toolchain in {bindir}, linked",
+                "system": "*",
+            }
+        )
+        + "\n"
+    )
+    scons = pio / "core" / "packages" / "tool-scons"
+    scons.mkdir(parents=True)
+    shutil.copy2(src / "tool-scons" / "scons.py", scons / "scons.py")
+    version = _scons_package_version()
+    (scons / "package.json").write_text(
+        json.dumps({"name": "tool-scons", "version": version, "description": "SCons from pip"}) + "\n"
+    )
+    # PlatformIO finds core packages by owner: the metadata a registry install would have written
+    spec = {"owner": "platformio", "id": None, "name": "tool-scons", "requirements": None, "uri": None}
+    (scons / ".piopm").write_text(
+        json.dumps({"type": "tool", "name": "tool-scons", "version": version, "spec": spec}) + "\n"
+    )
+    (d / "platformio.ini").write_text(
+        codegen.render_template(
+            "platformio-qemu.ini.j2",
+            header=header,
+            board=board,
+            pio_board=pio_board,
+            cpu_flags=cpu_flags,
+            defines=[f"POET_FRAME_MAX={board.frame_max_bytes}", *defines],
+            python=sys.executable,
+        )
+    )
+    (d / "pio_link.py").write_text(
+        codegen.render_template("pio_link.py.j2", header=header, cpu_flags=cpu_flags)
+    )
+
+
 def platformio_core_dir() -> Path:
     return Path(os.environ.get("PLATFORMIO_CORE_DIR") or Path.home() / ".platformio")
 
@@ -673,10 +778,7 @@ def flash(board: Board, build_dir: Path, port: str | None = None, env: str | Non
     """Check everything ``pio run -t upload`` needs, then return its command line (the caller runs it).
     Every missing piece is one clear PoetcError, never a 60 s wait on PlatformIO's registry."""
     if board.emulated:
-        raise PoetcError(
-            f"board {board.name} is emulated ({board.emulator}): poetc train and verify run it in QEMU; "
-            "there is nothing to flash"
-        )
+        return _qemu_upload_command(board, build_dir)
     tgt = for_board(board)
     if not isinstance(tgt, BoardTarget) or tgt.pio is None:
         raise PoetcError(
@@ -698,6 +800,36 @@ def flash(board: Board, build_dir: Path, port: str | None = None, env: str | Non
         )
     name = env or board.name
     return [pio, "run", "-d", str(build_dir), "-e", name, "-t", "upload", "--upload-port", dev]
+
+
+def _qemu_upload_command(board: Board, build_dir: Path) -> list[str]:
+    """``pio run -t upload`` on poetc's local platform: build with PlatformIO, boot in QEMU, install."""
+    if not (build_dir / "platformio.ini").is_file() or not (build_dir / "pio" / "platform").is_dir():
+        raise PoetcError(
+            f"{build_dir}: no local PlatformIO project (platformio.ini, pio/); rebuild with poetc build ... "
+            f"--board {board.name}"
+        )
+    pio = shutil.which("pio") or shutil.which("platformio")
+    if pio is None:
+        raise PoetcError("PlatformIO is not installed (pip install platformio scons)")
+    import importlib.util
+
+    if importlib.util.find_spec("SCons") is None:
+        raise PoetcError(
+            "SCons is not installed (pip install scons): PlatformIO's build needs it, and its registry copy "
+            "is out of reach offline"
+        )
+    for tool in ("arm-none-eabi-gcc", "qemu-system-arm"):
+        if shutil.which(tool) is None:
+            raise PoetcError(f"{tool} is not installed (scripts/setup.sh installs it)")
+    return [pio, "run", "-d", str(build_dir), "-e", board.name, "-t", "upload"]
+
+
+# PlatformIO settings for poetc flash: no telemetry, no upgrade check (both would reach for the network)
+PIO_ENV = {
+    "PLATFORMIO_SETTING_ENABLE_TELEMETRY": "No",
+    "PLATFORMIO_SETTING_CHECK_PLATFORMIO_INTERVAL": "36500",
+}
 
 
 def for_board(board: Board) -> Target:

@@ -177,10 +177,3 @@ def test_flash_runs_pio_upload_when_everything_is_there(nrf_sources, tmp_path):
         "--upload-port",
         "/dev/ttyFAKE0",
     ]
-
-
-def test_flash_an_emulated_board_says_there_is_nothing_to_flash(tmp_path):
-    out = tmp_path / "q"
-    poetc("build", "digits-mlp", "--board", "qemu-m4", "--out", str(out), "--no-compile")
-    err = _one_line_error(_flash(out, {}))
-    assert "emulated" in err and "nothing to flash" in err

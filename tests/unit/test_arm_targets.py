@@ -5,6 +5,7 @@ generated Makefile / memory.ld / platformio.ini."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -143,4 +144,11 @@ def test_generated_makefile_memory_and_platformio_files(tmp_path):
     )
     (tmp_path / "q").mkdir()
     q.write_port_files(tmp_path / "q", "h", 0)
-    assert not (tmp_path / "q" / "platformio.ini").exists()  # QEMU boards are run, not flashed
+    # QEMU boards get the local PlatformIO platform, addressed by relative paths
+    qini = (tmp_path / "q" / "platformio.ini").read_text()
+    assert "platform = symlink://pio/platform" in qini and "core_dir = pio/core" in qini
+    assert "board = poetc_qemu_m0" in qini and "-mcpu=cortex-m0" in qini
+    board_json = json.loads((tmp_path / "q" / "pio" / "platform" / "boards" / "poetc_qemu_m0.json").read_text())
+    assert board_json["upload"]["maximum_ram_size"] == 16 * 1024
+    piopm = json.loads((tmp_path / "q" / "pio" / "core" / "packages" / "tool-scons" / ".piopm").read_text())
+    assert piopm["spec"]["owner"] == "platformio" and piopm["name"] == "tool-scons"

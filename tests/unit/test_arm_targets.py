@@ -148,7 +148,9 @@ def test_generated_makefile_memory_and_platformio_files(tmp_path):
     qini = (tmp_path / "q" / "platformio.ini").read_text()
     assert "platform = symlink://pio/platform" in qini and "core_dir = pio/core" in qini
     assert "board = poetc_qemu_m0" in qini and "-mcpu=cortex-m0" in qini
-    board_json = json.loads((tmp_path / "q" / "pio" / "platform" / "boards" / "poetc_qemu_m0.json").read_text())
+    board_json = json.loads(
+        (tmp_path / "q" / "pio" / "platform" / "boards" / "poetc_qemu_m0.json").read_text()
+    )
     assert board_json["upload"]["maximum_ram_size"] == 16 * 1024
     piopm = json.loads((tmp_path / "q" / "pio" / "core" / "packages" / "tool-scons" / ".piopm").read_text())
     assert piopm["spec"]["owner"] == "platformio" and piopm["name"] == "tool-scons"

@@ -778,6 +778,11 @@ def flash(board: Board, build_dir: Path, port: str | None = None, env: str | Non
     """Check everything ``pio run -t upload`` needs, then return its command line (the caller runs it).
     Every missing piece is one clear PoetcError, never a 60 s wait on PlatformIO's registry."""
     if board.emulated:
+        if port is not None or (env is not None and env != board.name):
+            raise PoetcError(
+                f"board {board.name} is emulated: its upload boots the image in QEMU, so --port and --env "
+                "(a real board's serial port and PlatformIO environment) do not apply"
+            )
         return _qemu_upload_command(board, build_dir)
     tgt = for_board(board)
     if not isinstance(tgt, BoardTarget) or tgt.pio is None:

@@ -112,6 +112,14 @@ def test_flash_of_a_qemu_board_without_platformio(tmp_path):
     err = r.stderr.strip()
     assert r.returncode == 2 and len(err.splitlines()) == 1, err
     assert "PlatformIO is not installed" in err
+    r = subprocess.run(
+        [sys.executable, "-m", "poetc.cli", "flash", str(out), "--port", "/dev/ttyACM0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    err = r.stderr.strip()
+    assert r.returncode == 2 and len(err.splitlines()) == 1 and "--port and --env" in err, err
 
 
 def test_the_project_survives_a_move(tmp_path):

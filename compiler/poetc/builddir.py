@@ -11,7 +11,8 @@ Layout:
   model.c/.h       generated tables;   model.onnx   the source model (for export)
   runtime/ port/   copies of runtime_c and firmware/<port>;  Makefile;  build/  the compiled program
   cortexm/ memory.ld   Cortex-M boards: the shared start-up and sections, the board's RAM/flash/stack sizes
-  platformio.ini pio_link.py   real boards: the PlatformIO project (``poetc flash``)
+  platformio.ini pio_link.py   Cortex-M boards: the PlatformIO project (``poetc flash``); QEMU boards also get
+                   pio/ (the local platform, toolchain and tool-scons packages that let it build offline)
 """
 
 from __future__ import annotations

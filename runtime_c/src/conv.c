@@ -5,7 +5,8 @@
  * channels by four positions) is a small matrix product over the other channel dimension with no bounds checks,
  * keeping 16 accumulators in registers (benchmarks/m4_kernel_instructions.py: about 15-60 instructions per MAC
  * down to about 2 on the Cortex-M4F). Channels that do not fill a tile of four (depthwise convolutions) take
- * the reference loops. tests/c/test_kernels_ops.py checks each against its reference. */
+ * the reference loops. The forward pass with 1 to 4 input channels per group (first layers) sums every tap of a
+ * tile in registers instead (fwd_taps). tests/c/test_kernels_ops.py checks each against its reference. */
 #include <string.h>
 
 #include "poet/kernels.h"
@@ -257,14 +258,214 @@ static void fwd_channel(const poet_conv_params *p, const float *x, const float *
     }
 }
 
+/* ---- forward, few input channels (first layers): every tap summed in registers ------------------------------
+ * With cig = c_in / groups small (1 grayscale, 3 RGB) the tap-by-tap tiles above sum over cig inputs only, so
+ * each tap costs a load and a store of all 16 outputs for 16 cig MACs (about 10 instructions per MAC for cig 1).
+ * Here a 4x4 tile (four output channels by four positions of an output row) keeps its 16 accumulators in
+ * registers over all cig * kh * kw taps and writes each output once, bias included. Per input row (ic, ky) the
+ * tile loads the 3 sw + kw inputs its four positions span once and 4 kw weights, for 16 kw MACs; kw and sw are
+ * constants in the instances (taps_k3s1...), so the taps are unrolled and the loads take immediate offsets
+ * (16 + 9 + 4 of the M4's 32 float registers at most), and so are the rows of a kh = kw kernel. The kernel rows
+ * in the vertical padding are skipped (ky0, khv); a tile whose columns reach into the horizontal padding or past
+ * the row (and the last, partial tile) reads its rows from a zero-padded copy (TAPS_BUF floats on the stack, made
+ * once for all the output channels), and small images (8x8 digits) are copied whole with their padding, so that
+ * every tile reads in place. benchmarks/m4_kernel_instructions.py, instructions per MAC on the Cortex-M4F: 1->8
+ * channels 3x3 on 8x8 10.4 -> 2.7, 3->16 3x3 on 32x32 4.6 -> 2.0 (stride 2: 4.8 -> 2.0). */
+#define TAPS_BUF 128 /* floats, 512 bytes of stack: cig * kh * (3 sw + kw) (a tile's rows) at most */
+
+typedef struct {
+    const float *w; /* weights of the first output channel, from row ky0; + wr per output channel */
+    size_t wr;
+    uint32_t wskip; /* weights of the kernel rows in the padding, skipped per input channel: (kh - khv) kw */
+    const float *x; /* input row ky0 of the first input channel, column of tap kx = 0 of the first position */
+    size_t xrs, xps; /* + per input row, + per input channel */
+    uint32_t cig, khv;
+    uint32_t tiles; /* tiles of four output channels */
+    uint32_t nx;    /* tiles of four positions: x + 4 sw apart, y + 4 */
+    uint32_t nq;    /* positions stored of each (1 to 4) */
+    const float *b; /* bias (or null) of the first output channel */
+    float *y;       /* output of the first channel and position; + yr per output channel */
+    size_t yr;
+} taps_args;
+
+typedef void (*taps_fn)(const taps_args *a);
+
+/* y[r][q] = b[r] + sum over ic < cig, ky < khv, kx < kw of w_r[ic][ky][kx] x[ic][ky][q sw + kx], r < 4 output
+ * channels, q < 4 positions, for every tile of channels and of positions. kw, sw and kh (when not 0, khv == kh:
+ * the weights' rows are contiguous) are constants where inlined. */
+static inline __attribute__((always_inline)) void tile_taps(const taps_args *a, const uint32_t kw,
+                                                            const uint32_t sw, const uint32_t kh) {
+    const size_t wr = a->wr, xrs = a->xrs, xps = a->xps, yr = a->yr;
+    const uint32_t wskip = a->wskip, cig = a->cig, khv = kh ? kh : a->khv, nx = a->nx, nq = a->nq;
+    const float *w = a->w, *b = a->b;
+    float *yt = a->y;
+    for (uint32_t t = 0; t < a->tiles; t++, w += 4 * wr, yt += 4 * yr, b = b ? b + 4 : 0) {
+        const float b0 = b ? b[0] : 0.0f, b1 = b ? b[1] : 0.0f, b2 = b ? b[2] : 0.0f, b3 = b ? b[3] : 0.0f;
+        const float *x = a->x;
+        float *y = yt;
+        for (uint32_t px = 0; px < nx; px++, x += 4 * sw, y += 4) {
+            const float *w0 = w, *w1 = w + wr, *w2 = w1 + wr, *w3 = w2 + wr, *xc = x;
+            float c00 = b0, c01 = b0, c02 = b0, c03 = b0, c10 = b1, c11 = b1, c12 = b1, c13 = b1;
+            float c20 = b2, c21 = b2, c22 = b2, c23 = b2, c30 = b3, c31 = b3, c32 = b3, c33 = b3;
+            if (kh) { /* every row of the kernel, unrolled: one pointer update per input channel */
+                for (uint32_t ic = 0; ic < cig; ic++, xc += xps, w0 += kh * kw, w1 += kh * kw, w2 += kh * kw,
+                              w3 += kh * kw) {
+#pragma GCC unroll 8
+                    for (uint32_t ky = 0; ky < kh; ky++) {
+                        const float *xr = xc + ky * xrs;
+                        const uint32_t o = ky * kw;
+#pragma GCC unroll 8
+                        for (uint32_t kx = 0; kx < kw; kx++)
+                            CV_FMA16(w0[o + kx], w1[o + kx], w2[o + kx], w3[o + kx], xr[kx], xr[kx + sw],
+                                     xr[kx + 2 * sw], xr[kx + 3 * sw]);
+                    }
+                }
+            } else {
+                for (uint32_t ic = 0; ic < cig; ic++, xc += xps, w0 += wskip, w1 += wskip, w2 += wskip,
+                              w3 += wskip) {
+                    const float *xr = xc;
+                    for (uint32_t ky = 0; ky < khv; ky++, xr += xrs, w0 += kw, w1 += kw, w2 += kw, w3 += kw) {
+#pragma GCC unroll 8
+                        for (uint32_t kx = 0; kx < kw; kx++)
+                            CV_FMA16(w0[kx], w1[kx], w2[kx], w3[kx], xr[kx], xr[kx + sw], xr[kx + 2 * sw],
+                                     xr[kx + 3 * sw]);
+                    }
+                }
+            }
+            float *y0 = y, *y1 = y + yr, *y2 = y1 + yr, *y3 = y2 + yr;
+            y0[0] = c00, y1[0] = c10, y2[0] = c20, y3[0] = c30;
+            if (nq > 1) y0[1] = c01, y1[1] = c11, y2[1] = c21, y3[1] = c31;
+            if (nq > 2) y0[2] = c02, y1[2] = c12, y2[2] = c22, y3[2] = c32;
+            if (nq > 3) y0[3] = c03, y1[3] = c13, y2[3] = c23, y3[3] = c33;
+        }
+    }
+}
+
+/* The instances: a kw x kw kernel's rows unrolled where all are inside the input, other heights looped. */
+#define TAPS_INSTANCE(KW, SW)                                                                                 \
+    static void taps_k##KW##s##SW(const taps_args *a) {                                                       \
+        if (a->khv == KW && a->wskip == 0) tile_taps(a, KW, SW, KW);                                          \
+        else tile_taps(a, KW, SW, 0);                                                                         \
+    }
+TAPS_INSTANCE(3, 1)
+TAPS_INSTANCE(3, 2)
+TAPS_INSTANCE(5, 1)
+TAPS_INSTANCE(5, 2)
+
+/* The instance for this convolution, or 0 where the tap-by-tap tiles are used: cig <= 4 (from 8 input channels
+ * on, the tap-by-tap tiles' output traffic is spread over 8 MACs per output access and they are as fast), at
+ * least one tile of four output channels, a kw and sw instantiated, and a tile's rows fit TAPS_BUF. */
+static taps_fn taps_for(const poet_conv_params *p) {
+    const uint32_t cig = p->c_in / p->groups, cog = p->c_out / p->groups;
+    if (cig > 4 || cog < 4 || p->sw > 2 || (size_t)cig * p->kh * (3 * p->sw + p->kw) > TAPS_BUF) return 0;
+    if (p->kw == 3) return p->sw == 1 ? taps_k3s1 : taps_k3s2;
+    if (p->kw == 5) return p->sw == 1 ? taps_k5s1 : taps_k5s2;
+    return 0;
+}
+
+/* Copy rows of columns base + j, j < span, into d (zero outside the row: j - j0 >= j1 - j0); rows of src
+ * (null: zero rows) rs apart. */
+static float *pad_rows(float *d, const float *src, size_t rs, uint32_t rows, long base, uint32_t j0, uint32_t j1,
+                       uint32_t span) {
+    for (uint32_t i = 0; i < rows; i++, src = src ? src + rs : 0) /* one loop: GCC calls memset/memcpy for three */
+        for (uint32_t j = 0; j < span; j++) *d++ = src && j - j0 < j1 - j0 ? src[base + (long)j] : 0.0f;
+    return d;
+}
+
+/* The columns base + j, j0 <= j < j1 (j < span), inside a row of w. */
+static void cols_inside(long base, uint32_t w, uint32_t span, uint32_t *j0, uint32_t *j1) {
+    const long r = (long)w - base;
+    *j0 = base >= 0 ? 0 : -base < (long)span ? (uint32_t)(-base) : span;
+    *j1 = r <= (long)*j0 ? *j0 : r < (long)span ? (uint32_t)r : span;
+}
+
+/* Group g of image n, row by row, each tile of positions for all the group's output channels four at a time.
+ * Where the group's input planes with their padding fit TAPS_BUF (small images) they are copied once and every
+ * tile reads the copy; otherwise the runs of tiles whose inputs are all inside the rows read them in place, the
+ * others a zero-padded copy of their rows. The channels that do not fill a tile of four go alone, after. */
+static void fwd_taps(const poet_conv_params *p, taps_fn fn, const float *x, const float *w, const float *b,
+                     float *y, uint32_t n, uint32_t g) {
+    const uint32_t cig = p->c_in / p->groups, cog = p->c_out / p->groups, span = 3 * p->sw + p->kw;
+    const uint32_t ntx = (p->ow + 3) / 4, full = p->ow / 4; /* tiles of positions, of four */
+    const size_t plane_x = (size_t)p->h * p->w;
+    const float *xg = x + ((size_t)n * p->c_in + (size_t)g * cig) * plane_x;
+    if (p->oh == 0 || p->ow == 0) return;
+    float buf[TAPS_BUF];
+    taps_args a;
+    a.wr = (size_t)cig * p->kh * p->kw, a.cig = cig, a.tiles = cog / 4, a.b = b ? b + g * cog : 0;
+    a.yr = (size_t)p->oh * p->ow;
+    float *yg = y + ((size_t)n * p->c_out + (size_t)g * cog) * a.yr;
+    const uint32_t pad_h = (p->oh - 1) * p->sh + p->kh, pad_w = (4 * ntx - 1) * p->sw + p->kw;
+    if ((size_t)cig * pad_h * pad_w <= TAPS_BUF) {
+        uint32_t j0, j1;
+        cols_inside(-(long)p->pw, p->w, pad_w, &j0, &j1);
+        float *d = buf;
+        for (uint32_t ic = 0; ic < cig; ic++) {
+            const uint32_t top = p->ph < pad_h ? p->ph : pad_h;
+            const uint32_t in = p->h < pad_h - top ? p->h : pad_h - top;
+            d = pad_rows(d, 0, 0, top, 0, 0, 0, pad_w);
+            d = pad_rows(d, xg + ic * plane_x, p->w, in, -(long)p->pw, j0, j1, pad_w);
+            d = pad_rows(d, 0, 0, pad_h - top - in, 0, 0, 0, pad_w);
+        }
+        a.w = w + (size_t)g * cog * a.wr, a.khv = p->kh, a.wskip = 0, a.xrs = pad_w, a.xps = (size_t)pad_h * pad_w;
+        for (uint32_t oy = 0; oy < p->oh; oy++) {
+            a.x = buf + (size_t)oy * p->sh * pad_w, a.y = yg + (size_t)oy * p->ow;
+            if (full) a.nx = full, a.nq = 4, fn(&a);
+            if (full < ntx) a.x += 4 * full * p->sw, a.y += 4 * full, a.nx = 1, a.nq = p->ow - 4 * full, fn(&a);
+        }
+    } else {
+        /* the tiles tx0 <= tx < tx1 read their inputs in place: 4 tx sw >= pw, 4 tx sw - pw + span <= w */
+        const uint32_t step = 4 * p->sw;
+        uint32_t tx0 = (p->pw + step - 1) / step, tx1 = tx0;
+        while (tx1 < full && (long)(tx1 * step) - (long)p->pw + (long)span <= (long)p->w) tx1++;
+        for (uint32_t oy = 0; oy < p->oh; oy++) {
+            const long iy0 = (long)oy * p->sh - (long)p->ph; /* input row of tap ky = 0 */
+            const long lo = -iy0, hi = (long)p->h - iy0;     /* taps lo <= ky < hi are inside the input */
+            const uint32_t ky0 = lo <= 0 ? 0 : lo < (long)p->kh ? (uint32_t)lo : p->kh;
+            const uint32_t ky1 = hi <= (long)ky0 ? ky0 : hi < (long)p->kh ? (uint32_t)hi : p->kh;
+            a.khv = ky1 - ky0, a.wskip = (p->kh - a.khv) * p->kw;
+            a.w = w + (size_t)g * cog * a.wr + (size_t)ky0 * p->kw;
+            float *yrow = yg + (size_t)oy * p->ow;
+            for (uint32_t tx = 0; tx < ntx;) {
+                const uint32_t ox = 4 * tx;
+                const long base = (long)ox * p->sw - (long)p->pw; /* input column of position ox, tap kx = 0 */
+                a.y = yrow + ox;
+                if (tx == tx0 && tx1 > tx0 && a.khv > 0) {
+                    a.x = xg + (size_t)(iy0 + (long)ky0) * p->w + (size_t)base;
+                    a.xrs = p->w, a.xps = plane_x, a.nx = tx1 - tx0, a.nq = 4;
+                    fn(&a);
+                    tx = tx1;
+                    continue;
+                }
+                uint32_t j0, j1;
+                cols_inside(base, p->w, span, &j0, &j1);
+                float *d = buf;
+                for (uint32_t ic = 0; ic < cig; ic++)
+                    d = pad_rows(d, a.khv ? xg + ic * plane_x + (size_t)(iy0 + (long)ky0) * p->w : 0, p->w, a.khv,
+                                 base, j0, j1, span);
+                a.x = buf, a.xrs = span, a.xps = (size_t)a.khv * span, a.nx = 1;
+                a.nq = p->ow - ox < 4 ? p->ow - ox : 4;
+                fn(&a);
+                tx++;
+            }
+        }
+    }
+    for (uint32_t oc = g * cog + cog / 4 * 4; oc < (g + 1) * cog; oc++) fwd_channel(p, x, w, b, y, n, oc);
+}
+
 poet_status poet_conv2d_fwd_f32(const poet_conv_params *p, const float *restrict x, const float *restrict w,
                                 const float *restrict b, float *restrict y) {
     if (!p || !x || !w || !y || !conv_ok(p)) return POET_ERR_ARG;
     const uint32_t cig = p->c_in / p->groups, cog = p->c_out / p->groups;
     const size_t plane_y = (size_t)p->oh * p->ow;
     if (cig == 0) return poet_conv2d_fwd_ref_f32(p, x, w, b, y);
+    const taps_fn taps = taps_for(p);
     for (uint32_t n = 0; n < p->n; n++) {
         for (uint32_t g = 0; g < p->groups; g++) {
+            if (taps) {
+                fwd_taps(p, taps, x, w, b, y, n, g);
+                continue;
+            }
             uint32_t oc = g * cog;
             for (; oc + 4 <= (g + 1) * cog; oc += 4) {
                 for (uint32_t r = 0; r < 4; r++) {

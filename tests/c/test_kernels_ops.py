@@ -373,6 +373,12 @@ def test_tiled_conv_kernels_match_their_reference(lib, n, g, ci, co, k, s, pads,
     asymmetric padding, odd sizes, depthwise."""
     if depthwise:
         g, ci, co = 5, 1, 1
+    _check_conv_vs_ref(lib, n, g, ci, co, k, s, pads, hw, bias)
+
+
+def _check_conv_vs_ref(
+    lib, n, g, ci, co, k, s, pads, hw, bias, names=("conv2d_fwd", "conv2d_dx", "conv2d_dw")
+):
     pt, pl, pb, pr = pads
     h, w = max(hw[0], k[0] - pt - pb), max(hw[1], k[1] - pl - pr)
     oh, ow = (h + pt + pb - k[0]) // s[0] + 1, (w + pl + pr - k[1]) // s[1] + 1
@@ -390,8 +396,45 @@ def test_tiled_conv_kernels_match_their_reference(lib, n, g, ci, co, k, s, pads,
         ("conv2d_dx", (dy, wt), x.shape),
         ("conv2d_dw", (dy, x), wt.shape),
     ]:
+        if name not in names:
+            continue
         got, want = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
         args = [_ptr(a) if a is not None else None for a in ins]
         assert getattr(lib, f"poet_{name}_f32")(ctypes.byref(p), *args, _ptr(got)) == 0
         assert getattr(lib, f"poet_{name}_ref_f32")(ctypes.byref(p), *args, _ptr(want)) == 0
         assert max_rel_error(got, want) <= 1e-5, name
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    n=st.integers(1, 2),
+    g=st.sampled_from([1, 2]),
+    ci=st.integers(1, 5),
+    co=st.sampled_from([4, 5, 8, 12]),
+    k=st.sampled_from([(3, 3), (5, 5), (2, 3), (5, 3), (3, 5), (1, 3), (3, 2)]),
+    s=st.sampled_from([(1, 1), (2, 2), (1, 2), (2, 1), (3, 3)]),
+    pads=st.tuples(*[st.integers(0, 2)] * 4),
+    hw=st.tuples(st.integers(1, 21), st.integers(1, 21)),
+    bias=st.booleans(),
+)
+def test_conv_forward_few_input_channels_matches_its_reference(lib, n, g, ci, co, k, s, pads, hw, bias):
+    """The forward path for 1 to 4 input channels per group (every tap in registers): kernel widths 3 and 5 with
+    strides 1 and 2 (and the others, which take the tap-by-tap tiles), images small enough for a padded copy of
+    the input and larger ones (tiles read in place, border tiles from a padded copy), partial tiles of positions,
+    output channels beyond the tiles of four, kernel rows and columns entirely in the padding."""
+    _check_conv_vs_ref(lib, n, g, ci, co, k, s, pads, hw, bias, names=("conv2d_fwd",))
+
+
+@pytest.mark.parametrize(
+    "ci, co, k, s, pads, hw",
+    [
+        (1, 8, 3, 1, 1, 8),  # digits_cnn.conv1: the padded copy of the whole input
+        (3, 16, 3, 1, 1, 32),  # resnet8.conv1: tiles in place, border tiles copied
+        (3, 16, 3, 2, 1, 32),  # a stride-2 stem
+        (3, 6, 5, 1, 0, 32),  # lenet.conv1: no padding, two channels outside the tiles
+        (4, 8, 5, 2, 2, 17),
+        (1, 4, 3, 1, 2, 9),  # padding 2: whole kernel rows and columns in the padding at the corners
+    ],
+)
+def test_conv_forward_first_layers_match_their_reference(lib, ci, co, k, s, pads, hw):
+    _check_conv_vs_ref(lib, 2, 1, ci, co, (k, k), (s, s), (pads,) * 4, (hw, hw), True, names=("conv2d_fwd",))

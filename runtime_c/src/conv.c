@@ -271,7 +271,16 @@ static void fwd_channel(const poet_conv_params *p, const float *x, const float *
  * once for all the output channels), and small images (8x8 digits) are copied whole with their padding, so that
  * every tile reads in place. benchmarks/m4_kernel_instructions.py, instructions per MAC on the Cortex-M4F: 1->8
  * channels 3x3 on 8x8 10.4 -> 2.7, 3->16 3x3 on 32x32 4.6 -> 2.0 (stride 2: 4.8 -> 2.0). */
-#define TAPS_BUF 128 /* floats, 512 bytes of stack: cig * kh * (3 sw + kw) (a tile's rows) at most */
+/* floats of stack: cig * kh * (3 sw + kw) (a tile's rows) at most. ARMv6-M boards (the 16 KB qemu-m0, the
+ * MKR1000) reserve 1-2 KB of stack, so there the path is off unless a build asks for it. */
+#ifndef POET_CONV_TAPS_BUF
+#if defined(__ARM_ARCH_6M__)
+#define POET_CONV_TAPS_BUF 0
+#else
+#define POET_CONV_TAPS_BUF 128
+#endif
+#endif
+#define TAPS_BUF POET_CONV_TAPS_BUF
 
 typedef struct {
     const float *w; /* weights of the first output channel, from row ky0; + wr per output channel */
@@ -357,7 +366,8 @@ TAPS_INSTANCE(5, 2)
  * least one tile of four output channels, a kw and sw instantiated, and a tile's rows fit TAPS_BUF. */
 static taps_fn taps_for(const poet_conv_params *p) {
     const uint32_t cig = p->c_in / p->groups, cog = p->c_out / p->groups;
-    if (cig > 4 || cog < 4 || p->sw > 2 || (size_t)cig * p->kh * (3 * p->sw + p->kw) > TAPS_BUF) return 0;
+    if (TAPS_BUF == 0 || cig > 4 || cog < 4 || p->sw > 2 || (size_t)cig * p->kh * (3 * p->sw + p->kw) > TAPS_BUF)
+        return 0;
     if (p->kw == 3) return p->sw == 1 ? taps_k3s1 : taps_k3s2;
     if (p->kw == 5) return p->sw == 1 ? taps_k5s1 : taps_k5s2;
     return 0;
@@ -390,7 +400,7 @@ static void fwd_taps(const poet_conv_params *p, taps_fn fn, const float *x, cons
     const size_t plane_x = (size_t)p->h * p->w;
     const float *xg = x + ((size_t)n * p->c_in + (size_t)g * cig) * plane_x;
     if (p->oh == 0 || p->ow == 0) return;
-    float buf[TAPS_BUF];
+    float buf[TAPS_BUF > 0 ? TAPS_BUF : 1];
     taps_args a;
     a.wr = (size_t)cig * p->kh * p->kw, a.cig = cig, a.tiles = cog / 4, a.b = b ? b + g * cog : 0;
     a.yr = (size_t)p->oh * p->ow;

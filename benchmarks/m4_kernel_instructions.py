@@ -33,6 +33,12 @@ CASES = {
     "resnet8.layer2.conv2": ("conv", 1, (32, 32, 3, 1, 1, 1, 16, 16)),
     "mobilenetv2.expand-1x1": ("conv", 1, (16, 96, 1, 1, 0, 1, 8, 8)),
     "mobilenetv2.depthwise": ("conv", 1, (96, 96, 3, 1, 1, 96, 8, 8)),
+    # depthwise 3x3 (groups = channels), stride 1 and 2 (MobileNet-style blocks; sizes within the 256 KB RAM)
+    "depthwise.16ch-16x16": ("conv", 2, (16, 16, 3, 1, 1, 16, 16, 16)),
+    "depthwise.32ch-16x16": ("conv", 1, (32, 32, 3, 1, 1, 32, 16, 16)),
+    "depthwise.8ch-32x32": ("conv", 1, (8, 8, 3, 1, 1, 8, 32, 32)),
+    "depthwise.8ch-32x32.stride2": ("conv", 2, (8, 8, 3, 2, 1, 8, 32, 32)),
+    "depthwise.32ch-16x16.stride2": ("conv", 2, (32, 32, 3, 2, 1, 32, 16, 16)),
     # first layers: few input channels (grayscale, RGB), stride 1 and 2
     "digits_cnn.conv1": ("conv", 4, (1, 8, 3, 1, 1, 1, 8, 8)),
     "digits_cnn.conv2": ("conv", 4, (8, 8, 3, 1, 1, 1, 8, 8)),

@@ -4,9 +4,11 @@
  * kernel tap (ky, kx) the outputs it reaches form a contiguous interval of each output row, so a 4x4 tile (four
  * channels by four positions) is a small matrix product over the other channel dimension with no bounds checks,
  * keeping 16 accumulators in registers (benchmarks/m4_kernel_instructions.py: about 15-60 instructions per MAC
- * down to about 2 on the Cortex-M4F). Channels that do not fill a tile of four (depthwise convolutions) take
- * the reference loops. The forward pass with 1 to 4 input channels per group (first layers) sums every tap of a
- * tile in registers instead (fwd_taps). tests/c/test_kernels_ops.py checks each against its reference. */
+ * down to about 2 on the Cortex-M4F). Channels that do not fill a tile of four take the reference loops, except
+ * depthwise convolutions (one input channel per group), which go plane by plane with the kernel in registers
+ * (plane_conv, dx_plane, dw_plane). The forward pass with 1 to 4 input channels per group (first layers) sums
+ * every tap of a tile in registers instead (fwd_taps). tests/c/test_kernels_ops.py checks each against its
+ * reference. */
 #include <string.h>
 
 #include "poet/kernels.h"
@@ -230,10 +232,379 @@ static void fwd_rows(const poet_conv_params *p, const float *x, const float *w, 
     }
 }
 
+/* ---- one plane at a time (depthwise): the taps in registers, the padding outside the inner loops -------------
+ * A depthwise convolution (one input channel per group) has no channel dimension to tile, so each output plane
+ * is a 2-D correlation of one input plane with one kernel: y[oy][ox] = init + sum over ky, kx of
+ * k[ky][kx] x[oy sy + ky - py][ox sx + kx - px], taps in the padding left out. Row by row, a kernel row whose
+ * input row is in the padding gets zero weights (and reads a row that exists), so that every output row takes
+ * the same loop; the positions whose taps are all inside the row (the interior columns) go four at a time with
+ * the kernel in registers (plane_rows_t: kh = kw and sx constant in the instances, 3x3 and 5x5, strides 1 and 2;
+ * loads at immediate offsets, the inputs of the four positions loaded once), and one edge position on each side
+ * (padding up to one stride) reads the kw columns at the start or the end of the row with a shifted kernel whose
+ * taps in the padding are zeros; the interior rows go in one call. Other shapes loop over the taps inside.
+ * The input gradient is the same correlation: of dy with the kernel flipped for stride 1 (dx_plane; for stride
+ * s, of dy with each of the s x s sub-kernels into the dx positions of that phase, s apart, but those have too
+ * few taps per row to pay for a row's setup: stride 2 keeps the scatter of dx_channel, 8.5 against 8.3-13 for
+ * the phases). A zero weight times an input adds 0 where the reference skips the tap (the same sum unless the
+ * input holds an infinity or NaN). benchmarks/m4_kernel_instructions.py, depthwise 3x3, instructions per MAC on
+ * the Cortex-M4F: forward 14.7 -> 3.4 (16x16), 2.5 (32x32), 3.1-4.8 (stride 2); input gradient 7.6 -> 3.7 and
+ * 2.7; weight gradient (dw_plane) 6.5 -> 3.7 and 2.5, 6.8-8.4 -> 3.4-6.0 (stride 2). */
+#define PLANE_KMAX 5 /* kernels up to 5 x 5 (the weights with zero rows are a local copy) */
+
+typedef struct {
+    const float *x; /* input plane, h x w */
+    uint32_t h, w;
+    float *y;   /* output: position (oy, ox) at y + oy * yrs + ox * ys */
+    uint32_t oh, ow, ys;
+    size_t yrs;
+    uint32_t kh, kw, sy, sx;
+    long py, px;    /* input row of output row 0, tap 0: -py (negative padding for the input gradient) */
+    const float *k; /* kh x kw taps, rows kw apart */
+    float init;
+} plane_args;
+
+/* m output rows of one plane: the left and right edge positions (at most one each, whose taps cut by the
+ * padding are zeros of the shifted kernels kl, kr: they read the kw columns at the start and at the end of the
+ * row) and the interior positions between them. */
+typedef struct {
+    const float *r[PLANE_KMAX]; /* input row of kernel row ky for the first output row */
+    size_t xos;                 /* + per output row */
+    uint32_t m;
+    const float *kv, *kl, *kr; /* the kernel (zero rows for the rows in the padding); kl, kr: or null */
+    float *y;                  /* the first output row; + yrs per row */
+    size_t yrs;
+    uint32_t ox0, ni, ow; /* interior positions ox0 <= ox < ox0 + ni, of ow */
+    long c0;              /* input column of tap 0 of position ox0 */
+    uint32_t cr;          /* column of the right edge's window: w - kw */
+    float init;
+} plane_rows;
+
+typedef void (*plane_rows_fn)(const plane_rows *a);
+
+static inline __attribute__((always_inline)) float plane_one(const float *const *r, long c, const float *k,
+                                                             float init, const uint32_t KH, const uint32_t KW) {
+    float acc = init;
+#pragma GCC unroll 5
+    for (uint32_t ky = 0; ky < KH; ky++)
+#pragma GCC unroll 5
+        for (uint32_t kx = 0; kx < KW; kx++) acc += k[ky * KW + kx] * r[ky][c + (long)kx];
+    return acc;
+}
+
+static inline __attribute__((always_inline)) void plane_rows_t(const plane_rows *a, const uint32_t KH,
+                                                               const uint32_t KW, const uint32_t SX) {
+    float k[PLANE_KMAX * PLANE_KMAX];
+    const float *r[PLANE_KMAX];
+    const float *kl = a->kl, *kr = a->kr;
+    const float init = a->init;
+    const uint32_t ni = a->ni;
+#pragma GCC unroll 25
+    for (uint32_t i = 0; i < KH * KW; i++) k[i] = a->kv[i];
+#pragma GCC unroll 5
+    for (uint32_t ky = 0; ky < KH; ky++) r[ky] = a->r[ky];
+    float *yr = a->y;
+    for (uint32_t row = 0; row < a->m; row++, yr += a->yrs) {
+        if (kl) yr[0] = plane_one(r, 0, kl, init, KH, KW);
+        const float *rr[PLANE_KMAX];
+#pragma GCC unroll 5
+        for (uint32_t ky = 0; ky < KH; ky++) rr[ky] = r[ky] + a->c0;
+        float *y = yr + a->ox0;
+        uint32_t i = 0;
+        for (; i + 4 <= ni; i += 4, y += 4) {
+            float a0 = init, a1 = init, a2 = init, a3 = init;
+#pragma GCC unroll 5
+            for (uint32_t ky = 0; ky < KH; ky++) {
+                const float *xr = rr[ky];
+#pragma GCC unroll 5
+                for (uint32_t kx = 0; kx < KW; kx++) {
+                    const float t = k[ky * KW + kx];
+                    a0 += t * xr[kx], a1 += t * xr[kx + SX], a2 += t * xr[kx + 2 * SX], a3 += t * xr[kx + 3 * SX];
+                }
+                rr[ky] = xr + 4 * SX;
+            }
+            y[0] = a0, y[1] = a1, y[2] = a2, y[3] = a3;
+        }
+        for (; i < ni; i++, y++) *y = plane_one(r, a->c0 + (long)(i * SX), k, init, KH, KW);
+        if (kr) yr[a->ow - 1] = plane_one(r, (long)a->cr, kr, init, KH, KW);
+#pragma GCC unroll 5
+        for (uint32_t ky = 0; ky < KH; ky++) r[ky] += a->xos;
+    }
+}
+
+#define PLANE_ROWS(K, SX)                                                                                     \
+    static void plane_rows_k##K##s##SX(const plane_rows *a) { plane_rows_t(a, K, K, SX); }
+PLANE_ROWS(3, 1)
+PLANE_ROWS(3, 2)
+PLANE_ROWS(5, 1)
+PLANE_ROWS(5, 2)
+
+static plane_rows_fn plane_rows_for(uint32_t kh, uint32_t kw, uint32_t sx) {
+    if (kh != kw || (kw != 3 && kw != 5) || (sx != 1 && sx != 2)) return 0;
+    return kw == 3 ? (sx == 1 ? plane_rows_k3s1 : plane_rows_k3s2) : (sx == 1 ? plane_rows_k5s1 : plane_rows_k5s2);
+}
+
+/* The outputs o < count whose taps k < kn all read inside [0, size): o s - pad >= 0, o s - pad + kn <= size. */
+static void inside_range(uint32_t kn, uint32_t s, long pad, uint32_t size, uint32_t count, uint32_t *o0,
+                         uint32_t *o1) {
+    long a = pad <= 0 ? 0 : (pad + (long)s - 1) / (long)s;
+    long hi = (long)size - (long)kn + pad; /* o s <= hi */
+    long b = hi < 0 ? -1 : hi / (long)s;
+    if (b >= (long)count) b = (long)count - 1;
+    if (a > (long)count) a = (long)count;
+    *o0 = (uint32_t)a;
+    *o1 = b < a ? (uint32_t)a : (uint32_t)(b + 1);
+}
+
+/* Output position ox of a row whose kernel rows are r[ky] (kv: the kernel, zero rows for rows in the padding):
+ * the taps kx0 <= kx < kx1 inside the row. */
+static float plane_edge(const float *const *r, const float *kv, uint32_t kh, uint32_t kw, long c, uint32_t kx0,
+                        uint32_t kx1, float init) {
+    float acc = init;
+    for (uint32_t ky = 0; ky < kh; ky++) {
+        const float *xr = r[ky] + c, *kr = kv + ky * kw;
+        for (uint32_t kx = kx0; kx < kx1; kx++) acc += kr[kx] * xr[kx];
+    }
+    return acc;
+}
+
+/* ks[ky][j] = kv[ky][j + shift] (zero outside the kernel): the window of an edge position moved by shift. */
+static void shift_kernel(const float *kv, uint32_t kh, uint32_t kw, long shift, float *ks) {
+    for (uint32_t ky = 0; ky < kh; ky++)
+        for (uint32_t j = 0; j < kw; j++) {
+            const long kx = (long)j + shift;
+            ks[ky * kw + j] = kx >= 0 && kx < (long)kw ? kv[ky * kw + (uint32_t)kx] : 0.0f;
+        }
+}
+
+static void plane_conv(const plane_args *a) {
+    const uint32_t kh = a->kh, kw = a->kw, sx = a->sx, ow = a->ow, w = a->w;
+    const plane_rows_fn fast = plane_rows_for(kh, kw, sx);
+    const float *x = a->x;
+    const long px = a->px;
+    const float init = a->init;
+    float wv[PLANE_KMAX * PLANE_KMAX], kl[PLANE_KMAX * PLANE_KMAX], kr[PLANE_KMAX * PLANE_KMAX];
+    uint32_t ox0, ox1, oy0, oy1;
+    inside_range(kw, sx, px, w, ow, &ox0, &ox1);
+    inside_range(kh, a->sy, a->py, a->h, a->oh, &oy0, &oy1);
+    /* the fast rows take at most one edge position on each side */
+    const int rows = fast && a->ys == 1 && ox1 > ox0 && ox0 <= 1 && ow - ox1 <= 1 && w >= kw;
+    plane_rows pr;
+    pr.yrs = a->yrs, pr.ox0 = ox0, pr.ni = ox1 - ox0, pr.ow = ow, pr.c0 = (long)ox0 * sx - px, pr.cr = w - kw;
+    pr.init = init;
+    for (uint32_t oy = 0; oy < a->oh; oy++) {
+        const long iy0 = (long)oy * a->sy - a->py;
+        float *yr = a->y + (size_t)oy * a->yrs;
+        const float *kv = a->k;
+        const float *r[PLANE_KMAX];
+        const int inner = oy >= oy0 && oy < oy1;
+        if (inner) {
+            for (uint32_t ky = 0; ky < kh; ky++) r[ky] = x + (size_t)(iy0 + (long)ky) * w;
+        } else {
+            for (uint32_t ky = 0; ky < kh; ky++) {
+                const long iy = iy0 + (long)ky;
+                const int in = iy >= 0 && iy < (long)a->h;
+                r[ky] = x + (in ? (size_t)iy * w : 0);
+                for (uint32_t kx = 0; kx < kw; kx++) wv[ky * kw + kx] = in ? a->k[ky * kw + kx] : 0.0f;
+            }
+            kv = wv;
+        }
+        if (rows) { /* the interior rows at once, the others one at a time */
+            for (uint32_t ky = 0; ky < kh; ky++) pr.r[ky] = r[ky];
+            pr.xos = (size_t)a->sy * w, pr.m = inner ? oy1 - oy0 : 1, pr.kv = kv, pr.y = yr;
+            pr.kl = pr.kr = 0;
+            if (ox0 == 1) shift_kernel(kv, kh, kw, px, kl), pr.kl = kl; /* position 0: columns 0.. */
+            if (ox1 == ow - 1) shift_kernel(kv, kh, kw, (long)(w - kw) - ((long)(ow - 1) * sx - px), kr), pr.kr = kr;
+            fast(&pr);
+            oy += pr.m - 1;
+            continue;
+        }
+        for (uint32_t ox = 0; ox < ow; ox++) {
+            const long c = (long)ox * sx - px, wr = (long)w - c; /* input column of tap 0 */
+            const uint32_t kx0 = c >= 0 ? 0 : -c < (long)kw ? (uint32_t)-c : kw;
+            const uint32_t kx1 = wr <= (long)kx0 ? kx0 : wr < (long)kw ? (uint32_t)wr : kw;
+            yr[(size_t)ox * a->ys] = plane_edge(r, kv, kh, kw, c, kx0, kx1, init);
+        }
+    }
+}
+
+/* The depthwise path applies: one input channel per group, a kernel of at most PLANE_KMAX x PLANE_KMAX. */
+static int plane_ok(const poet_conv_params *p) {
+    return p->c_in == p->groups && p->kh <= PLANE_KMAX && p->kw <= PLANE_KMAX && p->h > 0 && p->w > 0 &&
+           p->oh > 0 && p->ow > 0;
+}
+
+/* Output channel oc of image n (one input channel per group). */
+static void fwd_plane(const poet_conv_params *p, const float *x, const float *w, const float *b, float *y,
+                      uint32_t n, uint32_t oc) {
+    const uint32_t c = oc / (p->c_out / p->groups);
+    plane_args a;
+    a.x = x + ((size_t)n * p->c_in + c) * p->h * p->w, a.h = p->h, a.w = p->w;
+    a.y = y + ((size_t)n * p->c_out + oc) * p->oh * p->ow, a.oh = p->oh, a.ow = p->ow, a.ys = 1, a.yrs = p->ow;
+    a.kh = p->kh, a.kw = p->kw, a.sy = p->sh, a.sx = p->sw, a.py = p->ph, a.px = p->pw;
+    a.k = w + (size_t)oc * p->kh * p->kw, a.init = b ? b[oc] : 0.0f;
+    plane_conv(&a);
+}
+
+/* Input channel c of image n when its group has one output channel (depthwise; dispatched for stride 1, where
+ * the one phase is dy correlated with the flipped kernel, padded kh - 1 - ph): phase by phase, dx positions
+ * (ry + sh q, rx + sw q') are the stride-1 correlation of dy with the taps ky = ky_r + sh j (ky_r = (ry + ph)
+ * mod sh), reversed: dy row q - pad + j' reaches tap ky_r + sh (nj - 1 - j'), pad = nj - 1 - (ry + ph) / sh. */
+static void dx_plane(const poet_conv_params *p, const float *dy, const float *w, float *dx, uint32_t n,
+                     uint32_t c) {
+    float k[PLANE_KMAX * PLANE_KMAX];
+    const float *wc = w + (size_t)c * p->kh * p->kw;
+    float *dxc = dx + ((size_t)n * p->c_in + c) * p->h * p->w;
+    plane_args a;
+    a.x = dy + ((size_t)n * p->c_out + c) * p->oh * p->ow, a.h = p->oh, a.w = p->ow;
+    a.ys = p->sw, a.yrs = (size_t)p->sh * p->w, a.sy = 1, a.sx = 1, a.k = k, a.init = 0.0f;
+    for (uint32_t ry = 0; ry < p->sh && ry < p->h; ry++) {
+        const uint32_t kyr = (ry + p->ph) % p->sh, nj = kyr < p->kh ? (p->kh - kyr + p->sh - 1) / p->sh : 0;
+        for (uint32_t rx = 0; rx < p->sw && rx < p->w; rx++) {
+            const uint32_t kxr = (rx + p->pw) % p->sw, ni = kxr < p->kw ? (p->kw - kxr + p->sw - 1) / p->sw : 0;
+            a.y = dxc + (size_t)ry * p->w + rx;
+            a.oh = (p->h - ry + p->sh - 1) / p->sh, a.ow = (p->w - rx + p->sw - 1) / p->sw;
+            if (nj == 0 || ni == 0) { /* no tap reaches these positions */
+                for (uint32_t q = 0; q < a.oh; q++)
+                    for (uint32_t o = 0; o < a.ow; o++) a.y[q * a.yrs + (size_t)o * a.ys] = 0.0f;
+                continue;
+            }
+            for (uint32_t j = 0; j < nj; j++)
+                for (uint32_t i = 0; i < ni; i++)
+                    k[j * ni + i] = wc[(size_t)(kyr + p->sh * (nj - 1 - j)) * p->kw + kxr + p->sw * (ni - 1 - i)];
+            a.kh = nj, a.kw = ni;
+            a.py = (long)nj - 1 - (long)((ry + p->ph) / p->sh), a.px = (long)ni - 1 - (long)((rx + p->pw) / p->sw);
+            plane_conv(&a);
+        }
+    }
+}
+
+/* ---- weight gradient, one plane: the kernel's accumulators in registers -------------------------------------
+ * dw[oc][ky][kx] = sum over images and positions of dy[oy][ox] x[oy sh + ky - ph][ox sw + kx - pw]. The output
+ * rows and columns whose taps are all inside the input (the interior block) go four positions at a time with the
+ * kh kw sums in registers, each dy value and input loaded once for all the taps it meets (dw_rows, kh, kw, sw
+ * constant in the instances); the rest of each tap's positions (the rows and columns at the borders) one tap at a
+ * time, as dot products of a dy row and an input row over the positions the tap reaches. */
+typedef void (*dw_rows_fn)(const float *x, size_t xr, size_t xs, const float *d, size_t ds, uint32_t m, uint32_t n,
+                           float *acc);
+
+/* acc[ky][kx] += sum over m rows, n positions of d[row ds + q] x[row xs + ky xr + q sx + kx]. */
+static inline __attribute__((always_inline)) void dw_rows(const float *x, size_t xr, size_t xs, const float *d,
+                                                          size_t ds, uint32_t m, uint32_t n, float *acc,
+                                                          const uint32_t KH, const uint32_t KW,
+                                                          const uint32_t SX) {
+    float c[PLANE_KMAX * PLANE_KMAX];
+#pragma GCC unroll 25
+    for (uint32_t i = 0; i < KH * KW; i++) c[i] = acc[i];
+    for (uint32_t row = 0; row < m; row++, x += xs, d += ds) {
+        const float *rr[PLANE_KMAX], *dp = d;
+#pragma GCC unroll 5
+        for (uint32_t ky = 0; ky < KH; ky++) rr[ky] = x + ky * xr;
+        uint32_t i = 0;
+        for (; i + 4 <= n; i += 4, dp += 4) {
+            const float d0 = dp[0], d1 = dp[1], d2 = dp[2], d3 = dp[3];
+#pragma GCC unroll 5
+            for (uint32_t ky = 0; ky < KH; ky++) {
+                const float *q = rr[ky];
+#pragma GCC unroll 5
+                for (uint32_t kx = 0; kx < KW; kx++) {
+                    float t = c[ky * KW + kx];
+                    t += d0 * q[kx], t += d1 * q[kx + SX], t += d2 * q[kx + 2 * SX], t += d3 * q[kx + 3 * SX];
+                    c[ky * KW + kx] = t;
+                }
+                rr[ky] = q + 4 * SX;
+            }
+        }
+        for (; i < n; i++, dp++) {
+            const float d0 = dp[0];
+#pragma GCC unroll 5
+            for (uint32_t ky = 0; ky < KH; ky++) {
+#pragma GCC unroll 5
+                for (uint32_t kx = 0; kx < KW; kx++) c[ky * KW + kx] += d0 * rr[ky][kx];
+                rr[ky] += SX;
+            }
+        }
+    }
+#pragma GCC unroll 25
+    for (uint32_t i = 0; i < KH * KW; i++) acc[i] = c[i];
+}
+
+#define DW_ROWS(K, SX)                                                                                        \
+    static void dw_rows_k##K##s##SX(const float *x, size_t xr, size_t xs, const float *d, size_t ds, uint32_t m, \
+                                    uint32_t n, float *acc) {                                                 \
+        dw_rows(x, xr, xs, d, ds, m, n, acc, K, K, SX);                                                       \
+    }
+DW_ROWS(3, 1)
+DW_ROWS(3, 2)
+DW_ROWS(5, 1)
+DW_ROWS(5, 2)
+
+/* The input that tap (ky, kx) of output (oy, ox) reads (inside the input plane xc). */
+static inline const float *tap_at(const poet_conv_params *p, const float *xc, uint32_t oy, uint32_t ox, uint32_t ky,
+                                  uint32_t kx) {
+    return xc + (size_t)(oy * p->sh + ky - p->ph) * p->w + (ox * p->sw + kx - p->pw);
+}
+
+/* Output channel oc, input channel oc / (c_out / groups). */
+static void dw_plane(const poet_conv_params *p, const float *dy, const float *x, float *dw, uint32_t oc) {
+    const uint32_t c = oc / (p->c_out / p->groups), kh = p->kh, kw = p->kw;
+    const dw_rows_fn fast = kh != kw || p->sw > 2 ? 0
+                            : kw == 3        ? (p->sw == 1 ? dw_rows_k3s1 : dw_rows_k3s2)
+                            : kw == 5        ? (p->sw == 1 ? dw_rows_k5s1 : dw_rows_k5s2)
+                                             : 0;
+    float acc[PLANE_KMAX * PLANE_KMAX];
+    for (uint32_t i = 0; i < kh * kw; i++) acc[i] = 0.0f;
+    uint32_t oy0, oy1, ox0, ox1;
+    inside_range(kh, p->sh, p->ph, p->h, p->oh, &oy0, &oy1);
+    inside_range(kw, p->sw, p->pw, p->w, p->ow, &ox0, &ox1);
+    const int block = fast && oy1 > oy0 && ox1 > ox0;
+    for (uint32_t n = 0; n < p->n; n++) {
+        const float *dyc = dy + ((size_t)n * p->c_out + oc) * p->oh * p->ow;
+        const float *xc = x + ((size_t)n * p->c_in + c) * p->h * p->w;
+        if (block)
+            fast(xc + (size_t)(oy0 * p->sh - p->ph) * p->w + ox0 * p->sw - p->pw, p->w, (size_t)p->sh * p->w,
+                 dyc + (size_t)oy0 * p->ow + ox0, p->ow, oy1 - oy0, ox1 - ox0, acc);
+        for (uint32_t ky = 0; ky < kh; ky++) {
+            uint32_t ya, yb;
+            tap_range(ky, p->sh, p->ph, p->h, p->oh, &ya, &yb);
+            for (uint32_t kx = 0; kx < kw; kx++) {
+                uint32_t xa, xb;
+                tap_range(kx, p->sw, p->pw, p->w, p->ow, &xa, &xb);
+                float s = 0.0f;
+                for (uint32_t oy = ya; oy < yb; oy++) {
+                    if (block && oy == oy0 && oy1 > oy0) { /* the block's rows: the columns left and right of it */
+                        const uint32_t e0 = ox0 < xb ? ox0 : xb, e1 = ox1 > xa ? ox1 : xa;
+                        const size_t ds = p->ow, xs = (size_t)p->sh * p->w;
+                        const uint32_t y1 = oy1 < yb ? oy1 : yb;
+                        for (uint32_t ox = xa; ox < e0; ox++) {
+                            const float *g = dyc + (size_t)oy * ds + ox, *v = tap_at(p, xc, oy, ox, ky, kx);
+                            for (uint32_t t = oy; t < y1; t++, g += ds, v += xs) s += *g * *v;
+                        }
+                        for (uint32_t ox = e1 > e0 ? e1 : e0; ox < xb; ox++) {
+                            const float *g = dyc + (size_t)oy * ds + ox, *v = tap_at(p, xc, oy, ox, ky, kx);
+                            for (uint32_t t = oy; t < y1; t++, g += ds, v += xs) s += *g * *v;
+                        }
+                        oy = y1 - 1;
+                        continue;
+                    }
+                    const float *gr = dyc + (size_t)oy * p->ow;
+                    const float *xr = tap_at(p, xc, oy, xa, ky, kx);
+                    for (uint32_t ox = xa; ox < xb; ox++) s += gr[ox] * xr[(size_t)(ox - xa) * p->sw];
+                }
+                acc[ky * kw + kx] += s;
+            }
+        }
+    }
+    for (uint32_t i = 0; i < kh * kw; i++) dw[(size_t)oc * kh * kw + i] = acc[i];
+}
+
 /* One output channel oc alone (channels that do not fill a tile of four: depthwise convolutions), with the taps
  * inside the input found per row and per position rather than tested per tap. */
 static void fwd_channel(const poet_conv_params *p, const float *x, const float *w, const float *b, float *y,
                         uint32_t n, uint32_t oc) {
+    if (plane_ok(p)) {
+        fwd_plane(p, x, w, b, y, n, oc);
+        return;
+    }
     const uint32_t cig = p->c_in / p->groups, c0 = (oc / (p->c_out / p->groups)) * cig;
     for (uint32_t oy = 0; oy < p->oh; oy++) {
         const long lo_y = (long)p->ph - (long)oy * p->sh, hi_y = (long)p->h + p->ph - (long)oy * p->sh;
@@ -524,6 +895,11 @@ poet_status poet_conv2d_dx_f32(const poet_conv_params *p, const float *restrict 
     const size_t plane_y = (size_t)p->oh * p->ow, plane_x = (size_t)p->h * p->w;
     memset(dx, 0, (size_t)p->n * p->c_in * plane_x * sizeof(float));
     if (cog == 0) return POET_OK;
+    if (cog == 1 && p->sh == 1 && p->sw == 1 && plane_ok(p)) { /* depthwise, stride 1 */
+        for (uint32_t n = 0; n < p->n; n++)
+            for (uint32_t c = 0; c < p->c_in; c++) dx_plane(p, dy, w, dx, n, c);
+        return POET_OK;
+    }
     for (uint32_t n = 0; n < p->n; n++) {
         for (uint32_t g = 0; g < p->groups; g++) {
             uint32_t ic = 0;
@@ -604,6 +980,10 @@ poet_status poet_conv2d_dw_f32(const poet_conv_params *p, const float *restrict 
     if (!p || !dy || !x || !dw || !conv_ok(p)) return POET_ERR_ARG;
     const uint32_t cig = p->c_in / p->groups, cog = p->c_out / p->groups, khkw = p->kh * p->kw;
     const size_t plane_y = (size_t)p->oh * p->ow, plane_x = (size_t)p->h * p->w;
+    if (plane_ok(p)) { /* one input channel per group (depthwise) */
+        for (uint32_t oc = 0; oc < p->c_out; oc++) dw_plane(p, dy, x, dw, oc);
+        return POET_OK;
+    }
     for (uint32_t g = 0; g < p->groups; g++) {
         for (uint32_t oc = g * cog; oc < (g + 1) * cog; oc += 4) {
             const int oc_full = oc + 4 <= (g + 1) * cog;

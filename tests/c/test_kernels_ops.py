@@ -438,3 +438,37 @@ def test_conv_forward_few_input_channels_matches_its_reference(lib, n, g, ci, co
 )
 def test_conv_forward_first_layers_match_their_reference(lib, ci, co, k, s, pads, hw):
     _check_conv_vs_ref(lib, 2, 1, ci, co, (k, k), (s, s), (pads,) * 4, (hw, hw), True, names=("conv2d_fwd",))
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    n=st.integers(1, 2),
+    g=st.sampled_from([1, 3, 4]),
+    co=st.sampled_from([1, 1, 2]),
+    k=st.sampled_from([(3, 3), (3, 3), (5, 5), (2, 3), (3, 5), (1, 1), (4, 4), (6, 2)]),
+    s=st.sampled_from([(1, 1), (1, 1), (2, 2), (1, 2), (2, 1), (3, 3)]),
+    pads=st.tuples(*[st.integers(0, 2)] * 4),
+    hw=st.tuples(st.integers(1, 21), st.integers(1, 21)),
+    bias=st.booleans(),
+)
+def test_depthwise_conv_kernels_match_their_reference(lib, n, g, co, k, s, pads, hw, bias):
+    """Depthwise (one input channel per group, channel multiplier 1 or 2): the plane-by-plane paths, 3x3 and 5x5
+    kernels held in registers (strides 1 and 2) and the others looped, asymmetric padding, images smaller than the
+    kernel, rows of fewer positions than a tile of four and widths leaving one or several edge positions."""
+    _check_conv_vs_ref(lib, n, g, 1, co, k, s, pads, hw, bias)
+
+
+@pytest.mark.parametrize(
+    "c, k, s, pads, hw",
+    [
+        (16, 3, 1, 1, 16),  # MobileNetV2
+        (8, 3, 2, 1, 32),
+        (8, 3, 2, 1, 15),  # stride 2, odd size: a right edge
+        (4, 5, 1, 2, 12),  # two edge positions each side
+        (4, 5, 2, 2, 17),
+        (3, 3, 1, 0, 9),  # no padding
+        (3, 3, 1, 2, 7),  # whole kernel rows and columns in the padding
+    ],
+)
+def test_depthwise_conv_layers_match_their_reference(lib, c, k, s, pads, hw):
+    _check_conv_vs_ref(lib, 2, c, 1, 1, (k, k), (s, s), (pads,) * 4, (hw, hw), True)

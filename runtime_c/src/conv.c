@@ -249,7 +249,16 @@ static void fwd_rows(const poet_conv_params *p, const float *x, const float *w, 
  * input holds an infinity or NaN). benchmarks/m4_kernel_instructions.py, depthwise 3x3, instructions per MAC on
  * the Cortex-M4F: forward 14.7 -> 3.4 (16x16), 2.5 (32x32), 3.1-4.8 (stride 2); input gradient 7.6 -> 3.7 and
  * 2.7; weight gradient (dw_plane) 6.5 -> 3.7 and 2.5, 6.8-8.4 -> 3.4-6.0 (stride 2). */
-#define PLANE_KMAX 5 /* kernels up to 5 x 5 (the weights with zero rows are a local copy) */
+/* kernels up to PLANE_KMAX x PLANE_KMAX (the weights with zero rows are local copies on the stack: about 400 bytes
+ * at 5, 130 at 3, so ARMv6-M boards, with 1-2 KB stacks, take 3 x 3 kernels only) */
+#ifndef POET_CONV_PLANE_KMAX
+#if defined(__ARM_ARCH_6M__)
+#define POET_CONV_PLANE_KMAX 3
+#else
+#define POET_CONV_PLANE_KMAX 5
+#endif
+#endif
+#define PLANE_KMAX POET_CONV_PLANE_KMAX
 
 typedef struct {
     const float *x; /* input plane, h x w */

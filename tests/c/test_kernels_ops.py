@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.c.conftest import build_kernel_lib
+from tests.c.conftest import SMALL_STACK_DEFINES, build_kernel_lib
 from tests.unit.test_ops_torch import rnd, run
 
 from poetc import cheaders
@@ -30,9 +30,12 @@ TOL = 1e-5
 SETTINGS = settings(max_examples=12, deadline=None)
 
 
-@pytest.fixture(scope="module")
-def lib(tmp_path_factory) -> ctypes.CDLL:
-    return build_kernel_lib(tmp_path_factory.mktemp("k"), "poetops")
+@pytest.fixture(scope="module", params=["default", "small-stack"])
+def lib(request, tmp_path_factory) -> ctypes.CDLL:
+    """Every test runs on the kernels as built for most boards and as built for ARMv6-M's small stacks (where the
+    conv paths with stack buffers are off or limited to 3x3 kernels)."""
+    defines = SMALL_STACK_DEFINES if request.param == "small-stack" else ()
+    return build_kernel_lib(tmp_path_factory.mktemp("k"), f"poetops_{request.param}", defines)
 
 
 # ---- the header, parsed: params structs and kernel prototypes ------------------------------------------------

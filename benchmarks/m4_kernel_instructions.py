@@ -143,7 +143,8 @@ def main() -> None:
                     f"{dw:.2f}{tag}",
                 ]
             )
-            print(rows[-1], flush=True)
+            r_ = rows[-1]
+            print(f"  {r_[0]}: fwd {r_[3]}, dx {r_[4]}, dw {r_[5]} instructions/MAC", flush=True)  # progress
     print(table(["layer", "kernel", "MACs", "fwd instr/MAC", "dx instr/MAC", "dw instr/MAC"], rows, "llrrrr"))
 
 

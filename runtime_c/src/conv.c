@@ -344,12 +344,18 @@ static inline __attribute__((always_inline)) void plane_rows_t(const plane_rows 
     static void plane_rows_k##K##s##SX(const plane_rows *a) { plane_rows_t(a, K, K, SX); }
 PLANE_ROWS(3, 1)
 PLANE_ROWS(3, 2)
+#if PLANE_KMAX >= 5 /* (instantiated only where their kernels fit the local copies) */
 PLANE_ROWS(5, 1)
 PLANE_ROWS(5, 2)
+#endif
 
 static plane_rows_fn plane_rows_for(uint32_t kh, uint32_t kw, uint32_t sx) {
-    if (kh != kw || (kw != 3 && kw != 5) || (sx != 1 && sx != 2)) return 0;
-    return kw == 3 ? (sx == 1 ? plane_rows_k3s1 : plane_rows_k3s2) : (sx == 1 ? plane_rows_k5s1 : plane_rows_k5s2);
+    if (kh != kw || (sx != 1 && sx != 2)) return 0;
+    if (kw == 3) return sx == 1 ? plane_rows_k3s1 : plane_rows_k3s2;
+#if PLANE_KMAX >= 5
+    if (kw == 5) return sx == 1 ? plane_rows_k5s1 : plane_rows_k5s2;
+#endif
+    return 0;
 }
 
 /* The outputs o < count whose taps k < kn all read inside [0, size): o s - pad >= 0, o s - pad + kn <= size. */
@@ -544,8 +550,19 @@ static inline __attribute__((always_inline)) void dw_rows(const float *x, size_t
     }
 DW_ROWS(3, 1)
 DW_ROWS(3, 2)
+#if PLANE_KMAX >= 5
 DW_ROWS(5, 1)
 DW_ROWS(5, 2)
+#endif
+
+static dw_rows_fn dw_rows_for(uint32_t kh, uint32_t kw, uint32_t sx) {
+    if (kh != kw || sx > 2) return 0;
+    if (kw == 3) return sx == 1 ? dw_rows_k3s1 : dw_rows_k3s2;
+#if PLANE_KMAX >= 5
+    if (kw == 5) return sx == 1 ? dw_rows_k5s1 : dw_rows_k5s2;
+#endif
+    return 0;
+}
 
 /* The input that tap (ky, kx) of output (oy, ox) reads (inside the input plane xc). */
 static inline const float *tap_at(const poet_conv_params *p, const float *xc, uint32_t oy, uint32_t ox, uint32_t ky,
@@ -556,10 +573,7 @@ static inline const float *tap_at(const poet_conv_params *p, const float *xc, ui
 /* Output channel oc, input channel oc / (c_out / groups). */
 static void dw_plane(const poet_conv_params *p, const float *dy, const float *x, float *dw, uint32_t oc) {
     const uint32_t c = oc / (p->c_out / p->groups), kh = p->kh, kw = p->kw;
-    const dw_rows_fn fast = kh != kw || p->sw > 2 ? 0
-                            : kw == 3        ? (p->sw == 1 ? dw_rows_k3s1 : dw_rows_k3s2)
-                            : kw == 5        ? (p->sw == 1 ? dw_rows_k5s1 : dw_rows_k5s2)
-                                             : 0;
+    const dw_rows_fn fast = dw_rows_for(kh, kw, p->sw);
     float acc[PLANE_KMAX * PLANE_KMAX];
     for (uint32_t i = 0; i < kh * kw; i++) acc[i] = 0.0f;
     uint32_t oy0, oy1, ox0, ox1;

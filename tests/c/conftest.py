@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import subprocess
 from pathlib import Path
 
@@ -21,6 +22,8 @@ SMALL_STACK_DEFINES = ("-DPOET_CONV_TAPS_BUF=0", "-DPOET_CONV_PLANE_KMAX=3")
 def build_kernel_lib(out_dir: Path, name: str, defines: tuple[str, ...] = ()) -> ctypes.CDLL:
     """Compile the kernels with the warnings the generated code must pass (C99, -Wall -Wextra -Werror)."""
     out = out_dir / f"lib{name}.so"
+    # POETC_KERNEL_CFLAGS adds flags, e.g. sanitizers for a run under LD_PRELOAD=libasan.so (docs/adding-an-op.md)
+    defines = (*defines, *os.environ.get("POETC_KERNEL_CFLAGS", "").split())
     subprocess.run(
         ["cc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", *defines,
          f"-I{runtime_dir() / 'include'}", *map(str, KERNEL_SOURCES), "-lm", "-o", str(out)],

@@ -48,3 +48,45 @@ def test_sanitized_training_and_inference(tmp_path, name, cls, shape, opset):
     assert proc.wait(10) == 0
     err = proc.stderr.read().decode() if proc.stderr and not proc.stderr.closed else ""
     assert "runtime error" not in err and "AddressSanitizer" not in err, err[-2000:]
+
+
+def test_the_kernel_tests_pass_under_asan_and_ubsan():
+    """The op kernel tests (randomized convolution shapes among them, in both the default and the ARMv6-M
+    configuration) with the kernels built under AddressSanitizer and UndefinedBehaviorSanitizer."""
+    import os
+    import sys
+    from pathlib import Path
+
+    libs = [
+        subprocess.run(["gcc", f"-print-file-name={n}"], capture_output=True, text=True).stdout.strip()
+        for n in ("libasan.so", "libubsan.so")
+    ]
+    if not all(Path(lib).is_file() for lib in libs):
+        pytest.skip("gcc's libasan/libubsan are not installed")
+    env = {
+        **os.environ,
+        "LD_PRELOAD": ":".join(libs),
+        "ASAN_OPTIONS": "detect_leaks=0",
+        "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
+        "POETC_KERNEL_CFLAGS": "-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer",
+    }
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            "tests/c/test_kernels_ops.py",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert r.returncode == 0 and " passed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "runtime error" not in r.stdout + r.stderr and "AddressSanitizer" not in r.stdout + r.stderr

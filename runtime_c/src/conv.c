@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "poet/kernels.h"
+#include "poet/tile.h"
 
 static int conv_ok(const poet_conv_params *p) {
     return p->groups > 0 && p->c_in % p->groups == 0 && p->c_out % p->groups == 0 && p->sh > 0 && p->sw > 0 &&
@@ -143,21 +144,6 @@ static void tap_range(uint32_t k, uint32_t s, uint32_t pad, uint32_t size, uint3
     *o1 = b < a ? (uint32_t)a : (uint32_t)(b + 1);
 }
 
-/* (arguments are evaluated several times: pass plain loads, never increments) */
-#define CV_MUL16(a0, a1, a2, a3, b0, b1, b2, b3)                                                              \
-    float c00 = a0 * b0, c01 = a0 * b1, c02 = a0 * b2, c03 = a0 * b3;                                         \
-    float c10 = a1 * b0, c11 = a1 * b1, c12 = a1 * b2, c13 = a1 * b3;                                         \
-    float c20 = a2 * b0, c21 = a2 * b1, c22 = a2 * b2, c23 = a2 * b3;                                         \
-    float c30 = a3 * b0, c31 = a3 * b1, c32 = a3 * b2, c33 = a3 * b3
-
-#define CV_FMA16(a0, a1, a2, a3, b0, b1, b2, b3)                                                              \
-    do {                                                                                                      \
-        c00 += a0 * b0; c01 += a0 * b1; c02 += a0 * b2; c03 += a0 * b3;                                       \
-        c10 += a1 * b0; c11 += a1 * b1; c12 += a1 * b2; c13 += a1 * b3;                                       \
-        c20 += a2 * b0; c21 += a2 * b1; c22 += a2 * b2; c23 += a2 * b3;                                       \
-        c30 += a3 * b0; c31 += a3 * b1; c32 += a3 * b2; c33 += a3 * b3;                                       \
-    } while (0)
-
 /* Add a 4x4 tile to y: row r at y + r * rs, position q at + q * qs. */
 #define CV_ADD16(y, rs, qs)                                                                                   \
     do {                                                                                                      \
@@ -173,10 +159,10 @@ static void tap_range(uint32_t k, uint32_t s, uint32_t pad, uint32_t size, uint3
 static inline void tile_wx(const float *w, size_t wr, size_t wt, const float *x, uint32_t xs, size_t xt,
                            uint32_t len, float *y, size_t yr, uint32_t ys) {
     const float *w0 = w, *w1 = w + wr, *w2 = w + 2 * wr, *w3 = w + 3 * wr;
-    CV_MUL16(w0[0], w1[0], w2[0], w3[0], x[0], x[xs], x[2 * xs], x[3 * xs]);
+    POET_MUL16(w0[0], w1[0], w2[0], w3[0], x[0], x[xs], x[2 * xs], x[3 * xs]);
     for (uint32_t t = 1; t < len; t++) {
         w0 += wt, w1 += wt, w2 += wt, w3 += wt, x += xt;
-        CV_FMA16(w0[0], w1[0], w2[0], w3[0], x[0], x[xs], x[2 * xs], x[3 * xs]);
+        POET_FMA16(w0[0], w1[0], w2[0], w3[0], x[0], x[xs], x[2 * xs], x[3 * xs]);
     }
     CV_ADD16(y, yr, ys);
 }
@@ -719,8 +705,8 @@ static inline __attribute__((always_inline)) void tile_taps(const taps_args *a, 
                         const uint32_t o = ky * kw;
 #pragma GCC unroll 8
                         for (uint32_t kx = 0; kx < kw; kx++)
-                            CV_FMA16(w0[o + kx], w1[o + kx], w2[o + kx], w3[o + kx], xr[kx], xr[kx + sw],
-                                     xr[kx + 2 * sw], xr[kx + 3 * sw]);
+                            POET_FMA16(w0[o + kx], w1[o + kx], w2[o + kx], w3[o + kx], xr[kx], xr[kx + sw],
+                                       xr[kx + 2 * sw], xr[kx + 3 * sw]);
                     }
                 }
             } else {
@@ -730,8 +716,8 @@ static inline __attribute__((always_inline)) void tile_taps(const taps_args *a, 
                     for (uint32_t ky = 0; ky < khv; ky++, xr += xrs, w0 += kw, w1 += kw, w2 += kw, w3 += kw) {
 #pragma GCC unroll 8
                         for (uint32_t kx = 0; kx < kw; kx++)
-                            CV_FMA16(w0[kx], w1[kx], w2[kx], w3[kx], xr[kx], xr[kx + sw], xr[kx + 2 * sw],
-                                     xr[kx + 3 * sw]);
+                            POET_FMA16(w0[kx], w1[kx], w2[kx], w3[kx], xr[kx], xr[kx + sw], xr[kx + 2 * sw],
+                                       xr[kx + 3 * sw]);
                     }
                 }
             }
@@ -973,7 +959,7 @@ static inline void dw_tile(const float *dy, size_t dyr, const float *x, size_t x
         const float a0 = *d0++, a1 = *d1++, a2 = *d2++, a3 = *d3++;
         const float b0 = *x0, b1 = *x1, b2 = *x2, b3 = *x3;
         x0 += xs, x1 += xs, x2 += xs, x3 += xs;
-        CV_FMA16(a0, a1, a2, a3, b0, b1, b2, b3);
+        POET_FMA16(a0, a1, a2, a3, b0, b1, b2, b3);
     }
     c[0] = c00, c[1] = c01, c[2] = c02, c[3] = c03, c[4] = c10, c[5] = c11, c[6] = c12, c[7] = c13;
     c[8] = c20, c[9] = c21, c[10] = c22, c[11] = c23, c[12] = c30, c[13] = c31, c[14] = c32, c[15] = c33;

@@ -4,6 +4,7 @@
  * from about 9 to under 2 instructions per MAC (benchmarks/m4_kernel_instructions.py); edges that do not fill
  * a 4x4 block take the reference loops. tests/c/test_kernels_ops.py checks each against its reference. */
 #include "poet/kernels.h"
+#include "poet/tile.h"
 
 /* W' = trans_w ? W^T : W, a [k, n] view of the weight. */
 static inline float wt(const poet_linear_params *p, const float *w, uint32_t kk, uint32_t j) {
@@ -76,21 +77,6 @@ typedef struct {
     float beta;
 } tile_out;
 
-/* (arguments are evaluated several times: pass plain loads, never increments) */
-#define MUL16(a0, a1, a2, a3, b0, b1, b2, b3)                                                                 \
-    float c00 = a0 * b0, c01 = a0 * b1, c02 = a0 * b2, c03 = a0 * b3;                                         \
-    float c10 = a1 * b0, c11 = a1 * b1, c12 = a1 * b2, c13 = a1 * b3;                                         \
-    float c20 = a2 * b0, c21 = a2 * b1, c22 = a2 * b2, c23 = a2 * b3;                                         \
-    float c30 = a3 * b0, c31 = a3 * b1, c32 = a3 * b2, c33 = a3 * b3
-
-#define FMA16(a0, a1, a2, a3, b0, b1, b2, b3)                                                                 \
-    do {                                                                                                      \
-        c00 += a0 * b0; c01 += a0 * b1; c02 += a0 * b2; c03 += a0 * b3;                                       \
-        c10 += a1 * b0; c11 += a1 * b1; c12 += a1 * b2; c13 += a1 * b3;                                       \
-        c20 += a2 * b0; c21 += a2 * b1; c22 += a2 * b2; c23 += a2 * b3;                                       \
-        c30 += a3 * b0; c31 += a3 * b1; c32 += a3 * b2; c33 += a3 * b3;                                       \
-    } while (0)
-
 #define STORE16(o)                                                                                            \
     do {                                                                                                      \
         store_row(o, 0, c00, c01, c02, c03);                                                                  \
@@ -128,12 +114,12 @@ static void tile_ss(const float *a, size_t as, const float *b, size_t bs, uint32
     const float *a0 = a, *a1 = a + as, *a2 = a + 2 * as, *a3 = a + 3 * as;
     const float *b0 = b, *b1 = b + bs, *b2 = b + 2 * bs, *b3 = b + 3 * bs;
     const float *const end = a0 + len;
-    MUL16(a0[0], a1[0], a2[0], a3[0], b0[0], b1[0], b2[0], b3[0]);
+    POET_MUL16(a0[0], a1[0], a2[0], a3[0], b0[0], b1[0], b2[0], b3[0]);
     a0++, a1++, a2++, a3++, b0++, b1++, b2++, b3++;
     while (a0 != end) {
         const float x0 = *a0++, x1 = *a1++, x2 = *a2++, x3 = *a3++;
         const float y0 = *b0++, y1 = *b1++, y2 = *b2++, y3 = *b3++;
-        FMA16(x0, x1, x2, x3, y0, y1, y2, y3);
+        POET_FMA16(x0, x1, x2, x3, y0, y1, y2, y3);
     }
     STORE16(o);
 }
@@ -142,11 +128,11 @@ static void tile_ss(const float *a, size_t as, const float *b, size_t bs, uint32
 static void tile_sq(const float *a, size_t as, const float *b, size_t bstep, uint32_t len, const tile_out *o) {
     const float *a0 = a, *a1 = a + as, *a2 = a + 2 * as, *a3 = a + 3 * as;
     const float *const end = a0 + len;
-    MUL16(a0[0], a1[0], a2[0], a3[0], b[0], b[1], b[2], b[3]);
+    POET_MUL16(a0[0], a1[0], a2[0], a3[0], b[0], b[1], b[2], b[3]);
     a0++, a1++, a2++, a3++;
     for (b += bstep; a0 != end; b += bstep) {
         const float x0 = *a0++, x1 = *a1++, x2 = *a2++, x3 = *a3++;
-        FMA16(x0, x1, x2, x3, b[0], b[1], b[2], b[3]);
+        POET_FMA16(x0, x1, x2, x3, b[0], b[1], b[2], b[3]);
     }
     STORE16(o);
 }
@@ -154,8 +140,9 @@ static void tile_sq(const float *a, size_t as, const float *b, size_t bstep, uin
 /* a: quartet; b: quartet (len >= 1) */
 static void tile_qq(const float *a, size_t astep, const float *b, size_t bstep, uint32_t len, const tile_out *o) {
     const float *const end = a + (size_t)len * astep;
-    MUL16(a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]);
-    for (a += astep, b += bstep; a != end; a += astep, b += bstep) FMA16(a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]);
+    POET_MUL16(a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]);
+    for (a += astep, b += bstep; a != end; a += astep, b += bstep)
+        POET_FMA16(a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]);
     STORE16(o);
 }
 

@@ -346,11 +346,16 @@ def test_blocked_linear_kernels_match_their_reference(lib, m, k, n, trans, alpha
     x, dy = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((m, n)).astype(np.float32)
     w = rng.standard_normal((n, k) if trans else (k, n)).astype(np.float32)
     b = rng.standard_normal(n).astype(np.float32) if bias else None
-    for name, ins, shape in [
-        ("linear_fwd", (x, w, b), (m, n)),
-        ("linear_dx", (dy, w), (m, k)),
-        ("linear_dw", (dy, x), w.shape),
-    ]:
+    _check_fast_vs_ref(
+        lib,
+        p,
+        [("linear_fwd", (x, w, b), (m, n)), ("linear_dx", (dy, w), (m, k)), ("linear_dw", (dy, x), w.shape)],
+    )
+
+
+def _check_fast_vs_ref(lib, p, cases) -> None:
+    """Each (kernel, inputs, output shape): the dispatched kernel against its plain-loop _ref twin."""
+    for name, ins, shape in cases:
         got, want = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
         args = [_ptr(a) if a is not None else None for a in ins]
         assert getattr(lib, f"poet_{name}_f32")(ctypes.byref(p), *args, _ptr(got)) == 0
@@ -394,18 +399,12 @@ def _check_conv_vs_ref(
     wt = rng.standard_normal((co * g, ci, *k)).astype(np.float32)
     dy = rng.standard_normal((n, co * g, oh, ow)).astype(np.float32)
     b = rng.standard_normal(co * g).astype(np.float32) if bias else None
-    for name, ins, shape in [
+    cases = [
         ("conv2d_fwd", (x, wt, b), dy.shape),
         ("conv2d_dx", (dy, wt), x.shape),
         ("conv2d_dw", (dy, x), wt.shape),
-    ]:
-        if name not in names:
-            continue
-        got, want = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
-        args = [_ptr(a) if a is not None else None for a in ins]
-        assert getattr(lib, f"poet_{name}_f32")(ctypes.byref(p), *args, _ptr(got)) == 0
-        assert getattr(lib, f"poet_{name}_ref_f32")(ctypes.byref(p), *args, _ptr(want)) == 0
-        assert max_rel_error(got, want) <= 1e-5, name
+    ]
+    _check_fast_vs_ref(lib, p, [c for c in cases if c[0] in names])
 
 
 @settings(max_examples=80, deadline=None)

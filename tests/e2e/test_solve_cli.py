@@ -7,6 +7,7 @@ import json
 import pytest
 from tests.conftest import poetc
 
+MLP = ["mlp", "--board", "nrf52840", "--batch", "8"]  # POET's linear network on the nRF52840
 FIELDS = (
     "status",
     "strategy",
@@ -26,19 +27,7 @@ FIELDS = (
 
 def test_solve_json_and_plots(tmp_path):
     r = poetc(
-        "solve",
-        "mlp",
-        "--board",
-        "nrf52840",
-        "--batch",
-        "8",
-        "--ram",
-        "226K",
-        "--json",
-        "--plot",
-        str(tmp_path / "plots"),
-        "--time-limit",
-        "30",
+        "solve", *MLP, "--ram", "226K", "--json", "--plot", str(tmp_path / "plots"), "--time-limit", "30"
     )
     doc = json.loads(r.stdout)
     for f in FIELDS:
@@ -52,20 +41,7 @@ def test_solve_json_and_plots(tmp_path):
 
 
 def test_solve_compare_table_and_json(tmp_path):
-    r = poetc(
-        "solve",
-        "mlp",
-        "--board",
-        "nrf52840",
-        "--batch",
-        "8",
-        "--ram",
-        "226K",
-        "--compare",
-        "--json",
-        "--time-limit",
-        "20",
-    )
+    r = poetc("solve", *MLP, "--ram", "226K", "--compare", "--json", "--time-limit", "20")
     rows = json.loads(r.stdout)
     assert [x["strategy"] for x in rows] == [
         "poet",
@@ -81,39 +57,13 @@ def test_solve_compare_table_and_json(tmp_path):
             assert (
                 poet["energy_j"] <= x["energy_j"] * (1 + 1e-9) + (poet["gap"] or 0) * poet["extra_energy_j"]
             )
-    r = poetc(
-        "solve",
-        "mlp",
-        "--board",
-        "nrf52840",
-        "--batch",
-        "8",
-        "--ram",
-        "226K",
-        "--compare",
-        "--time-limit",
-        "20",
-    )
+    r = poetc("solve", *MLP, "--ram", "226K", "--compare", "--time-limit", "20")
     assert "strategy" in r.stdout and "remat-only" in r.stdout and "floor energy" in r.stdout
 
 
 def test_build_writes_schedule_json_within_budget(tmp_path):
     out = tmp_path / "b"
-    poetc(
-        "build",
-        "mlp",
-        "--board",
-        "nrf52840",
-        "--batch",
-        "8",
-        "--ram",
-        "226K",
-        "--out",
-        str(out),
-        "--no-compile",
-        "--time-limit",
-        "30",
-    )
+    poetc("build", *MLP, "--ram", "226K", "--out", str(out), "--no-compile", "--time-limit", "30")
     doc = json.loads((out / "schedule.json").read_text())
     for f in FIELDS:
         assert f in doc
@@ -126,21 +76,7 @@ def test_build_writes_schedule_json_within_budget(tmp_path):
 
 
 def test_infeasible_budget_is_one_line_with_smallest(tmp_path):
-    r = poetc(
-        "build",
-        "mlp",
-        "--board",
-        "nrf52840",
-        "--batch",
-        "8",
-        "--ram",
-        "220K",
-        "--out",
-        str(tmp_path / "o"),
-        "--time-limit",
-        "20",
-        check=False,
-    )
+    r = poetc("build", *MLP, "--ram", "220K", "--out", str(tmp_path / "o"), "--time-limit", "20", check=False)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     err = r.stderr.strip()
     assert len(err.splitlines()) == 1 and "smallest" in err
@@ -154,26 +90,13 @@ def test_bad_scheduling_options(tmp_path):
         (["--solver", "NOPE"], "solver NOPE is not installed"),
         (["--gap", "2"], "--gap must be"),
     ):
-        r = poetc("solve", "mlp", "--board", "nrf52840", "--batch", "8", *args, check=False)
+        r = poetc("solve", *MLP, *args, check=False)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
 
 
 def test_deadline_too_tight_is_infeasible():
     r = poetc(
-        "solve",
-        "mlp",
-        "--board",
-        "nrf52840",
-        "--batch",
-        "8",
-        "--ram",
-        "226K",
-        "--deadline",
-        "1.0001x",
-        "--json",
-        "--time-limit",
-        "20",
-        check=False,
+        "solve", *MLP, "--ram", "226K", "--deadline", "1.0001x", "--json", "--time-limit", "20", check=False
     )
     doc = json.loads(r.stdout)
     assert not doc["feasible"] and r.returncode == 1

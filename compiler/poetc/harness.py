@@ -23,6 +23,7 @@ from .errors import PoetcError, TargetError
 from .fmt import joules, nbytes, seconds, table
 from .link import RunReply, StatusError
 from .quantize import from_u8, to_u8, u8_input
+from .schedule import Program
 from .target import QemuTarget, Session, Target
 
 PROG_TRAIN, PROG_INFER = 0, 1
@@ -493,11 +494,8 @@ def node_runs(build: BuildInfo) -> dict[int, int]:
     prog = next((p for p in doc.get("programs", []) if p.get("name") == "train"), None)
     if prog is None:
         return {}
-    runs: dict[int, int] = {}
-    for ins in prog["instrs"]:
-        if ins[0] in ("RUN", "RECOMPUTE"):
-            runs[int(ins[1])] = runs.get(int(ins[1]), 0) + 1
-    return runs
+    runs = Program.from_json(prog).runs(len(build.doc.get("nodes", [])))
+    return {i: int(n) for i, n in enumerate(runs) if n}
 
 
 # ---- the training record (train.json) and the meter's report ------------------------------------------------------

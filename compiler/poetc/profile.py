@@ -400,10 +400,7 @@ def _run(
     if steps < 1:
         raise PoetcError(f"--steps must be at least 1, got {steps}")
     train, probe = c.programs
-    runs = np.zeros(c.problem.T, dtype=np.int64)
-    for ins in train.instrs:
-        if ins.op in (Op.RUN, Op.RECOMPUTE):
-            runs[ins.node] += 1
+    runs = train.runs(c.problem.T)
     x, y, q8 = _batch(b, seed)
     node_ticks: list[list[int]] = []
     totals: list[tuple[int, int]] = []  # (RUN ticks, paged bytes)

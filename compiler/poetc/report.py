@@ -33,7 +33,7 @@ from .errors import PoetcError
 from .fmt import joules, nbytes, seconds
 from .harness import TRAIN_RECORD, active_power_w
 from .problem import Problem
-from .schedule import Instr, Op, Program, from_program
+from .schedule import Program, from_program
 from .strategies import Solution
 
 PROGRAMS = "program.json"
@@ -96,11 +96,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise PoetcError(f"{path}: unreadable: {e}") from None
-
-
-def load_program(doc: dict[str, Any]) -> Program:
-    instrs = tuple(Instr(Op[op], int(node), int(stage)) for op, node, stage, _off in doc["instrs"])
-    return Program(doc["name"], instrs, tuple(doc["required"]), tuple(doc["keep"]))
 
 
 def replan(b: builddir.BuildInfo, board: Board) -> Problem:
@@ -286,10 +281,8 @@ def write(b: builddir.BuildInfo, out: Path, profile_path: str | None = None) -> 
     consistent = None
     if progs is not None:
         p = replan(b, board)
-        train_prog = load_program(progs["programs"][0])
-        for ins in train_prog.instrs:
-            if ins.op == Op.RECOMPUTE:
-                runs[ins.node] += 1
+        train_prog = Program.from_json(progs["programs"][0])
+        runs = np.maximum(train_prog.runs(T), 1)
         rp = simulate.replay(p, train_prog)
         figs = {
             "energy_j": rp.energy_j,

@@ -57,6 +57,20 @@ class Program:
     def count(self, op: Op) -> int:
         return sum(1 for i in self.instrs if i.op == op)
 
+    def runs(self, T: int) -> np.ndarray:
+        """How often each of the T nodes computes in the program (its RUN plus every RECOMPUTE)."""
+        out = np.zeros(T, dtype=np.int64)
+        for ins in self.instrs:
+            if ins.op in (Op.RUN, Op.RECOMPUTE):
+                out[ins.node] += 1
+        return out
+
+    @staticmethod
+    def from_json(doc: dict[str, Any]) -> Program:
+        """A program as program.json records it (instructions as [op, node, stage, arena offset])."""
+        instrs = tuple(Instr(Op[op], int(node), int(stage)) for op, node, stage, _off in doc["instrs"])
+        return Program(doc["name"], instrs, tuple(doc["required"]), tuple(doc["keep"]))
+
 
 @dataclass(frozen=True)
 class Schedule:

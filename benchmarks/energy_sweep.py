@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from poetc import boards, frontend, pipeline, plots, strategies, sweep
+from poetc import boards, frontend, pipeline
+from poetc.report import plots
+from poetc.schedule import strategies, sweep
 
 
 def main() -> None:
@@ -27,7 +29,9 @@ def main() -> None:
     board = boards.load(a.board)
     pl = pipeline.plan(frontend.load(a.model, batch=a.batch), board, deadline=a.deadline)
     res = sweep.run(
-        pl,
+        pl.problem,
+        pl.fixed.fixed,
+        pl.fixed.budget,
         list(strategies.NAMES),
         strategies.SolveOptions(time_limit_s=a.time_limit),
         a.points,

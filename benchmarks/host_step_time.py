@@ -22,8 +22,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from poetc import boards, builddir, frontend, harness, pipeline, target, zoo  # noqa: E402
+from poetc import boards, frontend, pipeline  # noqa: E402
+from poetc.device import harness, target  # noqa: E402
+from poetc.emit import builddir  # noqa: E402
 from poetc.fmt import table  # noqa: E402
+from poetc.frontend import zoo  # noqa: E402
 
 MODELS = ["lenet", "resnet8", "resnet18-cifar", "mobilenetv2-cifar", "vgg11-cifar", "tiny-bert"]
 

@@ -22,7 +22,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from poetc import boards, builddir, frontend, harness, pipeline, target
+from poetc import boards, frontend, pipeline
+from poetc.device import harness, target
+from poetc.emit import builddir
 from poetc.fmt import table
 
 # name: (kind, batch, shape) -- linear: (m rows per sample, k, n); conv: (cin, cout, k, stride, pad, groups, h, w)

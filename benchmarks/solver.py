@@ -20,8 +20,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from poetc import boards, milp, poetgraphs, strategies
+from poetc import boards
 from poetc.fmt import table
+from poetc.schedule import milp, poetgraphs, strategies
 
 LEVELS = (10.0, 2.0, 1.1, 1.01, 1.0)  # multiples of the best extra energy found by any method
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from poetc import zoo
+from poetc.frontend import zoo
 
 
 class LeNet(nn.Module):

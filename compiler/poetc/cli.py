@@ -11,9 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, boards, builddir, data, frontend, harness, memplan, pipeline, strategies, target
+from . import __version__, boards, data, frontend, pipeline
+from .device import harness, target
+from .emit import builddir
 from .errors import PoetcError
 from .fmt import joules, nbytes, seconds, table
+from .graph.ir import Model
+from .schedule import memplan, strategies
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,12 +76,12 @@ def _solve_options(a: argparse.Namespace) -> strategies.SolveOptions:
     )
 
 
-def _load_model(a: argparse.Namespace) -> frontend.Model:
+def _load_model(a: argparse.Namespace) -> Model:
     if a.batch is not None and a.batch <= 0:
         raise PoetcError(f"--batch must be positive, got {a.batch}")
     model = frontend.load(a.model, batch=a.batch)
     if getattr(a, "input_u8", None) is not None:
-        from .quantize import u8_input
+        from .frontend.quantize import u8_input
 
         model = u8_input(model, a.input_u8)
     _say(
@@ -165,11 +169,11 @@ _FIG_HEADERS = [
 ]
 
 
-def _profile_kw(a: argparse.Namespace, model: frontend.Model, board: boards.Board) -> dict:
+def _profile_kw(a: argparse.Namespace, model: Model, board: boards.Board) -> dict:
     """--profile FILE: measured seconds per node in place of the FLOP model (checked against model and board)."""
     if not a.profile:
         return {}
-    from . import profile
+    from .device import profile
 
     prof = profile.for_build(a.profile, model, board, _say)
     return {"profile": prof.node_seconds(), "profile_source": a.profile}
@@ -191,9 +195,9 @@ def cmd_build(a: argparse.Namespace) -> int:
             **_profile_kw(a, model, board),
         )  # fmt: skip
     builddir.write(c, out, _command_line(), tgt, say=_say, compile_=not a.no_compile)
-    from . import report
+    from .report import page
 
-    report.record_build(c, out, a.profile)  # program.json (and profile.json) for poetc report
+    page.record_build(c, out, a.profile)  # program.json (and profile.json) for poetc report
     s = builddir.schedule_summary(c)
     print(table(["memory", "bytes"], [[k, v] for k, v in c.memory.rows()], "lr"))
     print(table(_FIG_HEADERS, _figure_rows([s])))
@@ -235,7 +239,7 @@ def cmd_solve(a: argparse.Namespace) -> int:
     finally:
         _QUIET = False
     if a.plot:
-        from . import plots
+        from .report import plots
 
         d = Path(a.plot)
         d.mkdir(parents=True, exist_ok=True)
@@ -262,7 +266,8 @@ def cmd_solve(a: argparse.Namespace) -> int:
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
-    from . import plots, sweep
+    from .report import plots
+    from .schedule import sweep
 
     board = boards.load(a.board)
     opts = _solve_options(a)
@@ -275,7 +280,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
             raise PoetcError(f"--strategies: unknown strategy {n!r} (known: {', '.join(strategies.NAMES)})")
     if a.points < 2:
         raise PoetcError(f"--points must be at least 2, got {a.points}")
-    res = sweep.run(pl, names, opts, a.points, jobs=a.jobs, say=_say)
+    res = sweep.run(pl.problem, pl.fixed.fixed, pl.fixed.budget, names, opts, a.points, jobs=a.jobs, say=_say)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     png = plots.energy_vs_budget(res, out / "energy-vs-ram.png", title=f"{a.model} on {board.name}")
@@ -334,7 +339,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     meter = None
     if a.meter:
-        from . import meter as meter_mod
+        from .device import meter as meter_mod
 
         meter = meter_mod.parse(a.meter)
         print(f"metering with the {meter.name}", flush=True)
@@ -364,7 +369,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 # ---- profile / report -------------------------------------------------------------------------------------
 def cmd_profile(a: argparse.Namespace) -> int:
-    from . import profile
+    from .device import profile
 
     board = boards.load(a.board)
     if a.time_limit <= 0:
@@ -390,11 +395,11 @@ def cmd_profile(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from . import report
+    from .report import page
 
     b = builddir.open_build(Path(a.dir))
     out = Path(a.out) if a.out else b.dir / "report.html"
-    path, notes = report.write(b, out, profile_path=a.profile)
+    path, notes = page.write(b, out, profile_path=a.profile)
     for n in notes:
         print(f"note: {n}")
     print(f"wrote {path}")
@@ -618,7 +623,7 @@ def _schedule_args(s: argparse.ArgumentParser, strategy: bool = True) -> None:
 
 
 def _zoo_names() -> list[str]:
-    from . import zoo
+    from .frontend import zoo
 
     return list(zoo.NAMES)
 

@@ -12,18 +12,18 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from . import autodiff, cost, memplan, problem, schedule, simulate, strategies
-from .autodiff import TrainingGraph
 from .boards import Board
-from .cost import CostModel
 from .errors import PoetcError
-from .frontend import Model
-from .ir import Role
-from .memplan import MemPlan
-from .problem import Problem
-from .schedule import Program, Schedule
-from .simulate import Replay
-from .strategies import Solution, SolveOptions
+from .graph import autodiff
+from .graph.autodiff import TrainingGraph
+from .graph.ir import Model, Role
+from .schedule import cost, memplan, problem, program, simulate, strategies
+from .schedule.cost import CostModel
+from .schedule.memplan import MemPlan
+from .schedule.problem import Problem
+from .schedule.program import Program, Schedule
+from .schedule.simulate import Replay
+from .schedule.strategies import Solution, SolveOptions
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ def compile_model(
     pl = plan(model, board, ram, deadline, say, profile, profile_source)
     tg, cm, fixed, p = pl.tg, pl.cost, pl.fixed, pl.problem
     t0 = time.perf_counter()
-    infer = schedule.forward_program(tg, p)
+    infer = program.forward_program(tg, p)
     infer_plan = memplan.plan(infer, p.mem)
     if infer_plan.arena_bytes > p.budget:
         raise PoetcError(

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.c.conftest import build_kernel_lib
 
-from poetc.ir import Attrs
-from poetc.ops import get
-from poetc.reference import max_rel_error
+from poetc.graph.ir import Attrs
+from poetc.graph.ops import get
+from poetc.graph.reference import max_rel_error
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_crc32_matches_zlib(lib):
 
 def test_status_strings_cover_the_enum(lib):
     lib.poet_status_str.restype = ctypes.c_char_p
-    from poetc import cheaders
+    from poetc.emit import cheaders
 
     for code, (_, text) in cheaders.statuses().items():
         assert lib.poet_status_str(code).decode() == text

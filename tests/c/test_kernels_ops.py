@@ -19,11 +19,10 @@ from hypothesis import strategies as st
 from tests.c.conftest import SMALL_STACK_DEFINES, build_kernel_lib
 from tests.unit.test_ops_torch import rnd, run
 
-from poetc import cheaders
-from poetc.frontend import TRAIN_FLAG
-from poetc.ir import Attrs
-from poetc.ops import get
-from poetc.reference import max_rel_error
+from poetc.emit import cheaders
+from poetc.graph.ir import TRAIN_FLAG, Attrs
+from poetc.graph.ops import get
+from poetc.graph.reference import max_rel_error
 from poetc.resources import runtime_dir
 
 TOL = 1e-5
@@ -313,7 +312,7 @@ def test_layout_kernels(lib, shape, data):
 
 
 def test_every_c_params_matches_its_struct_and_every_kernel_has_a_prototype():
-    from poetc.ops import REGISTRY
+    from poetc.graph.ops import REGISTRY
 
     kinfo = cheaders.kernels()
     for op in REGISTRY.values():

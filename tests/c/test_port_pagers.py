@@ -137,7 +137,8 @@ def _have_qemu_tools() -> bool:
 )
 @pytest.mark.parametrize("board_name", ["qemu-m4", "qemu-m0"])
 def test_page_out_and_in_through_semihosting(tmp_path, board_name):
-    from poetc import boards, target
+    from poetc import boards
+    from poetc.device import target
 
     board = boards.load(board_name)
     cm = firmware_dir() / "cortexm"

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from tests.conftest import poetc
 
-from poetc import boards, builddir, target
+from poetc import boards
+from poetc.device import target
+from poetc.emit import builddir
 
 needs_arm = pytest.mark.skipif(
     not (shutil.which("arm-none-eabi-gcc") and shutil.which("make")),

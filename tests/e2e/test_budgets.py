@@ -17,7 +17,11 @@ import numpy as np
 import pytest
 from tests.conftest import export_torch, poetc
 
-from poetc import boards, builddir, frontend, harness, pipeline, reference, strategies, target
+from poetc import boards, frontend, pipeline
+from poetc.device import harness, target
+from poetc.emit import builddir
+from poetc.graph import reference
+from poetc.schedule import strategies
 
 torch = pytest.importorskip("torch")
 
@@ -70,11 +74,11 @@ def _hostm4(d: Path) -> Path:
 
 def _budgets(onnx_path: Path, board_file: Path, **kw) -> list[int]:
     """Four RAM budgets from the smallest feasible one to the store-all peak, both included."""
-    from poetc import schedule, simulate
+    from poetc.schedule import program, simulate
 
     pl = pipeline.plan(frontend.load(onnx_path, **kw), boards.load(str(board_file)))
     lo, _ = strategies.smallest_budget(pl.problem, "poet", strategies.SolveOptions(time_limit_s=30))
-    peak = simulate.replay(pl.problem, schedule.lower(pl.problem, schedule.store_all(pl.problem))).peak_bytes
+    peak = simulate.replay(pl.problem, program.lower(pl.problem, program.store_all(pl.problem))).peak_bytes
     return [pl.fixed.fixed + lo + k * (peak - lo) // 3 for k in range(4)]
 
 

@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 from tests.conftest import export_torch, poetc
 
-from poetc import builddir, harness, link, reference, target
 from poetc.boards import load as load_board
+from poetc.device import harness, link, target
+from poetc.emit import builddir
+from poetc.graph import reference
 
 torch = pytest.importorskip("torch")
 

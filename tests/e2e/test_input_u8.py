@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from tests.conftest import poetc
 
-from poetc import quantize
 from poetc.errors import PoetcError
+from poetc.frontend import quantize
 
 
 def test_to_u8_round_trip_and_errors():

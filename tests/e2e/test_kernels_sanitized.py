@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from tests.conftest import poetc
 
-from poetc import builddir, harness, target
 from poetc.boards import load as load_board
+from poetc.device import harness, target
+from poetc.emit import builddir
 
 torch = pytest.importorskip("torch")
 from tests.e2e.test_pytorch_models_host import SmallCNN, SmallTransformer, _export, _randomised  # noqa: E402

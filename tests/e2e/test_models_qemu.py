@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from tests.conftest import poetc
 
-from poetc import builddir
+from poetc.emit import builddir
 
 torch = pytest.importorskip("torch")
 from tests.e2e.test_pytorch_models_host import SmallCNN, SmallTransformer, _export, _randomised  # noqa: E402

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from tests.conftest import poetc
 
-from poetc import target
+from poetc.device import target
 
 pytestmark = [
     pytest.mark.qemu,
@@ -88,7 +88,7 @@ def test_upload_refuses_the_image_of_another_build(tmp_path):
         )
     before = (b / "build" / "poet.elf").read_bytes()
     r = subprocess.run(
-        [sys.executable, "-m", "poetc.pio_upload", str(b), str(a / "build" / "poet.elf")],
+        [sys.executable, "-m", "poetc.device.pio_upload", str(b), str(a / "build" / "poet.elf")],
         capture_output=True,
         text=True,
         timeout=60,

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import poetc
 from tests.fake_ppk2 import FakePpk2, recording
 
-from poetc import meter
+from poetc.device import meter
 
 if importlib.util.find_spec("ppk2_api") is None:
     if os.environ.get("CI"):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from tests.conftest import poetc
 
-from poetc import profile, report
+from poetc.device import profile
 
 
 def need(*tools: str) -> None:
@@ -121,7 +121,7 @@ def test_report_figures_match_schedule_json(run):
     page = _parse((b / "report.html").read_text())
     sched = json.loads((b / "schedule.json").read_text())
     assert page.consistent == "yes"  # a replay of program.json reproduced schedule.json
-    for key, _label in report.SCHEDULE_KEYS:
+    for key, _label in page.SCHEDULE_KEYS:
         v = sched.get(key)
         assert page.rows[key] == (v if isinstance(v, str) else repr(v)), key
     pred = [float(x) for x in page.energy["predicted"]]

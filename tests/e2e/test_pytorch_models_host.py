@@ -16,8 +16,10 @@ import onnx
 import pytest
 from tests.conftest import poetc
 
-from poetc import builddir, harness, reference, target
 from poetc.boards import load as load_board
+from poetc.device import harness, target
+from poetc.emit import builddir
+from poetc.graph import reference
 
 torch = pytest.importorskip("torch")
 nn, F = torch.nn, torch.nn.functional

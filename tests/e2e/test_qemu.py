@@ -22,8 +22,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from tests.conftest import poetc
 
-from poetc import boards, builddir, harness, reference, target
+from poetc import boards
+from poetc.device import harness, target
+from poetc.emit import builddir
 from poetc.errors import PoetcError, TargetError
+from poetc.graph import reference
 
 pytestmark = [
     pytest.mark.qemu,

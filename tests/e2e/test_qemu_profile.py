@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import poetc
 from tests.e2e.test_qemu import mlp_onnx
 
-from poetc import profile
+from poetc.device import profile
 
 pytestmark = [
     pytest.mark.qemu,

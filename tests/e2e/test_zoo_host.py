@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from tests.conftest import poetc
 
-from poetc import builddir, reference
+from poetc.emit import builddir
+from poetc.graph import reference
 
 torch = pytest.importorskip("torch")
 from tests.zoo_torch import twin  # noqa: E402

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from poetc import boards, codegen, harness, target
+from poetc import boards
+from poetc.device import harness, target
+from poetc.emit import codegen
 from poetc.resources import firmware_dir
 
 COST_FIELDS = (

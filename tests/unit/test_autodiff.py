@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from poetc import autodiff, frontend
+from poetc import frontend
 from poetc.errors import PoetcError
-from poetc.ir import Role
+from poetc.graph import autodiff
+from poetc.graph.ir import Role
 
 
 @pytest.fixture(scope="module")

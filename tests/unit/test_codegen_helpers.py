@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from poetc import cheaders, codegen, ops
-from poetc.schedule import Op
+from poetc.emit import cheaders, codegen
+from poetc.graph import ops
+from poetc.schedule.program import Op
 
 
 @pytest.mark.parametrize("v", [0.1, -0.0, 1e-38, 3.4028235e38, 1 / 3, 123456.789, 1e-45, 2.5])

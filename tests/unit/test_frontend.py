@@ -5,9 +5,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from poetc import frontend, zoo
+from poetc import frontend
 from poetc.errors import PoetcError
-from poetc.ir import Role
+from poetc.frontend import zoo
+from poetc.graph.ir import Role
 
 
 def _model(nodes, inits, in_shape=(4, 6), out="y", out_shape=(4, 3)):

@@ -9,9 +9,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from poetc import autodiff, frontend, reference
+from poetc import frontend
 from poetc.errors import PoetcError
-from poetc.ir import Role
+from poetc.graph import autodiff, reference
+from poetc.graph.ir import TRAIN_FLAG, Role
 
 
 def _model(nodes, inits, in_shape, out_shape, opset=17, out="y"):
@@ -138,7 +139,7 @@ def test_batchnorm_becomes_statistics_and_apply_with_state_and_training_flag():
     m = _load(nodes, inits, (2, c, 2, 2), (2, 2))
     assert _ops(m) == ["bn_stats", "bn_apply", "linear"]
     assert set(m.state) == {"rm", "rv"} and m.graph.tensor("rm").role == Role.STATE
-    assert m.train_flag == frontend.TRAIN_FLAG and m.graph.tensor(m.train_flag).role == Role.INPUT
+    assert m.train_flag == TRAIN_FLAG and m.graph.tensor(m.train_flag).role == Role.INPUT
     assert m.graph.nodes[0].attrs["momentum"] == pytest.approx(0.1, abs=1e-12)
     tg = autodiff.build_training_graph(m)
     upd = [n for n in tg.graph.nodes if n.op == "bn_running"]

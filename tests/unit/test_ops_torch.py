@@ -17,10 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from poetc import autodiff, reference
-from poetc.frontend import TRAIN_FLAG, Model
-from poetc.ir import Attrs, Graph, Node, Role, Tensor
-from poetc.ops import get
+from poetc.graph import autodiff, reference
+from poetc.graph.ir import TRAIN_FLAG, Attrs, Graph, Model, Node, Role, Tensor
+from poetc.graph.ops import get
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

@@ -10,9 +10,12 @@ import json
 import numpy as np
 import pytest
 
-from poetc import boards, codegen, frontend, memplan, meter, pipeline, profile, simulate, target
+from poetc import boards, frontend, pipeline
+from poetc.device import meter, profile, target
+from poetc.emit import codegen
 from poetc.errors import PoetcError
-from poetc.schedule import Op
+from poetc.schedule import memplan, simulate
+from poetc.schedule.program import Op
 
 COST_FIELDS = (
     "clock_hz",

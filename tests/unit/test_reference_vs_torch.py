@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from poetc import autodiff, frontend, reference
-from poetc.ir import Attrs
-from poetc.ops import get
+from poetc import frontend
+from poetc.graph import autodiff, reference
+from poetc.graph.ir import Attrs
+from poetc.graph.ops import get
 
 torch = pytest.importorskip("torch")
 TOL = 1e-9  # float64 against float64

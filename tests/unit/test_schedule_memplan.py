@@ -3,9 +3,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from poetc import autodiff, boards, cost, frontend, memplan, problem, schedule, simulate
-from poetc.schedule import Instr, Op, Program
-from poetc.simulate import ScheduleError
+from poetc import boards, frontend
+from poetc.graph import autodiff
+from poetc.schedule import cost, memplan, problem, program, simulate
+from poetc.schedule.program import Instr, Op, Program
+from poetc.schedule.simulate import ScheduleError
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +19,7 @@ def mlp():
 
 def test_store_all_replays_and_computes_each_node_once(mlp):
     tg, cm = mlp
-    prog = schedule.lower(cm, schedule.store_all(cm))
+    prog = program.lower(cm, program.store_all(cm))
     r = simulate.replay(cm, prog)
     assert r.runs == len(tg.graph.nodes) and r.recomputes == 0 and r.page_ins == r.page_outs == 0
     assert r.compute_j == pytest.approx(cm.floor_j)
@@ -35,7 +37,7 @@ def test_store_all_replays_and_computes_each_node_once(mlp):
 
 def test_budget_below_peak_is_rejected_with_step_and_tensor(mlp):
     _tg, cm = mlp
-    prog = schedule.lower(cm, schedule.store_all(cm))
+    prog = program.lower(cm, program.store_all(cm))
     r = simulate.replay(cm, prog)
     with pytest.raises(ScheduleError) as e:
         simulate.replay(cm, prog, budget=r.peak_bytes - 1)
@@ -54,7 +56,7 @@ def _mutate(prog: Program, pc: int, new: Instr | None) -> Program:
 def test_broken_programs_are_rejected(mlp):
     tg, cm = mlp
     g = tg.graph
-    prog = schedule.lower(cm, schedule.store_all(cm))
+    prog = program.lower(cm, program.store_all(cm))
     first_free = next(i for i, x in enumerate(prog.instrs) if x.op == Op.FREE)
     # free a tensor too early: its reader then finds it missing
     victim = prog.instrs[first_free].node
@@ -92,7 +94,7 @@ def test_broken_programs_are_rejected(mlp):
 
 def test_memplan_no_overlap_and_tight_for_store_all(mlp):
     tg, cm = mlp
-    prog = schedule.lower(cm, schedule.store_all(cm))
+    prog = program.lower(cm, program.store_all(cm))
     mp = memplan.plan(prog, cm.mem)
     memplan.check(mp)
     r = simulate.replay(cm, prog)
@@ -104,7 +106,7 @@ def test_memplan_no_overlap_and_tight_for_store_all(mlp):
 
 def test_overlap_checker_catches_collisions(mlp):
     _tg, cm = mlp
-    mp = memplan.plan(schedule.lower(cm, schedule.store_all(cm)), cm.mem)
+    mp = memplan.plan(program.lower(cm, program.store_all(cm)), cm.mem)
     ivs = list(mp.intervals)
     a = next(
         i for i, x in enumerate(ivs) if any(y is not x and y.start < x.end and x.start < y.end for y in ivs)
@@ -132,7 +134,7 @@ def test_memplan_randomised_against_brute_force():
 
 def test_forward_program_keeps_logits(mlp):
     tg, cm = mlp
-    fp = schedule.forward_program(tg, cm)
+    fp = program.forward_program(tg, cm)
     r = simulate.replay(cm, fp)
     assert r.runs == tg.n_forward
     logits = tg.graph.producer[tg.logits]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from poetc import autodiff, boards, cost, frontend, poetgraphs, problem, schedule, simulate, strategies
-from poetc.schedule import Op
+from poetc import boards, frontend
+from poetc.graph import autodiff
+from poetc.schedule import cost, poetgraphs, problem, program, simulate, strategies
+from poetc.schedule.program import Op
 
 OPT = strategies.SolveOptions(time_limit_s=60)
 
@@ -16,7 +18,7 @@ def mlp() -> problem.Problem:
     tg = autodiff.build_training_graph(frontend.load("mlp", batch=8))
     cm = cost.build(tg, boards.load("nrf52840"))
     p = problem.from_training(tg, cm, 10**9)
-    peak = simulate.replay(p, schedule.lower(p, schedule.store_all(p))).peak_bytes
+    peak = simulate.replay(p, program.lower(p, program.store_all(p))).peak_bytes
     return p.with_budget(peak)
 
 
@@ -27,11 +29,21 @@ def _budgets(p: problem.Problem) -> list[int]:
 
 @pytest.mark.slow
 def test_sweep_poet_is_never_above_a_baseline_and_every_output_replays(tmp_path):
-    from poetc import pipeline, plots, sweep
+    from poetc import pipeline
+    from poetc.report import plots
+    from poetc.schedule import sweep
 
     board = boards.load("nrf52840")
     pl = pipeline.plan(frontend.load("mlp", batch=8), board)
-    res = sweep.run(pl, list(strategies.NAMES), strategies.SolveOptions(time_limit_s=30), points=4, jobs=2)
+    res = sweep.run(
+        pl.problem,
+        pl.fixed.fixed,
+        pl.fixed.budget,
+        list(strategies.NAMES),
+        strategies.SolveOptions(time_limit_s=30),
+        points=4,
+        jobs=2,
+    )
     assert len(res.budgets) == 4
     assert res.budgets[0] == res.smallest[0]  # from the smallest feasible budget ...
     store = [r for r in res.rows if r["strategy"] == "store-all" and r["feasible"]]
@@ -90,7 +102,7 @@ def test_poet2022_formulation_is_an_ablation_that_still_replays(mlp):
 def test_poet_shaped_graphs(name, T):
     p = poetgraphs.build(name, boards.load("nrf52840"))
     assert p.T == T
-    peak = simulate.replay(p.with_budget(10**12), schedule.lower(p, schedule.store_all(p))).peak_bytes
+    peak = simulate.replay(p.with_budget(10**12), program.lower(p, program.store_all(p))).peak_bytes
     assert p.budget == int(0.6 * peak)
     assert p.deadline_s == pytest.approx(1.5 * p.floor_s)
 
@@ -107,7 +119,7 @@ def test_heuristics_respect_in_place_updates(mlp):
 
 def test_tie_break_prefers_less_ram(mlp):
     s = strategies.run("poet", mlp, OPT)
-    store = simulate.replay(mlp, schedule.lower(mlp, schedule.store_all(mlp)))
+    store = simulate.replay(mlp, program.lower(mlp, program.store_all(mlp)))
     assert s.replay.energy_j == pytest.approx(store.energy_j)
     assert s.replay.peak_bytes <= store.peak_bytes
 
@@ -115,7 +127,7 @@ def test_tie_break_prefers_less_ram(mlp):
 def test_from_program_round_trip(mlp):
     q = mlp.with_budget(_budgets(mlp)[1])
     s = strategies.run("greedy", q)
-    sched = schedule.from_program(q, s.program, "greedy")
+    sched = program.from_program(q, s.program, "greedy")
     assert sched.R.sum() == s.replay.runs + s.replay.recomputes
     assert sched.M_out.sum() == s.replay.page_outs and sched.M_in.sum() == s.replay.page_ins
     assert np.all(sched.R.diagonal())
@@ -138,7 +150,8 @@ def test_fragmentation_is_repaired_by_resolving_tighter(monkeypatch):
     overflow until the plan fits, and reports how many re-solves that took."""
     from dataclasses import replace as dc_replace
 
-    from poetc import memplan, pipeline
+    from poetc import pipeline
+    from poetc.schedule import memplan
 
     real_plan = memplan.plan
     calls = {"n": 0}

@@ -37,7 +37,7 @@ upload = env.AddPlatformTarget(
     "upload",
     elf,
     env.VerboseAction(
-        f'"{python}" -m poetc.pio_upload "$PROJECT_DIR" "$SOURCE"',
+        f'"{python}" -m poetc.device.pio_upload "$PROJECT_DIR" "$SOURCE"',
         "Booting $SOURCE in QEMU and installing it as build/poet.elf",
     ),
     "Upload",

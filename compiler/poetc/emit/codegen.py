@@ -16,12 +16,14 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from . import __version__, cheaders, ops
-from .autodiff import TrainingGraph
-from .ir import Role
-from .memplan import MemPlan
-from .resources import templates_dir
-from .schedule import Op, Program
+from .. import __version__
+from ..graph import ops
+from ..graph.autodiff import TrainingGraph
+from ..graph.ir import Role
+from ..resources import templates_dir
+from ..schedule.memplan import MemPlan
+from ..schedule.program import Op, Program
+from . import cheaders
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

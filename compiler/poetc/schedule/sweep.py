@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import PoetcError
+from ..fmt import joules, nbytes, table
 from . import memplan, strategies
-from .errors import PoetcError
-from .fmt import joules, nbytes, table
-from .pipeline import Planned
 from .problem import Problem
-from .schedule import from_program, lower, store_all
+from .program import from_program, lower, store_all
 from .simulate import replay
 
 
@@ -44,30 +43,32 @@ def _job(p: Problem, name: str, opt: strategies.SolveOptions, fixed: int, warm_p
 
 
 def run(
-    pl: Planned,
+    p: Problem,
+    fixed: int,
+    ram_budget: int,
     names: list[str],
     opt: strategies.SolveOptions,
     points: int,
     jobs: int = 0,
     say: Callable[[str], None] = lambda s: None,
 ) -> SweepResult:
-    p = pl.problem
-    fixed = pl.fixed.fixed
+    """Every strategy of ``names`` at ``points`` budgets. ``p``'s own budget is ignored: the arena budgets run
+    from the smallest feasible one to the store-all peak, capped at ``ram_budget`` (the board's RAM) minus
+    ``fixed`` (what the arena cannot use: parameters, buffers, stack)."""
     peak = replay(p, lower(p, store_all(p))).peak_bytes
     lo, how = strategies.smallest_budget(p, "poet", opt)
     if lo < 0:
         lo, how = p.min_budget(), "lower bound (no schedule found)"
     lo = min(lo, peak)
-    cap = pl.fixed.arena_budget  # the board's RAM minus what is fixed
+    cap = ram_budget - fixed  # the board's RAM minus what is fixed
     if lo > cap:
         raise PoetcError(
-            f"the smallest feasible schedule needs {fixed + lo} bytes of RAM, over the board's "
-            f"{pl.fixed.budget}"
+            f"the smallest feasible schedule needs {fixed + lo} bytes of RAM, over the board's {ram_budget}"
         )
     if peak > cap:
         say(
             f"the store-all peak ({nbytes(fixed + peak)}) is over the board's RAM: the sweep stops at "
-            f"{nbytes(pl.fixed.budget)}"
+            f"{nbytes(ram_budget)}"
         )
         peak = cap
     arena_budgets = sorted({round(x) for x in np.linspace(lo, peak, points)})

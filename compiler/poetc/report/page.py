@@ -27,14 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, builddir, frontend, pipeline, simulate
-from .boards import Board
-from .errors import PoetcError
-from .fmt import joules, nbytes, seconds
-from .harness import TRAIN_RECORD, active_power_w
-from .problem import Problem
-from .schedule import Program, from_program
-from .strategies import Solution
+from .. import __version__, frontend, pipeline
+from ..boards import Board
+from ..device.harness import TRAIN_RECORD, active_power_w
+from ..emit import builddir
+from ..errors import PoetcError
+from ..fmt import joules, nbytes, seconds
+from ..schedule import simulate
+from ..schedule.problem import Problem
+from ..schedule.program import Program, from_program
+from ..schedule.strategies import Solution
 
 PROGRAMS = "program.json"
 PROFILE_COPY = "profile.json"
@@ -100,7 +102,7 @@ def _read_json(path: Path) -> Any:
 
 def replan(b: builddir.BuildInfo, board: Board) -> Problem:
     """The build's scheduling problem again: same model, batch, board, RAM budget, deadline and cost source."""
-    from . import profile as profile_mod
+    from ..device import profile as profile_mod
 
     model = frontend.load(b.dir / "model.onnx", batch=b.batch)
     sched = b.doc["schedule"]
@@ -254,8 +256,8 @@ def write(b: builddir.BuildInfo, out: Path, profile_path: str | None = None) -> 
     """Write the report of build ``b`` to ``out``; returns the path and notes about what is missing."""
     import tempfile
 
+    from ..device import profile as profile_mod
     from . import plots
-    from . import profile as profile_mod
 
     notes: list[str] = []
     board = b.board()

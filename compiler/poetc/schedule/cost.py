@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import ops
-from .autodiff import TrainingGraph
-from .boards import Board
-from .ir import Role
+from ..boards import Board
+from ..graph import ops
+from ..graph.autodiff import TrainingGraph
+from ..graph.ir import Role
 
 PAGE_CRC_BYTES = 4  # every paged block carries a CRC32, stored after it
 

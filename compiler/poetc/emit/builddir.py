@@ -27,10 +27,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from . import __version__, codegen, memplan, strategies
-from .errors import PoetcError
-from .pipeline import Compiled
-from .resources import firmware_dir, runtime_dir
+from .. import __version__
+from ..errors import PoetcError
+from ..pipeline import Compiled
+from ..resources import firmware_dir, runtime_dir
+from ..schedule import memplan, strategies
+from . import codegen
 
 MANIFEST = "poetc.json"
 FILE_LIST = ".poetc-files"
@@ -230,7 +232,7 @@ class BuildInfo:
 
     def board(self):  # -> boards.Board
         """The board this was built for (the copy in the build directory; by name for older builds)."""
-        from . import boards
+        from .. import boards
 
         copy = self.dir / "board.toml"
         return boards.load_file(copy, check_name=False) if copy.is_file() else boards.load(self.doc["board"])

@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..errors import PoetcError
 from . import baselines, milp
-from .errors import PoetcError
 from .problem import Problem
-from .schedule import Program, Schedule, from_program, lower, store_all, trim
+from .program import Program, Schedule, from_program, lower, store_all, trim
 from .simulate import Replay, ScheduleError, replay
 
 NAMES = ("poet", "store-all", "remat-only", "paging-only", "chen-sqrt", "greedy")

@@ -14,16 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
-from . import autodiff, frontend, reference
+from .. import frontend
+from ..boards import Board
+from ..data import Dataset, q8_params
+from ..emit.builddir import BuildInfo
+from ..errors import PoetcError, TargetError
+from ..fmt import joules, nbytes, seconds, table
+from ..frontend.quantize import from_u8, to_u8, u8_input
+from ..graph import autodiff, reference
+from ..graph.ir import Model
+from ..schedule.program import Program
 from . import meter as meter_mod
-from .boards import Board
-from .builddir import BuildInfo
-from .data import Dataset, q8_params
-from .errors import PoetcError, TargetError
-from .fmt import joules, nbytes, seconds, table
 from .link import RunReply, StatusError
-from .quantize import from_u8, to_u8, u8_input
-from .schedule import Program
 from .target import QemuTarget, Session, Target
 
 PROG_TRAIN, PROG_INFER = 0, 1
@@ -322,7 +324,7 @@ class VerifyResult:
         return k, self.errors[k]
 
 
-def training_graph_of(build: BuildInfo) -> tuple[frontend.Model, autodiff.TrainingGraph]:
+def training_graph_of(build: BuildInfo) -> tuple[Model, autodiff.TrainingGraph]:
     model = frontend.load(build.dir / "model.onnx", batch=build.batch)
     if build.doc.get("input_u8_scale") is not None:
         model = u8_input(model, build.doc["input_u8_scale"])

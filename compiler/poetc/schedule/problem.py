@@ -13,7 +13,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .autodiff import TrainingGraph
+from ..graph.autodiff import TrainingGraph
 from .cost import CostModel
 
 

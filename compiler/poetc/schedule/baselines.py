@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 from .problem import Problem
-from .schedule import Instr, Op, Program, Schedule, from_compute_sets, lower
+from .program import Instr, Op, Program, Schedule, from_compute_sets, lower
 from .simulate import ScheduleError, replay
 
 

@@ -12,9 +12,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from .errors import PoetcError
-from .frontend import Model
-from .ir import Attrs, Graph, Node, Role, Tensor
+from ..errors import PoetcError
+from ..graph.ir import Attrs, Graph, Model, Node, Role, Tensor
 
 SUFFIX = ":u8"
 

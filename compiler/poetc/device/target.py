@@ -30,12 +30,12 @@ from typing import Any
 
 import serial
 
-from . import codegen
-from .boards import Board
-from .errors import PoetcError, TargetError
-from .fmt import nbytes
+from ..boards import Board
+from ..emit import codegen
+from ..errors import PoetcError, TargetError
+from ..fmt import nbytes
+from ..resources import firmware_dir
 from .link import Link
-from .resources import firmware_dir
 
 _OVERFLOW = re.compile(r"region [`'](\w+)' overflowed by (\d+) bytes")
 

@@ -49,9 +49,9 @@ import cvxpy as cp
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import PoetcError
+from ..errors import PoetcError
 from .problem import Problem
-from .schedule import Schedule
+from .program import Schedule
 
 Key = tuple  # ("R", t, i) and friends
 

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 
-from .resources import runtime_dir
+from ..resources import runtime_dir
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ import hashlib
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,30 +29,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from . import constfold, ops
-from .errors import PoetcError
-from .ir import Attrs, Graph, Node, Role, Tensor
-from .ops.act import FLT_MAX
-from .ops.base import broadcast_shape
-from .ops.layout import MAX_CONCAT
-
-
-@dataclass(frozen=True)
-class Model:
-    """A forward graph with its parameter values and where it came from."""
-
-    graph: Graph
-    params: dict[str, np.ndarray] = field(hash=False)  # ONNX initializer name -> float32 array
-    onnx_model: onnx.ModelProto = field(hash=False, repr=False)
-    source: str  # file path or "zoo:<name>"
-    sha256: str
-    input: str  # the data input tensor
-    logits: str  # the graph output fed to the loss
-    state: dict[str, np.ndarray] = field(default_factory=dict, hash=False)  # running statistics, by name
-    train_flag: str | None = None  # the training-flag input tensor (models with BatchNormalization)
-
-
-TRAIN_FLAG = "poet:training"
+from ..errors import PoetcError
+from ..graph import ops
+from ..graph.ir import TRAIN_FLAG, Attrs, Graph, Model, Node, Role, Tensor
+from ..graph.ops.act import FLT_MAX
+from ..graph.ops.base import broadcast_shape
+from ..graph.ops.layout import MAX_CONCAT
+from . import constfold
 
 # ops that become device nodes (or aliases)
 LAYER_OPS = frozenset(

@@ -1,6 +1,6 @@
 """The upload step of poetc's local PlatformIO platform for the QEMU boards (``pio run -t upload``):
 boot the image PlatformIO built in QEMU, check that it answers with the build directory's hash, and install it as
-``build/poet.elf``, the image ``poetc train`` and ``verify`` run. ``python -m poetc.pio_upload PROJECT_DIR ELF``."""
+``build/poet.elf``, the image ``poetc train`` and ``verify`` run. ``python -m poetc.device.pio_upload PROJECT_DIR ELF``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import builddir, target
-from .errors import PoetcError
+from ..emit import builddir
+from ..errors import PoetcError
+from . import target
 
 
 def upload(project_dir: Path, elf: Path) -> str:
@@ -42,7 +43,7 @@ def upload(project_dir: Path, elf: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m poetc.pio_upload PROJECT_DIR ELF", file=sys.stderr)
+        print("usage: python -m poetc.device.pio_upload PROJECT_DIR ELF", file=sys.stderr)
         return 2
     try:
         print(upload(Path(args[0]), Path(args[1])), flush=True)

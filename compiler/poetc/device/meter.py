@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import PoetcError
+from ..errors import PoetcError
 
 SAMPLE_HZ = 100_000  # the PPK2 streams at a fixed 100 kS/s
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .boards import Board
+from ..boards import Board
 from .problem import Problem
-from .schedule import lower, store_all
+from .program import lower, store_all
 from .simulate import replay
 
 

@@ -21,10 +21,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from ..errors import PoetcError
 from . import ops
-from .errors import PoetcError
-from .frontend import Model
-from .ir import Attrs, Graph, Node, Role, Tensor
+from .ir import Attrs, Graph, Model, Node, Role, Tensor
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
-from .problem import Problem
-from .schedule import Op
+from ..schedule.problem import Problem
+from ..schedule.program import Op
 
 if TYPE_CHECKING:
-    from .strategies import Solution
-    from .sweep import SweepResult
+    from ..schedule.strategies import Solution
+    from ..schedule.sweep import SweepResult
 
 # grid states, lowest priority first
 STATES = [

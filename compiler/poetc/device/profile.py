@@ -37,12 +37,15 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, builddir, data, harness, memplan, pipeline, simulate, strategies, target
-from .boards import Board
-from .errors import PoetcError
-from .fmt import nbytes, seconds, table
-from .frontend import Model
-from .schedule import Instr, Op, Program
+from .. import __version__, data, pipeline
+from ..boards import Board
+from ..emit import builddir
+from ..errors import PoetcError
+from ..fmt import nbytes, seconds, table
+from ..graph.ir import Model
+from ..schedule import memplan, simulate, strategies
+from ..schedule.program import Instr, Op, Program
+from . import harness, target
 
 FORMAT = 1
 PROBE_MIN_BYTES = 64 * 1024  # bytes the probe moves (out + in), so the pager dominates its extra ticks

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import PoetcError
 from .cost import PAGE_CRC_BYTES
-from .errors import PoetcError
-from .schedule import Op, Program
+from .program import Op, Program
 
 ALIGN = 8
 RANDOM_ORDERS = 64

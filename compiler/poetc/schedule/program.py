@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .autodiff import TrainingGraph
+from ..graph.autodiff import TrainingGraph
 from .problem import Problem
 
 

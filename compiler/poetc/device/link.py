@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import serial
 
-from . import cheaders
-from .errors import TargetError
+from ..emit import cheaders
+from ..errors import TargetError
 
 try:
     import termios

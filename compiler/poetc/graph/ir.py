@@ -20,7 +20,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
 
 
 class Role(StrEnum):
@@ -229,3 +234,21 @@ class _FrozenDict(dict):
 
     def __hash__(self) -> int:  # type: ignore[override]
         return hash(tuple(self.items()))
+
+
+@dataclass(frozen=True)
+class Model:
+    """A forward graph with its parameter values and where it came from."""
+
+    graph: Graph
+    params: dict[str, np.ndarray] = field(hash=False)  # ONNX initializer name -> float32 array
+    onnx_model: onnx.ModelProto = field(hash=False, repr=False)
+    source: str  # file path or "zoo:<name>"
+    sha256: str
+    input: str  # the data input tensor
+    logits: str  # the graph output fed to the loss
+    state: dict[str, np.ndarray] = field(default_factory=dict, hash=False)  # running statistics, by name
+    train_flag: str | None = None  # the training-flag input tensor (models with BatchNormalization)
+
+
+TRAIN_FLAG = "poet:training"

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import PoetcError
+from ..errors import PoetcError
 from .problem import Problem
-from .schedule import Op, Program
+from .program import Op, Program
 
 
 class ScheduleError(PoetcError):

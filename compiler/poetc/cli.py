@@ -192,7 +192,7 @@ def cmd_build(a: argparse.Namespace) -> int:
     with _Ticker("scheduling"):
         c = pipeline.compile_model(
             model, board, ram, a.strategy, _command_line(), progress=_say, opts=opts, deadline=a.deadline,
-            **_profile_kw(a, model, board),
+            params=a.params, **_profile_kw(a, model, board),
         )  # fmt: skip
     builddir.write(c, out, _command_line(), tgt, say=_say, compile_=not a.no_compile)
     from .report import page
@@ -230,7 +230,9 @@ def cmd_solve(a: argparse.Namespace) -> int:
         if not quiet:
             print(f"poetc solve {a.model} for {board.name}", flush=True)
         model = _load_model(a)
-        pl = pipeline.plan(model, board, ram, a.deadline, _say, **_profile_kw(a, model, board))
+        pl = pipeline.plan(
+            model, board, ram, a.deadline, _say, params=a.params, **_profile_kw(a, model, board)
+        )
         names = list(strategies.NAMES) if a.compare else [a.strategy]
         figs = []
         with _Ticker("solving"):
@@ -273,7 +275,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     opts = _solve_options(a)
     print(f"poetc sweep {a.model} for {board.name}", flush=True)
     model = _load_model(a)
-    pl = pipeline.plan(model, board, None, a.deadline, _say)
+    pl = pipeline.plan(model, board, None, a.deadline, _say, params=a.params)
     names = a.strategies.split(",") if a.strategies else list(strategies.NAMES)
     for n in names:
         if n not in strategies.NAMES:
@@ -620,6 +622,14 @@ def _schedule_args(s: argparse.ArgumentParser, strategy: bool = True) -> None:
     s.add_argument("--no-remat", action="store_true", help="POET without recomputation")
     s.add_argument("--no-paging", action="store_true", help="POET without paging")
     s.add_argument("--verbose-solver", action="store_true", help="show the solver's log")
+    s.add_argument(
+        "--params",
+        default="auto",
+        choices=pipeline.PARAM_HOMES,
+        help="where parameters live: auto = the schedule keeps each trainable parameter (and its optimizer "
+        "state) in RAM or on storage, frozen ones in flash; ram = all in RAM; storage = all on storage, loaded "
+        "when needed (default: auto)",
+    )
 
 
 def _zoo_names() -> list[str]:

@@ -25,17 +25,21 @@ from .schedule.program import Program, Schedule
 from .schedule.simulate import Replay
 from .schedule.strategies import Solution, SolveOptions
 
+PARAM_HOMES = ("auto", "ram", "storage")
+
 
 @dataclass(frozen=True)
 class MemoryReport:
     budget: int  # the RAM budget (--ram, or the board's RAM)
-    params: int  # trainable parameters (RAM homes)
+    params: int  # parameters, optimizer and BatchNorm state homed in RAM
     io: int  # input batch, labels, loss
     tables: int  # runtime RAM tables: tensor locations, per-node tick counters
     link: int  # frame buffers of the link
     port: int  # the port's own buffers
     stack: int
     arena: int
+    params_flash: int = 0  # frozen parameters read in place from flash (no RAM)
+    params_storage: int = 0  # master copies on storage (RAM only while loaded, inside the arena)
 
     @property
     def fixed(self) -> int:
@@ -60,17 +64,51 @@ class MemoryReport:
             ("arena", self.arena),
             ("total", self.total),
             ("budget", self.budget),
+            ("parameters in flash (not RAM)", self.params_flash),
+            ("parameters on storage (not RAM)", self.params_storage),
         ]
 
 
-def fixed_memory(tg: TrainingGraph, board: Board, budget: int) -> MemoryReport:
+def param_homes(tg: TrainingGraph, mode: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(persistent tensors whose home the schedule chooses, frozen parameters read in place from flash).
+
+    ``ram``: neither (every parameter in RAM, as poetc always did); ``auto``: trainable parameters and their
+    optimizer state are scheduled, frozen ones stay in flash; ``storage``: every parameter and optimizer state
+    lives on storage and is loaded when needed (none in RAM, none in flash). BatchNorm running statistics
+    always stay in RAM (a few floats per channel)."""
+    if mode not in PARAM_HOMES:
+        raise PoetcError(f"--params {mode!r}: choose one of {', '.join(PARAM_HOMES)}")
+    trainable = tuple(tg.params)
+    frozen = tuple(getattr(tg, "frozen", ()))
+    opt = tuple(getattr(tg, "opt_state", {}).values())
+    if mode == "ram":
+        return (), ()
+    if mode == "auto":
+        return trainable + opt, frozen
+    return trainable + frozen + opt, ()
+
+
+def fixed_memory(
+    tg: TrainingGraph, board: Board, budget: int, scheduled: tuple[str, ...] = (), flash: tuple[str, ...] = ()
+) -> MemoryReport:
+    """What the arena cannot use. ``scheduled`` persistent tensors are the schedule's (inside its budget);
+    ``flash`` parameters take no RAM."""
     g = tg.graph
     ptr = 8 if board.core == "host" or board.core.startswith("cortex-a") else 4
-    params = sum(t.nbytes for t in g.tensors.values() if t.role in (Role.PARAM, Role.STATE))
+    elsewhere = set(scheduled) | set(flash)
+    params = sum(
+        t.nbytes
+        for t in g.tensors.values()
+        if t.role in (Role.PARAM, Role.STATE) or t.role.value == "opt_state"
+        if t.name not in elsewhere
+    )
     io = sum(t.nbytes for t in g.tensors.values() if t.role in (Role.INPUT, Role.LABEL, Role.LOSS))
     tables = ptr * len(g.tensors) + 8 * len(g.nodes)
     link = 2 * board.frame_max_bytes + 8
-    return MemoryReport(budget, params, io, tables, link, board.port_ram_bytes, board.stack_bytes, 0)
+    in_flash = sum(g.tensor(n).nbytes for n in flash)
+    return MemoryReport(
+        budget, params, io, tables, link, board.port_ram_bytes, board.stack_bytes, 0, in_flash
+    )
 
 
 @dataclass(frozen=True)
@@ -92,6 +130,22 @@ class Compiled:
     solve_s: float
     repairs: int = 0  # re-solves needed to absorb fragmentation
     first_extra_j: float | None = None  # extra energy of the first solution, before any repair
+    flash: tuple[str, ...] = ()  # frozen parameters read in place from flash
+    param_homes: str = "auto"  # --params: where parameters may live (param_homes)
+
+    @property
+    def ram_homes(self) -> frozenset[int]:
+        """Load nodes of the problem whose tensors the schedule keeps in RAM."""
+        return self.programs[0].ram_homes
+
+    def home(self, tensor: str) -> str:
+        """Where a parameter or optimizer tensor lives: "flash", "storage" or "ram"."""
+        if tensor in self.flash:
+            return "flash"
+        k = self.problem.tensor_names.index(tensor) if tensor in self.problem.tensor_names else -1
+        if k >= 0 and self.problem.is_load[k] and k not in self.ram_homes:
+            return "storage"
+        return "ram"
 
     @property
     def arena_bytes(self) -> int:
@@ -147,6 +201,7 @@ class Planned:
     cost: CostModel
     fixed: MemoryReport
     problem: Problem
+    flash: tuple[str, ...] = ()  # frozen parameters read in place from flash
 
 
 def plan(
@@ -157,8 +212,10 @@ def plan(
     say: Callable[[str], None] | None = None,
     profile: Mapping[str, float] | None = None,
     profile_source: str = "",
+    params: str = "auto",
 ) -> Planned:
-    """``profile``: measured seconds per node name (``poetc profile``) replacing the FLOP estimates."""
+    """``profile``: measured seconds per node name (``poetc profile``) replacing the FLOP estimates;
+    ``params``: where parameters may live (``param_homes``)."""
     say = say or (lambda s: None)
     budget = ram if ram is not None else board.ram_bytes
     if budget > board.ram_bytes:
@@ -173,9 +230,16 @@ def plan(
                 f"{len(tg.graph.nodes)} nodes missing); profile this model and batch size again"
             )
     cm = cost.build(tg, board, profile, profile_source)
-    fixed = fixed_memory(tg, board, budget)
+    scheduled, flash = param_homes(tg, params)
+    fixed = fixed_memory(tg, board, budget, scheduled, flash)
     p = problem.from_training(
-        tg, cm, max(0, fixed.arena_budget), parse_deadline(deadline, cm.floor_s), board.storage_bytes
+        tg,
+        cm,
+        max(0, fixed.arena_budget),
+        parse_deadline(deadline, cm.floor_s),
+        board.storage_bytes,
+        persistent=scheduled,
+        storage_only=params == "storage",
     )
     if fixed.arena_budget < p.min_budget():
         need = fixed.fixed + p.min_budget()
@@ -185,7 +249,7 @@ def plan(
             f"smallest budget that could fit is {need} bytes (a lower bound)"
             + (f", over the board's {board.ram_bytes}" if need > board.ram_bytes else "")
         )
-    return Planned(tg, cm, fixed, p)
+    return Planned(tg, cm, fixed, p, flash)
 
 
 def infeasible_message(pl: Planned, sol: Solution, strategy: str, opts: SolveOptions) -> str:
@@ -216,18 +280,18 @@ def compile_model(
     deadline: str | None = None,
     profile: Mapping[str, float] | None = None,
     profile_source: str = "",
+    params: str = "auto",
 ) -> Compiled:
     say = progress or (lambda s: None)
-    pl = plan(model, board, ram, deadline, say, profile, profile_source)
+    pl = plan(model, board, ram, deadline, say, profile, profile_source, params)
     tg, cm, fixed, p = pl.tg, pl.cost, pl.fixed, pl.problem
     t0 = time.perf_counter()
-    infer = program.forward_program(tg, p)
-    infer_plan = memplan.plan(infer, p.mem)
-    if infer_plan.arena_bytes > p.budget:
+    lean = memplan.plan(program.forward_program(tg, p), p.mem)  # inference, every scheduled tensor loaded
+    if lean.arena_bytes > p.budget:
         raise PoetcError(
-            f"even inference needs an arena of {infer_plan.arena_bytes} bytes, over the "
+            f"even inference needs an arena of {lean.arena_bytes} bytes, over the "
             f"{p.budget} left in a RAM budget of {fixed.budget}; smallest feasible RAM budget: "
-            f"{fixed.fixed + infer_plan.arena_bytes} bytes or more"
+            f"{fixed.fixed + lean.arena_bytes} bytes or more"
         )
     sol = strategies.run(strategy, p, opts, progress=say)
     if not sol.ok and sol.status == "no_solution":
@@ -239,24 +303,32 @@ def compile_model(
     if not sol.ok:
         raise PoetcError(infeasible_message(pl, sol, strategy, opts))
     first_extra = sol.extra_j(p)
-    # The arena honours the budget: if fragmentation pushes the planned arena over it, re-solve with the
-    # budget tightened by the overflow, until the plan fits.
+    # The arena honours the budget: if fragmentation pushes the planned arena (beside the parameters the
+    # schedule keeps in RAM) over it, re-solve with the budget tightened by the overflow, until the plan fits.
     repairs = 0
     q = p
     while True:
         train = sol.program
+        ram_homes = train.ram_homes
+        infer = program.forward_program(tg, p, ram_homes)
         train_plan = memplan.plan(train, p.mem)
+        infer_plan = memplan.plan(infer, p.mem)
+        held = int(sum(int(p.mem[i]) for i in ram_homes))
         arena = max(train_plan.arena_bytes, infer_plan.arena_bytes)
-        if arena <= p.budget:
+        if arena + held <= p.budget:
             break
+        over = arena + held - p.budget
         if repairs == MAX_REPAIRS:
             raise PoetcError(
-                f"could not absorb {arena - p.budget} bytes of arena fragmentation after "
-                f"{repairs} re-solves; raise --ram by that much"
+                f"could not absorb {over} bytes of arena fragmentation after {repairs} re-solves; raise --ram "
+                f"by that much"
             )
         repairs += 1
-        q = q.with_budget(q.budget - (arena - p.budget))
-        say(f"arena {arena} B exceeds the {p.budget} B budget by fragmentation: re-solving with {q.budget} B")
+        q = q.with_budget(q.budget - over)
+        say(
+            f"arena {arena} B + {held} B of parameters in RAM exceed the {p.budget} B budget by fragmentation: "
+            f"re-solving with {q.budget} B"
+        )
         sol = strategies.run(strategy, q, opts, progress=say)
         if not sol.ok:
             raise PoetcError(
@@ -266,16 +338,28 @@ def compile_model(
     solve_s = time.perf_counter() - t0
     replays = (simulate.replay(p, train, budget=p.budget), simulate.replay(p, infer, budget=p.budget))
     plans = (train_plan, infer_plan)
+    homes = _homes_summary(p, ram_homes)
     say(
         f"schedule {strategy}: {sol.status}{' (' + sol.message + ')' if sol.message else ''}; peak live "
         f"{replays[0].peak_bytes} B, arena {arena} B ({train_plan.fragmentation_bytes} B fragmentation)"
+        + (f"; {homes}" if homes else "")
     )
-    slots = memplan.storage_slots(train, p.mem)
+    masters = tuple(l for l in p.loads if l not in ram_homes)
+    slots = memplan.storage_slots(train, p.mem, masters)
     storage = memplan.storage_bytes(slots, p.mem)
     if storage > board.storage_bytes:
         raise PoetcError(f"schedule pages {storage} bytes, over the board's storage of {board.storage_bytes}")
     mem = MemoryReport(
-        fixed.budget, fixed.params, fixed.io, fixed.tables, fixed.link, fixed.port, fixed.stack, arena
+        fixed.budget,
+        fixed.params + held,
+        fixed.io,
+        fixed.tables,
+        fixed.link,
+        fixed.port,
+        fixed.stack,
+        arena,
+        fixed.params_flash,
+        int(sum(int(p.mem[i]) for i in masters)),
     )
     h = hashlib.sha256()
     for part in (
@@ -284,6 +368,8 @@ def compile_model(
         board.name,
         repr(train.instrs),
         repr(infer.instrs),
+        repr(sorted(ram_homes)),
+        repr(pl.flash),
         repr([pp.offsets for pp in plans]),
         repr(sorted(slots.items())),
         str(arena),
@@ -307,4 +393,18 @@ def compile_model(
         solve_s,
         repairs,
         first_extra,
+        pl.flash,
+        params,
+    )
+
+
+def _homes_summary(p: Problem, ram_homes: frozenset[int]) -> str:
+    """'3 of 8 parameter tensors on storage (70.1 KiB), 5 in RAM' (empty without scheduled homes)."""
+    if not p.loads:
+        return ""
+    on = [l for l in p.loads if l not in ram_homes]
+    nbytes = int(sum(int(p.mem[l]) for l in on))
+    return (
+        f"{len(on)} of {len(p.loads)} parameter and optimizer tensors on storage ({nbytes} B), "
+        f"{len(p.loads) - len(on)} in RAM"
     )

@@ -19,7 +19,15 @@ int main(void) {
         cm_port_log(msg);
         poet_port_exit(POET_EXIT_BAD_MODEL);
     }
-    poet_model_reset(m);
+    s = poet_model_reset(m);
+    if (s != POET_OK) {
+        char msg[128], *p = msg;
+        p = cm_fmt_str(p, "poet: cannot put the initial parameters on storage: ");
+        p = cm_fmt_str(p, poet_status_str(s));
+        cm_fmt_str(p, "\n");
+        cm_port_log(msg);
+        poet_port_exit(POET_EXIT_BAD_MODEL);
+    }
     int code = poet_serve(m);
     poet_port_flush();
     poet_port_exit(code);

@@ -208,7 +208,11 @@ int main(int argc, char **argv) {
         fprintf(stderr, "poet-host: model tables are inconsistent: %s\n", poet_status_str(s));
         poet_port_exit(4);
     }
-    poet_model_reset(m);
+    s = poet_model_reset(m);
+    if (s != POET_OK) {
+        fprintf(stderr, "poet-host: cannot put the initial parameters on storage: %s\n", poet_status_str(s));
+        poet_port_exit(4);
+    }
     poet_port_init();
     if (!use_stdio) {
         int c = listen_once(port);

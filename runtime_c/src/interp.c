@@ -349,16 +349,27 @@ poet_status poet_model_validate(const poet_model *m) {
             case POET_OP_PAGE_OUT:
             case POET_OP_PAGE_IN:
             case POET_OP_FREE:
+            case POET_OP_LOAD:
+            case POET_OP_STORE:
                 if (in->arg >= m->n_tensors) return POET_ERR_PROGRAM;
                 t = in->arg;
                 if (in->op != POET_OP_FREE &&
                     (uint64_t)m->tensors[t].slot + m->tensors[t].bytes + 4u > m->storage_bytes)
                     return POET_ERR_PROGRAM;
+                /* LOAD/STORE move storage-homed tensors, PAGE_* arena tensors, FREE either */
+                if ((in->op == POET_OP_LOAD || in->op == POET_OP_STORE) != (m->tensors[t].home == POET_HOME_STORAGE) &&
+                    in->op != POET_OP_FREE)
+                    return POET_ERR_PROGRAM;
+                if (in->op == POET_OP_FREE && m->tensors[t].home != POET_HOME_ARENA &&
+                    m->tensors[t].home != POET_HOME_STORAGE)
+                    return POET_ERR_PROGRAM;
                 break;
             default:
                 return POET_ERR_PROGRAM;
             }
-            if (m->tensors[t].home == POET_HOME_ARENA && in->op != POET_OP_FREE && in->op != POET_OP_PAGE_OUT &&
+            const uint8_t h = m->tensors[t].home;
+            if ((h == POET_HOME_ARENA || (h == POET_HOME_STORAGE && in->op == POET_OP_LOAD)) &&
+                in->op != POET_OP_FREE && in->op != POET_OP_PAGE_OUT && in->op != POET_OP_STORE &&
                 (uint64_t)in->off + m->tensors[t].bytes > m->arena_bytes)
                 return POET_ERR_PROGRAM;
         }
@@ -366,18 +377,78 @@ poet_status poet_model_validate(const poet_model *m) {
     return POET_OK;
 }
 
-void poet_model_reset(const poet_model *m) {
-    for (uint16_t i = 0; i < m->n_params; i++) {
-        const poet_tensor *t = &m->tensors[m->params[i].tensor];
-        memcpy(t->data, m->params[i].init, t->bytes);
-    }
-}
-
 static void put_u32(uint8_t *p, uint32_t v) {
     p[0] = (uint8_t)v;
     p[1] = (uint8_t)(v >> 8);
     p[2] = (uint8_t)(v >> 16);
     p[3] = (uint8_t)(v >> 24);
+}
+
+static uint32_t get_u32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* Zeros for storage-homed tensors without an initial value (optimizer state), written a block at a time. */
+static const uint8_t zero_block[64];
+
+poet_status poet_model_reset(const poet_model *m) {
+    for (uint16_t i = 0; i < m->n_params; i++) {
+        const uint16_t id = m->params[i].tensor;
+        const poet_tensor *t = &m->tensors[id];
+        const uint8_t *init = (const uint8_t *)m->params[i].init;
+        if (t->home == POET_HOME_STATIC) {
+            if (init)
+                memcpy(t->data, init, t->bytes);
+            else
+                memset(t->data, 0, t->bytes);
+        } else if (t->home == POET_HOME_STORAGE) {
+            uint8_t crc[4];
+            poet_status s = POET_OK;
+            if (init) {
+                s = poet_port_pager_write(t->slot, init, t->bytes);
+                put_u32(crc, poet_crc32(0, init, t->bytes));
+            } else {
+                uint32_t c = 0;
+                for (uint32_t off = 0; off < t->bytes && s == POET_OK; off += sizeof zero_block) {
+                    uint32_t n = t->bytes - off < sizeof zero_block ? t->bytes - off : (uint32_t)sizeof zero_block;
+                    s = poet_port_pager_write(t->slot + off, zero_block, n);
+                    c = poet_crc32(c, zero_block, n);
+                }
+                put_u32(crc, c);
+            }
+            if (s == POET_OK) s = poet_port_pager_write(t->slot + t->bytes, crc, 4);
+            if (s != POET_OK) return s;
+        }
+    }
+    return POET_OK;
+}
+
+poet_status poet_storage_seal(const poet_model *m, uint16_t id) {
+    if (id >= m->n_tensors || m->tensors[id].home != POET_HOME_STORAGE) return POET_ERR_RANGE;
+    const poet_tensor *t = &m->tensors[id];
+    uint8_t buf[64];
+    uint32_t c = 0;
+    for (uint32_t off = 0; off < t->bytes; off += sizeof buf) {
+        uint32_t n = t->bytes - off < sizeof buf ? t->bytes - off : (uint32_t)sizeof buf;
+        poet_status s = poet_port_pager_read(t->slot + off, buf, n);
+        if (s != POET_OK) return s;
+        c = poet_crc32(c, buf, n);
+    }
+    put_u32(buf, c);
+    return poet_port_pager_write(t->slot + t->bytes, buf, 4);
+}
+
+poet_status poet_tensor_read(const poet_model *m, uint16_t id, uint32_t off, void *dst, uint32_t n) {
+    if (id >= m->n_tensors) return POET_ERR_RANGE;
+    const poet_tensor *t = &m->tensors[id];
+    const uint32_t limit = t->home == POET_HOME_STORAGE && m->loc[id] == NULL ? t->bytes + 4u : t->bytes;
+    if ((uint64_t)off + n > limit) return POET_ERR_RANGE;
+    if (m->loc[id] != NULL) {
+        memcpy(dst, (const uint8_t *)m->loc[id] + off, n);
+        return POET_OK;
+    }
+    if (t->home == POET_HOME_STORAGE) return poet_port_pager_read(t->slot + off, dst, n);
+    return POET_ERR_NOT_RESIDENT;
 }
 
 static poet_status page_out(const poet_model *m, uint16_t t) {
@@ -397,10 +468,16 @@ static poet_status page_in(const poet_model *m, uint16_t t, uint32_t off) {
     poet_status s = poet_port_pager_read(d->slot, dst, d->bytes);
     if (s == POET_OK) s = poet_port_pager_read(d->slot + d->bytes, crc, 4);
     if (s != POET_OK) return s;
-    uint32_t want = (uint32_t)crc[0] | (uint32_t)crc[1] << 8 | (uint32_t)crc[2] << 16 | (uint32_t)crc[3] << 24;
-    if (poet_crc32(0, dst, d->bytes) != want) return POET_ERR_PAGE_CHECKSUM;
+    if (poet_crc32(0, dst, d->bytes) != get_u32(crc)) return POET_ERR_PAGE_CHECKSUM;
     m->loc[t] = dst;
     return POET_OK;
+}
+
+void poet_reset_locations(const poet_model *m) {
+    for (uint16_t t = 0; t < m->n_tensors; t++) {
+        const uint8_t h = m->tensors[t].home;
+        m->loc[t] = h == POET_HOME_STATIC || h == POET_HOME_FLASH ? m->tensors[t].data : NULL;
+    }
 }
 
 poet_run_result poet_run(const poet_model *m, int program, float lr, poet_grad_hook hook, void *hook_ctx) {
@@ -412,8 +489,7 @@ poet_run_result poet_run(const poet_model *m, int program, float lr, poet_grad_h
     }
     const poet_program *pr = &m->programs[program];
     if (m->train_flag) *m->train_flag = program == POET_PROG_TRAIN ? 1.0f : 0.0f;
-    for (uint16_t t = 0; t < m->n_tensors; t++)
-        m->loc[t] = m->tensors[t].home == POET_HOME_STATIC ? m->tensors[t].data : NULL;
+    poet_reset_locations(m);
     for (uint16_t n = 0; n < m->n_nodes; n++) m->node_ticks[n] = 0;
     uint64_t start = poet_port_ticks();
     for (r.pc = 0; r.pc < pr->n; r.pc++) {
@@ -439,8 +515,19 @@ poet_run_result poet_run(const poet_model *m, int program, float lr, poet_grad_h
             r.page_in_bytes += m->tensors[in->arg].bytes + 4u;
             r.page_ins++;
             break;
+        case POET_OP_LOAD:
+            s = page_in(m, in->arg, in->off);
+            r.load_bytes += m->tensors[in->arg].bytes + 4u;
+            r.loads++;
+            break;
+        case POET_OP_STORE:
+            s = page_out(m, in->arg);
+            r.store_bytes += m->tensors[in->arg].bytes + 4u;
+            r.stores++;
+            break;
         case POET_OP_FREE:
-            if (m->tensors[in->arg].home == POET_HOME_ARENA) m->loc[in->arg] = NULL;
+            if (m->tensors[in->arg].home == POET_HOME_ARENA || m->tensors[in->arg].home == POET_HOME_STORAGE)
+                m->loc[in->arg] = NULL;
             break;
         default:
             s = POET_ERR_PROGRAM;

@@ -17,7 +17,7 @@
 #error "POET_FRAME_MAX must be in 64..65535"
 #endif
 
-#define POET_PROTO_VERSION 1
+#define POET_PROTO_VERSION 2
 #define SOF1 0xA5
 #define SOF2 0x5A
 
@@ -31,6 +31,7 @@ enum {
     CMD_RESET = 0x07,
     CMD_EXIT = 0x08,
     CMD_ECHO = 0x09,
+    CMD_SEAL = 0x0A,
     EVT_GRAD = 0x40,
     CMD_BAD_FRAME = 0xFF,
 };
@@ -179,8 +180,16 @@ static void handle(const poet_model *m, int len) {
         uint32_t off = get_u32(a + 2), n = (uint32_t)alen - 6;
         poet_status s = check_range(m, t, off, n);
         if (s == POET_OK && !m->tensors[t].writable) s = POET_ERR_READONLY;
-        if (s == POET_OK) memcpy((uint8_t *)m->tensors[t].data + off, a + 6, n);
+        if (s == POET_OK && m->tensors[t].home == POET_HOME_STORAGE) /* its slot; SEAL writes the CRC */
+            s = poet_port_pager_write(m->tensors[t].slot + off, a + 6, n);
+        else if (s == POET_OK)
+            memcpy((uint8_t *)m->tensors[t].data + off, a + 6, n);
         reply(cmd, seq, s, 0);
+        return;
+    }
+    case CMD_SEAL: {
+        if (alen < 2) break;
+        reply(cmd, seq, poet_storage_seal(m, get_u16(a)), 0);
         return;
     }
     case CMD_WRITE_Q8: {
@@ -190,7 +199,8 @@ static void handle(const poet_model *m, int len) {
         float scale = get_f32(a + 6), bias = get_f32(a + 10);
         const uint64_t eb = t < m->n_tensors && m->tensors[t].dtype == POET_U8 ? 1u : 4u;
         poet_status s = check_range(m, t, eb * off, eb * n);
-        if (s == POET_OK && !m->tensors[t].writable) s = POET_ERR_READONLY;
+        if (s == POET_OK && (!m->tensors[t].writable || m->tensors[t].home != POET_HOME_STATIC))
+            s = POET_ERR_READONLY;
         if (s == POET_OK) {
             const uint8_t *q = a + 14;
             if (m->tensors[t].dtype == POET_U8) { /* stored as is; a DEQUANT_U8 node applies the scale */
@@ -211,15 +221,8 @@ static void handle(const poet_model *m, int len) {
         uint16_t t = get_u16(a);
         uint32_t off = get_u32(a + 2);
         uint16_t n = get_u16(a + 6);
-        poet_status s = check_range(m, t, off, n);
-        if (s == POET_OK && n > POET_FRAME_MAX - 3) s = POET_ERR_RANGE;
-        if (s == POET_OK && m->loc[t] == NULL) s = POET_ERR_NOT_RESIDENT;
-        if (s != POET_OK) {
-            reply(cmd, seq, s, 0);
-            return;
-        }
-        memcpy(out, (const uint8_t *)m->loc[t] + off, n);
-        reply(cmd, seq, POET_OK, n);
+        poet_status s = n > POET_FRAME_MAX - 3 ? POET_ERR_RANGE : poet_tensor_read(m, t, off, out, n);
+        reply(cmd, seq, s, s == POET_OK ? n : 0);
         return;
     }
     case CMD_RUN: {
@@ -236,7 +239,11 @@ static void handle(const poet_model *m, int len) {
         put_u32(out + 20, r.page_out_bytes);
         put_u32(out + 24, r.page_ins);
         put_u32(out + 28, r.page_outs);
-        reply(cmd, seq, r.status, 32);
+        put_u32(out + 32, r.load_bytes);
+        put_u32(out + 36, r.store_bytes);
+        put_u32(out + 40, r.loads);
+        put_u32(out + 44, r.stores);
+        reply(cmd, seq, r.status, 48);
         return;
     }
     case CMD_TICKS: {
@@ -251,8 +258,7 @@ static void handle(const poet_model *m, int len) {
         return;
     }
     case CMD_RESET:
-        poet_model_reset(m);
-        reply(cmd, seq, POET_OK, 0);
+        reply(cmd, seq, poet_model_reset(m), 0);
         return;
     case CMD_EXIT:
         reply(cmd, seq, POET_OK, 0);
@@ -271,8 +277,7 @@ static void handle(const poet_model *m, int len) {
 }
 
 int poet_serve(const poet_model *m) {
-    for (uint16_t t = 0; t < m->n_tensors; t++)
-        m->loc[t] = m->tensors[t].home == POET_HOME_STATIC ? m->tensors[t].data : NULL;
+    poet_reset_locations(m);
     for (;;) {
         int len = read_frame();
         if (len == -1) return 0;

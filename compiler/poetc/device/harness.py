@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +72,15 @@ class Device:
         self.link.write(tid, np.ascontiguousarray(arr, dtype="<f4").tobytes())
 
     def read_f32(self, name: str) -> np.ndarray:
+        """A tensor's value; a storage-homed one (not resident) comes from its slot, checked against its CRC."""
         t = self.build.tensor(name)
-        raw = self.link.read(t["id"], t["bytes"])
+        if t.get("home") == "storage":
+            raw = self.link.read(t["id"], t["bytes"] + 4)
+            raw, crc = raw[:-4], int.from_bytes(raw[-4:], "little")
+            if zlib.crc32(raw) != crc:
+                raise TargetError(f"target: the stored copy of {name!r} fails its CRC (storage corrupt?)")
+        else:
+            raw = self.link.read(t["id"], t["bytes"])
         return np.frombuffer(raw, dtype="<f4").reshape(t["shape"]).copy()
 
     @property
@@ -272,7 +280,13 @@ def _train(
             log.step_ticks.append(out.ticks)
             log.step_seconds.append(out.seconds)
             r = out.reply
-            log.paging = (r.page_in_bytes, r.page_out_bytes, r.page_ins, r.page_outs)
+            # storage traffic of every kind: activations paged, parameters loaded and written back
+            log.paging = (
+                r.page_in_bytes + r.load_bytes,
+                r.page_out_bytes + r.store_bytes,
+                r.page_ins + r.loads,
+                r.page_outs + r.stores,
+            )
             log.last_reply = r
             if (
                 s == steps
@@ -496,7 +510,7 @@ def node_runs(build: BuildInfo) -> dict[int, int]:
     prog = next((p for p in doc.get("programs", []) if p.get("name") == "train"), None)
     if prog is None:
         return {}
-    runs = Program.from_json(prog).runs(len(build.doc.get("nodes", [])))
+    runs = Program.from_json(prog).runs(len(build.doc.get("nodes", [])), tuple(doc.get("ir_node", ())))
     return {i: int(n) for i, n in enumerate(runs) if n}
 
 

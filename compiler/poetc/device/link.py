@@ -26,10 +26,12 @@ except ImportError:  # not POSIX
     _TTY_ERRORS = ()
 
 SOF = b"\xa5\x5a"
-CMD_INFO, CMD_WRITE, CMD_WRITE_Q8, CMD_READ, CMD_RUN, CMD_TICKS, CMD_RESET, CMD_EXIT, CMD_ECHO = range(1, 10)
+(CMD_INFO, CMD_WRITE, CMD_WRITE_Q8, CMD_READ, CMD_RUN, CMD_TICKS, CMD_RESET, CMD_EXIT, CMD_ECHO, CMD_SEAL) = (
+    range(1, 11)
+)
 EVT_GRAD = 0x40
 CMD_BAD_FRAME = 0xFF
-PROTO_VERSION = 1
+PROTO_VERSION = 2
 
 
 def encode_frame(payload: bytes) -> bytes:
@@ -61,6 +63,10 @@ class RunReply:
     page_out_bytes: int
     page_ins: int
     page_outs: int
+    load_bytes: int = 0  # storage-homed parameters read (LOAD) and written back (STORE), CRCs included
+    store_bytes: int = 0
+    loads: int = 0
+    stores: int = 0
 
 
 class StatusError(TargetError):
@@ -179,6 +185,10 @@ class Link:
         for off in range(0, len(data), chunk):
             self.check("WRITE", CMD_WRITE, struct.pack("<HI", tensor, offset + off) + data[off : off + chunk])
 
+    def seal(self, tensor: int) -> None:
+        """A storage-homed tensor's CRC, after WRITEs to its slot."""
+        self.check("SEAL", CMD_SEAL, struct.pack("<H", tensor))
+
     def write_q8(self, tensor: int, q: bytes, scale: float, bias: float) -> None:
         chunk = self.frame_max - 2 - 14
         for off in range(0, len(q), chunk):
@@ -212,10 +222,9 @@ class Link:
         status, d = self.request(
             CMD_RUN, struct.pack("<BBf", program, 1 if capture else 0, lr), on_event=ev, timeout_s=timeout_s
         )
-        if len(d) < 32:
+        if len(d) < 48:
             raise StatusError("RUN", status)
-        pc, loss, ticks, pin, pout, nin, nout = struct.unpack_from("<IfQIIII", d, 0)
-        return RunReply(status, pc, loss, ticks, pin, pout, nin, nout)
+        return RunReply(status, *struct.unpack_from("<IfQIIIIIIII", d, 0))
 
     def ticks(self, n_nodes: int) -> list[int]:
         out: list[int] = []

@@ -211,7 +211,7 @@ def with_pager_probe(
                     Instr(Op.FREE, k, ins.stage),
                     Instr(Op.PAGE_IN, k, ins.stage),
                 ]
-    probe = Program("infer", tuple(code), infer.required, infer.keep)
+    probe = Program("infer", tuple(code), infer.required, infer.keep, infer.ram_homes)
     replay = simulate.replay(p, probe, budget=p.budget)
     plan = memplan.plan(probe, p.mem)
     if plan.arena_bytes > p.budget:
@@ -403,7 +403,7 @@ def _run(
     if steps < 1:
         raise PoetcError(f"--steps must be at least 1, got {steps}")
     train, probe = c.programs
-    runs = train.runs(c.problem.T)
+    runs = train.runs(len(c.tg.graph.nodes), c.problem.ir_node)
     x, y, q8 = _batch(b, seed)
     node_ticks: list[list[int]] = []
     totals: list[tuple[int, int]] = []  # (RUN ticks, paged bytes)

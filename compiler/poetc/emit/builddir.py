@@ -29,6 +29,7 @@ import onnx
 
 from .. import __version__
 from ..errors import PoetcError
+from ..graph.ir import Role
 from ..pipeline import Compiled
 from ..resources import firmware_dir, runtime_dir
 from ..schedule import memplan, strategies
@@ -63,9 +64,20 @@ def schedule_summary(c: Compiled) -> dict[str, Any]:
     return out
 
 
+def homes(c: Compiled) -> dict[str, str]:
+    """Parameter, optimizer and state tensor -> "ram" | "flash" | "storage"."""
+    g = c.tg.graph
+    return {
+        n: c.home(n)
+        for n, t in g.tensors.items()
+        if t.role in (Role.PARAM, Role.STATE) or t.role.value == "opt_state"
+    }
+
+
 def manifest(c: Compiled, command: str, batch: int) -> dict[str, Any]:
     g = c.tg.graph
     ids = codegen.tensor_ids(c.tg)
+    where = homes(c)
     return {
         "poetc_version": __version__,
         "command": command,
@@ -79,6 +91,7 @@ def manifest(c: Compiled, command: str, batch: int) -> dict[str, Any]:
         },
         "board": c.board.name,
         "strategy": c.strategy,
+        "param_homes": c.param_homes,
         "batch": batch,
         "input_shape": list(g.tensor(c.tg.input).shape),
         "classes": int(g.tensor(c.tg.logits).shape[-1]),
@@ -90,6 +103,7 @@ def manifest(c: Compiled, command: str, batch: int) -> dict[str, Any]:
                 "shape": list(t.shape),
                 "dtype": t.dtype,
                 "bytes": t.nbytes,
+                "home": "arena" if t.in_arena else where.get(n, "ram"),
             }
             for n, t in g.tensors.items()
         ],
@@ -159,11 +173,14 @@ def _write_files(c: Compiled, d: Path, command: str, target: Any) -> None:
             programs=c.programs,
             plans=c.plans,
             arena_bytes=c.arena_bytes,
-            slots=c.slots,
+            slots={c.problem.tensor_names[k]: a for k, a in c.slots.items()},
             storage_bytes=c.storage_bytes,
             hash_hex=c.hash_hex,
             command=command,
             model_sha256=c.model.sha256,
+            ir_node=c.problem.ir_node,
+            tensor_of=c.problem.tensor_names,
+            homes=homes(c),
         )
     )
     for name, text in files.items():
@@ -183,7 +200,7 @@ def _write_files(c: Compiled, d: Path, command: str, target: Any) -> None:
         )
     )
     onnx.save(c.model.onnx_model, str(d / "model.onnx"))
-    names = [n.output for n in c.tg.graph.nodes]
+    names = list(c.problem.tensor_names)
     (d / "arena.txt").write_text("".join(memplan.timeline(mp, names) for mp in c.plans))
     if c.board.path:  # the board as built, so train/verify find it even when it came from a file
         shutil.copyfile(c.board.path, d / "board.toml")

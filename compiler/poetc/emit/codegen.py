@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -81,11 +81,18 @@ class CodegenInput:
     programs: tuple[Program, ...]  # train, infer
     plans: tuple[MemPlan, ...]
     arena_bytes: int
-    slots: dict[int, int]  # node -> storage address
+    slots: dict[str, int]  # tensor -> storage address (paged activations, master copies)
     storage_bytes: int
     hash_hex: str  # 16 hex digits
     command: str
     model_sha256: str
+    # the programs' node indices are the schedule problem's: its node -> training-graph node (-1: the load of a
+    # persistent tensor) and its node -> the tensor it produces or loads; () = the training graph's own
+    ir_node: tuple[int, ...] = ()
+    tensor_of: tuple[str, ...] = ()
+    homes: dict[str, str] = field(
+        default_factory=dict
+    )  # parameter/optimizer tensor -> "flash" | "storage" | "ram"
 
 
 def tensor_ids(tg: TrainingGraph) -> dict[str, int]:
@@ -113,35 +120,42 @@ def render(inp: CodegenInput) -> dict[str, str]:
         i = tid[name]
         ident = c_ident(f"t{i}")
         data = "NULL"
+        home = "arena" if t.in_arena else inp.homes.get(name, "ram")
         if not t.in_arena and t.nbytes:
             ctype = {"i32": "int32_t", "u8": "uint8_t"}.get(t.dtype, "float")
             init = None
-            if t.role in (Role.PARAM, Role.STATE):
-                arr = np.asarray(inp.params[name], np.float32).reshape(-1)
-                init = c_array_lines(c_float(v) for v in arr)
-                param_inits.append({"tensor": i, "ident": ident})
+            if name in inp.params or t.role.value == "opt_state":  # parameters and state: initial values
+                arr = np.asarray(inp.params.get(name, np.zeros(t.numel)), np.float32).reshape(-1)
+                if arr.any() or home == "flash":
+                    init = c_array_lines(c_float(v) for v in arr)
+                if home != "flash":
+                    param_inits.append({"tensor": i, "init": f"{ident}_init" if init is not None else "NULL"})
             statics.append(
                 {
                     "ctype": ctype,
                     "ident": ident,
                     "count": t.numel,
                     "init": init,
-                    "comment": c_comment(f"{t.role.value} {name} {list(t.shape)}"),
+                    "home": home,
+                    "comment": c_comment(f"{t.role.value} {name} {list(t.shape)} ({home})"),
                 }
             )
-            data = ident
-        writable = int(t.role in (Role.INPUT, Role.LABEL, Role.PARAM, Role.STATE))
-        producer = g.producer.get(name)
-        slot = inp.slots.get(producer, 0) if producer is not None else 0
+            data = {"ram": ident, "flash": f"(void *){ident}", "storage": "NULL"}[home]
+        writable = int(t.role in (Role.INPUT, Role.LABEL, Role.PARAM, Role.STATE) and home != "flash")
         tensors.append(
             {
                 "id": i,
                 "bytes": t.nbytes if t.role != Role.UPDATE else 0,
                 "dtype": {"i32": "POET_I32", "u8": "POET_U8"}.get(t.dtype, "POET_F32"),
-                "home": "POET_HOME_ARENA" if t.in_arena else "POET_HOME_STATIC",
+                "home": {
+                    "arena": "POET_HOME_ARENA",
+                    "ram": "POET_HOME_STATIC",
+                    "flash": "POET_HOME_FLASH",
+                    "storage": "POET_HOME_STORAGE",
+                }[home],
                 "writable": writable,
                 "data": data,
-                "slot": slot,
+                "slot": inp.slots.get(name, 0),
                 "comment": c_comment(f"{t.role.value} {name} {list(t.shape)}"),
             }
         )
@@ -173,11 +187,15 @@ def render(inp: CodegenInput) -> dict[str, str]:
 
     progs = []
     enum = {"train": "POET_PROG_TRAIN", "infer": "POET_PROG_INFER"}
+    ir_node = inp.ir_node or tuple(range(len(g.nodes)))
+    tensor_of = inp.tensor_of or tuple(n.output for n in g.nodes)
     for prog, mp in zip(inp.programs, inp.plans, strict=True):
         code = []
         for pc, ins_ in enumerate(prog.instrs):
-            node = g.nodes[ins_.node]
-            arg = ins_.node if ins_.op in (Op.RUN, Op.RECOMPUTE) else tid[node.output]
+            if ins_.op in (Op.RUN, Op.RECOMPUTE):
+                arg, what = ir_node[ins_.node], g.nodes[ir_node[ins_.node]].name
+            else:
+                arg, what = tid[tensor_of[ins_.node]], tensor_of[ins_.node]
             off = max(mp.offsets[pc], 0)
             code.append(
                 {
@@ -185,9 +203,7 @@ def render(inp: CodegenInput) -> dict[str, str]:
                     "arg": arg,
                     "off": off,
                     "stage": ins_.stage,
-                    "comment": c_comment(
-                        f"{ins_.op.name} {node.name if ins_.op in (Op.RUN, Op.RECOMPUTE) else node.output}"
-                    ),
+                    "comment": c_comment(f"{ins_.op.name} {what}"),
                 }
             )
         progs.append({"name": prog.name, "enum": enum[prog.name], "code": code})

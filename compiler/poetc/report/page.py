@@ -74,6 +74,7 @@ def _prog_json(prog: Program, offsets: Sequence[int]) -> dict[str, Any]:
         "name": prog.name,
         "required": list(prog.required),
         "keep": list(prog.keep),
+        "ram_homes": sorted(prog.ram_homes),
         "instrs": [[i.op.name, i.node, i.stage, int(o)] for i, o in zip(prog.instrs, offsets, strict=True)],
     }
 
@@ -86,6 +87,7 @@ def record_build(c: pipeline.Compiled, out: Path, profile_path: str | None = Non
         "hash": c.hash_hex,
         "strategy": c.strategy,
         "cost_source": c.cost.source,
+        "ir_node": list(c.problem.ir_node),  # program node -> training-graph node (-1: a parameter load)
         "programs": [_prog_json(p, mp.offsets) for p, mp in zip(c.programs, c.plans, strict=True)],
     }
     b.add_file(PROGRAMS).write_text(json.dumps(doc) + "\n")
@@ -112,7 +114,13 @@ def replan(b: builddir.BuildInfo, board: Board) -> Problem:
         prof = profile_mod.load(b.dir / PROFILE_COPY)
         kw = {"profile": prof.node_seconds(), "profile_source": str(b.dir / PROFILE_COPY)}
     pl = pipeline.plan(
-        model, board, int(b.doc["memory"]["budget"]), f"{deadline!r}s" if deadline else None, None, **kw
+        model,
+        board,
+        int(b.doc["memory"]["budget"]),
+        f"{deadline!r}s" if deadline else None,
+        None,
+        params=b.doc.get("param_homes", "ram"),
+        **kw,
     )
     return pl.problem
 
@@ -284,7 +292,7 @@ def write(b: builddir.BuildInfo, out: Path, profile_path: str | None = None) -> 
     if progs is not None:
         p = replan(b, board)
         train_prog = Program.from_json(progs["programs"][0])
-        runs = np.maximum(train_prog.runs(T), 1)
+        runs = np.maximum(train_prog.runs(T, tuple(progs.get("ir_node", ()))), 1)
         rp = simulate.replay(p, train_prog)
         figs = {
             "energy_j": rp.energy_j,

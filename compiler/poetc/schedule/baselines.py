@@ -8,6 +8,9 @@
   overflow, the resident tensor with the lowest DTR score cost / (bytes x staleness) is evicted, by paging it
   out or by dropping it for recomputation, whichever Capuchin's rule says is cheaper in energy (a swap
   costs page-out + page-in, a drop costs the recomputation); a missing input is paged back in or recomputed.
+  A persistent tensor on storage (a load node) is dropped and re-read, never paged.
+Both see the problem with the RAM homes of its persistent tensors already chosen (``Problem.with_ram_homes``;
+``strategies`` chooses them).
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ from __future__ import annotations
 import math
 
 from .problem import Problem
-from .program import Instr, Op, Program, Schedule, from_compute_sets, lower
+from .program import Instr, Op, Program, Schedule, finalize, from_compute_sets, lower
 from .simulate import ScheduleError, replay
 
 
 def chen_segments(p: Problem, seg_len: int) -> Schedule:
     F = p.n_forward or p.T
-    fwd = [i for i in range(F) if p.mem[i] > 0]
+    # persistent tensors (load nodes) are not segmented: each is loaded once and kept while it is read
+    fwd = [i for i in range(F) if p.mem[i] > 0 and not p.is_load[i]]
     segments = [fwd[k : k + seg_len] for k in range(0, len(fwd), seg_len)]
     seg_of = {i: s for s, seg in enumerate(segments) for i in seg}
     # segment ends are checkpoints, and so is whatever may not be recomputed (the input data)
@@ -42,7 +46,7 @@ def chen_segments(p: Problem, seg_len: int) -> Schedule:
 
 
 def chen_sqrt(p: Problem) -> tuple[Program | None, str]:
-    F = len([i for i in range(p.n_forward or p.T) if p.mem[i] > 0])
+    F = len([i for i in range(p.n_forward or p.T) if p.mem[i] > 0 and not p.is_load[i]])
     first = max(1, round(math.sqrt(F)))
     best: tuple[float, Program] | None = None
     why = ""
@@ -142,9 +146,14 @@ class _Greedy:
                     self.free(v)
                     best = None
                     break
-                swap = (0.0 if v in self.stored else float(p.page_out_j[v])) + float(p.page_in_j[v])
+                if p.pageable[v]:
+                    swap = (0.0 if v in self.stored else float(p.page_out_j[v])) + float(p.page_in_j[v])
+                else:  # a persistent tensor: dropped and re-read from its master copy, never paged
+                    swap = math.inf
                 drop = self.recompute_cost(v) if self.can_recompute(v, nu) else math.inf
                 cost = min(swap, drop)
+                if cost == math.inf:
+                    continue  # can be neither paged nor recomputed
                 stale = max(1, self.clock - last)
                 score = cost / (float(p.mem[v]) * stale)
                 if best is None or score < best[0]:
@@ -227,4 +236,5 @@ def greedy(p: Problem) -> tuple[Program | None, str]:
         return None, str(e)
     for v in list(g.resident):
         g.free(v)
-    return Program("train", tuple(g.code), tuple(range(p.T))), "DTR score, Capuchin swap-or-drop"
+    prog = finalize(p, Program("train", tuple(g.code), tuple(range(p.T))))
+    return prog, "DTR score, Capuchin swap-or-drop"

@@ -11,7 +11,7 @@ every step needs outside the arena (parameters, inputs, labels, loss).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,6 +21,27 @@ from ..graph.autodiff import TrainingGraph
 from ..graph.ir import Role
 
 PAGE_CRC_BYTES = 4  # every paged block carries a CRC32, stored after it
+
+
+@dataclass(frozen=True)
+class PagerCost:
+    """The board's storage: a transfer of n bytes (plus its CRC) takes latency + bytes / throughput seconds at
+    the memory power."""
+
+    in_latency_s: float
+    in_bytes_per_s: float
+    out_latency_s: float
+    out_bytes_per_s: float
+    power_w: float
+
+    def page_in(self, nbytes: int) -> tuple[float, float]:
+        """(seconds, joules) to read ``nbytes`` and their CRC."""
+        t = self.in_latency_s + (nbytes + PAGE_CRC_BYTES) / self.in_bytes_per_s
+        return t, t * self.power_w
+
+    def page_out(self, nbytes: int) -> tuple[float, float]:
+        t = self.out_latency_s + (nbytes + PAGE_CRC_BYTES) / self.out_bytes_per_s
+        return t, t * self.power_w
 
 
 @dataclass(frozen=True)
@@ -37,6 +58,7 @@ class CostModel:
     static_bytes: int  # parameters + inputs + labels + loss + optimizer state
     param_bytes: int
     source: str  # "flops" or the profile's path
+    pager: PagerCost = field(default_factory=lambda: PagerCost(0.0, 1.0, 0.0, 1.0, 0.0))
 
     @property
     def T(self) -> int:
@@ -108,7 +130,14 @@ def build(
         static_bytes=int(static),
         param_bytes=int(params),
         source=source,
+        pager=PagerCost(
+            board.page_in_latency_s,
+            board.page_in_bytes_per_s,
+            board.page_out_latency_s,
+            board.page_out_bytes_per_s,
+            board.memory_power_w,
+        ),
     )
 
 
-__all__ = ["PAGE_CRC_BYTES", "CostModel", "Role", "build", "node_flops"]
+__all__ = ["PAGE_CRC_BYTES", "CostModel", "PagerCost", "Role", "build", "node_flops"]

@@ -1,6 +1,6 @@
 """Static memory plan: one arena offset for every residency interval of every tensor.
 
-Algorithm. Each allocating instruction (RUN/RECOMPUTE of a node with an arena output, PAGE_IN) opens an interval
+Algorithm. Each allocating instruction (RUN/RECOMPUTE of a node with an arena output, PAGE_IN, LOAD) opens an interval
 that lasts until the tensor's FREE (or the program's end). Two intervals that are live at the same instruction
 must not share bytes; intervals that never coexist may. Placement is greedy first-fit, as in TFLM's
 greedy_memory_planner: intervals are taken in some order and each is put at the lowest aligned offset that
@@ -58,9 +58,9 @@ def intervals(prog: Program, mem: np.ndarray) -> list[Interval]:
     out: list[Interval] = []
     for pc, ins in enumerate(prog.instrs):
         size = int(mem[ins.node])
-        if not size:
+        if not size or ins.node in prog.ram_homes:
             continue
-        if ins.op in (Op.RUN, Op.RECOMPUTE, Op.PAGE_IN):
+        if ins.op in (Op.RUN, Op.RECOMPUTE, Op.PAGE_IN, Op.LOAD):
             if ins.node in open_:
                 raise PoetcError(f"{prog.name} program: node {ins.node} allocated twice (instruction {pc})")
             open_[ins.node] = (pc, size)
@@ -168,14 +168,23 @@ def check(mp: MemPlan) -> None:
                 )
 
 
-def storage_slots(prog: Program, mem: np.ndarray) -> dict[int, int]:
-    """A storage address for every tensor the program pages out (data + CRC32), packed in first-use order."""
+def storage_slots(prog: Program, mem: np.ndarray, masters: tuple[int, ...] = ()) -> dict[int, int]:
+    """A storage address for every tensor that lives on storage (data + CRC32): first the master copies of the
+    storage-homed persistent tensors (``masters``, load nodes, in order), then every tensor the program pages
+    out, packed in first-use order."""
     slots: dict[int, int] = {}
     addr = 0
+
+    def take(i: int) -> None:
+        nonlocal addr
+        slots[i] = addr
+        addr += (int(mem[i]) + PAGE_CRC_BYTES + 3) // 4 * 4
+
+    for i in masters:
+        take(i)
     for ins in prog.instrs:
         if ins.op == Op.PAGE_OUT and ins.node not in slots:
-            slots[ins.node] = addr
-            addr += (int(mem[ins.node]) + PAGE_CRC_BYTES + 3) // 4 * 4
+            take(ins.node)
     return slots
 
 

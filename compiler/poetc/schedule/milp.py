@@ -162,6 +162,10 @@ class Formulation:
         self.opt = opt
         self.m = _Model()
         self.orig = opt.formulation == "poet2022"
+        if self.orig and p.loads:
+            raise PoetcError(
+                "formulation poet2022 keeps every parameter in RAM: build with --params ram to use it"
+            )
         self._variables()
         self._constraints()
 
@@ -171,13 +175,21 @@ class Formulation:
         T = p.T
         self.arena = [bool(p.mem[i] > 0) for i in range(T)]
         self.runnable: list[list[int]] = [[] for _ in range(T)]  # nodes that may run in stage t, in order
+        self.is_load = p.is_load
+        # a load node's own stage loads it unless its tensor is homed in RAM: R[l,l] = 1 - H_l is a variable
+        self.homeable = [l for l in p.loads if l not in p.storage_only]
+        self.store_j = {l: j for l, (_u, j, _s) in p.written_by.items()}
+        self.store_s = {l: t for l, (_u, _j, t) in p.written_by.items()}
         for t in range(T):
             for i in range(t + 1):
                 if i == t:
-                    m.fix(("R", t, t), 1.0)  # frontier-advancing: stage t computes node t
+                    if i in self.homeable:
+                        m.binary(("R", t, t))
+                    else:
+                        m.fix(("R", t, t), 1.0)  # frontier-advancing: stage t computes node t
                     self.runnable[t].append(i)
                 elif (
-                    opt.remat
+                    (opt.remat or self.is_load[i])  # re-reading a persistent tensor is not recomputation
                     and self.arena[i]
                     and p.consumers[i]
                     and t <= p.horizon[i]
@@ -190,11 +202,11 @@ class Formulation:
                 continue
             for t in range(i + 1, p.horizon[i] + 1):
                 self.m.binary(("S_RAM", t, i))
-                if opt.paging:
+                if opt.paging and not self.is_load[i]:
                     if self.orig:
                         self.m.binary(("S_SD", t, i))
                     self.m.binary(("M_in", t, i))
-            if opt.paging:
+            if opt.paging and not self.is_load[i]:
                 for t in range(i if not self.orig else i + 1, p.horizon[i]):
                     self.m.binary(("M_out", t, i))
         # FREE[t,i,k]: i's output freed right after node k (k = i or a reader of i) runs in stage t
@@ -242,6 +254,8 @@ class Formulation:
                 by_k[t].setdefault(k, []).append(i)
 
         # Dependencies: R[t,v] <= R[t,u] + S_RAM[t,u] + M_in[t,u]   (POET 2022: without M_in)
+        #   for a load node u that may be homed in RAM, + H_u = 1 - R[u,u]: a RAM home is always there
+        homeable = set(self.homeable)
         for t in range(T):
             for v in self.runnable[t]:
                 for u in set(p.inputs[v]):
@@ -250,7 +264,18 @@ class Formulation:
                     terms = [(("R", t, v), 1.0), (("R", t, u), -1.0), (("S_RAM", t, u), -1.0)]
                     if not self.orig:
                         terms.append((("M_in", t, u), -1.0))
-                    m.le(terms, 0.0)
+                    rhs = 0.0
+                    if u in homeable and t != u:
+                        terms.append((("R", u, u), 1.0))
+                        rhs = 1.0
+                    m.le(terms, rhs)
+        # A tensor homed in RAM is never loaded again nor counted in the arena:
+        #   R[t,l] <= R[l,l],  S_RAM[t,l] <= R[l,l]   (t > l)
+        for l in self.homeable:
+            for t in range(l + 1, T):
+                for kind in ("R", "S_RAM"):
+                    if m.has((kind, t, l)):
+                        m.le([((kind, t, l), 1.0), (("R", l, l), -1.0)], 0.0)
 
         for i in range(T):
             if not self.arena[i]:
@@ -366,6 +391,8 @@ class Formulation:
         #   base_t   = sum_i M_i (S_RAM[t,i] + M_in[t,i] - FREE0[t,i])  (POET 2022: S_RAM only)
         #   U[t,k]   = U[t,k-] + M_k R[t,k] - sum_i M_i FREE[t,i,k]   (k- the previous runnable node)
         #   U[t,k-] + M_k R[t,k] <= budget                            (while k runs, before its frees)
+        #   + sum_l M_l H_l = sum_l M_l (1 - R[l,l])   persistent tensors homed in RAM, at every point of every stage
+        held = float(sum(mem[l] for l in self.homeable))
         for t in range(T):
             base: list[tuple[Key, float]] = []
             for i in range(t):
@@ -374,17 +401,21 @@ class Formulation:
                     if not self.orig:
                         base.append((("M_in", t, i), mem[i]))
                         base.append((("FREE0", t, i), -mem[i]))
+            base += [(("R", l, l), -mem[l]) for l in self.homeable]
             prev: list[tuple[Key, float]] = base
+            first = True
             for k in self.runnable[t]:
                 run = [(("R", t, k), mem[k])] if mem[k] > 0 else []
-                m.le([*prev, *run], float(p.budget))
+                m.le([*prev, *run], float(p.budget) - (held if first else 0.0))
                 frees = [(("FREE", t, i, k), -mem[i]) for i in by_k[t].get(k, [])]
-                m.eq([(("U", t, k), -1.0), *prev, *run, *frees], 0.0)
+                m.eq([(("U", t, k), -1.0), *prev, *run, *frees], -held if first else 0.0)
                 prev = [(("U", t, k), 1.0)]
+                first = False
 
         # Time: sum R tau + M_in tau_in + M_out tau_out <= deadline (paging time counts, unlike POET's row)
+        store_s = self.store_s
         if p.deadline_s is not None:
-            m.le(self._cost_terms(p.compute_s, p.page_in_s, p.page_out_s), float(p.deadline_s))
+            m.le(self._cost_terms(p.compute_s, p.page_in_s, p.page_out_s, store_s), float(p.deadline_s))
         # Storage capacity: sum_i (M_i + CRC) [i is ever paged out] <= storage
         if self.storage_row:
             if self.orig:
@@ -404,12 +435,17 @@ class Formulation:
                     float(p.storage_bytes),
                 )
 
-    def _cost_terms(self, c: np.ndarray, cin: np.ndarray, cout: np.ndarray) -> list[tuple[Key, float]]:
+    def _cost_terms(
+        self, c: np.ndarray, cin: np.ndarray, cout: np.ndarray, store: dict[int, float]
+    ) -> list[tuple[Key, float]]:
+        """Cost of every decision. A load node's own stage loads it and, for a tensor an update changes, also
+        writes it back later (R[l,l] = 1 exactly when it is homed on storage): ``store`` adds that cost."""
         terms: list[tuple[Key, float]] = []
         for key in list(self.m.bin) + [k for k, v in self.m.const.items() if v]:
             kind = key[0]
             if kind == "R":
-                terms.append((key, float(c[key[2]])))
+                extra = store.get(key[2], 0.0) if key[1] == key[2] else 0.0
+                terms.append((key, float(c[key[2]]) + extra))
             elif kind == "M_in":
                 terms.append((key, float(cin[key[2]])))
             elif kind == "M_out":
@@ -417,14 +453,19 @@ class Formulation:
         return terms
 
     # ---- solve ---------------------------------------------------------------------------------------
-    def objective(self) -> np.ndarray:
-        """Energy coefficients over the binary columns. The fixed R[t,t] are left out: they are the floor."""
+    def objective(self) -> tuple[np.ndarray, float]:
+        """Energy coefficients over the binary columns, and the constant part of the extra energy. The fixed
+        R[t,t] of ordinary nodes are left out (they are the floor); those of load nodes that must live on
+        storage are the constant (their load and write-back are not in the floor)."""
         p = self.p
         c = np.zeros(max(1, len(self.m.bin)))
-        for key, coef in self._cost_terms(p.compute_j, p.page_in_j, p.page_out_j):
+        const = 0.0
+        for key, coef in self._cost_terms(p.compute_j, p.page_in_j, p.page_out_j, self.store_j):
             if key in self.m.bin:
                 c[self.m.bin[key]] += coef
-        return c
+            elif key[0] == "R" and self.is_load[key[2]]:
+                const += coef
+        return c, const
 
     def residency_weights(self) -> np.ndarray:
         """M_i / budget for every S_RAM[t,i] column (0 elsewhere)."""
@@ -446,7 +487,10 @@ class Formulation:
         if not self.orig:  # on storage from the stage after the page-out on
             mats["S_SD"] = np.cumsum(mats["M_out"], axis=0, dtype=np.int64) > 0
             mats["S_SD"] = np.vstack([np.zeros((1, T), dtype=bool), mats["S_SD"][:-1]])
-        return Schedule(mats["R"], mats["S_RAM"], mats["S_SD"], mats["M_in"], mats["M_out"], strategy, meta)
+        ram = frozenset(l for l in self.homeable if not mats["R"][l, l])
+        return Schedule(
+            mats["R"], mats["S_RAM"], mats["S_SD"], mats["M_in"], mats["M_out"], strategy, meta, ram
+        )
 
     def start_values(self, s: Schedule) -> tuple[np.ndarray, np.ndarray]:
         """Column values of a given schedule (a warm start): binaries from its matrices, FREE from its
@@ -476,8 +520,9 @@ class Formulation:
                 free0[(t, int(i))] = float(not used and not kept and not self.orig)
         xc = np.zeros(max(1, len(m.cont)))
         mem = p.mem.astype(float)
+        held = sum(mem[l] for l in self.homeable if not s.R[l, l])
         for t in range(T):
-            u = sum(
+            u = held + sum(
                 mem[i] * (s.S_RAM[t, i] + (0 if self.orig else s.M_in[t, i]) - free0.get((t, i), 0.0))
                 for i in range(t)
             )
@@ -499,14 +544,14 @@ class Formulation:
 
 def _cvxpy_problem(p: Problem, f: Formulation):
     """The cvxpy problem of a formulation: (problem, binary vars x, continuous vars y, energy coefficients c,
-    objective scale)."""
+    objective scale, constant extra energy that no decision changes)."""
     m = f.m
     ab_le, ac_le, b_le = m._matrix(m.rows_le)
     ab_eq, ac_eq, b_eq = m._matrix(m.rows_eq)
     nb, nc = len(m.bin), len(m.cont)
     x = cp.Variable(max(1, nb), boolean=True)
     y = cp.Variable(max(1, nc))
-    c = f.objective()
+    c, const = f.objective()
     cons = [ab_le @ x + ac_le @ y <= b_le, y >= 0, y <= np.array(m.cont_ub or [0.0])]
     if m.rows_eq:
         cons.append(ab_eq @ x + ac_eq @ y == b_eq)
@@ -520,7 +565,7 @@ def _cvxpy_problem(p: Problem, f: Formulation):
     pos = c[c > 0]
     eps = float(pos.min()) * scale / (10.0 * max(1, p.T)) if pos.size else 0.0
     prob = cp.Problem(cp.Minimize((c * scale + eps * tie) @ x), cons)
-    return prob, x, y, c, scale
+    return prob, x, y, c, scale, const
 
 
 def solve(
@@ -534,7 +579,7 @@ def solve(
     m = f.m
     nb, nc = len(m.bin), len(m.cont)
     floor = p.floor_j
-    prob, x, y, c, scale = _cvxpy_problem(p, f)
+    prob, x, y, c, scale, const = _cvxpy_problem(p, f)
     build_s = time.perf_counter() - t0
     if on_progress:
         on_progress(
@@ -629,9 +674,10 @@ def solve(
     if status in ("optimal", "optimal_inaccurate", "user_limit") and (xb is not None or not nb):
         if xb is None:
             xb = np.zeros(0)
-        extra = float(c[: len(xb)] @ np.round(xb)) if nb else 0.0
-        bound = _bound(prob, solver, extra * scale, status)
-        bound = None if bound is None else bound / scale
+        obj = float(c[: len(xb)] @ np.round(xb)) if nb else 0.0
+        bound = _bound(prob, solver, obj * scale, status)
+        bound = None if bound is None else bound / scale + const
+        extra = obj + const
         if status == "user_limit" and not _has_incumbent(prob, solver):
             return result("no_solution", None, None, None, "time limit reached without a schedule")
         st = "optimal" if status.startswith("optimal") else "feasible"

@@ -15,6 +15,9 @@ Lowering fixes what a stage does, in this order (the MILP's memory accounting is
      RUN (first time) or RECOMPUTE k, page k out right away if M_out[t, k], then free every tensor whose last
      reader in this stage was k and that the next stage does not keep;
   4. page in what M_in asks for and nothing in the stage read (kept for later stages).
+Then ``finalize`` turns the computations of load nodes into LOADs (a read of a persistent tensor's master
+copy), drops everything about load nodes homed in RAM (their tensors are static), and writes every
+storage-homed tensor that an update changed back to storage (STORE) right after the update.
 The resulting ``Program`` is what the device executes and what the replay simulator checks.
 """
 
@@ -38,6 +41,8 @@ class Op(IntEnum):
     PAGE_IN = 3
     FREE = 4
     RECOMPUTE = 5
+    LOAD = 6  # read a storage-homed persistent tensor (a load node's output) from its master copy
+    STORE = 7  # write a storage-homed tensor's new value back to its master copy, after its update
 
 
 @dataclass(frozen=True)
@@ -53,23 +58,31 @@ class Program:
     instrs: tuple[Instr, ...]
     required: tuple[int, ...]  # nodes that must have run by the end
     keep: tuple[int, ...] = ()  # nodes whose outputs must be resident at the end (e.g. logits)
+    ram_homes: frozenset[int] = frozenset()  # load nodes whose tensors stay in RAM (static) the whole step
 
     def count(self, op: Op) -> int:
         return sum(1 for i in self.instrs if i.op == op)
 
-    def runs(self, T: int) -> np.ndarray:
-        """How often each of the T nodes computes in the program (its RUN plus every RECOMPUTE)."""
+    def runs(self, T: int, ir_node: tuple[int, ...] = ()) -> np.ndarray:
+        """How often each of T nodes computes in the program (its RUN plus every RECOMPUTE). With ``ir_node``
+        (``Problem.ir_node``), T counts training-graph nodes and the program's nodes are mapped to them."""
         out = np.zeros(T, dtype=np.int64)
         for ins in self.instrs:
             if ins.op in (Op.RUN, Op.RECOMPUTE):
-                out[ins.node] += 1
+                out[ir_node[ins.node] if ir_node else ins.node] += 1
         return out
 
     @staticmethod
     def from_json(doc: dict[str, Any]) -> Program:
         """A program as program.json records it (instructions as [op, node, stage, arena offset])."""
         instrs = tuple(Instr(Op[op], int(node), int(stage)) for op, node, stage, _off in doc["instrs"])
-        return Program(doc["name"], instrs, tuple(doc["required"]), tuple(doc["keep"]))
+        return Program(
+            doc["name"],
+            instrs,
+            tuple(doc["required"]),
+            tuple(doc["keep"]),
+            frozenset(int(x) for x in doc.get("ram_homes", ())),
+        )
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,7 @@ class Schedule:
     M_out: np.ndarray
     strategy: str
     meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    ram_homes: frozenset[int] = frozenset()  # load nodes homed in RAM (they never run: R is 0 for them)
 
     def __post_init__(self) -> None:
         T = self.R.shape[0]
@@ -145,11 +159,38 @@ def lower(p: Problem, s: Schedule) -> Program:
             if not keep_next(t, i):
                 code.append(Instr(Op.FREE, i, t))
                 resident.discard(i)
-    return Program("train", tuple(code), tuple(range(T)))
+    return finalize(p, Program("train", tuple(code), tuple(range(T))), s.ram_homes)
+
+
+def finalize(p: Problem, prog: Program, ram_homes: frozenset[int] | set[int] = frozenset()) -> Program:
+    """A program of ``p``'s nodes made one the device can run (see the module doc): LOAD for computations of
+    storage-homed load nodes, nothing for RAM-homed ones, STORE after each update of a storage-homed tensor.
+    Programs without load nodes come back unchanged (but for ``required``, which never lists load nodes)."""
+    ram = frozenset(ram_homes)
+    if not p.loads:
+        return prog
+    is_load = p.is_load
+    stores: dict[int, list[int]] = {}
+    for u, l in p.writes:
+        if l not in ram:
+            stores.setdefault(u, []).append(l)
+    code: list[Instr] = []
+    for ins in prog.instrs:
+        if ins.node in ram:
+            continue
+        if is_load[ins.node] and ins.op in (Op.RUN, Op.RECOMPUTE):
+            code.append(Instr(Op.LOAD, ins.node, ins.stage))
+            continue
+        code.append(ins)
+        if ins.op in (Op.RUN, Op.RECOMPUTE):
+            code += [Instr(Op.STORE, l, ins.stage) for l in stores.get(ins.node, ())]
+    required = tuple(i for i in prog.required if not is_load[i])
+    return Program(prog.name, tuple(code), required, prog.keep, ram)
 
 
 def store_all(p: Problem) -> Schedule:
-    """Compute every node once and keep each output until its last reader ran (no recomputation, no paging)."""
+    """Compute every node once and keep each output until its last reader ran (no recomputation, no paging).
+    Load nodes are loaded once, so their tensors are on storage (``with_ram_homes`` first to keep some in RAM)."""
     T = p.T
     R = np.eye(T, dtype=bool)
     S = np.zeros((T, T), dtype=bool)
@@ -160,22 +201,28 @@ def store_all(p: Problem) -> Schedule:
     return Schedule(R, S, z, z.copy(), z.copy(), "store-all")
 
 
-def forward_program(tg: TrainingGraph, p: Problem) -> Program:
-    """Inference: the forward nodes once, each output freed after its last forward reader; logits kept."""
-    n = tg.n_forward
+def forward_program(tg: TrainingGraph, p: Problem, ram_homes: frozenset[int] = frozenset()) -> Program:
+    """Inference: the forward nodes once (storage-homed parameters loaded right before their first reader),
+    each output freed after its last forward reader; logits kept."""
+    n = p.n_forward or tg.n_forward
     ins = [list(dict.fromkeys(x)) for x in p.inputs]
-    logits = tg.graph.producer[tg.logits]
+    ir = tg.graph.producer[tg.logits]
+    logits = p.ir_node.index(ir) if p.ir_node else ir
+    is_load = p.is_load
     code: list[Instr] = []
     last_use: dict[int, int] = {}
     for k in range(n):
         for u in ins[k]:
             last_use[u] = k
     for k in range(n):
-        code.append(Instr(Op.RUN, k, k))
+        if k in ram_homes:
+            continue
+        code.append(Instr(Op.LOAD if is_load[k] else Op.RUN, k, k))
         for j in dict.fromkeys([*ins[k], k]):
-            if p.mem[j] > 0 and j != logits and last_use.get(j, j) == k:
+            if p.mem[j] > 0 and j not in ram_homes and j != logits and last_use.get(j, j) == k:
                 code.append(Instr(Op.FREE, j, k))
-    return Program("infer", tuple(code), tuple(range(n)), keep=(logits,))
+    required = tuple(k for k in range(n) if not is_load[k])
+    return Program("infer", tuple(code), required, keep=(logits,), ram_homes=frozenset(ram_homes))
 
 
 def from_program(p: Problem, prog: Program, strategy: str, meta: dict[str, Any] | None = None) -> Schedule:
@@ -193,7 +240,7 @@ def from_program(p: Problem, prog: Program, strategy: str, meta: dict[str, Any] 
             for i in stored:
                 SD[stage, i] = True
         i = ins.node
-        if ins.op in (Op.RUN, Op.RECOMPUTE):
+        if ins.op in (Op.RUN, Op.RECOMPUTE, Op.LOAD):
             R[stage, i] = True
             if p.mem[i] > 0:
                 resident.add(i)
@@ -205,7 +252,7 @@ def from_program(p: Problem, prog: Program, strategy: str, meta: dict[str, Any] 
             resident.add(i)
         elif ins.op == Op.FREE:
             resident.discard(i)
-    return Schedule(R, S, SD, Mi, Mo, strategy, dict(meta or {}))
+    return Schedule(R, S, SD, Mi, Mo, strategy, dict(meta or {}), prog.ram_homes)
 
 
 def from_compute_sets(p: Problem, sets: list[list[int]], strategy: str) -> Schedule:
@@ -245,4 +292,4 @@ def trim(p: Problem, s: Schedule) -> Schedule:
             kept = t + 1 < T and S[t + 1, i]
             if not (used or kept or s.M_out[t, i]):
                 S[t, i] = False
-    return Schedule(s.R, S, s.S_SD, s.M_in, s.M_out, s.strategy, dict(s.meta))
+    return Schedule(s.R, S, s.S_SD, s.M_in, s.M_out, s.strategy, dict(s.meta), s.ram_homes)

@@ -5,6 +5,10 @@ It knows nothing of the solver or of the lowering's intent; it walks the instruc
   in-place update; an update runs exactly once; RUN is a node's first computation, RECOMPUTE a later one;
 - only resident tensors are paged out or freed, only stored tensors are paged in, nothing is allocated twice;
 - RAM in use (arena tensors + a running node's scratch) never exceeds the budget at any instruction;
+- persistent tensors (load nodes): homed in RAM they are resident throughout and never loaded, freed or
+  stored; on storage they are only ever LOADed (never computed or paged), never loaded after their in-place
+  update, never freed between their update and its write-back (STORE), stored only after the update and only
+  once; a step that ends with an updated tensor not written back is rejected;
 - at the end every node has run and the program's ``keep`` tensors are resident.
 A violation raises ``ScheduleError`` naming the instruction index, the stage and the tensor.
 """
@@ -42,14 +46,27 @@ class Replay:
     page_outs: int
     page_in_bytes: int
     page_out_bytes: int
+    # persistent tensors on storage: loads (first reads and re-reads) and write-backs
+    param_load_j: float = 0.0
+    param_store_j: float = 0.0
+    param_loads: int = 0
+    param_stores: int = 0
+    param_load_bytes: int = 0
+    param_store_bytes: int = 0
+    param_ram_bytes: int = 0  # persistent tensors homed in RAM (included in peak_bytes)
 
     @property
     def energy_j(self) -> float:
-        return self.compute_j + self.page_in_j + self.page_out_j
+        return self.compute_j + self.page_in_j + self.page_out_j + self.param_load_j + self.param_store_j
 
     @property
     def paging_j(self) -> float:
-        return self.page_in_j + self.page_out_j
+        """Storage traffic of every kind: activations paged, parameters loaded and written back."""
+        return self.page_in_j + self.page_out_j + self.param_load_j + self.param_store_j
+
+    @property
+    def param_paging_j(self) -> float:
+        return self.param_load_j + self.param_store_j
 
 
 def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
@@ -65,14 +82,22 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
             readers_of.setdefault(r, []).append(u)
     is_update = {u for u, _ in p.updates}
 
-    resident: set[int] = set()
+    is_load = p.is_load
+    ram = prog.ram_homes
+    writer = p.written_by  # load node -> (update node, store J, store s)
+    updated_by = {u: [l for (uu, l) in p.writes if uu == u] for u, _ in p.writes}
+    resident: set[int] = set(ram)
     stored: set[int] = set()
     ran = [0] * T
-    used = 0
-    peak = 0
+    used = sum(int(p.mem[i]) for i in ram)
+    param_ram = used
+    peak = used
     peak_pc = 0
-    cj = pij = poj = ts = 0.0
+    cj = pij = poj = ts = lj = sj = 0.0
     n_run = n_re = n_in = n_out = b_in = b_out = 0
+    n_ld = n_st = b_ld = b_st = 0
+    dirty: set[int] = set()  # storage-homed tensors updated and not yet written back
+    written: set[int] = set()
 
     def tname(i: int) -> str:
         return p.tensor_names[i]
@@ -85,6 +110,45 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
         if not 0 <= i < T:
             raise ScheduleError(name, pc, st, str(i), "node index out of range")
         size = int(p.mem[i])
+        if i in ram:
+            raise fail(pc, st, i, f"{ins_.op.name} of a tensor homed in RAM")
+        if is_load[i] and ins_.op not in (Op.LOAD, Op.STORE, Op.FREE):
+            raise fail(
+                pc, st, i, f"{ins_.op.name} of a persistent tensor (only LOAD, STORE and FREE move it)"
+            )
+        if ins_.op in (Op.LOAD, Op.STORE) and not is_load[i]:
+            raise fail(pc, st, i, f"{ins_.op.name} of a tensor that is not persistent")
+        if ins_.op == Op.LOAD:
+            if i in resident:
+                raise fail(pc, st, i, "loaded while already resident")
+            if i in writer and ran[writer[i][0]]:
+                raise fail(pc, st, i, f"loaded after its in-place update {names[writer[i][0]]!r}")
+            used += size
+            if budget is not None and used > budget:
+                raise fail(pc, st, i, f"RAM {used} B exceeds the budget {budget} B")
+            if used > peak:
+                peak, peak_pc = used, pc
+            resident.add(i)
+            ran[i] += 1
+            lj += float(p.compute_j[i])
+            ts += float(p.compute_s[i])
+            n_ld += 1
+            b_ld += size
+            continue
+        if ins_.op == Op.STORE:
+            if i not in resident:
+                raise fail(pc, st, i, "written back while not resident")
+            if i not in dirty:
+                raise fail(
+                    pc, st, i, "written back twice" if i in written else "written back before its update ran"
+                )
+            dirty.discard(i)
+            written.add(i)
+            sj += writer[i][1]
+            ts += writer[i][2]
+            n_st += 1
+            b_st += size
+            continue
         if ins_.op in (Op.RUN, Op.RECOMPUTE):
             if i in is_update and ran[i]:
                 raise fail(pc, st, i, "in-place update applied twice")
@@ -113,6 +177,7 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
                 resident.add(i)
                 used += size
             ran[i] += 1
+            dirty.update(l for l in updated_by.get(i, ()) if l not in ram)
             cj += float(p.compute_j[i])
             ts += float(p.compute_s[i])
             n_run += ins_.op == Op.RUN
@@ -145,6 +210,8 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
         elif ins_.op == Op.FREE:
             if i not in resident:
                 raise fail(pc, st, i, "freed while not resident")
+            if i in dirty:
+                raise fail(pc, st, i, "freed after its update before its new value was written back")
             resident.discard(i)
             used -= size
         else:
@@ -157,4 +224,9 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
     for k in prog.keep:
         if k not in resident:
             raise fail(n_prog, -1, k, "must be resident at the end of the program")
-    return Replay(peak, peak_pc, cj, pij, poj, ts, n_run, n_re, n_in, n_out, b_in, b_out)
+    for i in sorted(dirty):
+        raise fail(n_prog, -1, i, "the step ends with its new value not written back to storage")
+    return Replay(
+        peak, peak_pc, cj, pij, poj, ts, n_run, n_re, n_in, n_out, b_in, b_out,
+        lj, sj, n_ld, n_st, b_ld, b_st, param_ram,
+    )  # fmt: skip

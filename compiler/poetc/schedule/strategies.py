@@ -85,15 +85,64 @@ def _check(
     return Solution(name, status, prog, sched, r, time.perf_counter() - t0, message=msg, **kw)
 
 
-def _heuristic(name: str, p: Problem) -> Solution:
-    t0 = time.perf_counter()
+def _heuristic_program(name: str, p: Problem) -> tuple[Program | None, str]:
     if name == "store-all":
-        return _check(p, name, lower(p, store_all(p)), t0, "heuristic")
+        return lower(p, store_all(p)), ""
     fn = {"chen-sqrt": baselines.chen_sqrt, "greedy": baselines.greedy}[name]
-    prog, msg = fn(p)
-    if prog is None:
-        return Solution(name, "infeasible", None, None, None, time.perf_counter() - t0, message=msg)
-    return _check(p, name, prog, t0, "heuristic", msg)
+    return fn(p)
+
+
+def _rehome(p: Problem, prog: Program, ram: frozenset[int]) -> Program:
+    """A program of ``p.with_ram_homes(ram)`` as one of ``p``: the RAM-homed load nodes leave the program."""
+    if not ram:
+        return prog
+    instrs = tuple(i for i in prog.instrs if i.node not in ram)
+    required = tuple(i for i in prog.required if not p.is_load[i])
+    return Program(prog.name, instrs, required, prog.keep, ram)
+
+
+def _heuristic(name: str, p: Problem) -> Solution:
+    """A heuristic's schedule. With persistent tensors, it also chooses their homes: the largest ones go to
+    storage, as few as make the heuristic's schedule fit (bisection on how many), and of the fitting choices
+    near that point the one of least energy wins."""
+    t0 = time.perf_counter()
+    if not p.loads:
+        prog, msg = _heuristic_program(name, p)
+        if prog is None:
+            return Solution(name, "infeasible", None, None, None, time.perf_counter() - t0, message=msg)
+        return _check(p, name, prog, t0, "heuristic", msg)
+    movable = sorted((l for l in p.loads if l not in p.storage_only), key=lambda l: (-int(p.mem[l]), l))
+    tried: dict[int, Solution] = {}
+
+    def attempt(k: int) -> Solution:  # the k largest movable tensors on storage, the rest in RAM
+        if k not in tried:
+            ram = frozenset(movable[k:])
+            prog, msg = _heuristic_program(name, p.with_ram_homes(ram))
+            if prog is None:
+                tried[k] = Solution(name, "infeasible", None, None, None, 0.0, message=msg)
+            else:
+                tried[k] = _check(p, name, _rehome(p, prog, ram), t0, "heuristic", msg)
+        return tried[k]
+
+    n = len(movable)
+    if attempt(0).ok:
+        hi = 0
+    elif attempt(n).ok:
+        lo, hi = 0, n  # the smallest k that fits lies in (lo, hi]
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if attempt(mid).ok:
+                hi = mid
+            else:
+                lo = mid
+    else:
+        return replace(attempt(n), solve_s=time.perf_counter() - t0)
+    for k in (hi + 1, hi + 2, n):
+        if k <= n:
+            attempt(k)
+    fits = [sol for sol in tried.values() if sol.ok]
+    best = min(fits, key=lambda sol: sol.replay.energy_j)
+    return replace(best, solve_s=time.perf_counter() - t0)
 
 
 HEURISTICS = ("store-all", "chen-sqrt", "greedy")
@@ -142,7 +191,7 @@ def run(
         )
     seeds: list[Solution] = []
     if opt.warm_start:
-        seeds += [h for h in feasible_heuristics(p) if _allowed(h.schedule, remat, paging)]
+        seeds += [h for h in feasible_heuristics(p) if _allowed(p, h.schedule, remat, paging)]
     if opt.warm_start and remat and paging:
         # the paging-only MILP is small and quick; POET's larger one can take long to find what it finds
         sub = run(
@@ -153,7 +202,7 @@ def run(
         )
         if sub.ok:
             seeds.append(sub)
-    if warm is not None and _allowed(warm, remat, paging):
+    if warm is not None and _allowed(p, warm, remat, paging):
         sol = _check(p, "warm", lower(p, trim(p, warm)), t0, "heuristic")
         if sol.ok:
             seeds.append(sol)
@@ -272,11 +321,13 @@ def _milp_solution(p: Problem, name: str, res: milp.MilpResult, t0: float, meta:
     return None
 
 
-def _allowed(s: Schedule, remat: bool, paging: bool) -> bool:
-    """Whether a warm start uses only what the MILP variant allows."""
+def _allowed(p: Problem, s: Schedule, remat: bool, paging: bool) -> bool:
+    """Whether a warm start uses only what the MILP variant allows. Loading (and re-reading) persistent tensors
+    is neither recomputation nor paging: every variant may."""
     import numpy as np
 
-    if not remat and (s.R & ~np.eye(s.T, dtype=bool)).any():
+    act = ~p.is_load
+    if not remat and (s.R & ~np.eye(s.T, dtype=bool))[:, act].any():
         return False
     return paging or not (s.M_in.any() or s.M_out.any())
 
@@ -294,7 +345,7 @@ def smallest_budget(p: Problem, name: str = "poet", opt: SolveOptions = SolveOpt
         if name in MILP_STRATEGIES:
             remat, paging = MILP_STRATEGIES[name]
             remat, paging = remat and opt.remat, paging and opt.paging
-            if any(_allowed(h.schedule, remat, paging) for h in feasible_heuristics(q)):
+            if any(_allowed(p, h.schedule, remat, paging) for h in feasible_heuristics(q)):
                 return True
             r = run(name, q, replace(opt, time_limit_s=min(opt.time_limit_s, 20.0), warm_start=False))
             return r.ok

@@ -6,7 +6,13 @@
  *   PAGE_OUT t        write resident tensor t (+ a CRC32) to its storage slot
  *   PAGE_IN t @off    read tensor t back from storage to arena + off; the CRC must match
  *   FREE t            tensor t is no longer resident (its bytes may be reused)
+ *   LOAD t @off       read a storage-homed tensor (a parameter or optimizer state whose master copy lives on
+ *                     storage) from its slot into arena + off; the CRC must match
+ *   STORE t           write a storage-homed tensor's new value back to its slot (+ CRC), after its update
  * The interpreter tracks where each tensor lives now (loc[]), so a tensor may come back at another offset.
+ *
+ * Homes: ARENA (placed by the program), STATIC (RAM, fixed), FLASH (const, read in place: frozen
+ * parameters), STORAGE (master copy on the pager at `slot`; resident only between a LOAD and its FREE).
  */
 #ifndef POET_POET_H
 #define POET_POET_H
@@ -26,8 +32,16 @@
 #endif
 
 enum { POET_F32 = 0, POET_I32 = 1, POET_U8 = 2 };
-enum { POET_HOME_ARENA = 0, POET_HOME_STATIC = 1 };
-enum { POET_OP_RUN = 1, POET_OP_PAGE_OUT = 2, POET_OP_PAGE_IN = 3, POET_OP_FREE = 4, POET_OP_RECOMPUTE = 5 };
+enum { POET_HOME_ARENA = 0, POET_HOME_STATIC = 1, POET_HOME_FLASH = 2, POET_HOME_STORAGE = 3 };
+enum {
+    POET_OP_RUN = 1,
+    POET_OP_PAGE_OUT = 2,
+    POET_OP_PAGE_IN = 3,
+    POET_OP_FREE = 4,
+    POET_OP_RECOMPUTE = 5,
+    POET_OP_LOAD = 6,
+    POET_OP_STORE = 7
+};
 enum { POET_PROG_TRAIN = 0, POET_PROG_INFER = 1, POET_N_PROGRAMS = 2 };
 enum { POET_FLAG_CAPTURE_GRADS = 1 };
 
@@ -35,9 +49,9 @@ typedef struct {
     uint32_t bytes;
     uint8_t dtype;
     uint8_t home;
-    uint8_t writable; /* the harness may write it (inputs, labels, parameters) */
-    void *data;       /* static home; NULL for arena tensors */
-    uint32_t slot;    /* storage address when paged; bytes + 4 (CRC) are reserved there */
+    uint8_t writable; /* the harness may write it (inputs, labels, parameters not in flash) */
+    void *data;       /* STATIC and FLASH homes (FLASH data is const: never written); NULL otherwise */
+    uint32_t slot;    /* storage address when paged or STORAGE-homed; bytes + 4 (CRC) are reserved there */
 } poet_tensor;
 
 typedef struct {
@@ -61,7 +75,7 @@ typedef struct {
 
 typedef struct {
     uint16_t tensor;
-    const void *init;
+    const void *init; /* initial value in flash; NULL: zeros (optimizer state) */
 } poet_param_init;
 
 typedef struct {
@@ -105,15 +119,25 @@ typedef struct {
     uint32_t pc;         /* instruction that failed, or the program length */
     poet_status status;
     uint64_t ticks;      /* ticks spent in the program */
-    uint32_t page_in_bytes, page_out_bytes;
+    uint32_t page_in_bytes, page_out_bytes; /* activations paged (PAGE_IN / PAGE_OUT), CRCs included */
     uint32_t page_ins, page_outs;
+    uint32_t load_bytes, store_bytes; /* storage-homed parameters read (LOAD) and written back (STORE) */
+    uint32_t loads, stores;
 } poet_run_result;
 
 /* Check tables against each other: every kernel's expected sizes against the tensor table, offsets inside the
  * arena, indices in range. Run once at start-up; a mismatch means poetc and the runtime disagree. */
 poet_status poet_model_validate(const poet_model *m);
-/* Copy initial parameter values into their RAM homes. */
-void poet_model_reset(const poet_model *m);
+/* Initial parameter values (and zeroed optimizer state) into their homes: RAM, or the storage slot with its
+ * CRC. FLASH tensors are their initial values. */
+poet_status poet_model_reset(const poet_model *m);
+/* Recompute and store the CRC of a storage-homed tensor after its slot was written piecewise (link WRITE). */
+poet_status poet_storage_seal(const poet_model *m, uint16_t t);
+/* Read bytes [off, off + n) of a tensor wherever it lives now: RAM, flash, or (STORAGE, not resident) its slot,
+ * whose CRC follows the data at offset `bytes`. */
+poet_status poet_tensor_read(const poet_model *m, uint16_t t, uint32_t off, void *dst, uint32_t n);
+/* Where every tensor is before a program runs: STATIC and FLASH at their data, the rest nowhere. */
+void poet_reset_locations(const poet_model *m);
 /* Execute one program (one training step, or one inference). */
 poet_run_result poet_run(const poet_model *m, int program, float lr, poet_grad_hook hook, void *hook_ctx);
 /* Run one node (used by the interpreter; exposed for profiling). */

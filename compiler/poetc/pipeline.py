@@ -324,7 +324,13 @@ def compile_model(
                 f"by that much"
             )
         repairs += 1
-        q = q.with_budget(q.budget - over)
+        if q.budget <= q.min_budget():
+            raise PoetcError(
+                f"the arena needs {over} bytes more than the budget leaves, by fragmentation, and the schedule "
+                f"cannot shrink below its largest node ({q.min_budget()} B with its inputs); raise --ram by "
+                f"{over} bytes"
+            )
+        q = q.with_budget(max(q.min_budget(), q.budget - over))
         say(
             f"arena {arena} B + {held} B of parameters in RAM exceed the {p.budget} B budget by fragmentation: "
             f"re-solving with {q.budget} B"

@@ -42,6 +42,10 @@ class Board:
     cycles_per_instruction: float = 1.0  # converts counted instructions (QEMU) to cycles
     active_power_w: float = 0.0  # core power while computing (0: use flop_per_j only)
     emulator: str = ""  # "qemu-system-arm -M ..." machine for emulated boards
+    # internal flash as storage (a pager on the MCU's own flash): written only when the board says so
+    flash_pager: bool = False
+    flash_erase_page_bytes: int = 0  # the erase unit
+    flash_endurance_cycles: int = 0  # erase/write cycles a flash page is rated for
     sources: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     path: str = ""
 
@@ -50,7 +54,15 @@ class Board:
         return bool(self.emulator)
 
 
-_OPTIONAL_DEFAULTS = ("cycles_per_instruction", "active_power_w", "emulator", "sources")
+_OPTIONAL_DEFAULTS = (
+    "cycles_per_instruction",
+    "active_power_w",
+    "emulator",
+    "flash_pager",
+    "flash_erase_page_bytes",
+    "flash_endurance_cycles",
+    "sources",
+)
 
 
 def _check(path: Path, doc: dict[str, Any], check_name: bool = True) -> Board:
@@ -79,6 +91,9 @@ def _check(path: Path, doc: dict[str, Any], check_name: bool = True) -> Board:
         elif t == "str":
             if not isinstance(v, str):
                 raise PoetcError(f"{where}: field {f.name!r} must be a string, got {v!r}")
+        elif t == "bool":
+            if not isinstance(v, bool):
+                raise PoetcError(f"{where}: field {f.name!r} must be true or false, got {v!r}")
         elif f.name == "sources":
             if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
                 raise PoetcError(f"{where}: [sources] must map field names to strings")
@@ -101,6 +116,10 @@ def _check(path: Path, doc: dict[str, Any], check_name: bool = True) -> Board:
         raise PoetcError(f"{where}: field 'storage' must be one of {', '.join(STORAGE_KINDS)}")
     if check_name and vals["name"] != path.stem:
         raise PoetcError(f"{where}: field 'name' is {vals['name']!r} but the file is {path.name}")
+    if vals.get("flash_pager"):
+        for k in ("flash_erase_page_bytes", "flash_endurance_cycles"):
+            if not vals.get(k):
+                raise PoetcError(f"{where}: flash_pager = true needs a positive {k!r}")
     if not 64 <= vals["frame_max_bytes"] <= 65535:
         raise PoetcError(f"{where}: field 'frame_max_bytes' must be in 64..65535")
     return Board(**vals, path=where)

@@ -201,6 +201,13 @@ def cmd_build(a: argparse.Namespace) -> int:
     s = builddir.schedule_summary(c)
     print(table(["memory", "bytes"], [[k, v] for k, v in c.memory.rows()], "lr"))
     print(table(_FIG_HEADERS, _figure_rows([s])))
+    wear = builddir.flash_pager_wear(c)
+    if wear and wear["erases_per_step"]:
+        print(
+            f"with the internal-flash pager (make PAGER=flash) the most-worn flash page is erased "
+            f"{wear['erases_per_step']:g} times per step: {wear['max_steps']} steps wear it out "
+            f"({wear['endurance_cycles']} cycles); poetc train refuses more"
+        )
     if c.repairs:
         print(
             f"fragmentation: {c.repairs} re-solve(s) to fit the arena; extra energy "

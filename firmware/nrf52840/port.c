@@ -199,7 +199,11 @@ uint64_t poet_port_ticks(void) { /* read only by poet_run: the first read starts
 
 uint32_t poet_port_tick_hz(void) { return CORE_HZ; }
 
+#if defined(POET_PAGER_FLASH) && POET_PAGER_FLASH
+const char *poet_port_name(void) { return "nrf52840+flash-pager"; } /* the harness checks the flash's wear */
+#else
 const char *poet_port_name(void) { return "nrf52840"; }
+#endif
 
 /* ---- pager: SD card over SPIM2 ------------------------------------------------------------------------- */
 #if !(defined(POET_PAGER_FLASH) && POET_PAGER_FLASH)

@@ -204,3 +204,30 @@ def test_params_ram_keeps_todays_problem():
     with pytest.raises(Exception, match="--params 'disk'"):
         pipeline.plan(model, board, params="disk")
     assert np.all(old.problem.mem[: old.problem.T] >= 0)
+
+
+def test_flash_wear_replays_the_spare_page_rotation():
+    from poetc.schedule.memplan import flash_wear
+
+    mem = np.array([100, 5000])
+    # one page-out of a tensor in page 0: data and CRC are two writes, alternating between two physical pages
+    one = Program("train", (Instr(Op.PAGE_OUT, 0, 0),), (0,))
+    assert flash_wear(one, {0: 0}, mem, 4096) == 1.0
+    # plus a write-back spanning pages 0-1: four page writes over three physical pages
+    two = Program("train", (Instr(Op.PAGE_OUT, 0, 0), Instr(Op.STORE, 1, 1)), (0,))
+    assert flash_wear(two, {0: 0, 1: 104}, mem, 4096) == 2.0
+
+
+def test_training_longer_than_the_flash_lasts_is_refused(tmp_path):
+    from poetc.device.harness import check_flash_wear
+    from poetc.errors import PoetcError
+
+    class _Build:
+        doc = {"flash_pager": {"endurance_cycles": 10_000, "erases_per_step": 2.5, "max_steps": 4000}}
+
+    check_flash_wear(_Build(), "nrf52840+flash-pager", 4000)
+    check_flash_wear(_Build(), "nrf52840", 10**6)  # the SD card pager: no limit from the flash
+    with pytest.raises(
+        PoetcError, match=r"4001 steps would erase .* 10002 times, over its rated 10000 cycles"
+    ):
+        check_flash_wear(_Build(), "nrf52840+flash-pager", 4001)

@@ -158,6 +158,21 @@ class Device:
         return self.link.ticks(self.info.n_nodes)
 
 
+def check_flash_wear(build: BuildInfo, port: str, steps: int) -> None:
+    """Refuse to train when the image pages to the board's internal flash (its port says so) and ``steps``
+    steps would erase a flash page more often than it is rated for."""
+    wear = build.doc.get("flash_pager")
+    if "flash-pager" not in port or not wear or not wear.get("erases_per_step"):
+        return
+    total = steps * float(wear["erases_per_step"])
+    if total > wear["endurance_cycles"]:
+        raise PoetcError(
+            f"{steps} steps would erase the most-worn page of the internal flash {total:.0f} times, over its "
+            f"rated {wear['endurance_cycles']} cycles (this schedule erases it {wear['erases_per_step']:g} "
+            f"times per step: at most {wear['max_steps']} steps); train with the SD card pager or fewer steps"
+        )
+
+
 def batches(ds: Dataset, batch: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless shuffled batches (a new permutation every epoch); the last partial batch of an epoch is dropped."""
     n = len(ds.x)
@@ -257,6 +272,7 @@ def _train(
     t0 = time.perf_counter()
     with target.launch(build.dir, timeout_s=timeout_s) as sess:
         dev = Device(build, sess, target.seconds)
+        check_flash_wear(build, dev.info.port, steps)
         log.tick_hz = dev.tick_hz
         dumpd: dict[str, np.ndarray] = {}
         if dump is not None:

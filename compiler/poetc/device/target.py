@@ -374,8 +374,9 @@ class ArmTarget(Target):
         """Flash reserved at the end of the image for the NVMC pager: the storage, in pages, plus a spare page."""
         if not self.pio or "flash" not in self.pio.pagers:
             return 0
-        pages = -(-storage_bytes // FLASH_PAGE_BYTES)
-        return (pages + 1) * FLASH_PAGE_BYTES
+        page = self.board.flash_erase_page_bytes or FLASH_PAGE_BYTES
+        pages = -(-storage_bytes // page)
+        return (pages + 1) * page
 
     def write_port_files(self, d: Path, header: str, storage_bytes: int) -> None:
         shutil.copytree(firmware_dir() / "cortexm", d / "cortexm")

@@ -64,6 +64,20 @@ def schedule_summary(c: Compiled) -> dict[str, Any]:
     return out
 
 
+def flash_pager_wear(c: Compiled) -> dict[str, Any] | None:
+    """For a board whose internal flash may serve as storage: how fast this schedule wears it out."""
+    b = c.board
+    if not b.flash_pager:
+        return None
+    per_step = memplan.flash_wear(c.programs[0], c.slots, c.problem.mem, b.flash_erase_page_bytes)
+    return {
+        "erase_page_bytes": b.flash_erase_page_bytes,
+        "endurance_cycles": b.flash_endurance_cycles,
+        "erases_per_step": per_step,  # of the most-erased physical page
+        "max_steps": None if per_step == 0 else int(b.flash_endurance_cycles // per_step),
+    }
+
+
 def homes(c: Compiled) -> dict[str, str]:
     """Parameter, optimizer and state tensor -> "ram" | "flash" | "storage"."""
     g = c.tg.graph
@@ -132,6 +146,7 @@ def manifest(c: Compiled, command: str, batch: int) -> dict[str, Any]:
         },
         "memory": dict(c.memory.rows()),
         "storage_bytes": c.storage_bytes,
+        "flash_pager": flash_pager_wear(c),
         "schedule": schedule_summary(c),
     }
 

@@ -206,3 +206,34 @@ def timeline(mp: MemPlan, names: list[str], width: int = 72) -> str:
         )
         lines.append(f"{iv.offset:>8} {iv.size:>8} {row} {names[iv.node]}")
     return "\n".join(lines) + "\n"
+
+
+def flash_wear(
+    prog: Program, slots: dict[int, int], mem: np.ndarray, page_bytes: int, steps: int = 12, warmup: int = 4
+) -> float:
+    """Erases per step of the most-erased physical page when the storage is the internal-flash pager
+    (firmware/cortexm/flashpager.c): n logical pages over n + 1 physical ones, every write of a logical page
+    erases the spare page, programs it and makes the old one the spare. Replays the program's page-outs and
+    write-backs (data, then the 4-byte CRC: a second write) for ``steps`` steps and measures the steps after
+    ``warmup``. Rated endurance / this = the steps the flash lasts."""
+    if page_bytes <= 0:
+        raise ValueError("page_bytes must be positive")
+    n = max(1, -(-storage_bytes(slots, mem) // page_bytes))
+    where = list(range(n))  # logical page -> physical page
+    spare = n
+    erases = np.zeros(n + 1, dtype=np.int64)
+    writes: list[tuple[int, int]] = []
+    for ins in prog.instrs:
+        if ins.op in (Op.PAGE_OUT, Op.STORE):
+            a, size = slots[ins.node], int(mem[ins.node])
+            writes += [(a, size), (a + size, PAGE_CRC_BYTES)]
+    before = erases.copy()
+    for step in range(steps):
+        if step == warmup:
+            before = erases.copy()
+        for addr, size in writes:
+            for page in range(addr // page_bytes, (addr + size - 1) // page_bytes + 1):
+                erases[spare] += 1
+                where[page], spare = spare, where[page]
+    measured = max(1, steps - warmup)
+    return float((erases - before).max()) / measured

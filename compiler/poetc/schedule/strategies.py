@@ -92,6 +92,14 @@ def _heuristic_program(name: str, p: Problem) -> tuple[Program | None, str]:
     return fn(p)
 
 
+def store_all_peak(p: Problem) -> int:
+    """RAM the store-all schedule needs with every persistent tensor that may stay in RAM there: the budget
+    above which no schedule can save energy."""
+    ram = frozenset(l for l in p.loads if l not in p.storage_only)
+    q = p.with_ram_homes(ram)
+    return replay(p, _rehome(p, lower(q, store_all(q)), ram)).peak_bytes
+
+
 def _rehome(p: Problem, prog: Program, ram: frozenset[int]) -> Program:
     """A program of ``p.with_ram_homes(ram)`` as one of ``p``: the RAM-homed load nodes leave the program."""
     if not ram:

@@ -20,8 +20,7 @@ from ..errors import PoetcError
 from ..fmt import joules, nbytes, table
 from . import memplan, strategies
 from .problem import Problem
-from .program import from_program, lower, store_all
-from .simulate import replay
+from .program import from_program
 
 
 @dataclass
@@ -55,7 +54,7 @@ def run(
     """Every strategy of ``names`` at ``points`` budgets. ``p``'s own budget is ignored: the arena budgets run
     from the smallest feasible one to the store-all peak, capped at ``ram_budget`` (the board's RAM) minus
     ``fixed`` (what the arena cannot use: parameters, buffers, stack)."""
-    peak = replay(p, lower(p, store_all(p))).peak_bytes
+    peak = strategies.store_all_peak(p)
     lo, how = strategies.smallest_budget(p, "poet", opt)
     if lo < 0:
         lo, how = p.min_budget(), "lower bound (no schedule found)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import types
 
 import numpy as np
 import pytest
@@ -222,12 +223,13 @@ def test_training_longer_than_the_flash_lasts_is_refused(tmp_path):
     from poetc.device.harness import check_flash_wear
     from poetc.errors import PoetcError
 
-    class _Build:
-        doc = {"flash_pager": {"endurance_cycles": 10_000, "erases_per_step": 2.5, "max_steps": 4000}}
+    build = types.SimpleNamespace(
+        doc={"flash_pager": {"endurance_cycles": 10_000, "erases_per_step": 2.5, "max_steps": 4000}}
+    )
 
-    check_flash_wear(_Build(), "nrf52840+flash-pager", 4000)
-    check_flash_wear(_Build(), "nrf52840", 10**6)  # the SD card pager: no limit from the flash
+    check_flash_wear(build, "nrf52840+flash-pager", 4000)
+    check_flash_wear(build, "nrf52840", 10**6)  # the SD card pager: no limit from the flash
     with pytest.raises(
         PoetcError, match=r"4001 steps would erase .* 10002 times, over its rated 10000 cycles"
     ):
-        check_flash_wear(_Build(), "nrf52840+flash-pager", 4001)
+        check_flash_wear(build, "nrf52840+flash-pager", 4001)

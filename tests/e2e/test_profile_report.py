@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import poetc
 
 from poetc.device import profile
+from poetc.report import page as report_page
 
 
 def need(*tools: str) -> None:
@@ -121,7 +122,7 @@ def test_report_figures_match_schedule_json(run):
     page = _parse((b / "report.html").read_text())
     sched = json.loads((b / "schedule.json").read_text())
     assert page.consistent == "yes"  # a replay of program.json reproduced schedule.json
-    for key, _label in page.SCHEDULE_KEYS:
+    for key, _label in report_page.SCHEDULE_KEYS:
         v = sched.get(key)
         assert page.rows[key] == (v if isinstance(v, str) else repr(v)), key
     pred = [float(x) for x in page.energy["predicted"]]

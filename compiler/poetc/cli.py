@@ -252,11 +252,12 @@ def cmd_solve(a: argparse.Namespace) -> int:
 
         d = Path(a.plot)
         d.mkdir(parents=True, exist_ok=True)
+        subject = plots.Subject.of(model, board.name, pl.fixed.budget)
         for f in figs:
             sol = f["_solution"]
             if sol.ok:
-                plots.schedule_grid(pl.problem, sol, d / f"schedule-{sol.strategy}.png")
-                plots.ram_timeline(pl.problem, sol, d / f"ram-{sol.strategy}.png")
+                plots.schedule_grid(pl.problem, sol, d / f"schedule-{sol.strategy}.png", subject)
+                plots.ram_timeline(pl.problem, sol, d / f"ram-{sol.strategy}.png", subject)
     for f in figs:
         f.pop("_solution")
     if a.json:
@@ -292,7 +293,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     res = sweep.run(pl.problem, pl.fixed.fixed, pl.fixed.budget, names, opts, a.points, jobs=a.jobs, say=_say)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    png = plots.energy_vs_budget(res, out / "energy-vs-ram.png", title=f"{a.model} on {board.name}")
+    png = plots.energy_vs_budget(res, out / "energy-vs-ram.png", plots.Subject.of(model, board.name))
     (out / "sweep.json").write_text(json.dumps(res.rows, indent=1) + "\n")
     print(sweep.table_text(res))
     print(f"wrote {png} and {out / 'sweep.json'}")

@@ -273,7 +273,19 @@ def _mobilenetv2_cifar(width: float = 0.35) -> onnx.ModelProto:
     """torchvision's MobileNetV2 at width 0.35 for 32x32 inputs (stride 1 in the stem and in the 24-channel stage,
     as usual for CIFAR): inverted residuals (1x1 expand-BN-ReLU6, 3x3 depthwise-BN-ReLU6, 1x1 project-BN, residual
     add when the shape allows), a 1x1 conv to 1280, global average pool, linear."""
-    b = _Builder("mobilenetv2_cifar", (3, 32, 32), seed=6)
+    return _mobilenetv2("mobilenetv2_cifar", width, stem_stride=1, last=1280)
+
+
+def _mobilenetv2_tiny() -> onnx.ModelProto:
+    """MobileNetV2 at width 0.25 for 32x32 inputs with ImageNet's stride-2 stem (the blocks then run at 16x16 and
+    below: at batch 1 its largest forward node, a 48-channel 16x16 layer with its input, needs under 100 KB) and a
+    1x1 conv to 320 before the classifier. 163k parameters (635 KiB in float32): more than a 256 KB board's RAM,
+    less than its 1 MB flash; the fine-tuning example (the backbone frozen in flash, the last layers trained)."""
+    return _mobilenetv2("mobilenetv2_tiny", 0.25, stem_stride=2, last=320)
+
+
+def _mobilenetv2(name: str, width: float, stem_stride: int, last: int) -> onnx.ModelProto:
+    b = _Builder(name, (3, 32, 32), seed=6)
     cfg = [
         (1, 16, 1, 1),
         (6, 24, 2, 1),
@@ -284,7 +296,7 @@ def _mobilenetv2_cifar(width: float = 0.35) -> onnx.ModelProto:
         (6, 320, 1, 1),
     ]
     cin = _divisible(32 * width)
-    b.conv("features.0.0", 3, cin, 3, 1, 1)
+    b.conv("features.0.0", 3, cin, 3, stem_stride, 1)
     b.bn("features.0.1", cin)
     b.relu6()
     idx = 1
@@ -310,7 +322,6 @@ def _mobilenetv2_cifar(width: float = 0.35) -> onnx.ModelProto:
                 b.add(x, y)
             cin = cout
             idx += 1
-    last = 1280
     b.conv(f"features.{idx}.0", cin, last, 1)
     b.bn(f"features.{idx}.1", last)
     b.relu6()
@@ -416,6 +427,11 @@ ZOO: dict[str, ZooEntry] = {
     ),
     "mobilenetv2-cifar": ZooEntry(
         _mobilenetv2_cifar, batch=2, about="MobileNetV2 width 0.35 for 3x32x32 (inverted residuals, ReLU6)"
+    ),
+    "mobilenetv2-tiny": ZooEntry(
+        _mobilenetv2_tiny,
+        batch=1,
+        about="MobileNetV2 width 0.25, 3x32x32, stride-2 stem, last conv 320: 635 KiB of parameters",
     ),
     "vgg11-cifar": ZooEntry(
         _vgg11_cifar, batch=2, about="VGG-11 with BatchNorm for 3x32x32, 9.2M parameters"

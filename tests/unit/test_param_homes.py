@@ -233,3 +233,20 @@ def test_training_longer_than_the_flash_lasts_is_refused(tmp_path):
         PoetcError, match=r"4001 steps would erase .* 10002 times, over its rated 10000 cycles"
     ):
         check_flash_wear(build, "nrf52840+flash-pager", 4001)
+
+
+@pytest.mark.slow
+def test_the_milp_cannot_free_a_parameter_it_keeps_in_ram():
+    """At the demo's budget, a free of a RAM-homed parameter's (never allocated) arena bytes would let the MILP
+    claim RAM it does not have: its answer must pass the replay (strategies raises on an optimal schedule that
+    does not) and match the schedule the MILP found before parameters were scheduled."""
+    model = frontend.load("digits-deep-mlp", batch=64)
+    board = boards.load("qemu-m4")
+    opt = strategies.SolveOptions(time_limit_s=60)
+    auto = pipeline.plan(model, board, ram=200 * 1024, deadline="1.2x", params="auto")
+    sol = strategies.run("poet", auto.problem, opt)
+    assert sol.ok and sol.status == "optimal"
+    replay(auto.problem, sol.program, budget=auto.problem.budget)
+    ram = pipeline.plan(model, board, ram=200 * 1024, deadline="1.2x", params="ram")
+    old = strategies.run("poet", ram.problem, opt)
+    assert sol.replay.energy_j <= old.replay.energy_j * (1 + 1e-6)

@@ -269,13 +269,17 @@ class Formulation:
                         terms.append((("R", u, u), 1.0))
                         rhs = 1.0
                     m.le(terms, rhs)
-        # A tensor homed in RAM is never loaded again nor counted in the arena:
-        #   R[t,l] <= R[l,l],  S_RAM[t,l] <= R[l,l]   (t > l)
+        # A tensor homed in RAM is never loaded again, counted in the arena or freed from it:
+        #   R[t,l] <= R[l,l],  S_RAM[t,l] <= R[l,l]   (t > l),   FREE[t,l,k] <= R[l,l]
         for l in self.homeable:
             for t in range(l + 1, T):
                 for kind in ("R", "S_RAM"):
                     if m.has((kind, t, l)):
                         m.le([((kind, t, l), 1.0), (("R", l, l), -1.0)], 0.0)
+        for t in range(T):
+            for i, k in self.free_pairs[t]:
+                if i in homeable and k != i:
+                    m.le([(("FREE", t, i, k), 1.0), (("R", i, i), -1.0)], 0.0)
 
         for i in range(T):
             if not self.arena[i]:

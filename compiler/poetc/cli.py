@@ -306,6 +306,8 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 # ---- train ------------------------------------------------------------------------------------------------
 def _dataset(b: builddir.BuildInfo, path: str | None) -> data.Dataset:
     shape = b.input_shape[1:]
+    if path and (path == "digits" or path.startswith("digits:")) and not Path(path).exists():
+        return data.digits_for(shape, b.classes, only=data.parse_digits(path))
     if path:
         return data.load_npz(path, shape, b.classes)
     return data.digits_for(shape, b.classes)
@@ -548,7 +550,11 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("dir")
     s.add_argument("--steps", type=int, default=200)
     s.add_argument("--lr", type=float, default=0.05)
-    s.add_argument("--data", help=".npz with x [N, ...input shape] and y [N] (optional x_test, y_test)")
+    s.add_argument(
+        "--data",
+        help=".npz with x [N, ...input shape] and y [N] (optional x_test, y_test), or the bundled digits: digits "
+        "(default), digits:5-9, digits:0,2,4",
+    )
     s.add_argument("--dump", help="write x, y, loss, lr, param/, grad/, final/ arrays to this .npz")
     s.add_argument("--batch", type=int, help="must equal the built batch size")
     s.add_argument("--seed", type=int, default=0)

@@ -43,8 +43,32 @@ def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return (a * (1 - wy) * (1 - wx) + b * (1 - wy) * wx + c * wy * (1 - wx) + d * wy * wx).astype(np.float32)
 
 
-def digits_for(shape: tuple[int, ...], classes: int, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """The bundled digits, shaped for one sample of ``shape`` (without the batch dimension)."""
+def parse_digits(spec: str) -> frozenset[int] | None:
+    """``digits`` -> None (all ten); ``digits:5-9`` or ``digits:0,2,4`` -> that subset of the bundled digits."""
+    if spec == "digits":
+        return None
+    body = spec.removeprefix("digits:")
+    out: set[int] = set()
+    try:
+        for part in body.split(","):
+            lo, _, hi = part.partition("-")
+            out.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise PoetcError(f"--data {spec!r}: expected digits, digits:5-9 or digits:0,2,4") from None
+    if not out or min(out) < 0 or max(out) > 9:
+        raise PoetcError(f"--data {spec!r}: the bundled digits are 0 to 9")
+    return frozenset(out)
+
+
+def digits_for(
+    shape: tuple[int, ...],
+    classes: int,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    only: frozenset[int] | None = None,
+) -> Dataset:
+    """The bundled digits, shaped for one sample of ``shape`` (without the batch dimension); ``only``: keep
+    these digits (labels stay the digits themselves, so a 10-class model sees its usual classes)."""
     if classes < 10:
         raise PoetcError(
             f"the bundled digits have 10 classes but the model has {classes} outputs; pass --data"
@@ -52,6 +76,9 @@ def digits_for(shape: tuple[int, ...], classes: int, test_fraction: float = 0.2,
     with np.load(data_dir() / "digits.npz") as z:
         img = z["x"].astype(np.float32)  # [N, 8, 8], 0..16
         y = z["y"].astype(np.int64)
+    if only is not None:
+        keep = np.isin(y, sorted(only))
+        img, y = img[keep], y[keep]
     n_el = int(np.prod(shape))
     side = round(np.sqrt(n_el))
     q8 = None
@@ -71,7 +98,8 @@ def digits_for(shape: tuple[int, ...], classes: int, test_fraction: float = 0.2,
     order = rng.permutation(len(x))
     n_test = int(len(x) * test_fraction)
     te, tr = order[:n_test], order[n_test:]
-    return Dataset(x[tr].astype(np.float32), y[tr], x[te].astype(np.float32), y[te], "digits (bundled)", q8)
+    name = "digits (bundled)" if only is None else f"digits {','.join(map(str, sorted(only)))} (bundled)"
+    return Dataset(x[tr].astype(np.float32), y[tr], x[te].astype(np.float32), y[te], name, q8)
 
 
 def load_npz(path: str | Path, shape: tuple[int, ...], classes: int) -> Dataset:

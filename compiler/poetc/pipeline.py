@@ -134,6 +134,12 @@ class Compiled:
     param_homes: str = "auto"  # --params: where parameters may live (param_homes)
 
     @property
+    def fixed_bytes(self) -> int:
+        """RAM outside the schedule's budget: the fixed part without the parameters the schedule keeps in RAM
+        (those are in the replay's peak)."""
+        return self.memory.fixed - int(sum(int(self.problem.mem[i]) for i in self.ram_homes))
+
+    @property
     def ram_homes(self) -> frozenset[int]:
         """Load nodes of the problem whose tensors the schedule keeps in RAM."""
         return self.programs[0].ram_homes

@@ -74,11 +74,9 @@ def _hostm4(d: Path) -> Path:
 
 def _budgets(onnx_path: Path, board_file: Path, **kw) -> list[int]:
     """Four RAM budgets from the smallest feasible one to the store-all peak, both included."""
-    from poetc.schedule import program, simulate
-
     pl = pipeline.plan(frontend.load(onnx_path, **kw), boards.load(str(board_file)))
     lo, _ = strategies.smallest_budget(pl.problem, "poet", strategies.SolveOptions(time_limit_s=30))
-    peak = simulate.replay(pl.problem, program.lower(pl.problem, program.store_all(pl.problem))).peak_bytes
+    peak = strategies.store_all_peak(pl.problem)  # everything in RAM, nothing recomputed or paged
     return [pl.fixed.fixed + lo + k * (peak - lo) // 3 for k in range(4)]
 
 

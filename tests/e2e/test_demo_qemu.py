@@ -48,11 +48,14 @@ def _solve(strategy: str) -> dict:
 
 
 def test_the_demo_budget_forces_both_recomputation_and_paging():
-    """No schedule without paging fits (proved), and the best one without recomputation costs more energy than
-    POET's: so POET's schedule, at this budget and deadline, must page and recompute."""
+    """The best schedule without activation paging and the best one without recomputation (both proven optimal,
+    both free to move parameters to storage) cost more energy than POET's: so POET's schedule, at this budget
+    and deadline, must page and recompute."""
     remat = _solve("remat-only")
-    assert not remat["feasible"] and "proved" in remat["message"], remat
+    assert remat["status"] == "optimal" or (not remat["feasible"] and "proved" in remat["message"]), remat
     paging = _solve("paging-only")
     assert paging["status"] == "optimal", paging
     poet = _solve("poet")
     assert poet["feasible"] and poet["energy_j"] < paging["energy_j"] * (1 - 1e-6), (poet, paging)
+    if remat["feasible"]:
+        assert poet["energy_j"] < remat["energy_j"] * (1 - 1e-6), (poet, remat)

@@ -76,7 +76,7 @@ def test_build_writes_schedule_json_within_budget(tmp_path):
 
 
 def test_infeasible_budget_is_one_line_with_smallest(tmp_path):
-    r = poetc("build", *MLP, "--ram", "220K", "--out", str(tmp_path / "o"), "--time-limit", "20", check=False)
+    r = poetc("build", *MLP, "--ram", "100K", "--out", str(tmp_path / "o"), "--time-limit", "20", check=False)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     err = r.stderr.strip()
     assert len(err.splitlines()) == 1 and "smallest" in err

@@ -212,7 +212,7 @@ def test_axes_in_engineering_units(figures):
 
 def test_grid_names_every_node_it_has_room_for(figures):
     small = figures["grid"].axes[0].get_yticklabels()
-    assert len(small) == 23  # digits-deep-mlp: every node named
+    assert len(small) == 31  # digits-deep-mlp: every node named (23 computed, 8 parameter loads)
     big = figures["grid-144-nodes"].axes[0].get_yticklabels()
     assert 20 <= len(big) < 144  # thinned, evenly
 

@@ -51,7 +51,11 @@ def test_sweep_poet_is_never_above_a_baseline_and_every_output_replays(tmp_path)
     assert sweep.poet_not_best(res) == []
     poet = [r for r in res.rows if r["strategy"] == "poet"]
     assert all(r["feasible"] for r in poet)
-    assert any(r["recomputes"] and r["page_outs"] for r in poet), "no budget made POET recompute and page"
+    # the tightest budget is below what the parameters and activations need together: POET moves parameters
+    # to storage there, and still has to recompute or page activations
+    tight = poet[0]
+    assert tight["param_loads"] and (tight["recomputes"] or tight["page_outs"]), tight
+    assert poet[-1]["param_loads"] == 0  # at the store-all peak everything stays in RAM
     for r in res.rows:
         if r["feasible"]:
             assert r["peak_ram_bytes"] <= r["ram_budget_bytes"]

@@ -57,7 +57,7 @@ def check_out_dir(out: Path) -> None:
 
 
 def schedule_summary(c: Compiled) -> dict[str, Any]:
-    out = strategies.figures(c.problem, c.solution, c.memory.fixed, c.arena_bytes)
+    out = strategies.figures(c.problem, c.solution, c.fixed_bytes, c.arena_bytes)
     out["fragmentation_repairs"] = c.repairs
     if c.repairs and c.first_extra_j is not None and out["extra_energy_j"] is not None:
         out["repair_overhead_j"] = out["extra_energy_j"] - c.first_extra_j

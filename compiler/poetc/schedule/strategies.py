@@ -393,6 +393,10 @@ def figures(p: Problem, sol: Solution, fixed_bytes: int, arena_bytes: int | None
             recomputes=None,
             page_outs=None,
             page_ins=None,
+            param_loads=None,
+            param_stores=None,
+            param_paging_energy_j=None,
+            param_ram_bytes=None,
         )
     else:
         out.update(
@@ -405,6 +409,10 @@ def figures(p: Problem, sol: Solution, fixed_bytes: int, arena_bytes: int | None
             recomputes=r.recomputes,
             page_outs=r.page_outs,
             page_ins=r.page_ins,
+            param_loads=r.param_loads,  # persistent tensors read from storage (first reads and re-reads)
+            param_stores=r.param_stores,  # and written back after their update
+            param_paging_energy_j=r.param_paging_j,
+            param_ram_bytes=r.param_ram_bytes,  # persistent tensors the schedule keeps in RAM
         )
     out.update(
         solve_s=sol.solve_s,

@@ -233,16 +233,24 @@ class Formulation:
 
     # ---- constraints -------------------------------------------------------------------------------
     def _constraints(self) -> None:
-        p, m = self.p, self.m
-        T = p.T
-        mem = p.mem.astype(float)
-        by_k: list[dict[int, list[int]]] = [{} for _ in range(T)]
-        for t in range(T):
-            for i, k in self.free_pairs[t]:
-                by_k[t].setdefault(k, []).append(i)
+        """The constraint groups of the module docstring, in this order (the order of the rows)."""
+        self._dependencies()
+        self._residency()
+        if not self.orig:
+            self._usefulness()
+        self._frees()
+        if not self.orig:
+            self._stage_start_frees()
+        self._memory()
+        if self.p.deadline_s is not None:
+            self._deadline()
+        if self.storage_row:
+            self._storage_capacity()
 
-        # Dependencies: R[t,v] <= R[t,u] + S_RAM[t,u] + M_in[t,u]   (POET 2022: without M_in)
-        for t in range(T):
+    def _dependencies(self) -> None:
+        """R[t,v] <= R[t,u] + S_RAM[t,u] + M_in[t,u] for every input u of v   (POET 2022: without M_in)"""
+        p, m = self.p, self.m
+        for t in range(p.T):
             for v in self.runnable[t]:
                 for u in set(p.inputs[v]):
                     if not self.arena[u]:
@@ -252,7 +260,11 @@ class Formulation:
                         terms.append((("M_in", t, u), -1.0))
                     m.le(terms, 0.0)
 
-        for i in range(T):
+    def _residency(self) -> None:
+        """Where each output is at each stage: RAM and storage residency, page-outs of what is there, at most
+        one page-out, one source per stage (formulas inline)."""
+        p, m = self.p, self.m
+        for i in range(p.T):
             if not self.arena[i]:
                 continue
             for t in range(i, p.horizon[i] + 1):
@@ -295,26 +307,29 @@ class Formulation:
                 if t > i:
                     m.le([(("S_RAM", t, i), 1.0), (("R", t, i), 1.0), (("M_in", t, i), 1.0)], 1.0)
 
-        # Usefulness (valid inequalities that cut useless work and tighten the relaxation): recomputing,
-        # paging in or keeping i in stage t pays only if a node of stage t reads i, or i is kept for t+1
-        # (or paged out, for a recomputation):
-        #   R[t,i] (i < t), M_in[t,i]  <=  sum_{j reads i} R[t,j] + S_RAM[t+1,i] (+ M_out[t,i] for R)
-        if not self.orig:
-            for t in range(T):
-                for i in range(t):
-                    if not self.arena[i] or t > p.horizon[i]:
-                        continue
-                    use = [(("R", t, j), -1.0) for j in p.consumers[i] if j <= t and m.has(("R", t, j))]
-                    keep = [(("S_RAM", t + 1, i), -1.0)] if m.has(("S_RAM", t + 1, i)) else []
-                    out = [(("M_out", t, i), -1.0)] if m.has(("M_out", t, i)) else []
-                    for kind in ("R", "M_in"):
-                        if m.has((kind, t, i)):
-                            m.le([((kind, t, i), 1.0), *use, *keep, *(out if kind != "M_in" else [])], 0.0)
+    def _usefulness(self) -> None:
+        """("poet" only) Valid inequalities that cut useless work and tighten the relaxation: recomputing,
+        paging in or keeping i in stage t pays only if a node of stage t reads i, or i is kept for t+1 (or
+        paged out, for a recomputation):
+          R[t,i] (i < t), M_in[t,i]  <=  sum_{j reads i} R[t,j] + S_RAM[t+1,i] (+ M_out[t,i] for R)"""
+        p, m = self.p, self.m
+        for t in range(p.T):
+            for i in range(t):
+                if not self.arena[i] or t > p.horizon[i]:
+                    continue
+                use = [(("R", t, j), -1.0) for j in p.consumers[i] if j <= t and m.has(("R", t, j))]
+                keep = [(("S_RAM", t + 1, i), -1.0)] if m.has(("S_RAM", t + 1, i)) else []
+                out = [(("M_out", t, i), -1.0)] if m.has(("M_out", t, i)) else []
+                for kind in ("R", "M_in"):
+                    if m.has((kind, t, i)):
+                        m.le([((kind, t, i), 1.0), *use, *keep, *(out if kind != "M_in" else [])], 0.0)
 
-        # Frees. "poet": FREE[t,i,k] <= R[t,k];  <= 1 - S_RAM[t+1,i];  <= 1 - R[t,j], each reader j > k of i.
-        # "poet2022": binary FREE = 1 iff hazards h = (1 - R[t,k]) + S_RAM[t+1,i] + sum_j R[t,j] are zero:
-        #             1 - FREE <= h  and  h <= H (1 - FREE), H the most hazards there can be.
-        for t in range(T):
+    def _frees(self) -> None:
+        """"poet": FREE[t,i,k] <= R[t,k];  <= 1 - S_RAM[t+1,i];  <= 1 - R[t,j], each reader j > k of i.
+        "poet2022": binary FREE = 1 iff hazards h = (1 - R[t,k]) + S_RAM[t+1,i] + sum_j R[t,j] are zero:
+                    1 - FREE <= h  and  h <= H (1 - FREE), H the most hazards there can be."""
+        p, m = self.p, self.m
+        for t in range(p.T):
             for i, k in self.free_pairs[t]:
                 f = ("FREE", t, i, k)
                 later = [j for j in p.consumers[i] if k < j <= t and m.has(("R", t, j))]
@@ -347,25 +362,34 @@ class Formulation:
                 for j in later:
                     m.le([(f, 1.0), (("R", t, j), 1.0)], 1.0)
 
-        # Frees at the stage start ("poet" only): FREE0[t,i] <= S_RAM[t,i];  <= 1 - S_RAM[t+1,i];
-        #   <= 1 - R[t,j] for every reader j of i in stage t   (i is resident but unused and not kept)
-        if not self.orig:
-            for i in range(T):
-                if not self.arena[i]:
-                    continue
-                for t in range(i + 1, p.horizon[i] + 1):
-                    f0 = ("FREE0", t, i)
-                    m.le([(f0, 1.0), (("S_RAM", t, i), -1.0)], 0.0)
-                    if m.has(("S_RAM", t + 1, i)):
-                        m.le([(f0, 1.0), (("S_RAM", t + 1, i), 1.0)], 1.0)
-                    for j in p.consumers[i]:
-                        if j <= t and m.has(("R", t, j)):
-                            m.le([(f0, 1.0), (("R", t, j), 1.0)], 1.0)
+    def _stage_start_frees(self) -> None:
+        """("poet" only) FREE0[t,i] <= S_RAM[t,i];  <= 1 - S_RAM[t+1,i];  <= 1 - R[t,j] for every reader j of
+        i in stage t   (i is resident but unused and not kept)"""
+        p, m = self.p, self.m
+        for i in range(p.T):
+            if not self.arena[i]:
+                continue
+            for t in range(i + 1, p.horizon[i] + 1):
+                f0 = ("FREE0", t, i)
+                m.le([(f0, 1.0), (("S_RAM", t, i), -1.0)], 0.0)
+                if m.has(("S_RAM", t + 1, i)):
+                    m.le([(f0, 1.0), (("S_RAM", t + 1, i), 1.0)], 1.0)
+                for j in p.consumers[i]:
+                    if j <= t and m.has(("R", t, j)):
+                        m.le([(f0, 1.0), (("R", t, j), 1.0)], 1.0)
 
-        # Memory, at every point inside a stage:
-        #   base_t   = sum_i M_i (S_RAM[t,i] + M_in[t,i] - FREE0[t,i])  (POET 2022: S_RAM only)
-        #   U[t,k]   = U[t,k-] + M_k R[t,k] - sum_i M_i FREE[t,i,k]   (k- the previous runnable node)
-        #   U[t,k-] + M_k R[t,k] <= budget                            (while k runs, before its frees)
+    def _memory(self) -> None:
+        """At every point inside a stage:
+          base_t   = sum_i M_i (S_RAM[t,i] + M_in[t,i] - FREE0[t,i])  (POET 2022: S_RAM only)
+          U[t,k]   = U[t,k-] + M_k R[t,k] - sum_i M_i FREE[t,i,k]   (k- the previous runnable node)
+          U[t,k-] + M_k R[t,k] <= budget                            (while k runs, before its frees)"""
+        p, m = self.p, self.m
+        T = p.T
+        mem = p.mem.astype(float)
+        by_k: list[dict[int, list[int]]] = [{} for _ in range(T)]
+        for t in range(T):
+            for i, k in self.free_pairs[t]:
+                by_k[t].setdefault(k, []).append(i)
         for t in range(T):
             base: list[tuple[Key, float]] = []
             for i in range(t):
@@ -382,27 +406,32 @@ class Formulation:
                 m.eq([(("U", t, k), -1.0), *prev, *run, *frees], 0.0)
                 prev = [(("U", t, k), 1.0)]
 
-        # Time: sum R tau + M_in tau_in + M_out tau_out <= deadline (paging time counts, unlike POET's row)
-        if p.deadline_s is not None:
-            m.le(self._cost_terms(p.compute_s, p.page_in_s, p.page_out_s), float(p.deadline_s))
-        # Storage capacity: sum_i (M_i + CRC) [i is ever paged out] <= storage
-        if self.storage_row:
-            if self.orig:
-                m.le(
-                    [(("P", i), float(mem[i] + p.page_overhead)) for i in range(T) if self.arena[i]],
-                    float(p.storage_bytes),
-                )
-            else:
-                m.le(
-                    [
-                        (("M_out", t, i), float(mem[i] + p.page_overhead))
-                        for i in range(T)
-                        if self.arena[i]
-                        for t in range(i, p.horizon[i])
-                        if m.has(("M_out", t, i))
-                    ],
-                    float(p.storage_bytes),
-                )
+    def _deadline(self) -> None:
+        """sum R tau + M_in tau_in + M_out tau_out <= deadline   (paging time counts, unlike POET's row)"""
+        p = self.p
+        self.m.le(self._cost_terms(p.compute_s, p.page_in_s, p.page_out_s), float(p.deadline_s))
+
+    def _storage_capacity(self) -> None:
+        """sum_i (M_i + CRC) [i is ever paged out] <= storage   ([.] is P[i] in POET 2022, sum_t M_out[t,i]
+        in "poet", where a tensor is paged out at most once)"""
+        p, m = self.p, self.m
+        mem = p.mem.astype(float)
+        if self.orig:
+            m.le(
+                [(("P", i), float(mem[i] + p.page_overhead)) for i in range(p.T) if self.arena[i]],
+                float(p.storage_bytes),
+            )
+        else:
+            m.le(
+                [
+                    (("M_out", t, i), float(mem[i] + p.page_overhead))
+                    for i in range(p.T)
+                    if self.arena[i]
+                    for t in range(i, p.horizon[i])
+                    if m.has(("M_out", t, i))
+                ],
+                float(p.storage_bytes),
+            )
 
     def _cost_terms(self, c: np.ndarray, cin: np.ndarray, cout: np.ndarray) -> list[tuple[Key, float]]:
         terms: list[tuple[Key, float]] = []

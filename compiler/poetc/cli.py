@@ -93,22 +93,26 @@ def _load_model(a: argparse.Namespace) -> Model:
     return model
 
 
-def _display() -> progress.Display:
-    return progress.Display(quiet=_QUIET)
+def _display(live: bool | None = None) -> progress.Display:
+    return progress.Display(quiet=_QUIET, live=live)
 
 
 def _solving(what: str, opts: strategies.SolveOptions) -> tuple[progress.Task, Callable]:
     """A task that follows a solve (elapsed against the time limit) and the ``watch`` that feeds it the
     solver's records: best extra energy so far, bound, gap."""
-    task = _display().task(what, total=opts.time_limit_s, unit="s", clock=True)
+    # with the solver's own log on the terminal (--verbose-solver), plain lines rather than a bar among it
+    task = _display(live=False if opts.verbose else None).task(
+        what, total=opts.time_limit_s, unit="s", clock=True
+    )
 
     def watch(r: strategies.Progress) -> None:
         if r.best_j is None:
             info = "no schedule yet" + (f", bound {joules(r.bound_j)}" if r.bound_j is not None else "")
-        else:
-            info = f"best {joules(r.best_j)} extra ({r.what})"
+        else:  # the gap first: a narrow terminal cuts the line's end
+            info = f"gap {100 * r.gap:.1f}%, " if r.gap is not None else ""
+            info += f"best {joules(r.best_j)} extra ({r.what})"
             if r.bound_j is not None:
-                info += f", bound {joules(r.bound_j)}, gap {100 * r.gap:.1f}%"
+                info += f", bound {joules(r.bound_j)}"
         task.update(info=info)
 
     return task, watch

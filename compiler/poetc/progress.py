@@ -13,6 +13,7 @@ solves).
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -56,6 +57,7 @@ class Task:
         self._thread: threading.Thread | None = None
         self._bar: Any = None  # rich.progress.Progress while live
         self._id: Any = None
+        self._out: Any = None  # the bar's own handle on the terminal
 
     # ---- context --------------------------------------------------------------------------------------------
     def __enter__(self) -> Task:
@@ -74,6 +76,9 @@ class Task:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+        if self._out is not None:
+            self._out.close()
+            self._out = None
 
     # ---- the caller's side ------------------------------------------------------------------------------------
     def update(self, done: float | None = None, total: float | None = None, info: str | None = None) -> None:
@@ -139,17 +144,26 @@ class Task:
         self._bar = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=20),
             TaskProgressColumn(),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            console=Console(file=sys.stdout),
+            TextColumn("{task.fields[info]}"),  # last: a narrow terminal cuts it short, not the bar
+            console=Console(file=self._terminal()),
             transient=True,
         )
         self._bar.start()
         self._id = self._bar.add_task(self.what, total=self.total, info="")
+
+    def _terminal(self) -> Any:
+        """A second handle on stdout's terminal for the bar (and the prints it redirects): a solver run that
+        silences C-level writes to file descriptor 1 (``milp._quiet_stdout``) must not silence the bar."""
+        try:
+            self._out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+            return self._out
+        except (AttributeError, OSError, ValueError):
+            return sys.stdout
 
     def _render(self) -> None:
         bar = self._bar

@@ -131,25 +131,22 @@ class Task:
 
     def _start_bar(self) -> None:
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            Progress,
-            SpinnerColumn,
-            TaskProgressColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.table import Column
 
+        def fixed(width: int) -> Column:
+            return Column(no_wrap=True, min_width=width)
+
+        # on a narrow terminal rich drops or cuts columns: the info comes last and is cut first
         self._bar = Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(bar_width=20),
-            TaskProgressColumn(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),  # last: a narrow terminal cuts it short, not the bar
+            TextColumn("{task.description}", table_column=fixed(len(self.what))),
+            BarColumn(bar_width=12, table_column=fixed(12)),
+            TimeElapsedColumn(table_column=fixed(7)),
+            TextColumn("ETA", table_column=fixed(3)),
+            TimeRemainingColumn(table_column=fixed(7)),
+            TextColumn(
+                "{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)
+            ),
             console=Console(file=self._terminal()),
             transient=True,
         )

@@ -61,7 +61,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -869,9 +871,12 @@ class _Highs:
             sol.value_valid = True
             h.setSolution(sol)
             run.start_obj = float(lp.cost @ z0)
-        h.run()  # releases the GIL; the callbacks below run as it goes
+        with _ctrl_c_stops(run):
+            h.run()  # releases the GIL; the callbacks below run as it goes
         if run.error is not None:
-            raise run.error  # Ctrl-C (KeyboardInterrupt) or a bug in a callback, after HiGHS stopped cleanly
+            raise run.error  # a bug in a callback, raised once HiGHS has stopped cleanly
+        if run.stop:
+            raise KeyboardInterrupt
         ms = highspy.HighsModelStatus
         status, info = h.getModelStatus(), h.getInfo()
         start_j, note = None, ""
@@ -906,7 +911,7 @@ class _Highs:
         return _Outcome(st, z, run.bound, run.log, start_j, start_note=note)
 
     # HiGHS calls these from inside run(), holding the GIL; an exception may not cross back into HiGHS, so it
-    # is kept, HiGHS is asked to stop, and solve() raises it afterwards.
+    # is kept, HiGHS is asked to stop, and solve() raises it afterwards. Ctrl-C sets run.stop (_ctrl_c_stops).
     def _on_solution(self, e: Any) -> None:
         run = self.run
         try:
@@ -929,7 +934,7 @@ class _Highs:
                 run.emit(run.best, self._bound(run, e.data_out))
         except BaseException as ex:  # re-raised by solve()
             run.error = ex
-        if run.error is not None:
+        if run.error is not None or run.stop:
             e.interrupt()
 
     def _bound(self, run: _HighsRun, d: Any) -> float | None:
@@ -950,6 +955,7 @@ class _HighsRun:
         self.first_obj: float | None = None  # objective of the first incumbent (the MIP start, if taken)
         self.start_obj = float("nan")
         self.error: BaseException | None = None
+        self.stop = False  # Ctrl-C: HiGHS is asked to stop at its next interrupt check
         self.log: list[Progress] = []
 
     def emit(self, best: float | None, bound: float | None) -> None:
@@ -962,6 +968,24 @@ class _HighsRun:
         self.log.append(rec)
         if self.watch is not None:
             self.watch(rec)
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops(run: _HighsRun):
+    """While HiGHS runs, Ctrl-C asks it to stop (a KeyboardInterrupt raised inside a callback would be lost in
+    highspy's callback machinery); solve() raises KeyboardInterrupt once it has stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        run.stop = True
+
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def solve(

@@ -182,22 +182,18 @@ class _Model:
     def matrix(self, rows: list[tuple[list[tuple[Key, float]], float]]) -> tuple[sp.csr_matrix, np.ndarray]:
         """Rows over the columns [binaries, continuous] and their right-hand sides (constants moved there)."""
         nb = len(self.bin)
-        ri, ci, vals = [], [], []
-        rhs = np.zeros(len(rows))
-        for r, (terms, b) in enumerate(rows):
-            for key, coef in terms:
-                col = self.bin.get(key)
-                if col is None:
-                    col = self.cont.get(key)
-                    if col is None:
-                        b -= coef * self.const.get(key, 0.0)
-                        continue
-                    col += nb
-                ri.append(r)
-                ci.append(col)
-                vals.append(coef)
-            rhs[r] = b
-        a = sp.csr_matrix((vals, (ri, ci)), shape=(len(rows), nb + len(self.cont)))
+        col = {**self.bin, **{k: nb + j for k, j in self.cont.items()}}
+        lens = np.fromiter((len(terms) for terms, _ in rows), dtype=np.int64, count=len(rows))
+        rhs = np.fromiter((b for _, b in rows), dtype=float, count=len(rows))
+        flat = [term for terms, _ in rows for term in terms]
+        cols = np.fromiter((col.get(key, -1) for key, _ in flat), dtype=np.int64, count=len(flat))
+        vals = np.fromiter((coef for _, coef in flat), dtype=float, count=len(flat))
+        ri = np.repeat(np.arange(len(rows)), lens)
+        for k in np.flatnonzero(cols < 0):  # a fixed variable (or one that does not exist): a constant
+            key, coef = flat[k]
+            rhs[ri[k]] -= coef * self.const.get(key, 0.0)
+        keep = cols >= 0
+        a = sp.csr_matrix((vals[keep], (ri[keep], cols[keep])), shape=(len(rows), nb + len(self.cont)))
         return a, rhs
 
 

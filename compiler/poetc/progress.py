@@ -170,6 +170,8 @@ class Task:
             done, total, info = self.done, self.total, self.info
         if total is not None and self.clock:
             done = min(done, total)
+        if not self.clock and total and not info:
+            info = f"{done:g}/{total:g} {self.unit}".rstrip()
         bar.update(self._id, completed=done, total=total, info=info)
 
 

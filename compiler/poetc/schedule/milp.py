@@ -52,9 +52,9 @@ Solving. ``Formulation`` builds the rows once into sparse matrices (``_Lp``), an
               check (the bound, the gap, Ctrl-C) and live ``Progress`` records. The model is passed once
               and the same instance is solved again from a given schedule (``Milp.solve(start=...)``).
   others      through cvxpy (``prob.solve(solver=...)``; the problem is built from the same matrices), with
-              cvxpy's documented ``warm_start`` (the variables' values; solvers whose cvxpy interface ignores
-              it, such as SCIP, start cold). The bound comes from the solver's own statistics; without one a
-              time-limited solve is "feasible", never "optimal".
+              cvxpy's documented ``warm_start`` (the variables' values) where cvxpy's interface to the solver
+              passes it on (``CVXPY_WARM_START``; SCIP's does not: it starts cold). The bound comes from the
+              solver's own statistics; without one a time-limited solve is "feasible", never "optimal".
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ from .program import Schedule
 Key = tuple  # ("R", t, i) and friends
 
 MILP_SOLVERS = ("HIGHS", "SCIP", "GUROBI", "CPLEX", "MOSEK", "CBC", "GLPK_MI", "XPRESS", "COPT")
+CVXPY_WARM_START = ("GUROBI", "XPRESS", "COPT")  # MILP solvers whose cvxpy interface passes a warm start on
 
 
 @dataclass(frozen=True)
@@ -753,14 +754,15 @@ class Milp:
         lp, solver, opt = self.lp, self.solver, self.opt
         nb = lp.n_bin
         kwargs: dict[str, Any] = {"verbose": opt.verbose, **_cvxpy_limits(solver, limit, opt.gap)}
-        note = ""
-        if z0 is not None:
-            # cvxpy's documented warm start: the variables' values, used by the solvers whose cvxpy interface
-            # passes them on (GUROBI, CPLEX, MOSEK, ...); cvxpy's SCIP interface ignores it
+        note, start_j = "", None
+        if z0 is not None and solver in CVXPY_WARM_START:
+            # cvxpy's documented warm start: the variables' values
             x.value = np.concatenate([z0[:nb], np.zeros(x.size - nb)])
             y.value = np.concatenate([z0[nb:], np.zeros(y.size - (lp.n_col - nb))])
             kwargs["warm_start"] = True
-            note = f"warm start given to {solver} through cvxpy"
+            note, start_j = f"warm start given to {solver} through cvxpy", lp.extra_j(z0)
+        elif z0 is not None:
+            note = f"cvxpy's {solver} interface takes no warm start: {solver} started cold"
         t0 = time.perf_counter()
         log: list[Progress] = []
         if watch is not None:
@@ -792,9 +794,8 @@ class Milp:
         log.append(rec)
         if watch is not None:
             watch(rec)
-        return _Outcome(
-            "optimal" if status == "optimal" else "feasible", z, bound, log, message=msg, start_note=note
-        )
+        st = "optimal" if status == "optimal" else "feasible"
+        return _Outcome(st, z, bound, log, start_j, message=msg, start_note=note)
 
 
 @dataclass

@@ -264,7 +264,7 @@ def _solve_milp(
         "remat": remat,
         "paging": paging,
     }
-    if start is not None:
+    if res.start_j is not None:
         meta["warm_start"] = best_seed.strategy
     milp_sol = _milp_solution(p, name, res, t0, meta)
     if res.status not in ("optimal", "infeasible") and opt.mip_start and highs:

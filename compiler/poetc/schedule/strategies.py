@@ -274,8 +274,9 @@ def _solve_milp(
         left = opt.time_limit_s - (time.perf_counter() - t0)
         if inc is not None and left > 1.0:
             if progress:
+                whose = "the first HIGHS run's" if inc is milp_sol else inc.strategy
                 progress(
-                    f"MILP ({opt.formulation}): restarting HIGHS from the best schedule so far ({inc.strategy}) for "
+                    f"MILP ({opt.formulation}): restarting HIGHS from the best schedule so far ({whose}) for "
                     f"{left:.3g} s, presolve off"
                 )
             res2 = model.solve(left, start=trim(p, inc.schedule), presolve=False, watch=track.solver)

@@ -874,10 +874,17 @@ class _Highs:
             raise run.error  # a bug in a callback, raised once HiGHS has stopped cleanly
         if run.stop:
             raise KeyboardInterrupt
+        return self._outcome(run, z0)
+
+    def _outcome(self, run: _HighsRun, z0: np.ndarray | None) -> _Outcome:
+        """HiGHS's status, solution and bound after a run, and whether it started from ``z0``."""
+        import highspy
+
+        h, lp = self.h, self.lp
         ms = highspy.HighsModelStatus
         status, info = h.getModelStatus(), h.getInfo()
         start_j, note = None, ""
-        if z0 is not None:
+        if z0 is not None:  # HiGHS's first incumbent is the start when it takes it
             if run.first_obj is not None and abs(run.first_obj - run.start_obj) <= 1e-9 * max(
                 1.0, abs(run.start_obj)
             ):

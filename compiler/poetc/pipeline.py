@@ -216,7 +216,9 @@ def compile_model(
     deadline: str | None = None,
     profile: Mapping[str, float] | None = None,
     profile_source: str = "",
+    watch: Callable[[strategies.Progress], None] | None = None,
 ) -> Compiled:
+    """``progress`` gets one-line messages, ``watch`` the solver's progress records (see ``strategies.run``)."""
     say = progress or (lambda s: None)
     pl = plan(model, board, ram, deadline, say, profile, profile_source)
     tg, cm, fixed, p = pl.tg, pl.cost, pl.fixed, pl.problem
@@ -229,7 +231,7 @@ def compile_model(
             f"{p.budget} left in a RAM budget of {fixed.budget}; smallest feasible RAM budget: "
             f"{fixed.fixed + infer_plan.arena_bytes} bytes or more"
         )
-    sol = strategies.run(strategy, p, opts, progress=say)
+    sol = strategies.run(strategy, p, opts, progress=say, watch=watch)
     if not sol.ok and sol.status == "no_solution":
         raise PoetcError(
             f"no {strategy} schedule within the time limit of {opts.time_limit_s:g} s, and no fallback schedule "
@@ -257,7 +259,7 @@ def compile_model(
         repairs += 1
         q = q.with_budget(q.budget - (arena - p.budget))
         say(f"arena {arena} B exceeds the {p.budget} B budget by fragmentation: re-solving with {q.budget} B")
-        sol = strategies.run(strategy, q, opts, progress=say)
+        sol = strategies.run(strategy, q, opts, progress=say, watch=watch)
         if not sol.ok:
             raise PoetcError(
                 f"fragmentation repair failed: at an arena budget of {q.budget} bytes "

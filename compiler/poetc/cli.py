@@ -7,11 +7,12 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__, boards, data, frontend, pipeline
+from . import __version__, boards, data, frontend, pipeline, progress
 from .device import harness, target
 from .emit import builddir
 from .errors import PoetcError
@@ -92,27 +93,29 @@ def _load_model(a: argparse.Namespace) -> Model:
     return model
 
 
-class _Ticker:
-    """Prints elapsed time every few seconds while a long solve runs."""
+def _display(live: bool | None = None) -> progress.Display:
+    return progress.Display(quiet=_QUIET, live=live)
 
-    def __init__(self, what: str, every_s: float = 10.0) -> None:
-        import threading
 
-        self.what, self.every = what, every_s
-        self.stop = threading.Event()
-        self.t0 = time.perf_counter()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+def _solving(what: str, opts: strategies.SolveOptions) -> tuple[progress.Task, Callable]:
+    """A task that follows a solve (elapsed against the time limit) and the ``watch`` that feeds it the
+    solver's records: best extra energy so far, bound, gap."""
+    # with the solver's own log on the terminal (--verbose-solver), plain lines rather than a bar among it
+    task = _display(live=False if opts.verbose else None).task(
+        what, total=opts.time_limit_s, unit="s", clock=True
+    )
 
-    def _run(self) -> None:
-        while not self.stop.wait(self.every):
-            _say(f"{self.what}: {time.perf_counter() - self.t0:.0f} s ...")
+    def watch(r: strategies.Progress) -> None:
+        if r.best_j is None:
+            info = "no schedule yet" + (f", bound {joules(r.bound_j)}" if r.bound_j is not None else "")
+        else:  # the gap first: a narrow terminal cuts the line's end
+            info = f"gap {100 * r.gap:.1f}%, " if r.gap is not None else ""
+            info += f"best {joules(r.best_j)} extra ({r.what})"
+            if r.bound_j is not None:
+                info += f", bound {joules(r.bound_j)}"
+        task.update(info=info)
 
-    def __enter__(self) -> _Ticker:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
+    return task, watch
 
 
 def _figure_rows(figs: list[dict]) -> list[list[object]]:
@@ -189,10 +192,11 @@ def cmd_build(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     print(f"poetc build {a.model} for {board.name}", flush=True)
     model = _load_model(a)
-    with _Ticker("scheduling"):
+    task, watch = _solving("scheduling", opts)
+    with task:
         c = pipeline.compile_model(
             model, board, ram, a.strategy, _command_line(), progress=_say, opts=opts, deadline=a.deadline,
-            params=a.params, **_profile_kw(a, model, board),
+            params=a.params, watch=watch, **_profile_kw(a, model, board),
         )  # fmt: skip
     builddir.write(c, out, _command_line(), tgt, say=_say, compile_=not a.no_compile)
     from .report import page
@@ -219,7 +223,9 @@ def cmd_build(a: argparse.Namespace) -> int:
 
 # ---- solve / sweep ----------------------------------------------------------------------------------------
 def _solve_one(pl: pipeline.Planned, name: str, opts: strategies.SolveOptions) -> dict:
-    sol = strategies.run(name, pl.problem, opts, progress=_say)
+    task, watch = _solving(f"solving {name}", opts)
+    with task:
+        sol = strategies.run(name, pl.problem, opts, progress=_say, watch=watch)
     arena = None
     if sol.ok:
         arena = memplan.plan(sol.program, pl.problem.mem).arena_bytes
@@ -241,10 +247,7 @@ def cmd_solve(a: argparse.Namespace) -> int:
             model, board, ram, a.deadline, _say, params=a.params, **_profile_kw(a, model, board)
         )
         names = list(strategies.NAMES) if a.compare else [a.strategy]
-        figs = []
-        with _Ticker("solving"):
-            for name in names:
-                figs.append(_solve_one(pl, name, opts))
+        figs = [_solve_one(pl, name, opts) for name in names]
     finally:
         _QUIET = False
     if a.plot:
@@ -290,7 +293,11 @@ def cmd_sweep(a: argparse.Namespace) -> int:
             raise PoetcError(f"--strategies: unknown strategy {n!r} (known: {', '.join(strategies.NAMES)})")
     if a.points < 2:
         raise PoetcError(f"--points must be at least 2, got {a.points}")
-    res = sweep.run(pl.problem, pl.fixed.fixed, pl.fixed.budget, names, opts, a.points, jobs=a.jobs, say=_say)
+    with _display().task("sweep", total=None, unit="solves") as task:
+        res = sweep.run(
+            pl.problem, pl.fixed.fixed, pl.fixed.budget, names, opts, a.points, jobs=a.jobs, say=_say,
+            on_solve=lambda done, total: task.update(done=done, total=total),
+        )  # fmt: skip
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     png = plots.energy_vs_budget(res, out / "energy-vs-ram.png", plots.Subject.of(model, board.name))
@@ -343,6 +350,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     widths = [len(h) for h in header]
 
     def on_step(s: int, loss: float, acc: float | None, out: harness.StepOut) -> None:
+        bar.update(done=s)
         if acc is None and s % max(1, a.steps // 20) and s != a.steps:
             return
         ms = out.seconds * 1e3
@@ -355,7 +363,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
         meter = meter_mod.parse(a.meter)
         print(f"metering with the {meter.name}", flush=True)
-    log, final = harness.train(b, tgt, ds, a.steps, a.lr, a.seed, eval_every, dump, on_step, meter=meter)
+    with _display().task("training", total=a.steps, unit="steps", plain=False) as bar:
+        log, final = harness.train(b, tgt, ds, a.steps, a.lr, a.seed, eval_every, dump, on_step, meter=meter)
     harness.write_npz(b.add_file("trained.npz"), final)
     harness.write_train_record(b, harness.train_record(b, tgt, log, a.lr, a.seed))
     if log.loss:

@@ -287,7 +287,9 @@ def compile_model(
     profile: Mapping[str, float] | None = None,
     profile_source: str = "",
     params: str = "auto",
+    watch: Callable[[strategies.Progress], None] | None = None,
 ) -> Compiled:
+    """``progress`` gets one-line messages, ``watch`` the solver's progress records (see ``strategies.run``)."""
     say = progress or (lambda s: None)
     pl = plan(model, board, ram, deadline, say, profile, profile_source, params)
     tg, cm, fixed, p = pl.tg, pl.cost, pl.fixed, pl.problem
@@ -299,7 +301,7 @@ def compile_model(
             f"{p.budget} left in a RAM budget of {fixed.budget}; smallest feasible RAM budget: "
             f"{fixed.fixed + lean.arena_bytes} bytes or more"
         )
-    sol = strategies.run(strategy, p, opts, progress=say)
+    sol = strategies.run(strategy, p, opts, progress=say, watch=watch)
     if not sol.ok and sol.status == "no_solution":
         raise PoetcError(
             f"no {strategy} schedule within the time limit of {opts.time_limit_s:g} s, and no fallback schedule "
@@ -341,7 +343,7 @@ def compile_model(
             f"arena {arena} B + {held} B of parameters in RAM exceed the {p.budget} B budget by fragmentation: "
             f"re-solving with {q.budget} B"
         )
-        sol = strategies.run(strategy, q, opts, progress=say)
+        sol = strategies.run(strategy, q, opts, progress=say, watch=watch)
         if not sol.ok:
             raise PoetcError(
                 f"fragmentation repair failed: at an arena budget of {q.budget} bytes "

@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"ground"},
 ]
 # the ground floor: one unit of top-level modules everyone may use ("" is poetc/__init__.py)
-GROUND = {"boards", "data", "errors", "fmt", "resources", ""}
+GROUND = {"boards", "data", "errors", "fmt", "progress", "resources", ""}
 
 
 def _modules(root: Path) -> dict[str, Path]:

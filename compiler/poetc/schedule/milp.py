@@ -1,4 +1,5 @@
-"""POET's mixed-integer program for rematerialization + paging, written with cvxpy.
+"""POET's mixed-integer program for rematerialization + paging: modelled here, solved by HiGHS (highspy) or by
+any MILP solver cvxpy knows.
 
 After Patil et al., "POET: Training Neural Networks on Tiny Devices with Integrated Rematerialization and
 Paging" (ICML 2022), which extends Checkmate (Jain et al., MLSys 2020). T stages over T nodes in topological
@@ -11,41 +12,76 @@ node i), binary:
     M_in[t,i]   page i in during stage t
     M_out[t,i]  page i out during stage t
 
-and continuous FREE[t,i,k] in [0,1] (i's output is freed right after node k runs in stage t) and U[t,k]
-(RAM in use after node k runs in stage t, after frees).
+and continuous FREE[t,i,k] in [0,1] (i's output is freed right after node k runs in stage t), FREE0[t,i]
+(i is freed at the start of stage t) and U[t,k] (RAM in use after node k runs in stage t, after frees).
 
     minimise   sum_{t,i} R[t,i] E_i + M_in[t,i] E_in_i + M_out[t,i] E_out_i   -  floor
 where the floor (one computation of every node: sum_i E_i) is a constant, so the objective and the solver's
 gap are on the *extra* energy of the schedule, the part any schedule can change.
 
+Constraint groups, one method of ``Formulation`` each, in the order of the rows:
+  _dependencies       R[t,v] <= R[t,u] + S_RAM[t,u] + M_in[t,u]              for every input u of v
+  _residency          S_RAM[t+1,i] <= S_RAM[t,i] + R[t,i] + M_in[t,i];   M_in[t,i] <= S_SD[t,i];
+                      S_SD[t,i] = sum_{t'<t} M_out[t',i], sum_t M_out[t,i] <= 1;   M_out[t,i] <= S_RAM[t,i] + R[t,i];
+                      S_RAM[t,i] + R[t,i] + M_in[t,i] <= 1                   (one source per stage)
+  _usefulness         R[t,i], M_in[t,i] <= sum_{j reads i} R[t,j] + S_RAM[t+1,i] (+ M_out[t,i] for R)
+  _frees              FREE[t,i,k] <= R[t,k];  <= 1 - S_RAM[t+1,i];  <= 1 - R[t,j] for readers j > k
+  _stage_start_frees  FREE0[t,i] <= S_RAM[t,i];  <= 1 - S_RAM[t+1,i];  <= 1 - R[t,j] for readers j
+  _memory             U[t,k] = U[t,k-] + M_k R[t,k] - sum_i M_i FREE[t,i,k];   U[t,k-] + M_k R[t,k] <= budget
+  _deadline           sum R tau + M_in tau_in + M_out tau_out <= deadline
+  _storage_capacity   sum_i (M_i + CRC) sum_t M_out[t,i] <= storage
+  _homes              R[t,l], S_RAM[t,l], FREE[t,l,k] <= R[l,l]              for every load node l (below)
+
+Persistent tensors (``Problem.loads``: parameters and optimizer state whose home the schedule chooses) are load
+nodes: computing one reads its master copy from storage, recomputing it re-reads it. A load node's own stage
+R[l,l] is a variable: 1 puts the tensor on storage (its cost is the load plus, for a tensor an update changes,
+the write-back), 0 homes it in RAM. With H_l = 1 - R[l,l]:
+  _dependencies       + H_u on the right when u is a load node (a RAM home is always there)
+  _memory             + sum_l M_l H_l in every row of every stage (a RAM home takes its bytes all the time)
+  _homes              a RAM-homed tensor is never loaded again, resident in the arena or freed from it
+Load nodes are never paged (a re-read costs what a page-in would), and re-reads are allowed in every variant
+(they are neither recomputation nor activation paging). Their loads and write-backs are not in the floor, so a
+load node that must live on storage adds a constant to the extra energy.
+
 The stage semantics are those of ``schedule.lower`` (page-ins just before first use, page-outs right after
 computing or at the stage start, frees right after a tensor's last reader in the stage), and the memory rows
-below are an upper bound of what that program uses, so every solution fits once lowered; the replay
-simulator checks each one independently anyway.
+are an upper bound of what that program uses, so every solution fits once lowered; the replay simulator
+checks each one independently anyway.
 
 Two formulations:
-  "poet"      (default) the exact per-hazard free rows: FREE[t,i,k] <= R[t,k], <= 1 - S_RAM[t+1,i],
-              <= 1 - R[t,j] for every later reader j of i in stage t, with FREE continuous (freeing only
-              ever helps, so it needs no integrality); a page-in serves the stage it happens in; page-outs
-              may follow a computation in the same stage; paging time counts against the deadline.
+  "poet"      (default) the exact per-hazard free rows above, with FREE continuous (freeing only ever helps, so
+              it needs no integrality); a page-in serves the stage it happens in; page-outs may follow a
+              computation in the same stage; paging time counts against the deadline.
   "poet2022"  POET's original: binary FREE tied to its hazards by one aggregated big-M pair of rows (whose
               LP relaxation is weak), page-ins only serve the next stage, page-outs only of tensors resident
               at the stage start, page-ins not counted in RAM during their stage. Kept as an ablation.
+
+Solving. ``Formulation`` builds the rows once into sparse matrices (``_Lp``), and ``Milp`` solves them:
+  HiGHS       through highspy directly, not through cvxpy: cvxpy's public API gives no way to hand HiGHS a MIP
+              start from given values (its ``warm_start`` only reuses the solution of an earlier cvxpy solve of
+              the same problem) nor to follow a running solve. highspy's own API does both: ``setSolution``
+              for the start, and its callbacks for improving solutions (the incumbent), the MIP interrupt
+              check (the bound, the gap, Ctrl-C) and live ``Progress`` records. The model is passed once
+              and the same instance is solved again from a given schedule (``Milp.solve(start=...)``).
+  others      through cvxpy (``prob.solve(solver=...)``; the problem is built from the same matrices), with
+              cvxpy's documented ``warm_start`` (the variables' values) where cvxpy's interface to the solver
+              passes it on (``CVXPY_WARM_START``; SCIP's does not: it starts cold). The bound comes from the
+              solver's own statistics; without one a time-limited solve is "feasible", never "optimal".
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import cvxpy as cp
 import numpy as np
 import scipy.sparse as sp
 
@@ -54,6 +90,9 @@ from .problem import Problem
 from .program import Schedule
 
 Key = tuple  # ("R", t, i) and friends
+
+MILP_SOLVERS = ("HIGHS", "SCIP", "GUROBI", "CPLEX", "MOSEK", "CBC", "GLPK_MI", "XPRESS", "COPT")
+CVXPY_WARM_START = ("GUROBI", "XPRESS", "COPT")  # MILP solvers whose cvxpy interface passes a warm start on
 
 
 @dataclass(frozen=True)
@@ -64,9 +103,33 @@ class MilpOptions:
     remat: bool = True
     paging: bool = True
     formulation: str = "poet"  # "poet" | "poet2022"
-    warm_start: Schedule | None = None
+    warm_start: Schedule | None = None  # ``solve``: start from this schedule (HiGHS: with presolve off)
     verbose: bool = False
-    trace: bool = False  # record the solver's progress (HiGHS log): (seconds, best extra J, bound J)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a solve has come: what the schedule layer reports while it solves (a display renders it,
+    ``MilpResult.log`` and the strategies' trace keep it)."""
+
+    elapsed_s: float  # since the solve started
+    best_j: float | None  # extra energy (above the floor) of the best schedule so far; None: none yet
+    bound_j: float | None  # lower bound on the extra energy; None: none yet
+    time_limit_s: float  # what the whole solve may take
+    what: str = ""  # who found the best schedule: "HIGHS", "greedy", "paging-only MILP", ...
+
+    @property
+    def gap(self) -> float | None:
+        """Relative gap on the extra energy: (best - bound) / best."""
+        return _gap(self.best_j, self.bound_j)
+
+
+def _gap(best: float | None, bound: float | None) -> float | None:
+    if best is None or bound is None:
+        return None
+    if best <= 1e-15:
+        return 0.0
+    return max(0.0, (best - bound) / best)
 
 
 @dataclass
@@ -82,16 +145,19 @@ class MilpResult:
     n_rows: int
     solver: str
     message: str = ""
-    log: list[tuple[float, float, float]] = field(default_factory=list)  # (s, best extra J, bound J)
+    log: list[Progress] = field(default_factory=list)  # as the solve went (HiGHS: from its callbacks)
+    start_j: float | None = None  # extra energy of the MIP start the solver began from (None: no start used)
 
     @property
     def gap(self) -> float | None:
         """Relative gap on the extra energy: (extra - bound) / extra."""
-        if self.extra_j is None or self.bound_j is None:
-            return None
-        if self.extra_j <= 1e-15:
-            return 0.0
-        return max(0.0, (self.extra_j - self.bound_j) / self.extra_j)
+        return _gap(self.extra_j, self.bound_j)
+
+    @property
+    def trace(self) -> list[tuple[float, float, float]]:
+        """(seconds, best extra J or inf, bound J or 0) for every progress record."""
+        inf = float("inf")
+        return [(r.elapsed_s, inf if r.best_j is None else r.best_j, r.bound_j or 0.0) for r in self.log]
 
 
 class _Model:
@@ -126,30 +192,22 @@ class _Model:
     def eq(self, terms: Iterable[tuple[Key, float]], rhs: float) -> None:
         self.rows_eq.append((list(terms), rhs))
 
-    def _matrix(self, rows: list[tuple[list[tuple[Key, float]], float]]):
-        rb, cb, vb, rc, cc, vc = [], [], [], [], [], []
-        rhs = np.zeros(len(rows))
-        for r, (terms, b) in enumerate(rows):
-            for key, coef in terms:
-                if key in self.bin:
-                    rb.append(r)
-                    cb.append(self.bin[key])
-                    vb.append(coef)
-                elif key in self.cont:
-                    rc.append(r)
-                    cc.append(self.cont[key])
-                    vc.append(coef)
-                else:
-                    b -= coef * self.const.get(key, 0.0)
-            rhs[r] = b
-        n = len(rows)
-        ab = sp.csr_matrix((vb, (rb, cb)), shape=(n, max(1, len(self.bin))))
-        ac = sp.csr_matrix((vc, (rc, cc)), shape=(n, max(1, len(self.cont))))
-        return ab, ac, rhs
-
-
-def _val(key: Key) -> tuple[Key, float]:
-    return (key, 1.0)
+    def matrix(self, rows: list[tuple[list[tuple[Key, float]], float]]) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Rows over the columns [binaries, continuous] and their right-hand sides (constants moved there)."""
+        nb = len(self.bin)
+        col = {**self.bin, **{k: nb + j for k, j in self.cont.items()}}
+        lens = np.fromiter((len(terms) for terms, _ in rows), dtype=np.int64, count=len(rows))
+        rhs = np.fromiter((b for _, b in rows), dtype=float, count=len(rows))
+        flat = [term for terms, _ in rows for term in terms]
+        cols = np.fromiter((col.get(key, -1) for key, _ in flat), dtype=np.int64, count=len(flat))
+        vals = np.fromiter((coef for _, coef in flat), dtype=float, count=len(flat))
+        ri = np.repeat(np.arange(len(rows)), lens)
+        for k in np.flatnonzero(cols < 0):  # a fixed variable (or one that does not exist): a constant
+            key, coef = flat[k]
+            rhs[ri[k]] -= coef * self.const.get(key, 0.0)
+        keep = cols >= 0
+        a = sp.csr_matrix((vals[keep], (ri[keep], cols[keep])), shape=(len(rows), nb + len(self.cont)))
+        return a, rhs
 
 
 class Formulation:
@@ -180,10 +238,11 @@ class Formulation:
         self.homeable = [l for l in p.loads if l not in p.storage_only]
         self.store_j = {l: j for l, (_u, j, _s) in p.written_by.items()}
         self.store_s = {l: t for l, (_u, _j, t) in p.written_by.items()}
+        homeable = set(self.homeable)
         for t in range(T):
             for i in range(t + 1):
                 if i == t:
-                    if i in self.homeable:
+                    if i in homeable:
                         m.binary(("R", t, t))
                     else:
                         m.fix(("R", t, t), 1.0)  # frontier-advancing: stage t computes node t
@@ -245,18 +304,28 @@ class Formulation:
 
     # ---- constraints -------------------------------------------------------------------------------
     def _constraints(self) -> None:
-        p, m = self.p, self.m
-        T = p.T
-        mem = p.mem.astype(float)
-        by_k: list[dict[int, list[int]]] = [{} for _ in range(T)]
-        for t in range(T):
-            for i, k in self.free_pairs[t]:
-                by_k[t].setdefault(k, []).append(i)
+        """The constraint groups of the module docstring, in this order (the order of the rows)."""
+        self._dependencies()
+        self._residency()
+        if not self.orig:
+            self._usefulness()
+        self._frees()
+        if not self.orig:
+            self._stage_start_frees()
+        self._memory()
+        if self.p.deadline_s is not None:
+            self._deadline()
+        if self.storage_row:
+            self._storage_capacity()
+        if self.homeable:
+            self._homes()
 
-        # Dependencies: R[t,v] <= R[t,u] + S_RAM[t,u] + M_in[t,u]   (POET 2022: without M_in)
-        #   for a load node u that may be homed in RAM, + H_u = 1 - R[u,u]: a RAM home is always there
+    def _dependencies(self) -> None:
+        """R[t,v] <= R[t,u] + S_RAM[t,u] + M_in[t,u] (+ H_u = 1 - R[u,u] for a load node u that may be homed in
+        RAM) for every input u of v   (POET 2022: without M_in)"""
+        p, m = self.p, self.m
         homeable = set(self.homeable)
-        for t in range(T):
+        for t in range(p.T):
             for v in self.runnable[t]:
                 for u in set(p.inputs[v]):
                     if not self.arena[u]:
@@ -264,24 +333,31 @@ class Formulation:
                     terms = [(("R", t, v), 1.0), (("R", t, u), -1.0), (("S_RAM", t, u), -1.0)]
                     if not self.orig:
                         terms.append((("M_in", t, u), -1.0))
-                    rhs = 0.0
                     if u in homeable and t != u:
-                        terms.append((("R", u, u), 1.0))
-                        rhs = 1.0
-                    m.le(terms, rhs)
-        # A tensor homed in RAM is never loaded again, counted in the arena or freed from it:
-        #   R[t,l] <= R[l,l],  S_RAM[t,l] <= R[l,l]   (t > l),   FREE[t,l,k] <= R[l,l]
+                        m.le([*terms, (("R", u, u), 1.0)], 1.0)
+                    else:
+                        m.le(terms, 0.0)
+
+    def _homes(self) -> None:
+        """A tensor homed in RAM is never loaded again, counted in the arena or freed from it:
+        R[t,l] <= R[l,l],  S_RAM[t,l] <= R[l,l]  (t > l),  FREE[t,l,k] <= R[l,l]  (k a reader of l)."""
+        p, m = self.p, self.m
+        homeable = set(self.homeable)
         for l in self.homeable:
-            for t in range(l + 1, T):
+            for t in range(l + 1, p.T):
                 for kind in ("R", "S_RAM"):
                     if m.has((kind, t, l)):
                         m.le([((kind, t, l), 1.0), (("R", l, l), -1.0)], 0.0)
-        for t in range(T):
+        for t in range(p.T):
             for i, k in self.free_pairs[t]:
                 if i in homeable and k != i:
                     m.le([(("FREE", t, i, k), 1.0), (("R", i, i), -1.0)], 0.0)
 
-        for i in range(T):
+    def _residency(self) -> None:
+        """Where each output is at each stage: RAM and storage residency, page-outs of what is there, at most
+        one page-out, one source per stage (formulas inline)."""
+        p, m = self.p, self.m
+        for i in range(p.T):
             if not self.arena[i]:
                 continue
             for t in range(i, p.horizon[i] + 1):
@@ -324,26 +400,29 @@ class Formulation:
                 if t > i:
                     m.le([(("S_RAM", t, i), 1.0), (("R", t, i), 1.0), (("M_in", t, i), 1.0)], 1.0)
 
-        # Usefulness (valid inequalities that cut useless work and tighten the relaxation): recomputing,
-        # paging in or keeping i in stage t pays only if a node of stage t reads i, or i is kept for t+1
-        # (or paged out, for a recomputation):
-        #   R[t,i] (i < t), M_in[t,i]  <=  sum_{j reads i} R[t,j] + S_RAM[t+1,i] (+ M_out[t,i] for R)
-        if not self.orig:
-            for t in range(T):
-                for i in range(t):
-                    if not self.arena[i] or t > p.horizon[i]:
-                        continue
-                    use = [(("R", t, j), -1.0) for j in p.consumers[i] if j <= t and m.has(("R", t, j))]
-                    keep = [(("S_RAM", t + 1, i), -1.0)] if m.has(("S_RAM", t + 1, i)) else []
-                    out = [(("M_out", t, i), -1.0)] if m.has(("M_out", t, i)) else []
-                    for kind in ("R", "M_in"):
-                        if m.has((kind, t, i)):
-                            m.le([((kind, t, i), 1.0), *use, *keep, *(out if kind != "M_in" else [])], 0.0)
+    def _usefulness(self) -> None:
+        """("poet" only) Valid inequalities that cut useless work and tighten the relaxation: recomputing,
+        paging in or keeping i in stage t pays only if a node of stage t reads i, or i is kept for t+1 (or
+        paged out, for a recomputation):
+          R[t,i] (i < t), M_in[t,i]  <=  sum_{j reads i} R[t,j] + S_RAM[t+1,i] (+ M_out[t,i] for R)"""
+        p, m = self.p, self.m
+        for t in range(p.T):
+            for i in range(t):
+                if not self.arena[i] or t > p.horizon[i]:
+                    continue
+                use = [(("R", t, j), -1.0) for j in p.consumers[i] if j <= t and m.has(("R", t, j))]
+                keep = [(("S_RAM", t + 1, i), -1.0)] if m.has(("S_RAM", t + 1, i)) else []
+                out = [(("M_out", t, i), -1.0)] if m.has(("M_out", t, i)) else []
+                for kind in ("R", "M_in"):
+                    if m.has((kind, t, i)):
+                        m.le([((kind, t, i), 1.0), *use, *keep, *(out if kind != "M_in" else [])], 0.0)
 
-        # Frees. "poet": FREE[t,i,k] <= R[t,k];  <= 1 - S_RAM[t+1,i];  <= 1 - R[t,j], each reader j > k of i.
-        # "poet2022": binary FREE = 1 iff hazards h = (1 - R[t,k]) + S_RAM[t+1,i] + sum_j R[t,j] are zero:
-        #             1 - FREE <= h  and  h <= H (1 - FREE), H the most hazards there can be.
-        for t in range(T):
+    def _frees(self) -> None:
+        """ "poet": FREE[t,i,k] <= R[t,k];  <= 1 - S_RAM[t+1,i];  <= 1 - R[t,j], each reader j > k of i.
+        "poet2022": binary FREE = 1 iff hazards h = (1 - R[t,k]) + S_RAM[t+1,i] + sum_j R[t,j] are zero:
+                    1 - FREE <= h  and  h <= H (1 - FREE), H the most hazards there can be."""
+        p, m = self.p, self.m
+        for t in range(p.T):
             for i, k in self.free_pairs[t]:
                 f = ("FREE", t, i, k)
                 later = [j for j in p.consumers[i] if k < j <= t and m.has(("R", t, j))]
@@ -376,26 +455,35 @@ class Formulation:
                 for j in later:
                     m.le([(f, 1.0), (("R", t, j), 1.0)], 1.0)
 
-        # Frees at the stage start ("poet" only): FREE0[t,i] <= S_RAM[t,i];  <= 1 - S_RAM[t+1,i];
-        #   <= 1 - R[t,j] for every reader j of i in stage t   (i is resident but unused and not kept)
-        if not self.orig:
-            for i in range(T):
-                if not self.arena[i]:
-                    continue
-                for t in range(i + 1, p.horizon[i] + 1):
-                    f0 = ("FREE0", t, i)
-                    m.le([(f0, 1.0), (("S_RAM", t, i), -1.0)], 0.0)
-                    if m.has(("S_RAM", t + 1, i)):
-                        m.le([(f0, 1.0), (("S_RAM", t + 1, i), 1.0)], 1.0)
-                    for j in p.consumers[i]:
-                        if j <= t and m.has(("R", t, j)):
-                            m.le([(f0, 1.0), (("R", t, j), 1.0)], 1.0)
+    def _stage_start_frees(self) -> None:
+        """("poet" only) FREE0[t,i] <= S_RAM[t,i];  <= 1 - S_RAM[t+1,i];  <= 1 - R[t,j] for every reader j of
+        i in stage t   (i is resident but unused and not kept)"""
+        p, m = self.p, self.m
+        for i in range(p.T):
+            if not self.arena[i]:
+                continue
+            for t in range(i + 1, p.horizon[i] + 1):
+                f0 = ("FREE0", t, i)
+                m.le([(f0, 1.0), (("S_RAM", t, i), -1.0)], 0.0)
+                if m.has(("S_RAM", t + 1, i)):
+                    m.le([(f0, 1.0), (("S_RAM", t + 1, i), 1.0)], 1.0)
+                for j in p.consumers[i]:
+                    if j <= t and m.has(("R", t, j)):
+                        m.le([(f0, 1.0), (("R", t, j), 1.0)], 1.0)
 
-        # Memory, at every point inside a stage:
-        #   base_t   = sum_i M_i (S_RAM[t,i] + M_in[t,i] - FREE0[t,i])  (POET 2022: S_RAM only)
-        #   U[t,k]   = U[t,k-] + M_k R[t,k] - sum_i M_i FREE[t,i,k]   (k- the previous runnable node)
-        #   U[t,k-] + M_k R[t,k] <= budget                            (while k runs, before its frees)
-        #   + sum_l M_l H_l = sum_l M_l (1 - R[l,l])   persistent tensors homed in RAM, at every point of every stage
+    def _memory(self) -> None:
+        """At every point inside a stage:
+        base_t   = sum_i M_i (S_RAM[t,i] + M_in[t,i] - FREE0[t,i])  (POET 2022: S_RAM only)
+        U[t,k]   = U[t,k-] + M_k R[t,k] - sum_i M_i FREE[t,i,k]   (k- the previous runnable node)
+        U[t,k-] + M_k R[t,k] <= budget                            (while k runs, before its frees)
+        + sum_l M_l (1 - R[l,l]) in every row: the persistent tensors homed in RAM"""
+        p, m = self.p, self.m
+        T = p.T
+        mem = p.mem.astype(float)
+        by_k: list[dict[int, list[int]]] = [{} for _ in range(T)]
+        for t in range(T):
+            for i, k in self.free_pairs[t]:
+                by_k[t].setdefault(k, []).append(i)
         held = float(sum(mem[l] for l in self.homeable))
         for t in range(T):
             base: list[tuple[Key, float]] = []
@@ -405,7 +493,7 @@ class Formulation:
                     if not self.orig:
                         base.append((("M_in", t, i), mem[i]))
                         base.append((("FREE0", t, i), -mem[i]))
-            base += [(("R", l, l), -mem[l]) for l in self.homeable]
+            base += [(("R", l, l), -mem[l]) for l in self.homeable]  # + held below: sum_l M_l (1 - R[l,l])
             prev: list[tuple[Key, float]] = base
             first = True
             for k in self.runnable[t]:
@@ -416,34 +504,38 @@ class Formulation:
                 prev = [(("U", t, k), 1.0)]
                 first = False
 
-        # Time: sum R tau + M_in tau_in + M_out tau_out <= deadline (paging time counts, unlike POET's row)
-        store_s = self.store_s
-        if p.deadline_s is not None:
-            m.le(self._cost_terms(p.compute_s, p.page_in_s, p.page_out_s, store_s), float(p.deadline_s))
-        # Storage capacity: sum_i (M_i + CRC) [i is ever paged out] <= storage
-        if self.storage_row:
-            if self.orig:
-                m.le(
-                    [(("P", i), float(mem[i] + p.page_overhead)) for i in range(T) if self.arena[i]],
-                    float(p.storage_bytes),
-                )
-            else:
-                m.le(
-                    [
-                        (("M_out", t, i), float(mem[i] + p.page_overhead))
-                        for i in range(T)
-                        if self.arena[i]
-                        for t in range(i, p.horizon[i])
-                        if m.has(("M_out", t, i))
-                    ],
-                    float(p.storage_bytes),
-                )
+    def _deadline(self) -> None:
+        """sum R tau + M_in tau_in + M_out tau_out <= deadline   (paging time counts, unlike POET's row)"""
+        p = self.p
+        self.m.le(self._cost_terms(p.compute_s, p.page_in_s, p.page_out_s, self.store_s), float(p.deadline_s))
+
+    def _storage_capacity(self) -> None:
+        """sum_i (M_i + CRC) [i is ever paged out] <= storage   ([.] is P[i] in POET 2022, sum_t M_out[t,i]
+        in "poet", where a tensor is paged out at most once)"""
+        p, m = self.p, self.m
+        mem = p.mem.astype(float)
+        if self.orig:
+            m.le(
+                [(("P", i), float(mem[i] + p.page_overhead)) for i in range(p.T) if self.arena[i]],
+                float(p.storage_bytes),
+            )
+        else:
+            m.le(
+                [
+                    (("M_out", t, i), float(mem[i] + p.page_overhead))
+                    for i in range(p.T)
+                    if self.arena[i]
+                    for t in range(i, p.horizon[i])
+                    if m.has(("M_out", t, i))
+                ],
+                float(p.storage_bytes),
+            )
 
     def _cost_terms(
         self, c: np.ndarray, cin: np.ndarray, cout: np.ndarray, store: dict[int, float]
     ) -> list[tuple[Key, float]]:
-        """Cost of every decision. A load node's own stage loads it and, for a tensor an update changes, also
-        writes it back later (R[l,l] = 1 exactly when it is homed on storage): ``store`` adds that cost."""
+        """Cost of every decision. A load node's own stage loads it and, for a tensor an update changes, writes
+        it back later (R[l,l] = 1 exactly when it is homed on storage): ``store`` adds that cost."""
         terms: list[tuple[Key, float]] = []
         for key in list(self.m.bin) + [k for k, v in self.m.const.items() if v]:
             kind = key[0]
@@ -456,13 +548,13 @@ class Formulation:
                 terms.append((key, float(cout[key[2]])))
         return terms
 
-    # ---- solve ---------------------------------------------------------------------------------------
+    # ---- objective, solutions ----------------------------------------------------------------------
     def objective(self) -> tuple[np.ndarray, float]:
-        """Energy coefficients over the binary columns, and the constant part of the extra energy. The fixed
+        """Energy coefficients (J) over the binary columns, and the constant part of the extra energy. The fixed
         R[t,t] of ordinary nodes are left out (they are the floor); those of load nodes that must live on
         storage are the constant (their load and write-back are not in the floor)."""
         p = self.p
-        c = np.zeros(max(1, len(self.m.bin)))
+        c = np.zeros(len(self.m.bin))
         const = 0.0
         for key, coef in self._cost_terms(p.compute_j, p.page_in_j, p.page_out_j, self.store_j):
             if key in self.m.bin:
@@ -473,11 +565,38 @@ class Formulation:
 
     def residency_weights(self) -> np.ndarray:
         """M_i / budget for every S_RAM[t,i] column (0 elsewhere)."""
-        w = np.zeros(max(1, len(self.m.bin)))
+        w = np.zeros(len(self.m.bin))
         for key, col in self.m.bin.items():
             if key[0] == "S_RAM":
                 w[col] = float(self.p.mem[key[2]]) / max(1, self.p.budget)
         return w
+
+    def lp(self) -> _Lp:
+        """The matrices a solver sees. The objective is the extra energy scaled so that its largest coefficient
+        is 1000 (joules of tiny nodes are below the solvers' absolute tolerances otherwise), plus a tie-break:
+        among schedules of equal energy prefer the one that keeps less in RAM. Residency summed over stages
+        and divided by the budget is at most T, so a weight of (smallest energy coefficient) / (10 T) can never
+        outweigh a real energy difference."""
+        m = self.m
+        a_eq, b_eq = m.matrix(m.rows_eq)
+        a_le, b_le = m.matrix(m.rows_le)
+        nb, nc = len(m.bin), len(m.cont)
+        c, const = self.objective()
+        scale = 1000.0 / float(c.max()) if c.size and c.max() > 0 else 1.0
+        pos = c[c > 0]
+        eps = float(pos.min()) * scale / (10.0 * max(1, self.p.T)) if pos.size else 0.0
+        return _Lp(
+            a=sp.vstack([a_eq, a_le]).tocsc(),
+            row_lo=np.concatenate([b_eq, np.full(len(b_le), -np.inf)]),
+            row_hi=np.concatenate([b_eq, b_le]),
+            col_hi=np.concatenate([np.ones(nb), np.asarray(m.cont_ub, dtype=float)]),
+            cost=np.concatenate([c * scale + eps * self.residency_weights(), np.zeros(nc)]),
+            n_bin=nb,
+            n_eq=len(b_eq),
+            energy=c,
+            scale=scale,
+            const=const,
+        )
 
     def schedule_from(self, xb: np.ndarray, strategy: str, meta: dict[str, Any]) -> Schedule:
         T = self.p.T
@@ -496,12 +615,13 @@ class Formulation:
             mats["R"], mats["S_RAM"], mats["S_SD"], mats["M_in"], mats["M_out"], strategy, meta, ram
         )
 
-    def start_values(self, s: Schedule) -> tuple[np.ndarray, np.ndarray]:
-        """Column values of a given schedule (a warm start): binaries from its matrices, FREE from its
-        hazards, U from the memory recurrence."""
+    def start_values(self, s: Schedule) -> np.ndarray:
+        """Column values [binaries, continuous] of a given schedule (a MIP start): binaries from its matrices,
+        FREE from its hazards, U from the memory recurrence."""
         p, m = self.p, self.m
         T = p.T
-        xb = np.zeros(max(1, len(m.bin)))
+        nb = len(m.bin)
+        z = np.zeros(nb + len(m.cont))
         mats = {"R": s.R, "S_RAM": s.S_RAM, "S_SD": s.S_SD, "M_in": s.M_in, "M_out": s.M_out}
         free: dict[tuple[int, int, int], float] = {}
         for t in range(T):
@@ -511,18 +631,17 @@ class Formulation:
                 free[(t, i, k)] = float(bool(s.R[t, k]) and not keep and not later)
         for key, col in m.bin.items():
             if key[0] in mats:
-                xb[col] = float(mats[key[0]][key[1], key[2]])
+                z[col] = float(mats[key[0]][key[1], key[2]])
             elif key[0] == "P":
-                xb[col] = float(s.M_out[:, key[1]].any())
+                z[col] = float(s.M_out[:, key[1]].any())
             elif key[0] == "FREE":
-                xb[col] = free[key[1:]]
+                z[col] = free[key[1:]]
         free0: dict[tuple[int, int], float] = {}
         for t in range(T):
             for i in np.flatnonzero(s.S_RAM[t]):
                 used = any(s.R[t, j] for j in p.consumers[i] if j <= t)
                 kept = t + 1 < T and s.S_RAM[t + 1, i]
                 free0[(t, int(i))] = float(not used and not kept and not self.orig)
-        xc = np.zeros(max(1, len(m.cont)))
         mem = p.mem.astype(float)
         held = sum(mem[l] for l in self.homeable if not s.R[l, l])
         for t in range(T):
@@ -537,39 +656,413 @@ class Formulation:
             for k in self.runnable[t]:
                 u += mem[k] * s.R[t, k] - by_k.get(k, 0.0)
                 if ("U", t, k) in m.cont:
-                    xc[m.cont[("U", t, k)]] = max(u, 0.0)
+                    z[nb + m.cont[("U", t, k)]] = max(u, 0.0)
         for key, col in m.cont.items():
             if key[0] == "FREE":
-                xc[col] = free[key[1:]]
+                z[nb + col] = free[key[1:]]
             elif key[0] == "FREE0":
-                xc[col] = free0.get(key[1:], 0.0)
-        return xb, xc
+                z[nb + col] = free0.get(key[1:], 0.0)
+        return z
 
 
-def _cvxpy_problem(p: Problem, f: Formulation):
-    """The cvxpy problem of a formulation: (problem, binary vars x, continuous vars y, energy coefficients c,
-    objective scale, constant extra energy that no decision changes)."""
-    m = f.m
-    ab_le, ac_le, b_le = m._matrix(m.rows_le)
-    ab_eq, ac_eq, b_eq = m._matrix(m.rows_eq)
-    nb, nc = len(m.bin), len(m.cont)
-    x = cp.Variable(max(1, nb), boolean=True)
-    y = cp.Variable(max(1, nc))
-    c, const = f.objective()
-    cons = [ab_le @ x + ac_le @ y <= b_le, y >= 0, y <= np.array(m.cont_ub or [0.0])]
-    if m.rows_eq:
-        cons.append(ab_eq @ x + ac_eq @ y == b_eq)
-    # the fixed R[t,t] contribute exactly the floor; the objective is the extra energy, scaled so that its
-    # largest coefficient is 1000 (joules of tiny nodes are below the solvers' absolute tolerances otherwise)
-    scale = 1000.0 / float(c.max()) if c.size and c.max() > 0 else 1.0
-    # tie-break: among schedules of equal energy prefer the one that keeps less in RAM. Residency summed over
-    # stages and divided by the budget is at most T, so a weight of (smallest energy coefficient) / (10 T)
-    # can never outweigh a real energy difference.
-    tie = f.residency_weights()
-    pos = c[c > 0]
-    eps = float(pos.min()) * scale / (10.0 * max(1, p.T)) if pos.size else 0.0
-    prob = cp.Problem(cp.Minimize((c * scale + eps * tie) @ x), cons)
-    return prob, x, y, c, scale, const
+@dataclass(frozen=True)
+class _Lp:
+    """min cost @ z  subject to  row_lo <= a z <= row_hi,  0 <= z <= col_hi,  z[:n_bin] binary.
+    Columns: the binaries, then the continuous columns (``_Model``'s numbering); rows: the n_eq equalities,
+    then the inequalities."""
+
+    a: sp.csc_matrix
+    row_lo: np.ndarray
+    row_hi: np.ndarray
+    col_hi: np.ndarray
+    cost: np.ndarray  # scaled energy + tie-break
+    n_bin: int
+    n_eq: int
+    energy: np.ndarray  # extra energy (J) of each binary column
+    scale: float
+    const: float = 0.0  # extra energy (J) no decision changes (loads of tensors that must live on storage)
+
+    @property
+    def n_col(self) -> int:
+        return self.a.shape[1]
+
+    def extra_j(self, z: np.ndarray) -> float:
+        """Extra energy of a solution, its binaries rounded."""
+        var = float(self.energy @ np.round(np.asarray(z, dtype=float)[: self.n_bin])) if self.n_bin else 0.0
+        return var + self.const
+
+    def bound_j(self, extra: float, objective: float, dual: float) -> float | None:
+        """A bound on the objective as a bound on the extra energy: the solver's relative gap on its objective
+        (which includes the tie-break) applied to the part of the extra energy the decisions change. None if it
+        is not finite."""
+        if not (np.isfinite(dual) and np.isfinite(objective)):
+            return None
+        var = extra - self.const
+        if objective <= 1e-12:
+            b = var if dual >= objective - 1e-9 else max(0.0, dual / self.scale)
+        else:
+            b = min(var, max(0.0, var * dual / objective))
+        return b + self.const
+
+
+class Milp:
+    """One problem's MILP, built once and solved once or more: ``solve(time_limit_s, start=...)``. With HiGHS
+    the same highspy instance is solved again (from a given schedule, without presolve, by ``strategies``)."""
+
+    def __init__(self, p: Problem, opt: MilpOptions = MilpOptions(), strategy: str = "poet") -> None:
+        self.solver = opt.solver.upper()
+        _check_installed(self.solver)
+        t0 = time.perf_counter()
+        self.p, self.opt, self.strategy = p, opt, strategy
+        self.f = Formulation(p, opt)
+        self.lp = self.f.lp()
+        self.build_s = time.perf_counter() - t0
+        self._highs: _Highs | None = None
+        self._cvx: tuple[Any, Any, Any] | None = None
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.f.m.rows_le) + len(self.f.m.rows_eq)
+
+    def describe(self, time_limit_s: float) -> str:
+        m = self.f.m
+        return (
+            f"MILP ({self.opt.formulation}): {len(m.bin)} binaries, {len(m.cont)} continuous, {self.n_rows} rows; "
+            f"solving with {self.solver} (time limit {time_limit_s:g} s, gap {self.opt.gap:g} on extra energy)"
+        )
+
+    def solve(
+        self,
+        time_limit_s: float | None = None,
+        start: Schedule | None = None,
+        presolve: bool = True,
+        watch: Callable[[Progress], None] | None = None,
+    ) -> MilpResult:
+        """Solve for ``time_limit_s`` (default: the options'), from the schedule ``start`` if given; ``watch``
+        gets ``Progress`` records as the solver finds schedules and raises its bound (HiGHS)."""
+        limit = self.opt.time_limit_s if time_limit_s is None else time_limit_s
+        z0 = self.f.start_values(start) if start is not None else None
+        t0 = time.perf_counter()
+        if self.solver == "HIGHS":
+            if self._highs is None:
+                self._highs = _Highs(self.lp, self.opt.verbose)
+            out = self._highs.solve(limit, self.opt.gap, z0, presolve, watch)
+        else:
+            out = self._solve_cvxpy(limit, z0, watch)
+        return self._result(out, time.perf_counter() - t0)
+
+    def _result(self, out: _Outcome, solve_s: float) -> MilpResult:
+        m = self.f.m
+
+        def result(st: str, sched: Schedule | None, extra: float | None, bound: float | None) -> MilpResult:
+            return MilpResult(
+                st,
+                sched,
+                extra,
+                bound,
+                solve_s,
+                self.build_s,
+                len(m.bin),
+                len(m.cont),
+                self.n_rows,
+                self.solver,
+                out.message,
+                out.log,
+                out.start_j,
+            )
+
+        if out.z is None:
+            return result(out.status, None, None, None)
+        extra = self.lp.extra_j(out.z)
+        bound = out.bound_j
+        # proven: the solver says so, or its bound is within the requested gap (a gap limit, e.g. SCIP's)
+        optimal = out.status == "optimal" or (
+            bound is not None and (_gap(extra, bound) or 0.0) <= self.opt.gap
+        )
+        if out.status == "optimal" and bound is None:
+            bound = extra
+        st = "optimal" if optimal else "feasible"
+        meta = {
+            "status": st,
+            "extra_j": extra,
+            "bound_j": bound,
+            "floor_j": self.p.floor_j,
+            "solver": self.solver,
+            "formulation": self.opt.formulation,
+            "solve_s": solve_s,
+            "mip_start": out.start_note,
+        }
+        sched = self.f.schedule_from(out.z, self.strategy, meta)
+        r = result(st, sched, extra, bound)
+        sched.meta["gap"] = r.gap
+        return r
+
+    # ---- other solvers, through cvxpy ------------------------------------------------------------------
+    def _cvxpy_problem(self) -> tuple[Any, Any, Any]:
+        """The same matrices as a cvxpy problem: (problem, binary variables x, continuous variables y)."""
+        import cvxpy as cp
+
+        if self._cvx is None:
+            lp = self.lp
+            nb, nc = lp.n_bin, lp.n_col - lp.n_bin
+            # cvxpy variables cannot be empty: an unused, free column stands in
+            x = cp.Variable(max(1, nb), boolean=True)
+            y = cp.Variable(max(1, nc))
+            a = lp.a.tocsr()
+            ab = sp.hstack([a[:, :nb], sp.csr_matrix((a.shape[0], max(1, nb) - nb))]).tocsr()
+            ac = sp.hstack([a[:, nb:], sp.csr_matrix((a.shape[0], max(1, nc) - nc))]).tocsr()
+            e, le = slice(0, lp.n_eq), slice(lp.n_eq, a.shape[0])
+            ub = np.concatenate([lp.col_hi[nb:], np.zeros(max(1, nc) - nc)])
+            cons = [ab[le] @ x + ac[le] @ y <= lp.row_hi[le], y >= 0, y <= ub]
+            if lp.n_eq:
+                cons.append(ab[e] @ x + ac[e] @ y == lp.row_hi[e])
+            cost = np.concatenate([lp.cost[:nb], np.zeros(max(1, nb) - nb)])
+            self._cvx = (cp.Problem(cp.Minimize(cost @ x), cons), x, y)
+        return self._cvx
+
+    def _solve_cvxpy(self, limit: float, z0: np.ndarray | None, watch: Callable[[Progress], None] | None):
+        import cvxpy as cp
+
+        prob, x, y = self._cvxpy_problem()
+        lp, solver, opt = self.lp, self.solver, self.opt
+        nb = lp.n_bin
+        kwargs: dict[str, Any] = {"verbose": opt.verbose, **_cvxpy_limits(solver, limit, opt.gap)}
+        note, start_j = "", None
+        if z0 is not None and solver in CVXPY_WARM_START:
+            # cvxpy's documented warm start: the variables' values
+            x.value = np.concatenate([z0[:nb], np.zeros(x.size - nb)])
+            y.value = np.concatenate([z0[nb:], np.zeros(y.size - (lp.n_col - nb))])
+            kwargs["warm_start"] = True
+            note, start_j = f"warm start given to {solver} through cvxpy", lp.extra_j(z0)
+        elif z0 is not None:
+            note = f"cvxpy's {solver} interface takes no warm start: {solver} started cold"
+        t0 = time.perf_counter()
+        log: list[Progress] = []
+        if watch is not None:
+            watch(Progress(0.0, None, None, limit, solver))
+        msg = ""
+        try:
+            with _quiet_stdout(not opt.verbose), warnings.catch_warnings():
+                # cvxpy warns "Solution may be inaccurate" on a time limit; the schedule is rounded and replayed
+                # (simulate) afterwards, and the status says whether it is proven, so the warning is only noise
+                warnings.filterwarnings("ignore", message="Solution may be inaccurate", category=UserWarning)
+                prob.solve(solver=solver, **kwargs)
+            status = prob.status
+        except cp.error.SolverError as e:
+            status, msg = "solver_error", str(e).splitlines()[0] if str(e) else "solver error"
+        if status in ("infeasible", "infeasible_inaccurate"):
+            return _Outcome("infeasible", message="the solver proved that no schedule fits")
+        has = x.value is not None and status in ("optimal", "optimal_inaccurate", "user_limit")
+        if not has:
+            if status == "user_limit" or "time" in msg.lower():
+                return _Outcome("no_solution", message="time limit reached without a schedule")
+            if status == "solver_error":  # e.g. SCIP at its time limit without a solution
+                return _Outcome("no_solution", message=f"{solver} stopped without a schedule ({msg})")
+            return _Outcome("error", message=f"solver status {status} {msg}".strip())
+        z = np.concatenate([np.asarray(x.value)[:nb], np.asarray(y.value)[: lp.n_col - nb]])
+        extra = lp.extra_j(z)
+        dual = _dual_bound(prob, solver)
+        bound = None if dual is None else lp.bound_j(extra, float(lp.cost @ np.round(z)) if nb else 0.0, dual)
+        rec = Progress(time.perf_counter() - t0, extra, bound, limit, solver)
+        log.append(rec)
+        if watch is not None:
+            watch(rec)
+        st = "optimal" if status == "optimal" else "feasible"
+        return _Outcome(st, z, bound, log, start_j, message=msg, start_note=note)
+
+
+@dataclass
+class _Outcome:
+    """What a solver run left: a status, the columns of its best solution, its bound, its progress records."""
+
+    status: str
+    z: np.ndarray | None = None
+    bound_j: float | None = None
+    log: list[Progress] = field(default_factory=list)
+    start_j: float | None = None
+    message: str = ""
+    start_note: str = ""
+
+
+class _Highs:
+    """An ``_Lp`` passed to one highspy instance, solved with callbacks (see the module docstring)."""
+
+    def __init__(self, lp: _Lp, verbose: bool) -> None:
+        import highspy
+
+        self.lp, self.verbose = lp, verbose
+        with _quiet_stdout(not verbose):  # the first instance of a process prints HiGHS's banner
+            self.h = h = highspy.Highs()
+        h.setOptionValue("output_flag", verbose)
+        model = highspy.HighsLp()
+        model.num_col_, model.num_row_ = lp.a.shape[1], lp.a.shape[0]
+        model.col_cost_ = lp.cost
+        model.col_lower_ = np.zeros(lp.n_col)
+        model.col_upper_ = lp.col_hi
+        model.row_lower_ = np.where(np.isfinite(lp.row_lo), lp.row_lo, -highspy.kHighsInf)
+        model.row_upper_ = lp.row_hi
+        model.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        model.a_matrix_.num_col_, model.a_matrix_.num_row_ = model.num_col_, model.num_row_
+        model.a_matrix_.start_ = lp.a.indptr
+        model.a_matrix_.index_ = lp.a.indices
+        model.a_matrix_.value_ = lp.a.data
+        if lp.n_bin:
+            model.integrality_ = [highspy.HighsVarType.kInteger] * lp.n_bin + [
+                highspy.HighsVarType.kContinuous
+            ] * (lp.n_col - lp.n_bin)
+        if h.passModel(model) != highspy.HighsStatus.kOk:
+            raise PoetcError("internal error: HiGHS rejected the MILP")
+        h.cbMipImprovingSolution.subscribe(self._on_solution)
+        h.cbMipInterrupt.subscribe(self._on_interrupt)
+        self.run: _HighsRun | None = None
+
+    def solve(
+        self,
+        limit: float,
+        gap: float,
+        z0: np.ndarray | None,
+        presolve: bool,
+        watch: Callable[[Progress], None] | None,
+    ) -> _Outcome:
+        import highspy
+
+        h, lp = self.h, self.lp
+        for name, value in (
+            ("time_limit", float(limit)),
+            ("mip_rel_gap", float(gap)),
+            ("mip_abs_gap", 1e-12),
+            ("presolve", "on" if presolve else "off"),
+        ):
+            h.setOptionValue(name, value)
+        self.run = run = _HighsRun(limit, watch)
+        if z0 is not None:
+            sol = highspy.HighsSolution()
+            sol.col_value = list(z0)
+            sol.value_valid = True
+            h.setSolution(sol)
+            run.start_obj = float(lp.cost @ z0)
+        with _ctrl_c_stops(run):
+            h.run()  # releases the GIL; the callbacks below run as it goes
+        if run.error is not None:
+            raise run.error  # a bug in a callback, raised once HiGHS has stopped cleanly
+        if run.stop:
+            raise KeyboardInterrupt
+        return self._outcome(run, z0)
+
+    def _outcome(self, run: _HighsRun, z0: np.ndarray | None) -> _Outcome:
+        """HiGHS's status, solution and bound after a run, and whether it started from ``z0``."""
+        import highspy
+
+        h, lp = self.h, self.lp
+        ms = highspy.HighsModelStatus
+        status, info = h.getModelStatus(), h.getInfo()
+        start_j, note = None, ""
+        if z0 is not None:  # HiGHS's first incumbent is the start when it takes it
+            if run.first_obj is not None and abs(run.first_obj - run.start_obj) <= 1e-9 * max(
+                1.0, abs(run.start_obj)
+            ):
+                start_j = lp.extra_j(z0)
+                note = f"HiGHS started from the given schedule ({start_j:.6g} J extra)"
+            else:
+                note = "HiGHS did not take the given schedule as its start"
+        if status == ms.kInfeasible:
+            return _Outcome("infeasible", log=run.log, message="the solver proved that no schedule fits")
+        if int(info.primal_solution_status) != int(highspy.SolutionStatus.kSolutionStatusFeasible):
+            if status in (
+                ms.kTimeLimit,
+                ms.kInterrupt,
+                ms.kHighsInterrupt,
+                ms.kSolutionLimit,
+                ms.kIterationLimit,
+            ):
+                return _Outcome("no_solution", log=run.log, message="time limit reached without a schedule")
+            return _Outcome("error", log=run.log, message=f"HiGHS status {h.modelStatusToString(status)}")
+        z = np.asarray(h.getSolution().col_value, dtype=float)
+        extra = lp.extra_j(z)
+        obj = float(info.objective_function_value)
+        bound = lp.bound_j(extra, obj, float(info.mip_dual_bound)) if lp.n_bin else extra
+        if status == ms.kOptimal and bound is None:
+            bound = extra
+        run.emit(extra, bound)  # the bound is the best of the run's (each one valid), as the records say
+        st = "optimal" if status == ms.kOptimal else "feasible"
+        return _Outcome(st, z, run.bound, run.log, start_j, start_note=note)
+
+    # HiGHS calls these from inside run(), holding the GIL; an exception may not cross back into HiGHS, so it
+    # is kept, HiGHS is asked to stop, and solve() raises it afterwards. Ctrl-C sets run.stop (_ctrl_c_stops).
+    def _on_solution(self, e: Any) -> None:
+        run = self.run
+        try:
+            d = e.data_out
+            obj = float(d.objective_function_value)
+            if run.first_obj is None:
+                run.first_obj = obj
+            extra = self.lp.extra_j(np.asarray(d.mip_solution))
+            run.best = extra if run.best is None else min(run.best, extra)
+            run.emit(run.best, self._bound(run, d))
+        except BaseException as ex:  # re-raised by solve()
+            run.error = ex
+            e.interrupt()
+
+    def _on_interrupt(self, e: Any) -> None:
+        run = self.run
+        try:
+            now = time.perf_counter()
+            if now - run.last_emit >= 0.5:
+                run.emit(run.best, self._bound(run, e.data_out))
+        except BaseException as ex:  # re-raised by solve()
+            run.error = ex
+        if run.error is not None or run.stop:
+            e.interrupt()
+
+    def _bound(self, run: _HighsRun, d: Any) -> float | None:
+        dual = float(d.mip_dual_bound)
+        if run.best is not None:
+            return self.lp.bound_j(run.best, float(d.mip_primal_bound), dual)
+        return max(0.0, dual / self.lp.scale) if np.isfinite(dual) else None
+
+
+class _HighsRun:
+    """The state of one HiGHS run that its callbacks update."""
+
+    def __init__(self, limit: float, watch: Callable[[Progress], None] | None) -> None:
+        self.t0 = self.last_emit = time.perf_counter()
+        self.limit, self.watch = limit, watch
+        self.best: float | None = None  # extra energy of the incumbent
+        self.bound: float | None = None
+        self.first_obj: float | None = None  # objective of the first incumbent (the MIP start, if taken)
+        self.start_obj = float("nan")
+        self.error: BaseException | None = None
+        self.stop = False  # Ctrl-C: HiGHS is asked to stop at its next interrupt check
+        self.log: list[Progress] = []
+
+    def emit(self, best: float | None, bound: float | None) -> None:
+        if bound is not None:  # HiGHS's bound only rises; keep the record monotone against rounding
+            self.bound = bound if self.bound is None else max(self.bound, bound)
+        if self.bound is not None and best is not None:
+            self.bound = min(self.bound, best)
+        self.last_emit = time.perf_counter()
+        rec = Progress(self.last_emit - self.t0, best, self.bound, self.limit, "HIGHS")
+        self.log.append(rec)
+        if self.watch is not None:
+            self.watch(rec)
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops(run: _HighsRun):
+    """While HiGHS runs, Ctrl-C asks it to stop (a KeyboardInterrupt raised inside a callback would be lost in
+    highspy's callback machinery); solve() raises KeyboardInterrupt once it has stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        run.stop = True
+
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def solve(
@@ -577,181 +1070,61 @@ def solve(
     opt: MilpOptions = MilpOptions(),
     strategy: str = "poet",
     on_progress: Callable[[str], None] | None = None,
+    watch: Callable[[Progress], None] | None = None,
 ) -> MilpResult:
-    t0 = time.perf_counter()
-    f = Formulation(p, opt)
-    m = f.m
-    nb, nc = len(m.bin), len(m.cont)
-    floor = p.floor_j
-    prob, x, y, c, scale, const = _cvxpy_problem(p, f)
-    build_s = time.perf_counter() - t0
+    """Build and solve once: cold, or from ``opt.warm_start`` (HiGHS: then without presolve, which HiGHS 1.16
+    mishandles with a MIP start whose objective presolve shifts: it prunes with a shifted cutoff)."""
+    m = Milp(p, opt, strategy)
     if on_progress:
-        on_progress(
-            f"MILP ({opt.formulation}): {nb} binaries, {nc} continuous, "
-            f"{len(m.rows_le) + len(m.rows_eq)} rows; solving with {opt.solver} "
-            f"(time limit {opt.time_limit_s:g} s, gap {opt.gap:g} on extra energy)"
-        )
-    kwargs: dict[str, Any] = {"verbose": opt.verbose}
-    log_path = None
-    if opt.solver.upper() == "HIGHS":
-        kwargs["output_flag"] = opt.verbose  # HiGHS prints its banner otherwise
-        if opt.trace:
-            import tempfile
+        on_progress(m.describe(opt.time_limit_s))
+    return m.solve(opt.time_limit_s, opt.warm_start, presolve=opt.warm_start is None, watch=watch)
 
-            log_path = tempfile.mktemp(prefix="poetc-highs-", suffix=".log")
-            kwargs.update(output_flag=True, log_to_console=opt.verbose, log_file=log_path)
-    solver = opt.solver.upper()
+
+def _check_installed(solver: str) -> None:
+    if solver == "HIGHS":
+        try:
+            import highspy  # noqa: F401
+        except ImportError:
+            raise PoetcError("solver HIGHS is not installed (pip install highspy)") from None
+        return
+    import cvxpy as cp
+
     if solver not in cp.installed_solvers():
         raise PoetcError(
-            f"solver {opt.solver} is not installed (installed MILP solvers: "
+            f"solver {solver} is not installed (installed MILP solvers: "
             f"{', '.join(s for s in cp.installed_solvers() if s in MILP_SOLVERS)})"
         )
-    if solver == "HIGHS":
-        kwargs.update(time_limit=float(opt.time_limit_s), mip_rel_gap=float(opt.gap), mip_abs_gap=1e-12)
-        if opt.warm_start is not None:
-            # HiGHS 1.16 mishandles a MIP start when presolve moves part of the objective into a constant: it
-            # prunes with a shifted cutoff and declares the start optimal. Without presolve it is correct.
-            kwargs["presolve"] = "off"
-    elif solver == "SCIP":
-        kwargs["scip_params"] = {
-            "limits/time": float(opt.time_limit_s),
-            "limits/gap": float(opt.gap),
-            "limits/absgap": 1e-12,
+
+
+def _cvxpy_limits(solver: str, limit: float, gap: float) -> dict[str, Any]:
+    """Time limit and relative gap in each solver's own option names (cvxpy passes them through)."""
+    if solver == "SCIP":
+        return {
+            "scip_params": {"limits/time": float(limit), "limits/gap": float(gap), "limits/absgap": 1e-12}
         }
-    elif solver == "GUROBI":
-        kwargs.update(TimeLimit=float(opt.time_limit_s), MIPGap=float(opt.gap), MIPGapAbs=1e-12)
-    elif solver == "CPLEX":
-        kwargs["cplex_params"] = {
-            "timelimit": float(opt.time_limit_s),
-            "mip.tolerances.mipgap": float(opt.gap),
-        }
-    t1 = time.perf_counter()
-    warm_note = ""
-    if opt.warm_start is not None and nb:
-        xb0, xc0 = f.start_values(opt.warm_start)
-        x.value = xb0
-        y.value = xc0
-        kwargs["warm_start"] = True
-        if solver == "HIGHS":
-            with _quiet_stdout(not opt.verbose):
-                warm_note = _prime_highs(prob, {x: xb0, y: xc0})
-    msg = ""
-    try:
-        with _quiet_stdout(not opt.verbose), warnings.catch_warnings():
-            # cvxpy warns "Solution may be inaccurate" on a time limit; the schedule is rounded and replayed
-            # (simulate) below, and the status line says whether it is proven, so the warning only adds noise.
-            warnings.filterwarnings("ignore", message="Solution may be inaccurate", category=UserWarning)
-            prob.solve(solver=solver, **kwargs)
-        status = prob.status
-    except cp.error.SolverError as e:
-        status, msg = "solver_error", str(e).splitlines()[0] if str(e) else "solver error"
-    solve_s = time.perf_counter() - t1
-    trace: list[tuple[float, float, float]] = []
-    if log_path is not None:
-        import gc
-
-        prob._solver_cache.clear()  # drop cvxpy's cached HiGHS instance so that it closes (flushes) its log
-        gc.collect()
-        trace = _parse_highs_log(log_path, scale)
-
-    def result(
-        st: str, sched: Schedule | None, extra: float | None, bound: float | None, why: str = ""
-    ) -> MilpResult:
-        return MilpResult(
-            st,
-            sched,
-            extra,
-            bound,
-            solve_s,
-            build_s,
-            nb,
-            nc,
-            len(m.rows_le) + len(m.rows_eq),
-            solver,
-            why,
-            trace,
-        )
-
-    if status in ("infeasible", "infeasible_inaccurate"):
-        return result("infeasible", None, None, None, "the solver proved that no schedule fits")
-    xb = None if x.value is None or not nb else np.asarray(x.value)
-    if status in ("optimal", "optimal_inaccurate", "user_limit") and (xb is not None or not nb):
-        if xb is None:
-            xb = np.zeros(0)
-        obj = float(c[: len(xb)] @ np.round(xb)) if nb else 0.0
-        bound = _bound(prob, solver, obj * scale, status)
-        bound = None if bound is None else bound / scale + const
-        extra = obj + const
-        if status == "user_limit" and not _has_incumbent(prob, solver):
-            return result("no_solution", None, None, None, "time limit reached without a schedule")
-        st = "optimal" if status.startswith("optimal") else "feasible"
-        meta = {
-            "status": st,
-            "extra_j": extra,
-            "bound_j": bound,
-            "floor_j": floor,
-            "solver": solver,
-            "formulation": opt.formulation,
-            "solve_s": solve_s,
-            "warm_start": warm_note,
-        }
-        sched = f.schedule_from(xb, strategy, meta)
-        r = result(st, sched, extra, bound)
-        sched.meta["gap"] = r.gap
-        return r
-    if status == "user_limit" or "time" in msg.lower() or status == "solver_error":
-        return result("no_solution", None, None, None, msg or "time limit reached without a schedule")
-    return result("error", None, None, None, f"solver status {status} {msg}".strip())
+    if solver == "GUROBI":
+        return {"TimeLimit": float(limit), "MIPGap": float(gap), "MIPGapAbs": 1e-12}
+    if solver == "CPLEX":
+        return {"cplex_params": {"timelimit": float(limit), "mip.tolerances.mipgap": float(gap)}}
+    return {}
 
 
-def _prime_highs(prob: cp.Problem, values: dict[cp.Variable, np.ndarray]) -> str:
-    """Hand a MIP start to HiGHS through cvxpy: cvxpy passes the solution cached from a previous solve of the
-    same problem to HiGHS's setSolution when ``warm_start=True``, so the cache is filled with ours, laid out in
-    cvxpy's canonical column order."""
-    try:
-        import highspy
-
-        _data, _chain, inverse = prob.get_problem_data(cp.HIGHS)
-        offsets = next(i for i in inverse if hasattr(i, "var_offsets"))
-        col = np.zeros(offsets.x_length)
-        for var, v in values.items():
-            off = offsets.var_offsets[var.id]
-            col[off : off + var.size] = np.asarray(v, dtype=float).reshape(-1)[: var.size]
-        sol = highspy.HighsSolution()
-        sol.col_value = list(col)
-        sol.value_valid = True
-        prob._solver_cache[cp.HIGHS] = (None, None, {"model_status": "kOptimal", "solution": sol})
-        return "warm start passed to HiGHS"
-    except Exception as e:
-        return f"warm start not passed ({type(e).__name__})"
-
-
-_LOG_ROW = re.compile(
-    r"^\s*(?:[A-Za-z]\s+)?\d+\s+\d+\s+\d+\s+[\d.]+%\s+(\S+)\s+(\S+)\s+\S+\s.*?([\d.]+)s\s*$"
-)
-
-
-def _parse_highs_log(path: str, scale: float) -> list[tuple[float, float, float]]:
-    """(seconds, best extra J or inf, bound J) from the rows of HiGHS's branch-and-bound table."""
-    out = []
-    try:
-        with open(path) as f:
-            for line in f:
-                mt = _LOG_ROW.match(line)
-                if mt:
-                    bound, best, secs = (float(v) for v in mt.groups())
-                    out.append((secs, best / scale, bound / scale))
-    except OSError:
-        return []
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-    return out
+def _dual_bound(prob: Any, solver: str) -> float | None:
+    """The solver's bound on the objective from cvxpy's solver statistics (``extra_stats`` is whatever the
+    solver's interface keeps: SCIP's is a dict holding the pyscipopt model). None when there is none."""
+    es = getattr(prob.solver_stats, "extra_stats", None)
+    b = None
+    with contextlib.suppress(Exception):
+        if solver == "SCIP" and isinstance(es, dict) and es.get("model") is not None:
+            b = float(es["model"].getDualbound())
+        elif solver == "GUROBI" and es is not None:
+            b = float(es.ObjBound)
+    return b if b is not None and np.isfinite(b) else None
 
 
 @contextlib.contextmanager
 def _quiet_stdout(quiet: bool):
-    """Silence C-level writes to stdout (HiGHS prints a banner even with its output off in some paths), so that
+    """Silence C-level writes to stdout (HiGHS prints a banner when its first instance is made), so that
     machine-readable output (poetc solve --json) stays clean."""
     if not quiet:
         yield
@@ -767,36 +1140,3 @@ def _quiet_stdout(quiet: bool):
         os.dup2(saved, 1)
         os.close(saved)
         os.close(devnull)
-
-
-def _has_incumbent(prob: cp.Problem, solver: str) -> bool:
-    """At a time limit, whether the values cvxpy returns are a feasible integer solution (HiGHS reports the
-    status of its primal solution; for other solvers the replay check decides)."""
-    es = getattr(prob.solver_stats, "extra_stats", None)
-    if solver == "HIGHS" and es is not None and hasattr(es, "primal_solution_status"):
-        return int(es.primal_solution_status) == 2  # kSolutionStatusFeasible
-    return True
-
-
-MILP_SOLVERS = ("HIGHS", "SCIP", "GUROBI", "CPLEX", "MOSEK", "CBC", "GLPK_MI", "XPRESS", "COPT")
-
-
-def _bound(prob: cp.Problem, solver: str, extra: float, status: str) -> float | None:
-    stats = prob.solver_stats
-    es = getattr(stats, "extra_stats", None)
-    b = None
-    if solver == "HIGHS" and es is not None and hasattr(es, "mip_gap"):
-        # HiGHS's dual bound can be reported in the presolved space (without the objective's offset); its
-        # relative gap is not, so the bound is derived from the gap
-        gap = float(es.mip_gap)
-        b = extra * (1.0 - gap) if np.isfinite(gap) and 0 <= gap <= 1 else None
-    elif solver == "SCIP" and es is not None:
-        try:
-            b = float(es.getDualbound())
-        except Exception:
-            b = None
-    elif solver == "GUROBI" and es is not None:
-        b = float(getattr(es, "ObjBound", np.nan))
-    if b is None or not np.isfinite(b):
-        return extra if status.startswith("optimal") else None
-    return min(b, extra)

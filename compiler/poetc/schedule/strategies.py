@@ -21,6 +21,7 @@ from typing import Any
 
 from ..errors import PoetcError
 from . import baselines, milp
+from .milp import Progress
 from .problem import Problem
 from .program import Program, Schedule, from_program, lower, store_all, trim
 from .simulate import Replay, ScheduleError, replay
@@ -39,7 +40,7 @@ class SolveOptions:
     paging: bool = True  # --no-paging switches paging off for the poet strategy
     warm_start: bool = True  # also evaluate the heuristics and keep the best schedule found
     mip_start: bool = True  # if the first solve is not proven optimal, restart HiGHS from the best schedule
-    trace: bool = False  # record (seconds, best extra J, bound J) as the solve progresses (meta["trace"])
+    trace: bool = False  # keep (seconds, best extra J, bound J) as the solve progresses (meta["trace"])
     verbose: bool = False
 
 
@@ -170,12 +171,15 @@ def run(
     opt: SolveOptions = SolveOptions(),
     progress: Callable[[str], None] | None = None,
     warm: Schedule | None = None,
+    watch: Callable[[Progress], None] | None = None,
 ) -> Solution:
     """Solve ``p`` with strategy ``name``.
 
     MILP strategies also evaluate the best heuristic (and ``warm``, a schedule found elsewhere, e.g. by a
     baseline at the same budget) within what the variant allows, and return the best replayed schedule; the
-    solver's bound (from a search that did not see these incumbents) still bounds the gap."""
+    solver's bound (from a search that did not see these incumbents) still bounds the gap. ``progress`` gets
+    one-line messages (the model's size, a restart); ``watch`` gets ``Progress`` records as the solve goes
+    (best extra energy so far, bound, gap; monotone)."""
     if name not in NAMES:
         raise PoetcError(f"unknown strategy {name!r} (known: {', '.join(NAMES)})")
     if name not in MILP_STRATEGIES:
@@ -197,16 +201,67 @@ def run(
                 f"{p.budget} B"
             ),
         )
+    track = _Track(t0, opt.time_limit_s, watch)
+    seeds = _candidates(p, opt, remat, paging, warm, track)
+    best_seed = min(seeds, key=lambda x: x.replay.energy_j, default=None)
+    milp_sol, res, meta = _solve_milp(name, p, opt, remat, paging, best_seed, track, progress)
+    sol = _choose(name, p, opt, milp_sol, best_seed, res, track.bound, meta, t0)
+    if opt.trace:
+        sol.meta["trace"] = track.trace
+    return sol
+
+
+class _Track:
+    """The best extra energy and the best bound so far, over the candidates and the solver's runs: monotone
+    ``Progress`` records for ``watch`` and the trace."""
+
+    def __init__(self, t0: float, limit: float, watch: Callable[[Progress], None] | None) -> None:
+        self.t0, self.limit, self.watch = t0, limit, watch
+        self.best: float | None = None
+        self.found_by = ""  # who found the best schedule so far
+        self.bound: float | None = None
+        self.trace: list[tuple[float, float, float]] = []  # (s, best extra J or inf, bound J or 0)
+
+    def record(self, best: float | None, bound: float | None, what: str) -> None:
+        if best is not None and (self.best is None or best < self.best):
+            self.best, self.found_by = best, what
+        if bound is not None:
+            self.bound = bound if self.bound is None else max(self.bound, bound)
+        if self.bound is not None and self.best is not None and self.bound > self.best:
+            self.bound = self.best  # two runs' rounding; the bound never passes the incumbent
+        rec = Progress(time.perf_counter() - self.t0, self.best, self.bound, self.limit, self.found_by)
+        self.trace.append(
+            (rec.elapsed_s, float("inf") if self.best is None else self.best, self.bound or 0.0)
+        )
+        if self.watch is not None:
+            self.watch(rec)
+
+    def solver(self, rec: Progress) -> None:
+        """A record of the MILP of this very problem: its incumbent and its bound both count."""
+        self.record(rec.best_j, rec.bound_j, rec.what)
+
+    def incumbents(self, what: str) -> Callable[[Progress], None]:
+        """Records of a restricted problem (the paging-only MILP): its schedules fit, its bound does not hold."""
+        return lambda rec: self.record(rec.best_j, None, what)
+
+
+def _candidates(
+    p: Problem, opt: SolveOptions, remat: bool, paging: bool, warm: Schedule | None, track: _Track
+) -> list[Solution]:
+    """Replayed schedules the MILP has to beat (and may start from): the heuristics, for POET the paging-only
+    MILP (small and quick, while POET's larger one can take long to find what it finds), and ``warm``."""
     seeds: list[Solution] = []
+    t0 = time.perf_counter()
     if opt.warm_start:
         seeds += [h for h in feasible_heuristics(p) if _allowed(p, h.schedule, remat, paging)]
+        for h in seeds:
+            track.record(h.replay.energy_j - p.floor_j, None, h.strategy)
     if opt.warm_start and remat and paging:
-        # the paging-only MILP is small and quick; POET's larger one can take long to find what it finds
         sub = run(
             "paging-only",
             p,
             replace(opt, time_limit_s=max(1.0, 0.2 * opt.time_limit_s), trace=False),
-            progress=None,
+            watch=track.incumbents("paging-only MILP"),
         )
         if sub.ok:
             seeds.append(sub)
@@ -214,64 +269,97 @@ def run(
         sol = _check(p, "warm", lower(p, trim(p, warm)), t0, "heuristic")
         if sol.ok:
             seeds.append(sol)
-    best_seed = min(seeds, key=lambda x: x.replay.energy_j, default=None)
-    # Two phases: a cold solve with presolve (fast on small models, and its bound is always valid), then, if it
-    # did not prove optimality, a solve started from the best schedule known so far for the remaining time.
-    cold_s = opt.time_limit_s if best_seed is None or not opt.mip_start else 0.5 * opt.time_limit_s
-    base = milp.MilpOptions(
-        solver=opt.solver,
-        time_limit_s=cold_s,
-        gap=opt.gap,
-        remat=remat,
-        paging=paging,
-        formulation=opt.formulation,
-        verbose=opt.verbose,
-        trace=opt.trace,
+            track.record(sol.replay.energy_j - p.floor_j, None, "warm start")
+    return seeds
+
+
+def _solve_milp(
+    name: str,
+    p: Problem,
+    opt: SolveOptions,
+    remat: bool,
+    paging: bool,
+    best_seed: Solution | None,
+    track: _Track,
+    progress: Callable[[str], None] | None,
+) -> tuple[Solution | None, milp.MilpResult, dict[str, Any]]:
+    """The MILP, built once. HiGHS runs twice: a cold solve with presolve (fast on small models, and its bound
+    is always valid) for half of the time limit, then, if it did not prove optimality, a solve started from
+    the best schedule so far, without presolve, for the time left. Other solvers run once, for the whole time
+    limit, given the best schedule as cvxpy's warm start. Returns (the MILP's replayed schedule or None, the
+    last solver result, meta)."""
+    t0 = track.t0
+    model = milp.Milp(
+        p,
+        milp.MilpOptions(
+            solver=opt.solver,
+            time_limit_s=opt.time_limit_s,
+            gap=opt.gap,
+            remat=remat,
+            paging=paging,
+            formulation=opt.formulation,
+            verbose=opt.verbose,
+        ),
+        strategy=name,
     )
-    trace: list[tuple[float, float, float]] = []
-    if best_seed is not None:
-        trace.append((time.perf_counter() - t0, best_seed.replay.energy_j - p.floor_j, 0.0))
-    t_milp = time.perf_counter() - t0
-    res = milp.solve(p, base, strategy=name, on_progress=progress)
-    meta = {
+    highs = model.solver == "HIGHS"
+    start = trim(p, best_seed.schedule) if best_seed is not None and opt.mip_start and not highs else None
+    if not highs:
+        first_s = max(1.0, opt.time_limit_s - (time.perf_counter() - t0))
+    else:
+        first_s = opt.time_limit_s if best_seed is None or not opt.mip_start else 0.5 * opt.time_limit_s
+    if progress:
+        progress(model.describe(first_s))
+    res = model.solve(first_s, start=start, watch=track.solver)
+    meta: dict[str, Any] = {
         "formulation": opt.formulation,
         "solver": res.solver,
         "n_binary": res.n_binary,
         "n_rows": res.n_rows,
+        "build_s": model.build_s,
         "milp_status": res.status,
         "remat": remat,
         "paging": paging,
     }
+    if res.start_j is not None:
+        meta["warm_start"] = best_seed.strategy
     milp_sol = _milp_solution(p, name, res, t0, meta)
-    bound = res.bound_j
-    trace += [(t_milp + ts, b, lb) for ts, b, lb in res.log]
-    if (
-        res.status != "optimal"
-        and res.status != "infeasible"
-        and opt.mip_start
-        and opt.solver.upper() == "HIGHS"
-    ):
+    if res.status not in ("optimal", "infeasible") and opt.mip_start and highs:
         inc = min(
             [c for c in (milp_sol, best_seed) if c is not None], key=lambda c: c.replay.energy_j, default=None
         )
         left = opt.time_limit_s - (time.perf_counter() - t0)
         if inc is not None and left > 1.0:
-            t_milp = time.perf_counter() - t0
-            res2 = milp.solve(
-                p,
-                replace(base, time_limit_s=left, warm_start=trim(p, inc.schedule)),
-                strategy=name,
-                on_progress=progress,
-            )
+            if progress:
+                whose = "the first HIGHS run's" if inc is milp_sol else inc.strategy
+                progress(
+                    f"MILP ({opt.formulation}): restarting HIGHS from the best schedule so far ({whose}) for "
+                    f"{left:.3g} s, presolve off"
+                )
+            res2 = model.solve(left, start=trim(p, inc.schedule), presolve=False, watch=track.solver)
             meta["milp_status"] = res2.status
             meta["warm_start"] = inc.strategy
-            trace += [(t_milp + ts, b, lb) for ts, b, lb in res2.log]
+            meta["mip_start"] = "" if res2.schedule is None else res2.schedule.meta.get("mip_start", "")
             sol2 = _milp_solution(p, name, res2, t0, meta)
             if sol2 is not None and (milp_sol is None or sol2.replay.energy_j < milp_sol.replay.energy_j):
                 milp_sol = sol2
-            if res2.bound_j is not None:
-                bound = max(bound or 0.0, res2.bound_j)
             res = res2 if res2.status != "no_solution" else res
+    return milp_sol, res, meta
+
+
+def _choose(
+    name: str,
+    p: Problem,
+    opt: SolveOptions,
+    milp_sol: Solution | None,
+    best_seed: Solution | None,
+    res: milp.MilpResult,
+    bound: float | None,
+    meta: dict[str, Any],
+    t0: float,
+) -> Solution:
+    """The best of the MILP's schedule and the best candidate, with an honest status: "optimal" only if the
+    bound (the solver's, over all its runs) proves it within the requested gap."""
     cands = [c for c in (milp_sol, best_seed) if c is not None]
     if not cands:
         why = {
@@ -301,20 +389,9 @@ def run(
         else f"no bound ({how})"
     )
     sched = best.schedule if best is milp_sol else from_program(p, best.program, name)
-    if opt.trace:
-        meta["trace"] = _monotone(trace)
     return Solution(
         name, status, best.program, sched, best.replay, time.perf_counter() - t0, gap, bound, msg, meta
     )
-
-
-def _monotone(trace: list[tuple[float, float, float]]) -> list[tuple[float, float, float]]:
-    """Best extra energy so far and best bound so far, over time."""
-    out, best, bound = [], float("inf"), 0.0
-    for ts, b, lb in sorted(trace):
-        best, bound = min(best, b), max(bound, lb if lb == lb else 0.0)
-        out.append((ts, best, bound))
-    return out
 
 
 def _milp_solution(p: Problem, name: str, res: milp.MilpResult, t0: float, meta: dict) -> Solution | None:

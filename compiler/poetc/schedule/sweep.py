@@ -10,7 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,11 +50,14 @@ def run(
     points: int,
     jobs: int = 0,
     say: Callable[[str], None] = lambda s: None,
+    on_solve: Callable[[int, int], None] | None = None,
 ) -> SweepResult:
     """Every strategy of ``names`` at ``points`` budgets. ``p``'s own budget is ignored: the arena budgets run
     from the smallest feasible one to the store-all peak, capped at ``ram_budget`` (the board's RAM) minus
-    ``fixed`` (what the arena cannot use: parameters, buffers, stack)."""
+    ``fixed`` (what the arena cannot use: parameters, buffers, stack). ``on_solve(done, total)`` follows the
+    solves as they finish."""
     peak = strategies.store_all_peak(p)
+    say("finding the smallest feasible budget ...")
     lo, how = strategies.smallest_budget(p, "poet", opt)
     if lo < 0:
         lo, how = p.min_budget(), "lower bound (no schedule found)"
@@ -76,30 +79,46 @@ def run(
         f"(store-all peak); {len(names)} strategies"
     )
     workers = jobs or os.cpu_count() or 1
-    opt1 = opt
-    rows: list[dict[str, Any]] = []
     baselines = [n for n in names if n != "poet"]
+    total = len(arena_budgets) * len(names)
+    rows: list[dict[str, Any]] = []
+    left = {b: len(baselines) for b in arena_budgets}  # baselines still running at each budget
+    base_rows: dict[int, list[dict[str, Any]]] = {b: [] for b in arena_budgets}
+    if on_solve:
+        on_solve(0, total)
     # spawn, not fork: a forked child inherits HiGHS's thread pool in an unusable state and hangs
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as ex:
-        futs = {
-            (b, n): ex.submit(_job, p.with_budget(b), n, opt1, fixed)
-            for b in arena_budgets
-            for n in baselines
+        running = {
+            ex.submit(_job, p.with_budget(b), n, opt, fixed): (b, n) for b in arena_budgets for n in baselines
         }
-        base_rows: dict[int, list[dict[str, Any]]] = {b: [] for b in arena_budgets}
-        for (b, _n), fut in futs.items():
-            base_rows[b].append(fut.result())
-        poet_futs = {}
+
+        def poet_at(b: int) -> None:
+            # POET at a budget starts once its baselines are in, from the best of them
+            feas = [r for r in base_rows[b] if r["feasible"]]
+            best = min(feas, key=lambda r: r["energy_j"])["_program"] if feas else None
+            running[ex.submit(_job, p.with_budget(b), "poet", opt, fixed, best)] = (b, "poet")
+
         if "poet" in names:
             for b in arena_budgets:
-                feas = [r for r in base_rows[b] if r["feasible"]]
-                best = min(feas, key=lambda r: r["energy_j"])["_program"] if feas else None
-                poet_futs[b] = ex.submit(_job, p.with_budget(b), "poet", opt1, fixed, best)
-        for b in arena_budgets:
-            rows += base_rows[b]
-            if b in poet_futs:
-                rows.append(poet_futs[b].result())
-            say(f"budget {nbytes(fixed + b)} done")
+                if not left[b]:
+                    poet_at(b)
+        done = 0
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                b, n = running.pop(fut)
+                row = fut.result()
+                rows.append(row)
+                done += 1
+                if n != "poet":
+                    base_rows[b].append(row)
+                    left[b] -= 1
+                    if not left[b] and "poet" in names:
+                        poet_at(b)
+                if sum(1 for r in rows if r["ram_budget_bytes"] == fixed + b) == len(names):
+                    say(f"budget {nbytes(fixed + b)} done")
+                if on_solve:
+                    on_solve(done, total)
     for r in rows:
         r.pop("_program", None)
     order = {n: k for k, n in enumerate(names)}

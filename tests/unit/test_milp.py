@@ -1,0 +1,150 @@
+"""The MILP itself: the model the constraint groups build, the MIP start reaching HiGHS, progress records from
+the solver's callbacks, and honest statuses and bounds for time-limited solves (HiGHS and SCIP)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from poetc import boards, frontend, pipeline
+from poetc.schedule import milp, poetgraphs, program, strategies
+
+
+@pytest.fixture(scope="module")
+def demo() -> pipeline.Planned:
+    """poetc demo's problem: digits-deep-mlp on qemu-m4, 200 KB, 1.2x deadline (it recomputes and pages)."""
+    model = frontend.load("digits-deep-mlp")
+    return pipeline.plan(model, boards.load("qemu-m4"), pipeline.parse_bytes("200K"), "1.2x").problem
+
+
+# (formulation, remat, paging, storage-limited) -> (binaries, continuous, <= rows, = rows, nonzeros), as built
+# on POET's linear graph before _constraints was split into one method per constraint group
+MODEL_SIZES = {
+    ("poet", True, True, False): (1378, 1544, 6358, 352, 24523),
+    ("poet", False, True, False): (1053, 449, 2712, 27, 13090),
+    ("poet", True, False, False): (676, 1544, 5280, 352, 17326),
+    ("poet2022", True, True, False): (2544, 352, 4253, 352, 16920),
+    ("poet2022", False, True, False): (1449, 27, 1943, 27, 6977),
+    ("poet", True, True, True): (1378, 1544, 6359, 352, 24874),
+    ("poet2022", True, True, True): (2571, 352, 4579, 352, 17597),
+    ("poet2022", False, True, True): (1476, 27, 2269, 27, 7654),
+}
+
+
+@pytest.mark.parametrize("key", list(MODEL_SIZES), ids=lambda k: "-".join(map(str, k)))
+def test_constraint_groups_build_the_same_model(key):
+    form, remat, paging, limited = key
+    p = poetgraphs.build("linear", boards.load("nrf52840"))
+    if limited:  # a third of what paging everything would need: the storage capacity row appears
+        p = dataclasses.replace(p, storage_bytes=int(p.mem.sum() // 3))
+    f = milp.Formulation(p, milp.MilpOptions(formulation=form, remat=remat, paging=paging))
+    m = f.m
+    nnz = sum(len(terms) for terms, _ in m.rows_le + m.rows_eq)
+    assert (len(m.bin), len(m.cont), len(m.rows_le), len(m.rows_eq), nnz) == MODEL_SIZES[key]
+    assert f.storage_row == limited
+    lp = f.lp()  # the matrices a solver sees: one row per model row, one column per variable
+    assert lp.a.shape == (len(m.rows_le) + len(m.rows_eq), len(m.bin) + len(m.cont))
+
+
+def test_mip_start_reaches_highs_and_the_solve_starts_from_it(demo):
+    start = strategies.run("paging-only", demo, strategies.SolveOptions(time_limit_s=20))  # no heuristic fits
+    assert start.ok
+    start_extra = start.extra_j(demo)
+    model = milp.Milp(demo, milp.MilpOptions(time_limit_s=20))
+    records: list[milp.Progress] = []
+    res = model.solve(20, start=program.trim(demo, start.schedule), presolve=False, watch=records.append)
+    assert res.start_j == pytest.approx(start_extra, rel=1e-9)
+    assert "started from the given schedule" in res.schedule.meta["mip_start"]
+    first = next(r for r in records if r.best_j is not None)
+    assert first.best_j == pytest.approx(start_extra, rel=1e-9)  # HiGHS's first incumbent is the start
+    assert res.extra_j <= start_extra * (1 + 1e-9)
+    # and the same model solved cold has no start to report
+    cold = model.solve(20)
+    assert cold.start_j is None and cold.schedule.meta["mip_start"] == ""
+
+
+def _monotone(records: list[milp.Progress]) -> None:
+    assert [r.elapsed_s for r in records] == sorted(r.elapsed_s for r in records)
+    best = [r.best_j for r in records if r.best_j is not None]
+    bound = [r.bound_j for r in records if r.bound_j is not None]
+    assert best == sorted(best, reverse=True)
+    assert bound == sorted(bound)
+    for r in records:
+        if r.best_j is not None and r.bound_j is not None:
+            assert r.bound_j <= r.best_j and 0.0 <= r.gap <= 1.0
+
+
+def test_progress_records_from_the_solver_are_monotone(demo):
+    records: list[milp.Progress] = []
+    res = milp.solve(demo, milp.MilpOptions(time_limit_s=30), watch=records.append)
+    assert res.status == "optimal" and records
+    _monotone(records)
+    assert all(r.what == "HIGHS" for r in records)
+    assert records[-1].best_j == pytest.approx(res.extra_j) and records[-1].bound_j == pytest.approx(
+        res.bound_j
+    )
+    assert [s for s, _, _ in res.trace] == [r.elapsed_s for r in records]
+
+
+def test_strategy_progress_is_monotone_and_ends_at_the_answer(demo):
+    records: list[milp.Progress] = []
+    sol = strategies.run("poet", demo, strategies.SolveOptions(time_limit_s=30), watch=records.append)
+    assert sol.ok and records
+    _monotone(records)
+    # a seed (a heuristic's schedule, with parameters moved to storage, or the paging-only MILP's) comes first,
+    # then HiGHS's better ones
+    first = next(r for r in records if r.best_j is not None)
+    assert first.what in ("paging-only MILP", *strategies.HEURISTICS), first
+    assert records[-1].what == "HIGHS" and records[-1].best_j < first.best_j
+    last = records[-1]
+    assert last.best_j == pytest.approx(sol.extra_j(demo)) and last.bound_j == pytest.approx(sol.bound_j)
+    assert last.time_limit_s == 30
+
+
+def test_the_model_is_built_once_for_both_highs_runs(monkeypatch):
+    """A solve not proven in its cold run restarts HiGHS from the best schedule, on the model already built."""
+    model = frontend.load("mlp", batch=8)
+    p = pipeline.plan(model, boards.load("nrf52840"), pipeline.parse_bytes("226K")).problem
+    built = []
+    real = milp.Formulation.__init__
+
+    def counting(self, p, opt):
+        built.append((opt.remat, opt.paging))
+        real(self, p, opt)
+
+    monkeypatch.setattr(milp.Formulation, "__init__", counting)
+    lines: list[str] = []
+    # paging-only MILP 1.6 s, cold POET 4 s (HiGHS needs about 10 s to prove this one), then the restart
+    sol = strategies.run("poet", p, strategies.SolveOptions(time_limit_s=8), progress=lines.append)
+    assert sol.ok
+    assert sorted(built) == [(False, True), (True, True)]  # the paging-only MILP and POET's, once each
+    assert any("restarting HIGHS from the best schedule" in s for s in lines), lines
+    assert sol.meta["warm_start"] in (*strategies.HEURISTICS, "paging-only", "poet")
+
+
+def test_scip_at_its_time_limit_is_not_reported_optimal(demo):
+    import cvxpy as cp
+
+    if "SCIP" not in cp.installed_solvers():
+        pytest.skip("SCIP is not installed (pip install pyscipopt)")
+    # HiGHS proves this problem in a few seconds; SCIP finds schedules in 2 s but cannot prove one
+    res = milp.solve(demo, milp.MilpOptions(solver="SCIP", time_limit_s=2))
+    assert res.status == "feasible", (res.status, res.extra_j, res.bound_j)
+    assert res.bound_j is not None and res.bound_j < res.extra_j and res.gap > 1e-4
+    sol = strategies.run("poet", demo, strategies.SolveOptions(solver="SCIP", time_limit_s=4))
+    assert sol.ok and sol.status == "feasible"  # an incumbent (SCIP's or the paging-only MILP's), not proven
+    assert ("not proven" in sol.message and sol.bound_j < sol.extra_j(demo)) or (
+        "no bound" in sol.message and sol.bound_j is None
+    ), sol.message
+
+
+def test_highs_at_its_time_limit_reports_its_real_bound():
+    p = poetgraphs.build("vgg16_cifar", boards.load("nrf52840"))
+    start = strategies.best_heuristic(p)
+    assert start is not None
+    records: list[milp.Progress] = []
+    res = milp.Milp(p).solve(3, start=program.trim(p, start.schedule), presolve=False, watch=records.append)
+    assert res.status == "feasible" and res.start_j == pytest.approx(start.extra_j(p), rel=1e-9)
+    assert res.bound_j is not None and res.bound_j < res.extra_j and res.gap > 1e-4
+    _monotone(records)

@@ -27,10 +27,11 @@ TOL = 1e-9  # float64 against float64
 SETTINGS = settings(max_examples=20, deadline=None)
 
 
-def run(nodes, params, state=None, seed=0):
+def run(nodes, params, state=None, seed=0, **build):
     """nodes: [(op, inputs, output, attrs)]. The last output times a random tensor "R" (also a parameter: a
     plain cross-entropy would be blind to anything constant along the class axis, like a conv bias) is the
-    logits. Returns (training graph, reference step, labels)."""
+    logits. ``build``: arguments of build_training_graph (optimizer, trainable, bn). Returns (training graph,
+    reference step, labels)."""
     state = state or {}
     nodes = list(nodes)
     last = nodes[-1]
@@ -52,7 +53,7 @@ def run(nodes, params, state=None, seed=0):
     logits = nodes[-1][2]
     g = Graph("t", tensors, tuple(ir), ("data:in",), (logits,))
     model = Model(g, dict(params), onnx.ModelProto(), "test", "", "data:in", logits, dict(state), flag)
-    tg = autodiff.build_training_graph(model)
+    tg = autodiff.build_training_graph(model, **build)
     c = g.tensor(logits).shape[-1]
     labels = np.random.default_rng(seed).integers(0, c, g.tensor(logits).numel // c)
     r = reference.train_step(tg, {**params, **state}, np.zeros(1), labels, lr=0.0)

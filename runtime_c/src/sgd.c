@@ -40,9 +40,10 @@ poet_status poet_sgd_f32(const poet_sgd_params *p, float lr, const float *restri
  *  - with a sink (gradient capture): chunks of up to POET_SGD_CHUNK gradients of a row of W in a local array,
  *    in W's memory order, each handed to the sink before it is applied;
  *  - without: 4x4 register blocks of W (16 accumulators, 4 + 4 loads per 16 multiply-adds). */
-static void dw_sgd_chunked(uint32_t m, uint32_t rows, uint32_t cols, const float *restrict a, size_t lda,
-                           const float *restrict b, size_t ldb, float *restrict w, float *restrict v, float alpha,
-                           const opt_step *o, poet_grad_sink sink, void *ctx) {
+static __attribute__((noinline)) void dw_sgd_chunked(uint32_t m, uint32_t rows, uint32_t cols,
+                                                     const float *restrict a, size_t lda, const float *restrict b,
+                                                     size_t ldb, float *restrict w, float *restrict v, float alpha,
+                                                     const opt_step *o, poet_grad_sink sink, void *ctx) {
     float g[POET_SGD_CHUNK];
     for (uint32_t r = 0; r < rows; r++) {
         for (uint32_t c0 = 0; c0 < cols; c0 += POET_SGD_CHUNK) {
@@ -84,8 +85,7 @@ static inline float dot_strided(const float *a, size_t sa, const float *b, size_
 
 static inline __attribute__((always_inline)) void dw_sgd_blocked_t(
     uint32_t m, uint32_t rows, uint32_t cols, const float *restrict a, size_t lda, const float *restrict b,
-    size_t ldb, float *restrict w, float *restrict v, float alpha, const opt_step *o, const int PLAIN) {
-    const float lr = o->lr;
+    size_t ldb, float *restrict w, float *restrict v, float alpha, float lr, const opt_step *o, const int PLAIN) {
     uint32_t r = 0;
     for (; r + 4 <= rows; r += 4) {
         uint32_t c = 0;
@@ -125,15 +125,17 @@ static inline __attribute__((always_inline)) void dw_sgd_blocked_t(
 #undef UPDATE
 
 static void dw_sgd_blocked_plain(uint32_t m, uint32_t rows, uint32_t cols, const float *restrict a, size_t lda,
-                                 const float *restrict b, size_t ldb, float *restrict w, float alpha,
-                                 const opt_step *o) {
-    dw_sgd_blocked_t(m, rows, cols, a, lda, b, ldb, w, NULL, alpha, o, 1);
+                                 const float *restrict b, size_t ldb, float *restrict w, float alpha, float lr) {
+    dw_sgd_blocked_t(m, rows, cols, a, lda, b, ldb, w, NULL, alpha, lr, NULL, 1);
 }
 
-static void dw_sgd_blocked_step(uint32_t m, uint32_t rows, uint32_t cols, const float *restrict a, size_t lda,
-                                const float *restrict b, size_t ldb, float *restrict w, float *restrict v,
-                                float alpha, const opt_step *o) {
-    dw_sgd_blocked_t(m, rows, cols, a, lda, b, ldb, w, v, alpha, o, 0);
+/* The chunked and the general paths are not inlined into poet_linear_dw_sgd_f32: its plain path keeps the
+ * registers to itself (its instruction count is benchmarks/m4_kernel_instructions.py's dw+sgd). */
+static __attribute__((noinline)) void dw_sgd_blocked_step(uint32_t m, uint32_t rows, uint32_t cols,
+                                                          const float *restrict a, size_t lda, const float *restrict b,
+                                                          size_t ldb, float *restrict w, float *restrict v,
+                                                          float alpha, const opt_step *o) {
+    dw_sgd_blocked_t(m, rows, cols, a, lda, b, ldb, w, v, alpha, o->lr, o, 0);
 }
 
 poet_status poet_linear_dw_sgd_f32(const poet_linear_params *p, float lr, const float *restrict dy,
@@ -147,7 +149,7 @@ poet_status poet_linear_dw_sgd_f32(const poet_linear_params *p, float lr, const 
     if (sink)
         dw_sgd_chunked(p->m, rows, cols, a, lda, b, ldb, w, v, p->alpha, &o, sink, ctx);
     else if (plain(p->momentum, p->weight_decay, v))
-        dw_sgd_blocked_plain(p->m, rows, cols, a, lda, b, ldb, w, p->alpha, &o);
+        dw_sgd_blocked_plain(p->m, rows, cols, a, lda, b, ldb, w, p->alpha, lr);
     else
         dw_sgd_blocked_step(p->m, rows, cols, a, lda, b, ldb, w, v, p->alpha, &o);
     return POET_OK;

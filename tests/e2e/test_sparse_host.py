@@ -1,4 +1,4 @@
-"""Sparse update with momentum on the host, through the CLI: build with --train/--optimizer/--weight-decay, train
+"""Sparse update with momentum on the host (and once on qemu-m4), through the CLI: build with --train/--optimizer/--weight-decay, train
 with --dump, verify and export.
 
 ResNet-8 with three trained layers (the stem convolution, one convolution in the middle, the classifier) and
@@ -9,6 +9,9 @@ tolerance, verify passes and export leaves the frozen initializers exactly as th
 """
 
 from __future__ import annotations
+
+import re
+import shutil
 
 import numpy as np
 import onnx
@@ -103,3 +106,26 @@ def test_verify_passes_and_export_keeps_frozen_initializers(built):
         assert after[name].SerializeToString() == before[name].SerializeToString(), name
     for name in t["trainable"]:
         assert after[name].SerializeToString() != before[name].SerializeToString(), name
+
+
+needs_qemu = pytest.mark.skipif(
+    not (shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc")),
+    reason="needs qemu-system-arm and arm-none-eabi-gcc (scripts/setup.sh installs them)",
+)
+
+
+@pytest.mark.qemu
+@needs_qemu
+def test_fine_tuning_with_momentum_verifies_on_qemu_m4(tmp_path):
+    """The same kernels built for the Cortex-M4F (FMA contraction, hard float): the last two layers of digits-cnn
+    with momentum and weight decay; verify passes (gradients, and frozen parameters unchanged) and it learns."""
+    out = tmp_path / "ft"
+    poetc(
+        "build", "digits-cnn", "--board", "qemu-m4", "--out", str(out), "--train", "last:2",
+        "--optimizer", "momentum", "--weight-decay", "1e-4",
+    )  # fmt: skip
+    proc = poetc("verify", str(out))
+    assert "frozen parameters: 8 of 8 unchanged" in proc.stdout and "PASS" in proc.stdout
+    proc = poetc("train", str(out), "--steps", "30", "--lr", "0.05", "--eval-every", "0")
+    first, last = map(float, re.search(r"loss ([\d.]+) -> ([\d.]+)", proc.stdout).groups())
+    assert last < first

@@ -663,7 +663,7 @@ def _training_args(s: argparse.ArgumentParser) -> None:
         "decay are build-time constants, the learning rate is given to poetc train",
     )
     g.add_argument(
-        "--weight-decay", type=float, default=0.0, help="L2 weight decay added to the gradient (default 0)"
+        "--weight-decay", type=float, default=0.0, metavar="WD", help="L2 weight decay: g + WD w (default 0)"
     )
 
 

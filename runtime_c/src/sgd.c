@@ -124,13 +124,16 @@ static inline __attribute__((always_inline)) void dw_sgd_blocked_t(
 }
 #undef UPDATE
 
-static void dw_sgd_blocked_plain(uint32_t m, uint32_t rows, uint32_t cols, const float *restrict a, size_t lda,
-                                 const float *restrict b, size_t ldb, float *restrict w, float alpha, float lr) {
+static __attribute__((noinline)) void dw_sgd_blocked_plain(uint32_t m, uint32_t rows, uint32_t cols,
+                                                           const float *restrict a, size_t lda,
+                                                           const float *restrict b, size_t ldb, float *restrict w,
+                                                           float alpha, float lr) {
     dw_sgd_blocked_t(m, rows, cols, a, lda, b, ldb, w, NULL, alpha, lr, NULL, 1);
 }
 
-/* The chunked and the general paths are not inlined into poet_linear_dw_sgd_f32: its plain path keeps the
- * registers to itself (its instruction count is benchmarks/m4_kernel_instructions.py's dw+sgd). */
+/* Each path is a function of its own (not inlined into poet_linear_dw_sgd_f32): the plain path keeps the registers
+ * to itself (its instruction count is benchmarks/m4_kernel_instructions.py's dw+sgd), and the stack holds one
+ * path's frame at a time (ARMv6-M boards have 1 KB of stack). */
 static __attribute__((noinline)) void dw_sgd_blocked_step(uint32_t m, uint32_t rows, uint32_t cols,
                                                           const float *restrict a, size_t lda, const float *restrict b,
                                                           size_t ldb, float *restrict w, float *restrict v,

@@ -5,7 +5,8 @@ generation and the compilation succeeded. An existing ``--out`` is replaced only
 its files in ``.poetc-files``); a directory holding anything else is refused.
 
 Layout:
-  poetc.json       manifest: model, board, tensors with ids, parameters, programs, memory, hash
+  poetc.json       manifest: model, board, tensors with ids, parameters, training options (trainable, frozen,
+                   optimizer, BatchNorm mode), programs, memory, hash
   arena.txt        the memory plan over each program (memplan.timeline)
   schedule.json    the schedule's figures (strategy, energy, time, peak RAM, arena, paging counts)
   model.c/.h       generated tables;   model.onnx   the source model (for export)

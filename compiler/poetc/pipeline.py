@@ -17,6 +17,7 @@ from .errors import PoetcError
 from .graph import autodiff
 from .graph.autodiff import TrainingGraph
 from .graph.ir import Model, Role
+from .graph.options import TrainingOptions
 from .schedule import cost, memplan, problem, program, simulate, strategies
 from .schedule.cost import CostModel
 from .schedule.memplan import MemPlan
@@ -29,7 +30,7 @@ from .schedule.strategies import Solution, SolveOptions
 @dataclass(frozen=True)
 class MemoryReport:
     budget: int  # the RAM budget (--ram, or the board's RAM)
-    params: int  # trainable parameters (RAM homes)
+    params: int  # parameters, running statistics and optimizer state (RAM homes)
     io: int  # input batch, labels, loss
     tables: int  # runtime RAM tables: tensor locations, per-node tick counters
     link: int  # frame buffers of the link
@@ -66,7 +67,7 @@ class MemoryReport:
 def fixed_memory(tg: TrainingGraph, board: Board, budget: int) -> MemoryReport:
     g = tg.graph
     ptr = 8 if board.core == "host" or board.core.startswith("cortex-a") else 4
-    params = sum(t.nbytes for t in g.tensors.values() if t.role in (Role.PARAM, Role.STATE))
+    params = sum(t.nbytes for t in g.tensors.values() if t.role in (Role.PARAM, Role.STATE, Role.OPT_STATE))
     io = sum(t.nbytes for t in g.tensors.values() if t.role in (Role.INPUT, Role.LABEL, Role.LOSS))
     tables = ptr * len(g.tensors) + 8 * len(g.nodes)
     link = 2 * board.frame_max_bytes + 8
@@ -92,6 +93,7 @@ class Compiled:
     solve_s: float
     repairs: int = 0  # re-solves needed to absorb fragmentation
     first_extra_j: float | None = None  # extra energy of the first solution, before any repair
+    training: TrainingOptions = TrainingOptions()  # what trains and how (recorded in the manifest)
 
     @property
     def arena_bytes(self) -> int:
@@ -157,14 +159,19 @@ def plan(
     say: Callable[[str], None] | None = None,
     profile: Mapping[str, float] | None = None,
     profile_source: str = "",
+    training: TrainingOptions = TrainingOptions(),
 ) -> Planned:
-    """``profile``: measured seconds per node name (``poetc profile``) replacing the FLOP estimates."""
+    """``profile``: measured seconds per node name (``poetc profile``) replacing the FLOP estimates.
+    ``training``: what trains and how (``--train``, ``--bn``, ``--optimizer``, ``--weight-decay``)."""
     say = say or (lambda s: None)
     budget = ram if ram is not None else board.ram_bytes
     if budget > board.ram_bytes:
         raise PoetcError(f"--ram {budget} exceeds the RAM of board {board.name} ({board.ram_bytes} bytes)")
-    tg = autodiff.build_training_graph(model)
-    say(f"training graph: {len(tg.graph.nodes)} nodes ({tg.n_forward} forward), {len(tg.params)} parameters")
+    tg = autodiff.build(model, training)
+    say(
+        f"training graph: {len(tg.graph.nodes)} nodes ({tg.n_forward} forward), {len(tg.params)} trainable "
+        f"and {len(tg.frozen)} frozen parameter tensors; optimizer {training.optimizer}"
+    )
     if profile is not None:
         missing = [n.name for n in tg.graph.nodes if n.name not in profile]
         if missing:
@@ -217,10 +224,11 @@ def compile_model(
     profile: Mapping[str, float] | None = None,
     profile_source: str = "",
     watch: Callable[[strategies.Progress], None] | None = None,
+    training: TrainingOptions = TrainingOptions(),
 ) -> Compiled:
     """``progress`` gets one-line messages, ``watch`` the solver's progress records (see ``strategies.run``)."""
     say = progress or (lambda s: None)
-    pl = plan(model, board, ram, deadline, say, profile, profile_source)
+    pl = plan(model, board, ram, deadline, say, profile, profile_source, training)
     tg, cm, fixed, p = pl.tg, pl.cost, pl.fixed, pl.problem
     t0 = time.perf_counter()
     infer = program.forward_program(tg, p)
@@ -309,4 +317,5 @@ def compile_model(
         solve_s,
         repairs,
         first_extra,
+        training,
     )

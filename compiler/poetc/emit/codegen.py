@@ -119,7 +119,9 @@ def render(inp: CodegenInput) -> dict[str, str]:
             if t.role in (Role.PARAM, Role.STATE):
                 arr = np.asarray(inp.params[name], np.float32).reshape(-1)
                 init = c_array_lines(c_float(v) for v in arr)
-                param_inits.append({"tensor": i, "ident": ident})
+                param_inits.append({"tensor": i, "init": f"{ident}_init"})
+            elif t.role == Role.OPT_STATE:  # momentum buffers: zeroed by poet_model_reset, no copy in flash
+                param_inits.append({"tensor": i, "init": "NULL"})
             statics.append(
                 {
                     "ctype": ctype,
@@ -130,7 +132,7 @@ def render(inp: CodegenInput) -> dict[str, str]:
                 }
             )
             data = ident
-        writable = int(t.role in (Role.INPUT, Role.LABEL, Role.PARAM, Role.STATE))
+        writable = int(t.role in (Role.INPUT, Role.LABEL, Role.PARAM, Role.STATE, Role.OPT_STATE))
         producer = g.producer.get(name)
         slot = inp.slots.get(producer, 0) if producer is not None else 0
         tensors.append(

@@ -111,7 +111,8 @@ def _read_json(path: Path) -> Any:
 
 
 def replan(b: builddir.BuildInfo, board: Board) -> Problem:
-    """The build's scheduling problem again: same model, batch, board, RAM budget, deadline and cost source."""
+    """The build's scheduling problem again: same model, batch, board, RAM budget, deadline, cost source and
+    training options (trainable parameters, BatchNorm mode, optimizer)."""
     from ..device import profile as profile_mod
 
     model = frontend.load(b.dir / "model.onnx", batch=b.batch)
@@ -122,7 +123,13 @@ def replan(b: builddir.BuildInfo, board: Board) -> Problem:
         prof = profile_mod.load(b.dir / PROFILE_COPY)
         kw = {"profile": prof.node_seconds(), "profile_source": str(b.dir / PROFILE_COPY)}
     pl = pipeline.plan(
-        model, board, int(b.doc["memory"]["budget"]), f"{deadline!r}s" if deadline else None, None, **kw
+        model,
+        board,
+        int(b.doc["memory"]["budget"]),
+        f"{deadline!r}s" if deadline else None,
+        None,
+        **kw,
+        training=b.training(),
     )
     return pl.problem
 

@@ -115,7 +115,9 @@ def from_training(
         last[u] = u
     for r, u in tg.update_stage.items():
         last[r] = min(last[r], u)
-    updates = tuple((u, tuple(r for r in g.consumers[t] if r != u)) for u, t in tg.in_place.items())
+    updates = tuple(
+        (u, tuple(sorted({r for t in ts for r in g.consumers[t] if r != u}))) for u, ts in tg.in_place.items()
+    )
     p = Problem(
         names=tuple(n.name for n in g.nodes),
         edges=tuple(dict.fromkeys(g.edges)),

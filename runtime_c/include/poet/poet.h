@@ -17,7 +17,7 @@
 #include "kernels.h"
 #include "status.h"
 
-#define POET_MAX_INPUTS 4
+#define POET_MAX_INPUTS 5 /* BN_FROZEN: x, running mean and variance, gamma, beta */
 
 #if defined(__GNUC__) || defined(__clang__)
 #define POET_ALIGNED __attribute__((aligned(16)))
@@ -61,7 +61,7 @@ typedef struct {
 
 typedef struct {
     uint16_t tensor;
-    const void *init;
+    const void *init; /* initial value (in flash); NULL: zero (optimizer state) */
 } poet_param_init;
 
 typedef struct {
@@ -112,7 +112,7 @@ typedef struct {
 /* Check tables against each other: every kernel's expected sizes against the tensor table, offsets inside the
  * arena, indices in range. Run once at start-up; a mismatch means poetc and the runtime disagree. */
 poet_status poet_model_validate(const poet_model *m);
-/* Copy initial parameter values into their RAM homes. */
+/* Copy initial parameter values into their RAM homes; zero the optimizer state. */
 void poet_model_reset(const poet_model *m);
 /* Execute one program (one training step, or one inference). */
 poet_run_result poet_run(const poet_model *m, int program, float lr, poet_grad_hook hook, void *hook_ctx);

@@ -8,7 +8,10 @@ per-node instruction counts of the layer's forward, input-gradient and weight-gr
 layer's MACs. Reference points on this core (GCC 12 -O2): a naive matmul loop about 6.2 instructions per MAC,
 CMSIS-DSP's arm_mat_mult_f32 about 5.0, a naive 3x3 conv forward about 17, a 4x4 register-blocked kernel 1.75.
 
-    python benchmarks/m4_kernel_instructions.py [--cases lenet.fc2,...]
+    python benchmarks/m4_kernel_instructions.py [--cases lenet.fc2,...] [--optimizers sgd,momentum]
+
+``--optimizers`` measures the weight gradient once per optimizer (``poetc build --optimizer``; with
+``--weight-decay``): a linear layer's dW fused with plain SGD, or with the momentum buffer's update.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from poetc import boards, frontend, pipeline
 from poetc.device import harness, target
 from poetc.emit import builddir
 from poetc.fmt import table
+from poetc.graph.options import TrainingOptions, parse_optimizer
 
 # name: (kind, batch, shape) -- linear: (m rows per sample, k, n); conv: (cin, cout, k, stride, pad, groups, h, w)
 CASES = {
@@ -94,15 +98,15 @@ def _model(kind: str, batch: int, shape: tuple[int, ...]) -> tuple[onnx.ModelPro
     return helper.make_model(g_, opset_imports=[helper.make_opsetid("", 17)]), macs
 
 
-def measure(name: str, work: Path) -> dict[str, float]:
+def measure(name: str, work: Path, training: TrainingOptions = TrainingOptions()) -> dict[str, float]:
     kind, batch, shape = CASES[name]
     proto, macs = _model(kind, batch, shape)
     model = frontend.from_onnx(proto, f"bench:{name}", batch)
     board = boards.load("qemu-m4")
     c = pipeline.compile_model(
-        model, board, strategy="store-all", command="benchmarks/m4_kernel_instructions.py"
+        model, board, strategy="store-all", command="benchmarks/m4_kernel_instructions.py", training=training
     )
-    out = work / name
+    out = work / f"{name}-{training.optimizer.kind}"
     tgt = target.for_board(board)
     builddir.write(c, out, "benchmarks/m4_kernel_instructions.py", tgt)
     b = builddir.open_build(out)
@@ -126,28 +130,42 @@ def measure(name: str, work: Path) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--optimizers", default="sgd", help="comma-separated: sgd, momentum, momentum:0.8")
+    ap.add_argument("--weight-decay", type=float, default=0.0)
     a = ap.parse_args()
     if not (shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc")):
         raise SystemExit("needs qemu-system-arm and arm-none-eabi-gcc")
+    opts = [TrainingOptions(optimizer=parse_optimizer(o, a.weight_decay)) for o in a.optimizers.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as d:
         for name in a.cases.split(","):
-            r = measure(name, Path(d))
-            dw = r.get("dw", r.get("dw+sgd", float("nan")))
-            tag = " (fused with SGD)" if "dw+sgd" in r else ""
-            rows.append(
-                [
-                    name,
-                    CASES[name][0],
-                    f"{r['macs']:,}",
-                    f"{r['fwd']:.2f}",
-                    f"{r['dx']:.2f}" if "dx" in r else "-",  # a 1-channel x's scale folds to a constant
-                    f"{dw:.2f}{tag}",
-                ]
-            )
-            r_ = rows[-1]
-            print(f"  {r_[0]}: fwd {r_[3]}, dx {r_[4]}, dw {r_[5]} instructions/MAC", flush=True)  # progress
-    print(table(["layer", "kernel", "MACs", "fwd instr/MAC", "dx instr/MAC", "dw instr/MAC"], rows, "llrrrr"))
+            row = None
+            for t in opts:
+                r = measure(name, Path(d), t)
+                dw = r.get("dw", r.get("dw+sgd", float("nan")))
+                tag = " (fused)" if "dw+sgd" in r else ""
+                if row is None:
+                    row = [
+                        name,
+                        CASES[name][0],
+                        f"{r['macs']:,}",
+                        f"{r['fwd']:.2f}",
+                        f"{r['dx']:.2f}" if "dx" in r else "-",  # a 1-channel x's scale folds to a constant
+                    ]
+                row.append(f"{dw:.3f}{tag}")
+                print(
+                    f"  {name} [{t.optimizer}]: fwd {row[3]}, dx {row[4]}, dw {row[-1]} instructions/MAC",
+                    flush=True,
+                )
+            rows.append(row)
+    heads = [f"dw instr/MAC ({t.optimizer})" for t in opts]
+    print(
+        table(
+            ["layer", "kernel", "MACs", "fwd instr/MAC", "dx instr/MAC", *heads],
+            rows,
+            "llrrr" + "r" * len(opts),
+        )
+    )
 
 
 if __name__ == "__main__":

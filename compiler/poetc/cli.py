@@ -18,6 +18,7 @@ from .emit import builddir
 from .errors import PoetcError
 from .fmt import joules, nbytes, seconds, table
 from .graph.ir import Model
+from .graph.options import TrainingOptions, parse_optimizer
 from .schedule import memplan, strategies
 
 
@@ -182,10 +183,27 @@ def _profile_kw(a: argparse.Namespace, model: Model, board: boards.Board) -> dic
     return {"profile": prof.node_seconds(), "profile_source": a.profile}
 
 
+def _training(a: argparse.Namespace) -> TrainingOptions:
+    """--train, --bn, --optimizer, --weight-decay as one record."""
+    return TrainingOptions(a.train, a.bn, parse_optimizer(a.optimizer, a.weight_decay))
+
+
+def _trainable_line(c: pipeline.Compiled) -> str:
+    size = {p: int(c.model.params[p].size) for p in c.model.params}
+    n_train, n_frozen = sum(size[p] for p in c.tg.params), sum(size[p] for p in c.tg.frozen)
+    frozen_bn = sum(1 for n in c.tg.graph.nodes if n.op == "bn_frozen")
+    return (
+        f"training {n_train} parameters ({len(c.tg.params)} tensors), {n_frozen} frozen "
+        f"({len(c.tg.frozen)} tensors); optimizer {c.training.optimizer}"
+        + (f"; {frozen_bn} BatchNorm on running statistics" if frozen_bn else "")
+    )
+
+
 def cmd_build(a: argparse.Namespace) -> int:
     board = boards.load(a.board)
     ram = pipeline.parse_bytes(a.ram) if a.ram else None
     opts = _solve_options(a)
+    training = _training(a)
     out = Path(a.out)
     builddir.check_out_dir(out)
     tgt = target.for_board(board)
@@ -196,13 +214,14 @@ def cmd_build(a: argparse.Namespace) -> int:
     with task:
         c = pipeline.compile_model(
             model, board, ram, a.strategy, _command_line(), progress=_say, opts=opts, deadline=a.deadline,
-            params=a.params, watch=watch, **_profile_kw(a, model, board),
+            params=a.params, watch=watch, training=training, **_profile_kw(a, model, board),
         )  # fmt: skip
     builddir.write(c, out, _command_line(), tgt, say=_say, compile_=not a.no_compile)
     from .report import page
 
     page.record_build(c, out, a.profile)  # program.json (and profile.json) for poetc report
     s = builddir.schedule_summary(c)
+    print(_trainable_line(c))
     print(table(["memory", "bytes"], [[k, v] for k, v in c.memory.rows()], "lr"))
     print(table(_FIG_HEADERS, _figure_rows([s])))
     wear = builddir.flash_pager_wear(c)
@@ -244,7 +263,14 @@ def cmd_solve(a: argparse.Namespace) -> int:
             print(f"poetc solve {a.model} for {board.name}", flush=True)
         model = _load_model(a)
         pl = pipeline.plan(
-            model, board, ram, a.deadline, _say, params=a.params, **_profile_kw(a, model, board)
+            model,
+            board,
+            ram,
+            a.deadline,
+            _say,
+            params=a.params,
+            training=_training(a),
+            **_profile_kw(a, model, board),
         )
         names = list(strategies.NAMES) if a.compare else [a.strategy]
         figs = [_solve_one(pl, name, opts) for name in names]
@@ -286,7 +312,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     opts = _solve_options(a)
     print(f"poetc sweep {a.model} for {board.name}", flush=True)
     model = _load_model(a)
-    pl = pipeline.plan(model, board, None, a.deadline, _say, params=a.params)
+    pl = pipeline.plan(model, board, None, a.deadline, _say, training=_training(a), params=a.params)
     names = a.strategies.split(",") if a.strategies else list(strategies.NAMES)
     for n in names:
         if n not in strategies.NAMES:
@@ -407,6 +433,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
         keep=Path(a.keep_build) if a.keep_build else None,
         command=_command_line(),
         port=a.port,
+        training=_training(a),
     )
     out = Path(a.out)
     profile.save(prof, out)
@@ -453,7 +480,13 @@ def cmd_verify(a: argparse.Namespace) -> int:
     worst_name, worst = r.worst
     loss_err = abs(r.loss_device - r.loss_ref) / max(abs(r.loss_ref), 1e-30)
     print(f"loss: target {r.loss_device:.6f}, reference {r.loss_ref:.6f} (rel. error {loss_err:.2e})")
-    ok = worst <= a.tol and loss_err <= a.tol
+    n_frozen = len(b.doc.get("training", {}).get("frozen", []))
+    if n_frozen:
+        print(
+            f"frozen parameters: {n_frozen - len(r.frozen_changed)} of {n_frozen} unchanged"
+            + (f"; changed: {', '.join(r.frozen_changed)}" if r.frozen_changed else "")
+        )
+    ok = worst <= a.tol and loss_err <= a.tol and not r.frozen_changed
     print(
         f"worst relative gradient error {worst:.2e} ({worst_name}); tolerance {a.tol:g}: "
         + ("PASS" if ok else "FAIL")
@@ -532,6 +565,7 @@ def make_parser() -> argparse.ArgumentParser:
     _schedule_args(s)
     s.add_argument("--no-compile", action="store_true", help="generate sources only")
     s.add_argument("--profile", help="measured node times (poetc profile) instead of the FLOP model")
+    _training_args(s)
     s.set_defaults(func=cmd_build)
 
     s = sub.add_parser("solve", help="schedule a model under a RAM budget and print the figures")
@@ -542,6 +576,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--plot", metavar="DIR", help="write schedule and RAM plots (PNG) to DIR")
     s.add_argument("--profile", help="measured node times (poetc profile) instead of the FLOP model")
+    _training_args(s)
     s.set_defaults(func=cmd_solve)
 
     s = sub.add_parser("sweep", help="energy versus RAM budget for POET and every baseline (table + plot)")
@@ -553,6 +588,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--strategies", help="comma-separated subset (default: all)")
     s.add_argument("--jobs", type=int, default=0, help="parallel solves (default: the number of cores)")
     s.add_argument("--out", default="poetc-sweep", help="directory for energy-vs-ram.png and sweep.json")
+    _training_args(s)
     s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("train", help="train a built model on its target")
@@ -582,6 +618,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--time-limit", type=float, default=60.0, help="seconds for a poet solve (default 60)")
     s.add_argument("--keep-build", metavar="DIR", help="keep the profiling build in DIR")
     s.add_argument("--port", help="a real board's serial device (it is flashed with the profiling build)")
+    _training_args(s)
     s.set_defaults(func=cmd_profile)
 
     s = sub.add_parser("report", help="an HTML report of a build: schedule, RAM, energy, profile, loss")
@@ -629,6 +666,34 @@ def _model_args(s: argparse.ArgumentParser) -> None:
         type=float,
         metavar="SCALE",
         help="hold the input batch as bytes (x = SCALE * q) and dequantize it on the target",
+    )
+
+
+def _training_args(s: argparse.ArgumentParser) -> None:
+    g = s.add_argument_group("training (what trains and how; build-time, recorded in the build)")
+    g.add_argument(
+        "--train",
+        default="all",
+        metavar="SPEC",
+        help="which parameters train: all (default), bias (every bias-like 1-D parameter), last:K (the last K "
+        "layers with parameters) or NAME[,NAME...] (ONNX initializer names); the others are frozen",
+    )
+    g.add_argument(
+        "--bn",
+        default="frozen",
+        choices=["frozen", "train"],
+        help="a BatchNorm whose scale and bias are frozen uses its running statistics (frozen, default) or "
+        "batch statistics with running-statistics updates (train)",
+    )
+    g.add_argument(
+        "--optimizer",
+        default="sgd",
+        metavar="sgd|momentum[:M]",
+        help="plain SGD (default) or SGD with momentum M (default 0.9), PyTorch's semantics; momentum and weight "
+        "decay are build-time constants, the learning rate is given to poetc train",
+    )
+    g.add_argument(
+        "--weight-decay", type=float, default=0.0, metavar="WD", help="L2 weight decay: g + WD w (default 0)"
     )
 
 

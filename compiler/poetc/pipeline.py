@@ -17,6 +17,7 @@ from .errors import PoetcError
 from .graph import autodiff
 from .graph.autodiff import TrainingGraph
 from .graph.ir import Model, Role
+from .graph.options import TrainingOptions
 from .schedule import cost, memplan, problem, program, simulate, strategies
 from .schedule.cost import CostModel
 from .schedule.memplan import MemPlan
@@ -79,8 +80,8 @@ def param_homes(tg: TrainingGraph, mode: str) -> tuple[tuple[str, ...], tuple[st
     if mode not in PARAM_HOMES:
         raise PoetcError(f"--params {mode!r}: choose one of {', '.join(PARAM_HOMES)}")
     trainable = tuple(tg.params)
-    frozen = tuple(getattr(tg, "frozen", ()))
-    opt = tuple(getattr(tg, "opt_state", {}).values())
+    frozen = tuple(tg.frozen)
+    opt = tuple(tg.opt_state.values())
     if mode == "ram":
         return (), ()
     if mode == "auto":
@@ -99,7 +100,7 @@ def fixed_memory(
     params = sum(
         t.nbytes
         for t in g.tensors.values()
-        if t.role in (Role.PARAM, Role.STATE) or t.role.value == "opt_state"
+        if t.role in (Role.PARAM, Role.STATE, Role.OPT_STATE)
         if t.name not in elsewhere
     )
     io = sum(t.nbytes for t in g.tensors.values() if t.role in (Role.INPUT, Role.LABEL, Role.LOSS))
@@ -152,6 +153,8 @@ class Compiled:
         if k >= 0 and self.problem.is_load[k] and k not in self.ram_homes:
             return "storage"
         return "ram"
+
+    training: TrainingOptions = TrainingOptions()  # what trains and how (recorded in the manifest)
 
     @property
     def arena_bytes(self) -> int:
@@ -218,16 +221,21 @@ def plan(
     say: Callable[[str], None] | None = None,
     profile: Mapping[str, float] | None = None,
     profile_source: str = "",
+    training: TrainingOptions = TrainingOptions(),
     params: str = "auto",
 ) -> Planned:
-    """``profile``: measured seconds per node name (``poetc profile``) replacing the FLOP estimates;
+    """``profile``: measured seconds per node name (``poetc profile``) replacing the FLOP estimates.
+    ``training``: what trains and how (``--train``, ``--bn``, ``--optimizer``, ``--weight-decay``);
     ``params``: where parameters may live (``param_homes``)."""
     say = say or (lambda s: None)
     budget = ram if ram is not None else board.ram_bytes
     if budget > board.ram_bytes:
         raise PoetcError(f"--ram {budget} exceeds the RAM of board {board.name} ({board.ram_bytes} bytes)")
-    tg = autodiff.build_training_graph(model)
-    say(f"training graph: {len(tg.graph.nodes)} nodes ({tg.n_forward} forward), {len(tg.params)} parameters")
+    tg = autodiff.build(model, training)
+    say(
+        f"training graph: {len(tg.graph.nodes)} nodes ({tg.n_forward} forward), {len(tg.params)} trainable "
+        f"and {len(tg.frozen)} frozen parameter tensors; optimizer {training.optimizer}"
+    )
     if profile is not None:
         missing = [n.name for n in tg.graph.nodes if n.name not in profile]
         if missing:
@@ -288,10 +296,11 @@ def compile_model(
     profile_source: str = "",
     params: str = "auto",
     watch: Callable[[strategies.Progress], None] | None = None,
+    training: TrainingOptions = TrainingOptions(),
 ) -> Compiled:
     """``progress`` gets one-line messages, ``watch`` the solver's progress records (see ``strategies.run``)."""
     say = progress or (lambda s: None)
-    pl = plan(model, board, ram, deadline, say, profile, profile_source, params)
+    pl = plan(model, board, ram, deadline, say, profile, profile_source, training, params)
     tg, cm, fixed, p = pl.tg, pl.cost, pl.fixed, pl.problem
     t0 = time.perf_counter()
     lean = memplan.plan(program.forward_program(tg, p), p.mem)  # inference, every scheduled tensor loaded
@@ -409,6 +418,7 @@ def compile_model(
         first_extra,
         pl.flash,
         params,
+        training,
     )
 
 

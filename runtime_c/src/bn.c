@@ -117,3 +117,30 @@ poet_status poet_bn_running_f32(const poet_bn_params *p, const float *restrict s
         state[ch] = (1.0f - p->momentum) * state[ch] + p->momentum * (batch[ch] * k);
     return POET_OK;
 }
+
+/* Frozen (running statistics in training too): BN_APPLY's arithmetic with the running mean and variance, so the
+ * train and infer programs compute what a BN_STATS + BN_APPLY pair computes in inference. */
+poet_status poet_bn_frozen_f32(const poet_bn_params *p, const float *restrict x, const float *restrict rmean,
+                               const float *restrict rvar, const float *restrict gamma, const float *restrict beta,
+                               float *restrict y) {
+    if (!p || !x || !rmean || !rvar || !gamma || !beta || !y) return POET_ERR_ARG;
+    for (uint32_t ch = 0; ch < p->c; ch++) {
+        const float mean = rmean[ch], r = 1.0f / sqrtf(rvar[ch] + p->eps);
+        for (uint32_t n = 0; n < p->n; n++)
+            for (uint32_t i = 0; i < p->hw; i++)
+                AT(p, y, n, ch, i) = (AT(p, x, n, ch, i) - mean) * r * gamma[ch] + beta[ch];
+    }
+    return POET_OK;
+}
+
+/* Statistics that are constants: the input gradient is dy times the per-channel scale gamma / sqrt(var + eps). */
+poet_status poet_bn_frozen_dx_f32(const poet_bn_params *p, const float *restrict dy, const float *restrict rvar,
+                                  const float *restrict gamma, float *restrict dx) {
+    if (!p || !dy || !rvar || !gamma || !dx) return POET_ERR_ARG;
+    for (uint32_t ch = 0; ch < p->c; ch++) {
+        const float k = gamma[ch] * (1.0f / sqrtf(rvar[ch] + p->eps));
+        for (uint32_t n = 0; n < p->n; n++)
+            for (uint32_t i = 0; i < p->hw; i++) AT(p, dx, n, ch, i) = k * AT(p, dy, n, ch, i);
+    }
+    return POET_OK;
+}

@@ -47,17 +47,18 @@ poet_status poet_dispatch(const poet_model *m, uint16_t node, float lr, poet_gra
         return poet_softmax_xent_bwd_f32(&m->xent[nd->params], F32(0), I32(1), OUT);
     case POET_K_SGD:
         if (hook) hook(hook_ctx, nd->in[0], 0, F32(1), m->tensors[nd->in[1]].bytes);
-        return poet_sgd_f32(&m->sgd[nd->params], lr, F32(1), F32(0));
+        return poet_sgd_f32(&m->sgd[nd->params], lr, F32(1), F32(0), OPT(2));
     case POET_K_DEQUANT_U8:
         return poet_dequant_u8_f32(&m->quant[nd->params], (const uint8_t *)m->loc[nd->in[0]], OUT);
     case POET_K_LINEAR_DW_SGD: {
         grad_sink_ctx sc = {hook, hook_ctx, nd->in[2]};
-        return poet_linear_dw_sgd_f32(&m->linear[nd->params], lr, F32(0), F32(1), F32(2), hook ? grad_sink : NULL,
-                                      &sc);
+        return poet_linear_dw_sgd_f32(&m->linear[nd->params], lr, F32(0), F32(1), F32(2), OPT(3),
+                                      hook ? grad_sink : NULL, &sc);
     }
     case POET_K_BIAS_GRAD_SGD: {
         grad_sink_ctx sc = {hook, hook_ctx, nd->in[1]};
-        return poet_bias_grad_sgd_f32(&m->linear[nd->params], lr, F32(0), F32(1), hook ? grad_sink : NULL, &sc);
+        return poet_bias_grad_sgd_f32(&m->linear[nd->params], lr, F32(0), F32(1), OPT(2), hook ? grad_sink : NULL,
+                                      &sc);
     }
     case POET_K_CONV2D_FWD:
         return poet_conv2d_fwd_f32(&m->conv[nd->params], F32(0), F32(1), OPT(2), OUT);
@@ -87,6 +88,10 @@ poet_status poet_dispatch(const poet_model *m, uint16_t node, float lr, poet_gra
         return poet_bn_dbeta_f32(&m->bn[nd->params], F32(0), OUT);
     case POET_K_BN_RUNNING: /* in place: input 0 is the running statistic */
         return poet_bn_running_f32(&m->bn[nd->params], F32(1), F32(0));
+    case POET_K_BN_FROZEN:
+        return poet_bn_frozen_f32(&m->bn[nd->params], F32(0), F32(1), F32(2), F32(3), F32(4), OUT);
+    case POET_K_BN_FROZEN_DX:
+        return poet_bn_frozen_dx_f32(&m->bn[nd->params], F32(0), F32(1), F32(2), OUT);
     case POET_K_CLIP_FWD:
         return poet_clip_fwd_f32(&m->act[nd->params], F32(0), OUT);
     case POET_K_CLIP_BWD:
@@ -180,25 +185,28 @@ static poet_status expected_sizes(const poet_model *m, const poet_node *nd, uint
         *out = nd->kernel == POET_K_SOFTMAX_XENT_FWD ? 1 : p->m * p->c;
         return POET_OK;
     }
-    case POET_K_SGD:
-        in[0] = in[1] = m->sgd[nd->params].n;
+    case POET_K_SGD: /* (w, g[, v]): momentum needs its buffer */
+        if (m->sgd[nd->params].momentum != 0.0f && nd->n_in < 3) return POET_ERR_PROGRAM;
+        in[0] = in[1] = in[2] = m->sgd[nd->params].n;
         *out = 0;
         return POET_OK;
     case POET_K_DEQUANT_U8:
         in[0] = *out = m->quant[nd->params].n;
         return POET_OK;
-    case POET_K_LINEAR_DW_SGD: {
+    case POET_K_LINEAR_DW_SGD: { /* (dy, x, W[, V]) */
         const poet_linear_params *p = &m->linear[nd->params];
+        if (p->momentum != 0.0f && nd->n_in < 4) return POET_ERR_PROGRAM;
         in[0] = p->m * p->n;
         in[1] = p->m * p->k;
-        in[2] = p->k * p->n;
+        in[2] = in[3] = p->k * p->n;
         *out = 0;
         return POET_OK;
     }
-    case POET_K_BIAS_GRAD_SGD: {
+    case POET_K_BIAS_GRAD_SGD: { /* (dy, b[, V]) */
         const poet_linear_params *p = &m->linear[nd->params];
+        if (p->momentum != 0.0f && nd->n_in < 3) return POET_ERR_PROGRAM;
         in[0] = p->m * p->n;
-        in[1] = p->n;
+        in[1] = in[2] = p->n;
         *out = 0;
         return POET_OK;
     }
@@ -232,7 +240,9 @@ static poet_status expected_sizes(const poet_model *m, const poet_node *nd, uint
     case POET_K_BN_DX:
     case POET_K_BN_DGAMMA:
     case POET_K_BN_DBETA:
-    case POET_K_BN_RUNNING: {
+    case POET_K_BN_RUNNING:
+    case POET_K_BN_FROZEN:
+    case POET_K_BN_FROZEN_DX: {
         const poet_bn_params *p = &m->bn[nd->params];
         uint32_t x = p->n * p->c * p->hw, c = p->c;
         if (nd->kernel == POET_K_BN_STATS) { in[0] = x; in[1] = c; in[2] = c; in[3] = 1; *out = 2 * c; }
@@ -241,6 +251,8 @@ static poet_status expected_sizes(const poet_model *m, const poet_node *nd, uint
         if (nd->kernel == POET_K_BN_DGAMMA) { in[0] = x; in[1] = x; in[2] = 2 * c; *out = c; }
         if (nd->kernel == POET_K_BN_DBETA) { in[0] = x; *out = c; }
         if (nd->kernel == POET_K_BN_RUNNING) { in[0] = c; in[1] = 2 * c; *out = 0; }
+        if (nd->kernel == POET_K_BN_FROZEN) { in[0] = x; in[1] = in[2] = in[3] = in[4] = c; *out = x; }
+        if (nd->kernel == POET_K_BN_FROZEN_DX) { in[0] = x; in[1] = in[2] = c; *out = x; }
         return POET_OK;
     }
     case POET_K_CLIP_FWD:

@@ -29,11 +29,17 @@ class Linear(ctypes.Structure):
         ("trans_w", ctypes.c_uint32),
         ("alpha", ctypes.c_float),
         ("beta", ctypes.c_float),
+        ("momentum", ctypes.c_float),
+        ("weight_decay", ctypes.c_float),
     ]
 
 
 class N(ctypes.Structure):
     _fields_ = [("n", ctypes.c_uint32)]
+
+
+class Sgd(ctypes.Structure):
+    _fields_ = [("n", ctypes.c_uint32), ("momentum", ctypes.c_float), ("weight_decay", ctypes.c_float)]
 
 
 class MC(ctypes.Structure):
@@ -104,8 +110,9 @@ def test_eltwise_and_sgd(lib):
     assert call(lib, "poet_add_f32", p, x, dy, s) == 0
     np.testing.assert_array_equal(s, x + dy)
     w = x.copy()
-    lib.poet_sgd_f32.argtypes = [ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p]
-    assert lib.poet_sgd_f32(ctypes.addressof(p), ctypes.c_float(0.25), ptr(dy), ptr(w)) == 0
+    lib.poet_sgd_f32.argtypes = [ctypes.c_void_p, ctypes.c_float] + [ctypes.c_void_p] * 3
+    sp = Sgd(37)
+    assert lib.poet_sgd_f32(ctypes.addressof(sp), ctypes.c_float(0.25), ptr(dy), ptr(w), None) == 0
     np.testing.assert_allclose(w, x - np.float32(0.25) * dy, rtol=1e-6)
 
 
@@ -183,9 +190,9 @@ def test_fused_weight_gradient_sgd(lib, m, k, n, trans, alpha, beta):
         cb = SINK(sink)
         fn = getattr(lib, name)
         fn.argtypes = (
-            [ctypes.c_void_p, ctypes.c_float] + [ctypes.c_void_p] * (len(args) + 1) + [SINK, ctypes.c_void_p]
+            [ctypes.c_void_p, ctypes.c_float] + [ctypes.c_void_p] * (len(args) + 2) + [SINK, ctypes.c_void_p]
         )
-        assert fn(ctypes.addressof(p), lr, *[ptr(v) for v in args], ptr(param), cb, None) == 0
+        assert fn(ctypes.addressof(p), lr, *[ptr(v) for v in args], ptr(param), None, cb, None) == 0
         offs = [o for o, _ in seen]
         assert offs == sorted(offs) and offs[0] == 0
         got = np.concatenate([g for _, g in seen]).reshape(want_g.shape)
@@ -196,5 +203,5 @@ def test_fused_weight_gradient_sgd(lib, m, k, n, trans, alpha, beta):
         # without a sink: the same update
         again = before.copy()
         fn.argtypes = [*fn.argtypes[:-2], ctypes.c_void_p, ctypes.c_void_p]
-        assert fn(ctypes.addressof(p), lr, *[ptr(v) for v in args], ptr(again), None, None) == 0
+        assert fn(ctypes.addressof(p), lr, *[ptr(v) for v in args], ptr(again), None, None, None) == 0
         np.testing.assert_array_equal(again, param)

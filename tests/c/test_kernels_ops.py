@@ -22,6 +22,7 @@ from tests.unit.test_ops_torch import rnd, run
 from poetc.emit import cheaders
 from poetc.graph.ir import TRAIN_FLAG, Attrs
 from poetc.graph.ops import get
+from poetc.graph.options import parse_optimizer
 from poetc.graph.reference import max_rel_error
 from poetc.resources import runtime_dir
 
@@ -111,23 +112,31 @@ def replay(lib, tg, values: dict[str, np.ndarray], lr: float = 0.0) -> None:
         fn_name = f"poet_{op.kernel.lower()}_f32"
         fn = getattr(lib, fn_name)
         ins = [_c_array(values[x], g.tensor(x).dtype) for x in node.inputs]
-        if op.in_place is not None:  # in place: the updated tensor is the prototype's non-const pointer
-            target = ins[op.in_place].copy()
-            others = iter(a for k, a in enumerate(ins) if k != op.in_place)
+        updated = [k for k in op.in_place if k < len(node.inputs)]
+        if updated:  # in place: the updated tensors are the prototype's non-const pointers, in in_place order
+            targets = [ins[k].copy() for k in updated]
+            others = iter(a for k, a in enumerate(ins) if k not in updated)
+            nonconst = iter(targets)
             args = []
             for decl in prototypes()[fn_name][1:]:
                 if decl == "float lr":
                     args.append(ctypes.c_float(lr))
                 elif decl.startswith("const "):
                     args.append(_ptr(next(others)))
-                elif decl.startswith("float *"):
-                    args.append(_ptr(target))
+                elif decl.startswith("float *"):  # an optional input the node lacks (a momentum buffer): NULL
+                    t = next(nonconst, None)
+                    args.append(None if t is None else _ptr(t))
                 else:  # an optional hook and its context
                     args.append(None)
             status = fn(ctypes.byref(params), *args)
             assert status == 0, f"{node.name}: status {status}"
             want = op.ref(node.attrs, *[before[x] for x in node.inputs], lr)
-            assert max_rel_error(target, want) <= TOL, node.name
+            assert len(want) == len(targets), node.name
+            # a momentum buffer holds gradient-sized values: a sum whose terms cancel is judged against the mass
+            # of its inputs, as outputs are below
+            mass = max(float(np.abs(values[x]).sum()) for x in node.inputs) / max(1, targets[0].size)
+            for j, (k, got, w) in enumerate(zip(updated, targets, want, strict=True)):
+                assert max_rel_error(got, w, mass if j else 0.0) <= TOL, f"{node.name}: {node.inputs[k]}"
             continue
         t_out = g.tensor(node.output)
         out = np.zeros(max(1, t_out.numel), np.int32 if t_out.dtype == "i32" else np.float32)
@@ -147,8 +156,9 @@ def _ptr(a: np.ndarray):
     return a.ctypes.data_as(ctypes.c_void_p)
 
 
-def check_c(lib, nodes, params, state=None, lr=0.05):
-    tg, r, _labels = run(nodes, params, state)  # lr 0: parameters keep their values; state is updated
+def check_c(lib, nodes, params, state=None, lr=0.05, **build):
+    # lr 0: parameters keep their values; state (and a momentum buffer) is updated
+    tg, r, _labels = run(nodes, params, state, **build)
     replay(lib, tg, {**r.values, **(state or {})}, lr)
     return tg
 
@@ -309,6 +319,140 @@ def test_layout_kernels(lib, shape, data):
         s[ax] = data.draw(st.integers(1, 3))
         parts[f"p{i}"] = rnd(23 + i, *s)
     check_c(lib, [("concat", tuple(parts), "y", Attrs(axis=ax))], parts)
+
+
+# ---- optimizer steps: plain SGD, weight decay, momentum --------------------------------------------------------
+OPTIMIZERS = [("sgd", 0.0), ("sgd", 0.01), ("momentum", 0.0), ("momentum:0.8", 5e-4)]
+
+
+@SETTINGS
+@given(
+    m=st.integers(1, 6),
+    k=st.integers(1, 9),
+    n=st.integers(1, 9),
+    opt=st.sampled_from(OPTIMIZERS),
+    fuse=st.booleans(),
+)
+def test_optimizer_steps_through_autodiff(lib, m, k, n, opt, fuse):
+    """Every update node of a linear layer (fused LINEAR_DW_SGD / BIAS_GRAD_SGD, or gradient + SGD) and of a
+    convolution (CONV2D_DW + SGD) with weight decay and momentum: the parameter and its buffer against the float64
+    step (the buffer holds a non-zero value: the reference step already moved it once)."""
+    optimizer = parse_optimizer(opt[0], opt[1])
+    params = {"x": rnd(30, m, k), "w": rnd(31, n, k), "b": rnd(32, n)}
+    lin = Attrs(trans_w=True, alpha=1.0, beta=1.0, flatten=True)
+    tg = check_c(
+        lib,
+        [("linear", ("x", "w", "b"), "y", lin)],
+        params,
+        optimizer=optimizer,
+        fuse_updates=fuse,
+        trainable=("w", "b", "R"),  # R: the test's output scale; x (an input here) frozen
+    )
+    ops = [nd.op for nd in tg.graph.nodes]
+    assert ops.count("linear_dw_sgd") == ops.count("bias_grad_sgd") == int(fuse)
+    assert ops.count("sgd") == (1 if fuse else 3) and "linear_dx" not in ops
+    assert len(tg.opt_state) == (3 if optimizer.has_buffer else 0)
+    conv = {"x": rnd(33, 2, 2, 5, 5), "w": rnd(34, 3, 2, 3, 3), "b": rnd(35, 3)}
+    a = Attrs(strides=(1, 1), pads=(1, 1, 1, 1), groups=1)
+    tg = check_c(lib, [("conv2d", ("x", "w", "b"), "y", a)], conv, optimizer=optimizer)
+    assert [nd.op for nd in tg.graph.nodes].count("sgd") == 4
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    m=st.integers(1, 9),
+    k=st.integers(1, 40),
+    n=st.integers(1, 13),
+    trans=st.booleans(),
+    opt=st.sampled_from([(0.9, 0.0, True), (0.0, 0.01, False), (0.8, 5e-4, True), (0.0, 0.0, True)]),
+)
+def test_fused_step_with_momentum_paths_agree(lib, m, k, n, trans, opt):
+    """LINEAR_DW_SGD / BIAS_GRAD_SGD with weight decay and a momentum buffer: the blocked path (no sink) and the
+    chunked one (gradient capture) leave bit-identical weights and buffers, the sink sees the raw gradient (before
+    weight decay and momentum), and both match the float64 step; sizes at and around the 4x4 tiles."""
+    mu, wd, has_v = opt
+    rng = np.random.default_rng(m * 1000 + k * 10 + n)
+    p = structs()["linear"](
+        m=m, k=k, n=n, trans_w=int(trans), alpha=0.5, beta=2.0, momentum=mu, weight_decay=wd
+    )
+    a = Attrs(trans_w=trans, alpha=0.5, beta=2.0, n=n, b_shape=(n,), momentum=mu, weight_decay=wd)
+    x, dy = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((m, n)).astype(np.float32)
+    w = rng.standard_normal((n, k) if trans else (k, n)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    lr = 0.125
+    for name, args, param in (("linear_dw_sgd", (dy, x), w), ("bias_grad_sgd", (dy,), b)):
+        v0 = rng.standard_normal(param.shape).astype(np.float32) if has_v else None
+        op = get(name)
+        g_want = op.step_grad(a, *[q.astype(np.float64) for q in args], param)
+        # a gradient whose terms cancel is judged against the size of its terms (as replay does)
+        floor = float(np.abs(op.step_grad(a, *[np.abs(q.astype(np.float64)) for q in args], param)).max())
+        want = op.ref(a, *[q.astype(np.float64) for q in args], param.astype(np.float64),
+                      *([v0.astype(np.float64)] if has_v else []), lr)  # fmt: skip
+        results = []
+        for capture in (False, True):
+            wq, vq = param.copy(), (v0.copy() if has_v else None)
+            seen = []
+            sink = SINK(
+                lambda ctx, off, g, cnt, seen=seen: seen.append(np.ctypeslib.as_array(g, (cnt,)).copy())
+            )
+            fn = getattr(lib, f"poet_{name}_f32")
+            fn.argtypes = (
+                [ctypes.c_void_p, ctypes.c_float]
+                + [ctypes.c_void_p] * (len(args) + 2)
+                + [
+                    SINK if capture else ctypes.c_void_p,
+                    ctypes.c_void_p,
+                ]
+            )
+            vp = _ptr(vq) if has_v else None
+            status = fn(
+                ctypes.addressof(p), lr, *map(_ptr, args), _ptr(wq), vp, sink if capture else None, None
+            )
+            assert status == 0
+            if capture:
+                assert max_rel_error(np.concatenate(seen).reshape(g_want.shape), g_want, floor) <= TOL, name
+            results.append((wq, vq))
+            assert max_rel_error(wq, want[0]) <= TOL, name
+            if has_v:
+                assert max_rel_error(vq, want[1], floor) <= TOL, name
+        (w_fast, v_fast), (w_cap, v_cap) = results
+        np.testing.assert_array_equal(w_fast, w_cap)
+        if has_v:
+            np.testing.assert_array_equal(v_fast, v_cap)
+
+
+SINK = ctypes.CFUNCTYPE(
+    None, ctypes.c_void_p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_float), ctypes.c_uint32
+)
+
+
+def test_momentum_without_its_buffer_is_refused(lib):
+    w, g = np.ones(4, np.float32), np.ones(4, np.float32)
+    sp = structs()["sgd"](n=4, momentum=0.9, weight_decay=0.0)
+    lib.poet_sgd_f32.argtypes = [ctypes.c_void_p, ctypes.c_float] + [ctypes.c_void_p] * 3
+    assert lib.poet_sgd_f32(ctypes.addressof(sp), 0.1, _ptr(g), _ptr(w), None) == 2  # POET_ERR_ARG
+    np.testing.assert_array_equal(w, 1.0)
+    v = np.zeros(4, np.float32)
+    assert lib.poet_sgd_f32(ctypes.addressof(sp), 0.1, _ptr(g), _ptr(w), _ptr(v)) == 0
+    np.testing.assert_allclose(w, 0.9, rtol=1e-6)
+    np.testing.assert_array_equal(v, 1.0)
+
+
+@SETTINGS
+@given(n=st.integers(1, 3), c=st.integers(1, 5), hw=st.sampled_from([(), (1, 1), (3, 4)]))
+def test_frozen_batchnorm_kernels(lib, n, c, hw):
+    """A BatchNorm with frozen scale and bias (--bn frozen) between two trained layers: BN_FROZEN and its input
+    gradient BN_FROZEN_DX, and no running-statistics update."""
+    params = {"x": rnd(40, n, c, *hw) * 2 + 1, "gamma": rnd(41, c), "beta": rnd(42, c)}
+    state = {"rm": rnd(43, c), "rv": rnd(44, c, lo=0.5)}
+    a = Attrs(eps=1e-5, momentum=0.1)
+    nodes = [
+        ("bn_stats", ("x", "rm", "rv", TRAIN_FLAG), "stats", a),
+        ("bn_apply", ("x", "stats", "gamma", "beta"), "y", a),
+    ]
+    tg = check_c(lib, nodes, params, state, trainable=("x", "R"))
+    assert {nd.op for nd in tg.graph.nodes} >= {"bn_frozen", "bn_frozen_dx"}
+    assert not {"bn_stats", "bn_running", "bn_dx"} & {nd.op for nd in tg.graph.nodes}
 
 
 def test_every_c_params_matches_its_struct_and_every_kernel_has_a_prototype():

@@ -205,3 +205,17 @@ def test_ram_budget_too_small_names_the_smallest(tmp_path):
 def test_boards_table():
     r = poetc("boards")
     assert "nrf52840" in r.stdout and "256.0 KiB" in r.stdout and "mkr1000" in r.stdout
+
+
+def test_bad_training_options(tmp_path, good_onnx):
+    """--train, --bn, --optimizer and --weight-decay: one line naming the option and the value (nothing built)."""
+    out = tmp_path / "o"
+    base = ("build", str(good_onnx), "--board", "host", "--out", str(out), "--no-compile")
+    _expect_error(*base, "--train", "w,bb", match="no parameter 'bb'")
+    _expect_error(*base, "--train", "ww", match="close: w")
+    _expect_error(*base, "--train", "last:3", match="from 1 to 1")
+    _expect_error(*base, "--optimizer", "adam", match="--optimizer 'adam'")
+    _expect_error(*base, "--optimizer", "momentum:2", match="momentum 2.0 must be in (0, 1)")
+    _expect_error(*base, "--weight-decay", "-1", match="weight decay -1.0")
+    _expect_error(*base, "--bn", "eval", match="--bn")
+    assert not out.exists()

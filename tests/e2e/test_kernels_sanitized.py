@@ -1,6 +1,7 @@
 """The model-coverage kernels under AddressSanitizer and UndefinedBehaviorSanitizer, in whole training steps and
-inference: convolutions (grouped, depthwise), BatchNorm, pooling, every activation, broadcasting arithmetic,
-reductions, LayerNorm (fused and written out), batched matmul, softmax, transpose, reshape, slice, concat."""
+inference: convolutions (grouped, depthwise), BatchNorm (batch and running statistics), pooling, every activation,
+broadcasting arithmetic, reductions, LayerNorm (fused and written out), batched matmul, softmax, transpose, reshape,
+slice, concat, SGD with momentum and weight decay."""
 
 from __future__ import annotations
 
@@ -18,23 +19,42 @@ from poetc.emit import builddir
 torch = pytest.importorskip("torch")
 from tests.e2e.test_pytorch_models_host import SmallCNN, SmallTransformer, _export, _randomised  # noqa: E402
 
+# a sparse update with momentum: frozen BatchNorms on running statistics (BN_FROZEN, and BN_FROZEN_DX above the
+# trained stem), SGD with a momentum buffer and weight decay (the conv weight and bias), LINEAR_DW_SGD's too (fc)
+SPARSE = ["--train", "stem.weight,se.bias,fc.weight", "--optimizer", "momentum", "--weight-decay", "0.01"]
 MODELS = [
-    ("cnn", SmallCNN, (4, 3, 8, 8), 17),
-    ("transformer-opset13", SmallTransformer, (2, 5, 16), 13),
-    ("transformer-opset17", SmallTransformer, (2, 5, 16), 17),
+    ("cnn", SmallCNN, (4, 3, 8, 8), 17, []),
+    ("cnn-sparse-momentum", SmallCNN, (4, 3, 8, 8), 17, SPARSE),
+    ("transformer-opset13", SmallTransformer, (2, 5, 16), 13, []),
+    ("transformer-opset17", SmallTransformer, (2, 5, 16), 17, []),
 ]
 
 
-@pytest.mark.parametrize("name, cls, shape, opset", MODELS, ids=[m[0] for m in MODELS])
-def test_sanitized_training_and_inference(tmp_path, name, cls, shape, opset):
+@pytest.mark.parametrize("name, cls, shape, opset, args", MODELS, ids=[m[0] for m in MODELS])
+def test_sanitized_training_and_inference(tmp_path, name, cls, shape, opset, args):
     torch.manual_seed(0)
     path = tmp_path / "m.onnx"
     _export(_randomised(cls(), 1), torch.randn(*shape), path, False, opset)
     out = tmp_path / "b"
-    poetc("build", str(path), "--board", "host", "--out", str(out), "--strategy", "store-all", "--no-compile")
+    poetc(
+        "build",
+        str(path),
+        "--board",
+        "host",
+        "--out",
+        str(out),
+        "--strategy",
+        "store-all",
+        "--no-compile",
+        *args,
+    )
     shutil.rmtree(out / "build", ignore_errors=True)
     subprocess.run(["make", "-C", str(out), "SAN=asan"], check=True, capture_output=True)
     b = builddir.open_build(out)
+    trainable = b.doc["training"]["trainable"]
+    assert len(trainable) == (3 if args else len(b.doc["params"]))
+    if args:
+        assert {"bn_frozen", "bn_frozen_dx"} <= {n["op"] for n in b.doc["nodes"]}
     rng = np.random.default_rng(0)
     with target.for_board(load_board("host")).launch(out, timeout_s=60, pager="ram") as s:
         dev = harness.Device(b, s)
@@ -43,7 +63,7 @@ def test_sanitized_training_and_inference(tmp_path, name, cls, shape, opset):
                 rng.standard_normal(b.input_shape).astype(np.float32), rng.integers(0, b.classes, b.batch)
             )
             step = dev.step(0.05, capture=True)
-            assert np.isfinite(step.loss) and len(step.grads) == len(b.doc["params"])
+            assert np.isfinite(step.loss) and sorted(step.grads) == sorted(trainable)
         assert np.all(np.isfinite(dev.infer(rng.standard_normal(b.input_shape).astype(np.float32))))
         proc = s.proc
     assert proc.wait(10) == 0

@@ -32,7 +32,7 @@ def test_fused_updates_keep_no_gradient_buffer():
     g = fused.graph
     for p, upd in fused.updates.items():
         u = g.node_index[upd]
-        assert g.nodes[u].inputs[-1] == p and fused.in_place[u] == p
+        assert g.nodes[u].inputs[-1] == p and fused.in_place[u] == (p,)
         assert all(r < u for r in g.consumers[p] if r != u)
     # the largest weight gradient is gone from the arena: no grad tensor has a weight's shape
     shapes = {g.tensor(p).shape for p in g.params}

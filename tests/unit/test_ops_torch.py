@@ -27,10 +27,11 @@ TOL = 1e-9  # float64 against float64
 SETTINGS = settings(max_examples=20, deadline=None)
 
 
-def run(nodes, params, state=None, seed=0):
+def run(nodes, params, state=None, seed=0, **build):
     """nodes: [(op, inputs, output, attrs)]. The last output times a random tensor "R" (also a parameter: a
     plain cross-entropy would be blind to anything constant along the class axis, like a conv bias) is the
-    logits. Returns (training graph, reference step, labels)."""
+    logits. ``build``: arguments of build_training_graph (optimizer, trainable, bn). Returns (training graph,
+    reference step, labels)."""
     state = state or {}
     nodes = list(nodes)
     last = nodes[-1]
@@ -52,7 +53,7 @@ def run(nodes, params, state=None, seed=0):
     logits = nodes[-1][2]
     g = Graph("t", tensors, tuple(ir), ("data:in",), (logits,))
     model = Model(g, dict(params), onnx.ModelProto(), "test", "", "data:in", logits, dict(state), flag)
-    tg = autodiff.build_training_graph(model)
+    tg = autodiff.build_training_graph(model, **build)
     c = g.tensor(logits).shape[-1]
     labels = np.random.default_rng(seed).integers(0, c, g.tensor(logits).numel // c)
     r = reference.train_step(tg, {**params, **state}, np.zeros(1), labels, lr=0.0)
@@ -207,6 +208,34 @@ def test_batchnorm_training(n, c, hw):
             torch.tensor(x), rm, rv, torch.tensor(params["gamma"]), torch.tensor(params["beta"]), False
         )
     np.testing.assert_allclose(ev.reshape(want.shape), want.numpy(), rtol=1e-9, atol=1e-12)
+
+
+@SETTINGS
+@given(n=st.integers(1, 3), c=st.integers(1, 4), hw=st.sampled_from([(), (1, 3), (3, 2)]))
+def test_batchnorm_frozen(n, c, hw):
+    """Scale and bias frozen (--bn frozen): the running statistics in training too, as PyTorch's eval(); the
+    input gradient is dy gamma / sqrt(var + eps) and the running statistics stay as they were."""
+    x = rnd(12, max(n, 2), c, *hw) * 3 + 1
+    gamma, beta, rm, rv = rnd(13, c), rnd(14, c), rnd(15, c), rnd(16, c, lo=0.5)
+    attrs = Attrs(eps=1e-5, momentum=0.1)
+    nodes = [
+        ("bn_stats", ("x", "rm", "rv", TRAIN_FLAG), "stats", attrs),
+        ("bn_apply", ("x", "stats", "gamma", "beta"), "y", attrs),
+    ]
+    if not hw:
+        nodes.append(("reshape", ("y",), "y2", Attrs(shape=x.shape)))
+    params = {"x": x, "gamma": gamma, "beta": beta}
+    tg, r, labels = run(nodes, params, {"rm": rm, "rv": rv}, trainable=("x", "R"))
+    assert tg.graph.nodes[0].op == "bn_frozen" and not tg.state_updates
+    t = {k: torch.tensor(v) for k, v in (("rm", rm), ("rv", rv), ("gamma", gamma), ("beta", beta))}
+
+    def fwd(x):
+        return F.batch_norm(x, t["rm"], t["rv"], t["gamma"], t["beta"], training=False, eps=1e-5)
+
+    compare(r, labels, "y", fwd, {"x": x})
+    assert set(r.grads) == {"x", "R"}
+    np.testing.assert_array_equal(r.state["rm"], rm)
+    np.testing.assert_array_equal(r.state["rv"], rv)
 
 
 # ---- activations ---------------------------------------------------------------------------------------------

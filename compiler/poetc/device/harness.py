@@ -345,8 +345,11 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 class VerifyResult:
     loss_device: float
     loss_ref: float
-    errors: dict[str, float]  # per parameter: max relative error of the gradient
-    update_errors: dict[str, float]  # per parameter: of the updated weights
+    errors: dict[str, float]  # per trainable parameter: max relative error of the gradient
+    update_errors: dict[str, float]  # per trainable parameter: of the updated weights
+    frozen_changed: list[str] = field(
+        default_factory=list
+    )  # frozen parameters the step changed (must be none)
 
     @property
     def worst(self) -> tuple[str, float]:
@@ -358,7 +361,7 @@ def training_graph_of(build: BuildInfo) -> tuple[Model, autodiff.TrainingGraph]:
     model = frontend.load(build.dir / "model.onnx", batch=build.batch)
     if build.doc.get("input_u8_scale") is not None:
         model = u8_input(model, build.doc["input_u8_scale"])
-    tg = autodiff.build_training_graph(model)
+    tg = autodiff.build(model, build.training())  # the recorded --train, --bn, --optimizer
     if tg.graph.fingerprint() != build.doc.get("graph_fingerprint"):
         raise PoetcError(f"{build.dir}: model.onnx no longer matches the build; rebuild it")
     return model, tg
@@ -372,19 +375,21 @@ def verify(build: BuildInfo, target: Target, ds: Dataset, lr: float, seed: int =
         dev = Device(build, sess, target.seconds)
         params = dev.params()
         state = dev.state()
+        opt = {v: dev.read_f32(v) for v in build.opt_state().values()}  # momentum buffers (zero at start)
         dev.set_batch(x, y, ds.q8)
         x_dev = dev.read_input()
         out = dev.step(lr, capture=True)
         after = dev.params()
     scale = build.doc.get("input_u8_scale")
     x_ref = x_dev if scale is None else to_u8(x_dev, scale)  # the reference's input is what the target holds
-    ref = reference.train_step(tg, {**params, **state}, x_ref, y, lr)
+    ref = reference.train_step(tg, {**params, **state, **opt}, x_ref, y, lr)
     # judged at the model's gradient scale too: a bias before BatchNorm has an analytically zero gradient
     floor = reference.grad_floor(ref.grads)
-    errs = {p: reference.max_rel_error(out.grads[p], ref.grads[p], floor) for p in params}
+    errs = {p: reference.max_rel_error(out.grads[p], ref.grads[p], floor) for p in tg.params}
     # the update's own rounding is measured against the step actually applied: lr * grad
-    upd = {p: reference.max_rel_error(params[p] - after[p], params[p] - ref.params[p]) for p in params}
-    return VerifyResult(out.loss, ref.loss, errs, upd)
+    upd = {p: reference.max_rel_error(params[p] - after[p], params[p] - ref.params[p]) for p in tg.params}
+    changed = [p for p in tg.frozen if params[p].tobytes() != after[p].tobytes()]
+    return VerifyResult(out.loss, ref.loss, errs, upd, changed)
 
 
 # ---- energy and per-node ticks -------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from ..emit import builddir
 from ..errors import PoetcError
 from ..fmt import nbytes, seconds, table
 from ..graph.ir import Model
+from ..graph.options import TrainingOptions
 from ..schedule import memplan, simulate, strategies
 from ..schedule.program import Instr, Op, Program
 from . import harness, target
@@ -347,17 +348,18 @@ def measure(
     port: str | None = None,
     seed: int = 0,
     timeout_s: float = 120.0,
+    training: TrainingOptions = TrainingOptions(),
 ) -> Profile:
     """Build ``model`` for ``board`` with the pager probe, run it and return the profile (see the module doc)."""
     say = say or (lambda s: None)
     tgt = target.for_board(board)
-    pl = pipeline.plan(model, board, say=say)
+    pl = pipeline.plan(model, board, say=say, training=training)
     if strategy is None:  # any schedule that runs every node will do: the cheapest heuristic, else POET's
         best = strategies.best_heuristic(pl.problem)
         strategy = best.strategy if best is not None else "poet"
     say(f"profiling build: the {strategy} schedule at the board's {nbytes(board.ram_bytes)} of RAM")
     c = pipeline.compile_model(
-        model, board, None, strategy, command or "poetc profile", progress=say, opts=opts
+        model, board, None, strategy, command or "poetc profile", progress=say, opts=opts, training=training
     )
     c, probed = with_pager_probe(c, say)
     tmp = None

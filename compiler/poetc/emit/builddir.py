@@ -5,7 +5,8 @@ generation and the compilation succeeded. An existing ``--out`` is replaced only
 its files in ``.poetc-files``); a directory holding anything else is refused.
 
 Layout:
-  poetc.json       manifest: model, board, tensors with ids, parameters, programs, memory, hash
+  poetc.json       manifest: model, board, tensors with ids, parameters, training options (trainable, frozen,
+                   optimizer, BatchNorm mode), programs, memory, hash
   arena.txt        the memory plan over each program (memplan.timeline)
   schedule.json    the schedule's figures (strategy, energy, time, peak RAM, arena, paging counts)
   model.c/.h       generated tables;   model.onnx   the source model (for export)
@@ -17,6 +18,7 @@ Layout:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -30,6 +32,7 @@ import onnx
 from .. import __version__
 from ..errors import PoetcError
 from ..graph.ir import Role
+from ..graph.options import TrainingOptions
 from ..pipeline import Compiled
 from ..resources import firmware_dir, runtime_dir
 from ..schedule import memplan, strategies
@@ -81,11 +84,7 @@ def flash_pager_wear(c: Compiled) -> dict[str, Any] | None:
 def homes(c: Compiled) -> dict[str, str]:
     """Parameter, optimizer and state tensor -> "ram" | "flash" | "storage"."""
     g = c.tg.graph
-    return {
-        n: c.home(n)
-        for n, t in g.tensors.items()
-        if t.role in (Role.PARAM, Role.STATE) or t.role.value == "opt_state"
-    }
+    return {n: c.home(n) for n, t in g.tensors.items() if t.role in (Role.PARAM, Role.STATE, Role.OPT_STATE)}
 
 
 def manifest(c: Compiled, command: str, batch: int) -> dict[str, Any]:
@@ -127,8 +126,16 @@ def manifest(c: Compiled, command: str, batch: int) -> dict[str, Any]:
             "loss": ids[c.tg.loss],
             "logits": ids[c.tg.logits],
         },
-        "params": list(c.model.graph.params),
+        "params": list(c.model.graph.params),  # every parameter, trainable or frozen
         "state": list(c.model.state),  # BatchNorm running statistics: read back and exported with the params
+        # --train, --bn, --optimizer, --weight-decay, and what they resolved to: train/verify/report rebuild the
+        # same training graph from this
+        "training": {
+            **c.training.to_json(),
+            "trainable": list(c.tg.params),
+            "frozen": list(c.tg.frozen),
+            "opt_state": dict(c.tg.opt_state),  # parameter -> its momentum buffer tensor
+        },
         "graph_fingerprint": c.tg.graph.fingerprint(),
         # --input-u8: the batch is sent and held as bytes, dequantized on the target with this scale
         "input_u8_scale": next((n.attrs["scale"] for n in g.nodes if n.op == "dequant_u8"), None),
@@ -237,6 +244,19 @@ class BuildInfo:
 
     def param_ids(self) -> dict[str, int]:
         return {p: self.tensor(p)["id"] for p in self.doc["params"]}
+
+    def training(self) -> TrainingOptions:
+        """The build's training options, with the trainable parameters it resolved (``--train auto``,
+        ``last:K``, ...) spelled out, so the same training graph can be rebuilt from model.onnx."""
+        doc = self.doc.get("training")
+        opts = TrainingOptions.from_json(doc)
+        if doc and doc.get("frozen"):
+            opts = dataclasses.replace(opts, train=tuple(doc["trainable"]))
+        return opts
+
+    def opt_state(self) -> dict[str, str]:
+        """Trainable parameter -> its momentum buffer tensor (empty for plain SGD)."""
+        return dict(self.doc.get("training", {}).get("opt_state", {}))
 
     def state_ids(self) -> dict[str, int]:
         """State tensors (BatchNorm running statistics), updated by training and exported like parameters."""

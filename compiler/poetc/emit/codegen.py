@@ -124,7 +124,7 @@ def render(inp: CodegenInput) -> dict[str, str]:
         if not t.in_arena and t.nbytes:
             ctype = {"i32": "int32_t", "u8": "uint8_t"}.get(t.dtype, "float")
             init = None
-            if name in inp.params or t.role.value == "opt_state":  # parameters and state: initial values
+            if t.role in (Role.PARAM, Role.STATE, Role.OPT_STATE):  # initial values (momentum: zeros)
                 arr = np.asarray(inp.params.get(name, np.zeros(t.numel)), np.float32).reshape(-1)
                 if arr.any() or home == "flash":
                     init = c_array_lines(c_float(v) for v in arr)
@@ -141,7 +141,9 @@ def render(inp: CodegenInput) -> dict[str, str]:
                 }
             )
             data = {"ram": ident, "flash": f"(void *){ident}", "storage": "NULL"}[home]
-        writable = int(t.role in (Role.INPUT, Role.LABEL, Role.PARAM, Role.STATE) and home != "flash")
+        writable = int(
+            t.role in (Role.INPUT, Role.LABEL, Role.PARAM, Role.STATE, Role.OPT_STATE) and home != "flash"
+        )
         tensors.append(
             {
                 "id": i,

@@ -976,9 +976,14 @@ def _producers(nodes: Sequence[onnx.NodeProto]) -> dict[str, int]:
     return {o: i for i, n in enumerate(nodes) for o in n.output if o}
 
 
+def _f32_bytes(a: np.ndarray) -> bytes:
+    return np.ascontiguousarray(a, dtype=np.float32).tobytes()
+
+
 def export_onnx(model: Model, values: dict[str, np.ndarray], path: Path) -> None:
     """Write ``values`` (initializer name -> array: parameters and running statistics) into a copy of the
-    model's ONNX and save it to ``path``.
+    model's ONNX and save it to ``path``. A value equal bit for bit to the initializer's leaves it untouched
+    (frozen parameters and the running statistics of frozen BatchNorms keep their exact encoding).
 
     BatchNormalization nodes are switched to inference (training_mode 0, one output), so the exported model
     computes what the device's inference program computes: PyTorch's eval() semantics."""
@@ -993,7 +998,12 @@ def export_onnx(model: Model, values: dict[str, np.ndarray], path: Path) -> None
             raise PoetcError(
                 f"{model.source}: initializer {name!r} has shape {old.shape}, trained {arr.shape}"
             )
-        by_name[name].CopyFrom(numpy_helper.from_array(arr.astype(old.dtype), name))
+        new = np.asarray(arr).astype(old.dtype)
+        imported = model.params.get(name, model.state.get(name))  # as imported (float32)
+        same = imported is not None and _f32_bytes(arr) == _f32_bytes(imported)
+        if same or new.tobytes() == old.tobytes():
+            continue  # unchanged (a frozen parameter or BatchNorm): the initializer stays exactly as it was
+        by_name[name].CopyFrom(numpy_helper.from_array(new, name))
     for n in proto.graph.node:
         if n.op_type == "BatchNormalization":
             keep = [at for at in n.attribute if at.name != "training_mode"]

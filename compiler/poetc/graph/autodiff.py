@@ -13,17 +13,49 @@ Updates happen in place, so each update node carries ``after`` edges to every no
 A scheduler must not recompute a reader of a parameter once its update has run (``update_stage``).
 Ops that behave differently in training and inference (BatchNorm statistics) read the model's training flag
 (``train_flag``, an input tensor the runtime sets to 1 for the train program and 0 for inference).
+
+Sparse update: only the ``trainable`` parameters get gradients and updates; the others are frozen (read only).
+Gradients flow only where a trainable parameter needs them: a tensor needs a gradient iff it is computed from a
+trainable parameter, so a frozen prefix of the network gets no backward nodes at all, and a frozen layer between
+trainable ones propagates its input gradient but computes no weight gradient. With ``bn="frozen"`` a BatchNorm
+whose scale and bias are both frozen runs on its running statistics in training too (``bn_frozen``: no batch
+statistics, no running-statistics update, no training flag); ``bn="train"`` keeps batch statistics everywhere.
+With momentum, each trainable parameter has a buffer (``Role.OPT_STATE``, zero at start) that only the
+parameter's update node reads and writes, in place (``opt_state``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+import difflib
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from ..errors import PoetcError
 from . import ops
 from .ir import Attrs, Graph, Model, Node, Role, Tensor
+from .options import (
+    BN_MODES,
+    Optimizer,
+    TrainingOptions,
+    bias_params,
+    layers_with_params,
+    parse_optimizer,
+    select_trainable,
+)
+
+__all__ = [
+    "Optimizer",
+    "TrainingGraph",
+    "TrainingOptions",
+    "bias_params",
+    "build",
+    "build_training_graph",
+    "layers_with_params",
+    "parse_optimizer",
+    "select_trainable",
+]
 
 
 @dataclass(frozen=True)
@@ -38,17 +70,19 @@ class TrainingGraph:
     n_forward: int  # graph.nodes[:n_forward] is the model's forward pass
     state_updates: Mapping[str, str] = field(default_factory=dict)  # state tensor -> its in-place update node
     train_flag: str | None = None  # 1 in the train program, 0 in inference (None: the model has no such op)
+    frozen: tuple[str, ...] = ()  # parameters that are only read (no gradient, no update)
+    opt_state: Mapping[str, str] = field(default_factory=dict)  # trainable parameter -> its momentum buffer
 
     @cached_property
-    def in_place(self) -> Mapping[int, str]:
-        """Node index -> the static tensor it updates in place (optimizer steps, running statistics).
-
-        Such a node must run exactly once, and no reader of that tensor may run after it."""
+    def in_place(self) -> Mapping[int, tuple[str, ...]]:
+        """Node index -> the static tensors it updates in place: a parameter and its momentum buffer (optimizer
+        steps), or a running statistic. Such a node must run exactly once, and no other reader of those tensors
+        may run after it."""
         out = {}
         for i, n in enumerate(self.graph.nodes):
-            k = ops.get(n.op).in_place
-            if k is not None:
-                out[i] = n.inputs[k]
+            targets = ops.get(n.op).updated(n.inputs)
+            if targets:
+                out[i] = targets
         return out
 
     @cached_property
@@ -58,14 +92,16 @@ class TrainingGraph:
         The reader must not run in any stage after that one (it would see the new value)."""
         g = self.graph
         out: dict[int, int] = {}
-        for u, tensor in self.in_place.items():
-            for reader in g.consumers[tensor]:
-                if reader != u:
-                    out[reader] = min(out.get(reader, u), u)
+        for u, tensors in self.in_place.items():
+            for tensor in tensors:
+                for reader in g.consumers[tensor]:
+                    if reader != u:
+                        out[reader] = min(out.get(reader, u), u)
         return out
 
     @property
     def params(self) -> tuple[str, ...]:
+        """The trainable parameters (those with gradients and updates)."""
         return tuple(self.grads)
 
 
@@ -112,12 +148,30 @@ class _Builder:
         return out
 
 
-def build_training_graph(model: Model, optimizer: str = "sgd", fuse_updates: bool = True) -> TrainingGraph:
+def build(model: Model, options: TrainingOptions = TrainingOptions()) -> TrainingGraph:
+    """The training graph ``options`` (``--train``, ``--bn``, ``--optimizer``, ``--weight-decay``) ask for."""
+    return build_training_graph(model, options.optimizer, trainable=options.trainable(model), bn=options.bn)
+
+
+def build_training_graph(
+    model: Model,
+    optimizer: Optimizer | str = Optimizer(),
+    fuse_updates: bool = True,
+    trainable: Collection[str] | None = None,
+    bn: str = "frozen",
+) -> TrainingGraph:
     """The training graph of ``model``. ``fuse_updates`` computes weight gradients inside their SGD step
-    (no gradient buffer in RAM); without it, every gradient is a tensor of its own."""
+    (no gradient buffer in RAM); without it, every gradient is a tensor of its own. ``trainable``: the
+    parameters that train (None: all of them); the others are frozen. ``bn``: "frozen" runs a BatchNorm whose
+    scale and bias are both frozen on its running statistics, "train" uses batch statistics everywhere."""
+    if isinstance(optimizer, str):
+        optimizer = parse_optimizer(optimizer)
+    if bn not in BN_MODES:
+        raise PoetcError(f"--bn {bn!r}: expected one of {', '.join(BN_MODES)}")
     fwd = model.graph
-    if optimizer != "sgd":
-        raise PoetcError(f"unknown optimizer {optimizer!r} (supported: sgd)")
+    train = _trainable_set(model, trainable)
+    if bn == "frozen":
+        fwd = _freeze_batchnorm(fwd, train)
     tensors = dict(fwd.tensors)
     nodes = list(fwd.nodes)
     logits = model.logits
@@ -135,8 +189,8 @@ def build_training_graph(model: Model, optimizer: str = "sgd", fuse_updates: boo
     loss_node = Node("loss", "softmax_xent", (logits, label), loss, Attrs(), phase="loss", origin="loss")
     nodes.append(loss_node)
 
-    # tensors whose gradient is needed: parameters and everything computed from them
-    requires: set[str] = set(fwd.params)
+    # tensors whose gradient is needed: trainable parameters and everything computed from them
+    requires: set[str] = set(train)
     for n in fwd.nodes:
         if any(i in requires for i in n.inputs):
             requires.add(n.output)
@@ -151,17 +205,19 @@ def build_training_graph(model: Model, optimizer: str = "sgd", fuse_updates: boo
     first_reader: dict[str, int] = {}
     for i, n in enumerate(fwd.nodes):
         for x in n.inputs:
-            if x in fwd.params:
+            if x in train:
                 first_reader.setdefault(x, i)
     grads: dict[str, str] = {}
     updates: dict[str, str] = {}
+    opt_state: dict[str, str] = {}
+    step_attrs = Attrs(optimizer.attrs())
 
     state_updates: dict[str, str] = {}
 
     def emit_state_updates(node: Node) -> None:
         rule = ops.get(node.op).state
         for su in rule(b, node) if rule is not None else ():
-            target = su.inputs[ops.get(su.op).in_place or 0]
+            (target,) = ops.get(su.op).updated(su.inputs)
             if tensors[target].role != Role.STATE:
                 raise PoetcError(f"{model.source}: node {node.name}: {target!r} is not a state tensor")
             if target in state_updates:
@@ -195,13 +251,19 @@ def build_training_graph(model: Model, optimizer: str = "sgd", fuse_updates: boo
                 else:
                     pending[x] = g
         for x in dict.fromkeys(node.inputs):
-            if x in fwd.params and first_reader[x] == i and x in pending:
+            if x in train and first_reader[x] == i and x in pending:
                 g = pending.pop(x)
                 readers = tuple(dict.fromkeys(n.name for n in nodes if x in n.inputs))
+                ins = (x, g)
+                if optimizer.has_buffer:
+                    v = _fresh(f"{x}:momentum", tensors)
+                    tensors[v] = Tensor(v, tensors[x].shape, Role.OPT_STATE)
+                    opt_state[x] = v
+                    ins = (x, g, v)
                 upd = b.emit(
                     "sgd",
-                    (x, g),
-                    Attrs(),
+                    ins,
+                    step_attrs,
                     node,
                     f"update:{x}",
                     role=Role.UPDATE,
@@ -213,7 +275,7 @@ def build_training_graph(model: Model, optimizer: str = "sgd", fuse_updates: boo
                 tensors[upd] = Tensor(upd, tensors[x].shape, Role.UPDATE)
         emit_state_updates(node)
 
-    missing = [p for p in fwd.params if p not in grads]
+    missing = [p for p in fwd.params if p in train and p not in grads]
     if missing:
         raise PoetcError(f"{model.source}: parameter(s) {', '.join(missing)} do not affect the loss")
     if fuse_updates:
@@ -230,7 +292,57 @@ def build_training_graph(model: Model, optimizer: str = "sgd", fuse_updates: boo
         len(fwd.nodes),
         state_updates,
         model.train_flag,
+        tuple(p for p in fwd.params if p not in train),
+        opt_state,
     )
+
+
+def _trainable_set(model: Model, trainable: Collection[str] | None) -> set[str]:
+    params = list(model.graph.params)
+    if trainable is None:
+        return set(params)
+    if isinstance(trainable, str):
+        raise TypeError("trainable is a collection of parameter names (select_trainable parses a spec)")
+    for p in trainable:
+        if p not in params:
+            close = difflib.get_close_matches(p, params, n=3, cutoff=0.5)
+            raise PoetcError(
+                f"{model.source}: no parameter {p!r} to train"
+                + (f" (close: {', '.join(close)})" if close else "")
+            )
+    if not trainable:
+        raise PoetcError(f"{model.source}: no parameter to train (every parameter is frozen)")
+    return set(trainable)
+
+
+def _freeze_batchnorm(fwd: Graph, train: set[str]) -> Graph:
+    """Each BatchNorm (bn_stats + bn_apply) whose scale and bias are both frozen -> one bn_frozen node on the
+    running statistics, named as the bn_apply node; its statistics tensor goes away."""
+    producer = {n.output: n for n in fwd.nodes}
+    readers: dict[str, int] = {}
+    for n in fwd.nodes:
+        for x in set(n.inputs):
+            readers[x] = readers.get(x, 0) + 1
+    drop: set[str] = set()
+    replace: dict[str, Node] = {}
+    for n in fwd.nodes:
+        if n.op != "bn_apply":
+            continue
+        x, stats, gamma, beta = n.inputs
+        st = producer.get(stats)
+        if gamma in train or beta in train or st is None or st.op != "bn_stats" or readers[stats] != 1:
+            continue
+        if st.inputs[0] != x:
+            continue
+        _x, rm, rv, _flag = st.inputs
+        replace[n.name] = dataclasses.replace(n, op="bn_frozen", inputs=(x, rm, rv, gamma, beta))
+        drop.add(st.name)
+    if not replace:
+        return fwd
+    nodes = tuple(replace.get(n.name, n) for n in fwd.nodes if n.name not in drop)
+    gone = {producer_node.output for producer_node in fwd.nodes if producer_node.name in drop}
+    tensors = {k: t for k, t in fwd.tensors.items() if k not in gone}
+    return Graph(fwd.name, tensors, nodes, fwd.inputs, fwd.outputs)
 
 
 FUSED = {"linear_dw": "linear_dw_sgd", "bias_grad": "bias_grad_sgd"}
@@ -253,17 +365,21 @@ def _fuse_updates(
     for k, u in enumerate(nodes):
         if u.op != "sgd":
             continue
-        param, g = u.inputs
+        param, g = u.inputs[:2]
         pi = producer.get(g)
         if pi is None or nodes[pi].op not in FUSED or readers.get(g, 0) != 1:
             continue
         src = nodes[pi]
+        if any(x in updates and x != param for x in src.inputs):
+            # the gradient reads another trained parameter (a toy graph's parameter input): that one's update
+            # may come first, so the fused node, which takes this update's later place, would read it too late
+            continue
         fused = Node(
             f"{src.name}+sgd",
             FUSED[src.op],
-            (*src.inputs, param),
+            (*src.inputs, param, *u.inputs[2:]),  # the momentum buffer, if any, after the parameter
             u.output,
-            src.attrs,
+            src.attrs.replace(**dict(u.attrs)),  # momentum, weight decay
             after=u.after,
             phase="update",
             origin=src.origin,

@@ -4,7 +4,7 @@ A ``Graph`` is a list of nodes in topological order. Every node produces exactly
 output are interchangeable for scheduling (as in Checkmate and POET: stage t computes node t). Tensors carry a
 ``Role`` that decides where they live on the device:
 
-- static roles (input, label, param, loss, state, update) have a fixed home outside the arena;
+- static roles (input, label, param, state, opt_state, loss, update) have a fixed home outside the arena;
 - arena roles (activation, grad) are placed by the memory planner and may be dropped, recomputed or paged.
 
 Nodes may carry ``after``: control dependencies (node names) that order without reading data, used to keep an
@@ -31,17 +31,22 @@ if TYPE_CHECKING:
 class Role(StrEnum):
     INPUT = "input"  # data fed per step by the harness
     LABEL = "label"  # integer class labels fed per step
-    PARAM = "param"  # trainable parameter, updated in place by its optimizer node
-    STATE = "state"  # optimizer or running state (momentum, BatchNorm running stats)
+    PARAM = "param"  # parameter: updated in place by its optimizer node, or only read when frozen
+    STATE = "state"  # model state exported with the parameters (BatchNorm running statistics)
+    OPT_STATE = "opt_state"  # optimizer state (a momentum buffer): zero at start, updated only by its step
     LOSS = "loss"  # scalar loss, read by the harness after a step
     UPDATE = "update"  # zero-byte token produced by an in-place update node
     ACTIVATION = "activation"  # forward intermediate, lives in the arena
     GRAD = "grad"  # backward intermediate (input or weight gradient), lives in the arena
 
 
-STATIC_ROLES = frozenset({Role.INPUT, Role.LABEL, Role.PARAM, Role.STATE, Role.LOSS, Role.UPDATE})
+STATIC_ROLES = frozenset(
+    {Role.INPUT, Role.LABEL, Role.PARAM, Role.STATE, Role.OPT_STATE, Role.LOSS, Role.UPDATE}
+)
 
-SOURCE_ROLES = frozenset({Role.INPUT, Role.LABEL, Role.PARAM, Role.STATE})  # exist before any node
+SOURCE_ROLES = frozenset(
+    {Role.INPUT, Role.LABEL, Role.PARAM, Role.STATE, Role.OPT_STATE}
+)  # exist before any node
 
 DTYPE_BYTES = {"f32": 4, "i32": 4, "u8": 1}
 

@@ -21,16 +21,28 @@ class StepResult:
     params: dict[str, np.ndarray]  # parameter values after the update
     values: dict[str, np.ndarray]  # every tensor computed during the step (for debugging)
     state: dict[str, np.ndarray] = field(default_factory=dict)  # state tensors after the step
+    opt_state: dict[str, np.ndarray] = field(
+        default_factory=dict
+    )  # momentum buffers after the step, by tensor
+
+    @property
+    def carry(self) -> dict[str, np.ndarray]:
+        """Everything the next step starts from: parameters, running statistics and momentum buffers."""
+        return {**self.params, **self.state, **self.opt_state}
 
 
 def _sources(tg: TrainingGraph, params: dict[str, np.ndarray], training: bool) -> dict[str, np.ndarray]:
-    """Parameters and state (BatchNorm running statistics) from ``params``, and the training flag."""
+    """Parameters and state (BatchNorm running statistics) from ``params``, and the training flag; momentum
+    buffers from ``params`` too, or zero (before the first step)."""
     g = tg.graph
     names = list(g.params) + [t.name for t in g.by_role(Role.STATE)]
     missing = [n for n in names if n not in params]
     if missing:
         raise KeyError(f"no value for {', '.join(missing)}")
     vals = {n: np.asarray(params[n], np.float64).copy() for n in names}
+    for t in g.by_role(Role.OPT_STATE):
+        v = params.get(t.name)
+        vals[t.name] = np.zeros(t.shape) if v is None else np.asarray(v, np.float64).reshape(t.shape).copy()
     if tg.train_flag is not None:
         vals[tg.train_flag] = np.full(g.tensor(tg.train_flag).shape, 1.0 if training else 0.0)
     return vals
@@ -39,7 +51,8 @@ def _sources(tg: TrainingGraph, params: dict[str, np.ndarray], training: bool) -
 def train_step(
     tg: TrainingGraph, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float
 ) -> StepResult:
-    """One step; ``params`` holds the parameters and, for models with BatchNorm, the state tensors."""
+    """One step; ``params`` holds the parameters and, for models with BatchNorm, the state tensors (and, to
+    continue a trajectory with momentum, the buffers: ``StepResult.carry`` of the previous step)."""
     g = tg.graph
     vals = _sources(tg, params, training=True)
     vals[tg.input] = np.asarray(x, np.float64).reshape(g.tensor(tg.input).shape)
@@ -48,16 +61,18 @@ def train_step(
     for node in g.nodes:
         op = ops.get(node.op)
         args = [vals[i] for i in node.inputs]
-        if op.in_place is not None:
-            target = node.inputs[op.in_place]
-            if g.tensor(target).role == Role.PARAM:
-                grads[target] = (op.step_grad(node.attrs, *args) if op.step_grad else args[1]).copy()
-            vals[target] = op.ref(node.attrs, *args, lr)
+        targets = op.updated(node.inputs)
+        if targets:
+            if g.tensor(targets[0]).role == Role.PARAM:  # the raw gradient, before weight decay and momentum
+                grads[targets[0]] = (op.step_grad(node.attrs, *args) if op.step_grad else args[1]).copy()
+            for t, v in zip(targets, op.ref(node.attrs, *args, lr), strict=True):
+                vals[t] = np.asarray(v, np.float64)
             continue
         vals[node.output] = np.asarray(op.ref(node.attrs, *args), np.float64)
     new_params = {p: vals[p] for p in g.params}
     state = {t.name: vals[t.name] for t in g.by_role(Role.STATE)}
-    return StepResult(float(vals[tg.loss]), grads, new_params, vals, state)
+    opt = {t.name: vals[t.name] for t in g.by_role(Role.OPT_STATE)}
+    return StepResult(float(vals[tg.loss]), grads, new_params, vals, state, opt)
 
 
 def forward(tg: TrainingGraph, params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:

@@ -113,7 +113,8 @@ def _read_json(path: Path) -> Any:
 
 
 def replan(b: builddir.BuildInfo, board: Board) -> Problem:
-    """The build's scheduling problem again: same model, batch, board, RAM budget, deadline and cost source."""
+    """The build's scheduling problem again: same model, batch, board, RAM budget, deadline, cost source and
+    training options (trainable parameters, BatchNorm mode, optimizer)."""
     from ..device import profile as profile_mod
 
     model = frontend.load(b.dir / "model.onnx", batch=b.batch)
@@ -130,6 +131,7 @@ def replan(b: builddir.BuildInfo, board: Board) -> Problem:
         f"{deadline!r}s" if deadline else None,
         None,
         params=b.doc.get("param_homes", "ram"),
+        training=b.training(),
         **kw,
     )
     return pl.problem

@@ -63,7 +63,9 @@
     X(CONCAT, 50, concat)               \
     X(LINEAR_DW_SGD, 51, linear)        \
     X(BIAS_GRAD_SGD, 52, linear)        \
-    X(DEQUANT_U8, 53, quant)
+    X(DEQUANT_U8, 53, quant)            \
+    X(BN_FROZEN, 54, bn)                \
+    X(BN_FROZEN_DX, 55, bn)
 
 typedef enum {
 #define POET_KERNEL_ENUM_(name, id, fam) POET_K_##name = id,
@@ -76,6 +78,7 @@ typedef struct {
     uint32_t m, k, n; /* x is [m, k]; W' = trans_w ? W^T : W is [k, n]; y is [m, n] */
     uint32_t trans_w;
     float alpha, beta; /* y = alpha * x W' + beta * b */
+    float momentum, weight_decay; /* LINEAR_DW_SGD, BIAS_GRAD_SGD: the optimizer (as poet_sgd_params); else 0 */
 } poet_linear_params;
 
 typedef struct {
@@ -86,8 +89,11 @@ typedef struct {
     uint32_t m, c; /* logits [m, c], labels [m] */
 } poet_xent_params;
 
+/* PyTorch's SGD (dampening 0, no Nesterov): g' = g + weight_decay w; with a momentum buffer v:
+ * v = momentum v + g', w -= lr v; without one (momentum 0): w -= lr g'. */
 typedef struct {
     uint32_t n;
+    float momentum, weight_decay;
 } poet_sgd_params;
 
 #define POET_MAX_RANK 6 /* loop dimensions of strided and broadcasting kernels (after merging) */
@@ -223,6 +229,12 @@ poet_status poet_bn_dgamma_f32(const poet_bn_params *p, const float *restrict dy
 poet_status poet_bn_dbeta_f32(const poet_bn_params *p, const float *restrict dy, float *restrict dbeta);
 /* In place: a running statistic from the batch's statistics. */
 poet_status poet_bn_running_f32(const poet_bn_params *p, const float *restrict stats, float *restrict state);
+/* A frozen BatchNorm on its running statistics (BN_APPLY's arithmetic), and its input gradient dy gamma r. */
+poet_status poet_bn_frozen_f32(const poet_bn_params *p, const float *restrict x, const float *restrict rmean,
+                               const float *restrict rvar, const float *restrict gamma, const float *restrict beta,
+                               float *restrict y);
+poet_status poet_bn_frozen_dx_f32(const poet_bn_params *p, const float *restrict dy, const float *restrict rvar,
+                                  const float *restrict gamma, float *restrict dx);
 
 /* ---- act.c --------------------------------------------------------------------------------------------- */
 poet_status poet_clip_fwd_f32(const poet_act_params *p, const float *restrict x, float *restrict y);
@@ -280,8 +292,10 @@ poet_status poet_concat_f32(const poet_concat_params *p, const float *restrict x
                             const float *restrict x2, const float *restrict x3, float *restrict y);
 
 /* ---- sgd.c --------------------------------------------------------------------------------------------- */
-/* In place: w -= lr * g. */
-poet_status poet_sgd_f32(const poet_sgd_params *p, float lr, const float *restrict g, float *restrict w);
+/* In place: the step of w (and of its momentum buffer v, NULL for plain SGD) with gradient g (poet_sgd_params).
+ * A non-zero momentum needs v. */
+poet_status poet_sgd_f32(const poet_sgd_params *p, float lr, const float *restrict g, float *restrict w,
+                         float *restrict v);
 
 /* ---- quant.c ------------------------------------------------------------------------------------------- */
 typedef struct {
@@ -293,14 +307,17 @@ typedef struct {
 poet_status poet_dequant_u8_f32(const poet_quant_params *p, const uint8_t *restrict q, float *restrict y);
 
 /* Fused weight gradient + SGD: the gradient is computed a chunk at a time and applied at once, so it never
- * occupies RAM. A sink, when given, sees every chunk first (element offset into the parameter, values). */
+ * occupies RAM. A sink, when given, sees every chunk of the raw gradient first (element offset into the
+ * parameter, values), before weight decay and momentum. The step is poet_sgd_f32's, with the momentum and
+ * weight decay of the linear params and the optional momentum buffer v (NULL for plain SGD). */
 typedef void (*poet_grad_sink)(void *ctx, uint32_t offset, const float *g, uint32_t count);
 #define POET_SGD_CHUNK 32
-/* w -= lr * alpha * (dy^T x) in W's layout (trans_w: W is [n, k]; else [k, n]) */
+/* gradient alpha * (dy^T x) in W's layout (trans_w: W is [n, k]; else [k, n]) */
 poet_status poet_linear_dw_sgd_f32(const poet_linear_params *p, float lr, const float *restrict dy,
-                                   const float *restrict x, float *restrict w, poet_grad_sink sink, void *ctx);
-/* b -= lr * beta * column sums of dy */
+                                   const float *restrict x, float *restrict w, float *restrict v,
+                                   poet_grad_sink sink, void *ctx);
+/* gradient beta * column sums of dy */
 poet_status poet_bias_grad_sgd_f32(const poet_linear_params *p, float lr, const float *restrict dy,
-                                   float *restrict b, poet_grad_sink sink, void *ctx);
+                                   float *restrict b, float *restrict v, poet_grad_sink sink, void *ctx);
 
 #endif

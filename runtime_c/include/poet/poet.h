@@ -23,7 +23,7 @@
 #include "kernels.h"
 #include "status.h"
 
-#define POET_MAX_INPUTS 4
+#define POET_MAX_INPUTS 5 /* BN_FROZEN: x, running mean and variance, gamma, beta */
 
 #if defined(__GNUC__) || defined(__clang__)
 #define POET_ALIGNED __attribute__((aligned(16)))

@@ -34,7 +34,7 @@ class GradBuilder(Protocol):
 class StateUpdate(NamedTuple):
     """An in-place update of a static state tensor (BatchNorm running statistics) that a forward node asks for.
 
-    ``op`` must be an in-place op whose ``in_place`` input is ``inputs[0]``, the state tensor; autodiff emits
+    ``op`` must be an in-place op whose only ``in_place`` input is ``inputs[0]``, the state tensor; autodiff emits
     it once per step, right after the forward node's gradient nodes, ordered after every reader of the state."""
 
     op: str
@@ -60,14 +60,19 @@ class OpDef:
     ref: Callable[..., np.ndarray]  # ref(attrs, *inputs) -> output, float64
     c_params: Callable[[Attrs, Sequence[Shape], Shape], dict[str, Any]]
     grad: GradRule | None = None
-    in_place: int | None = (
-        None  # index of the input this op updates in place (optimizer steps, running stats)
-    )
+    # indices of the inputs this op updates in place (optimizer steps: the parameter, then its momentum buffer
+    # when the node has one; running statistics). An index past a node's inputs is an optional input it lacks.
+    # ``ref(attrs, *inputs, lr)`` of such an op returns the new values of those present, in this order.
+    in_place: tuple[int, ...] = ()
     state: StateRule | None = None  # forward ops that update state tensors once per training step
-    # for in-place optimizer steps: the gradient the step applies, from the node's inputs (the host reference
-    # reports it; plain SGD reads it from its second input)
+    # for in-place optimizer steps: the raw gradient the step applies (before weight decay and momentum), from
+    # the node's inputs (the host reference reports it; plain SGD reads it from its second input)
     step_grad: Callable[..., np.ndarray] | None = None
     scratch_bytes: Callable[[Attrs, Sequence[Shape], Shape], int] = lambda a, i, o: 0
+
+    def updated(self, inputs: Sequence[str]) -> tuple[str, ...]:
+        """The tensors a node of this op with ``inputs`` updates in place (empty for ordinary ops)."""
+        return tuple(inputs[k] for k in self.in_place if k < len(inputs))
 
 
 REGISTRY: dict[str, OpDef] = {}

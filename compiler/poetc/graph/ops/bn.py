@@ -7,6 +7,10 @@ Training uses the batch's statistics, inference the running ones (PyTorch's trai
 Backward (batch statistics; the gradient through the statistics is folded into dx):
   BN_DX (dy, x, stats, gamma) -> dx = gamma r / M (M dy - sum dy - xhat sum(dy xhat)),  r = 1/sqrt(var + eps);
   BN_DGAMMA (dy, x, stats) -> sum(dy xhat);   BN_DBETA (dy) -> sum(dy)   (per channel).
+A frozen BatchNorm (scale and bias not trained, ``--bn frozen``) uses its running statistics in training too, as
+PyTorch's eval() does: no batch statistics, no running-statistics update, and no training flag:
+  BN_FROZEN (x, running_mean, running_var, gamma, beta) -> y, BN_APPLY's arithmetic with the running statistics;
+  BN_FROZEN_DX (dy, running_var, gamma) -> dx = dy gamma / sqrt(var + eps).
 Running statistics, once per training step, in place (like an optimizer step):
   BN_RUNNING (state, stats): state = (1 - momentum) state + momentum * stat, with the unbiased variance
   (M / (M - 1) times the batch's) for running_var, as PyTorch does. ``momentum`` is PyTorch's (ONNX's is
@@ -77,13 +81,23 @@ def _ref_dx(a: Attrs, dy: np.ndarray, x: np.ndarray, stats: np.ndarray, gamma: n
     return _bc(gamma * r / m, x.ndim) * (m * dy - s1 - xh * s2)
 
 
-def _ref_running(a: Attrs, state: np.ndarray, stats: np.ndarray, lr: float = 0.0) -> np.ndarray:
+def _ref_running(a: Attrs, state: np.ndarray, stats: np.ndarray, lr: float = 0.0) -> tuple[np.ndarray]:
     mom = a.get("momentum", 0.1)
     if a["which"] == 0:
         stat = stats[0]
     else:
         stat = stats[1] * _params(a, tuple(a["x_shape"]))["unbias"]
-    return (1.0 - mom) * state + mom * stat.reshape(state.shape)
+    return ((1.0 - mom) * state + mom * stat.reshape(state.shape),)
+
+
+def _ref_frozen(
+    a: Attrs, x: np.ndarray, rm: np.ndarray, rv: np.ndarray, gamma: np.ndarray, beta: np.ndarray
+) -> np.ndarray:
+    return _ref_apply(a, x, np.stack([rm.reshape(-1), rv.reshape(-1)]), gamma, beta)
+
+
+def _ref_frozen_dx(a: Attrs, dy: np.ndarray, rv: np.ndarray, gamma: np.ndarray) -> np.ndarray:
+    return dy * _bc(gamma.reshape(-1) / np.sqrt(rv.reshape(-1) + a.get("eps", 1e-5)), dy.ndim)
 
 
 def _grad_apply(g: GradBuilder, node: Node, dy: str) -> dict[int, str]:
@@ -96,6 +110,13 @@ def _grad_apply(g: GradBuilder, node: Node, dy: str) -> dict[int, str]:
     if g.needs_grad(beta):
         out[3] = g.emit("bn_dbeta", (dy,), node.attrs, node, "dbeta")
     return out
+
+
+def _grad_frozen(g: GradBuilder, node: Node, dy: str) -> dict[int, str]:
+    x, _rm, rv, gamma, beta = node.inputs
+    if g.needs_grad(gamma) or g.needs_grad(beta):
+        raise ValueError(f"node {node.name}: a BatchNorm with running statistics has frozen scale and bias")
+    return {0: g.emit("bn_frozen_dx", (dy, rv, gamma), node.attrs, node, "dx")} if g.needs_grad(x) else {}
 
 
 def _state_stats(g: GradBuilder, node: Node) -> list[StateUpdate]:
@@ -204,6 +225,42 @@ register(
         flops=lambda a, ins, out: 3 * numel(ins[0]),
         ref=_ref_running,
         c_params=lambda a, ins, out: _params(a, tuple(a["x_shape"])),
-        in_place=0,
+        in_place=(0,),
+    )
+)
+
+
+def _infer_frozen(a: Attrs, ins: Sequence[Tensor]) -> tuple[Shape, str]:
+    _n, c, _hw = _nchw(ins[0].shape)
+    for t in ins[1:]:
+        if t.numel != c:
+            raise ValueError(f"{t.name} has {t.numel} values for {c} channels")
+    return ins[0].shape, "f32"
+
+
+register(
+    OpDef(
+        name="bn_frozen",
+        kernel="BN_FROZEN",
+        family="bn",
+        n_inputs=(5, 5),
+        infer=_infer_frozen,
+        flops=lambda a, ins, out: 2 * numel(out),
+        ref=_ref_frozen,
+        c_params=lambda a, ins, out: _params(a, ins[0]),
+        grad=_grad_frozen,
+    )
+)
+
+register(
+    OpDef(
+        name="bn_frozen_dx",
+        kernel="BN_FROZEN_DX",
+        family="bn",
+        n_inputs=(3, 3),
+        infer=lambda a, ins: (ins[0].shape, "f32"),
+        flops=lambda a, ins, out: numel(out),
+        ref=_ref_frozen_dx,
+        c_params=lambda a, ins, out: _params(a, ins[0]),
     )
 )

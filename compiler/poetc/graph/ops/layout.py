@@ -29,7 +29,7 @@ from .base import (
     register,
 )
 
-MAX_CONCAT = 4  # POET_MAX_INPUTS
+MAX_CONCAT = 4  # poet_concat_params.part and the CONCAT kernel's inputs
 
 
 def _view(shape: Shape, strides: Sequence[int], base: int, scale: float, n_src: int, n_dst: int) -> dict:

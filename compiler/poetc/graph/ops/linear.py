@@ -37,6 +37,29 @@ def _params(attrs: Attrs, ins: Sequence[Shape], out: Shape, x: Shape, w: Shape) 
         "trans_w": int(bool(attrs["trans_w"])),
         "alpha": float(attrs.get("alpha", 1.0)),
         "beta": float(attrs.get("beta", 1.0)),
+        **optim_fields(attrs),
+    }
+
+
+def optim_fields(attrs: Attrs) -> dict:
+    """The optimizer's fields of a params struct (poet_linear_params, poet_sgd_params): momentum and weight decay
+    of an update node, 0 for every other node (and for plain SGD)."""
+    return {
+        "momentum": float(attrs.get("momentum", 0.0)),
+        "weight_decay": float(attrs.get("weight_decay", 0.0)),
+    }
+
+
+def bias_params(attrs: Attrs, dy: Shape) -> dict:
+    """BIAS_GRAD(_SGD): dy viewed as [m, n]."""
+    return {
+        "m": numel(dy) // attrs["n"],
+        "k": 0,
+        "n": attrs["n"],
+        "trans_w": 0,
+        "alpha": 1.0,
+        "beta": float(attrs.get("beta", 1.0)),
+        **optim_fields(attrs),
     }
 
 
@@ -160,13 +183,6 @@ register(
         infer=lambda a, ins: (tuple(a["b_shape"]), "f32"),
         flops=lambda a, ins, out: numel(ins[0]),
         ref=_ref_db,
-        c_params=lambda a, ins, out: {
-            "m": numel(ins[0]) // a["n"],
-            "k": 0,
-            "n": a["n"],
-            "trans_w": 0,
-            "alpha": 1.0,
-            "beta": float(a.get("beta", 1.0)),
-        },
+        c_params=lambda a, ins, out: bias_params(a, ins[0]),
     )
 )

@@ -1,5 +1,8 @@
 """Training under RAM budgets on the host program: recomputation and paging really run, and change nothing.
 
+These are about activations: the parameters stay in RAM (``--params ram``), so that a tight budget must be
+met by recomputing and paging activations (tests/e2e/test_param_homes_host.py covers parameters on storage).
+
 A host board with the nRF52840's cost constants (so that recomputing and paging are both worth it) runs a
 six-layer MLP exported from PyTorch at four budgets from the smallest feasible to the store-all peak. The
 gradients and updated weights of every run must equal the store-all run's (relative error <= 1e-6) and
@@ -74,7 +77,7 @@ def _hostm4(d: Path) -> Path:
 
 def _budgets(onnx_path: Path, board_file: Path, **kw) -> list[int]:
     """Four RAM budgets from the smallest feasible one to the store-all peak, both included."""
-    pl = pipeline.plan(frontend.load(onnx_path, **kw), boards.load(str(board_file)))
+    pl = pipeline.plan(frontend.load(onnx_path, **kw), boards.load(str(board_file)), params="ram")
     lo, _ = strategies.smallest_budget(pl.problem, "poet", strategies.SolveOptions(time_limit_s=30))
     peak = strategies.store_all_peak(pl.problem)  # everything in RAM, nothing recomputed or paged
     return [pl.fixed.fixed + lo + k * (peak - lo) // 3 for k in range(4)]
@@ -95,6 +98,8 @@ def _build_and_train(d: Path, onnx_path: Path, board_file: Path, ram: int, tag: 
         strategy,
         "--time-limit",
         "20",
+        "--params",
+        "ram",
     )
     dump = d / f"run-{tag}.npz"
     poetc(

@@ -26,6 +26,7 @@ class ZooEntry:
     build: Callable[[], onnx.ModelProto]
     batch: int
     about: str
+    lr: float  # poetc train's default SGD rate: measured, see LEARNING RATES below
 
 
 class _Builder:
@@ -368,39 +369,52 @@ ZOO: dict[str, ZooEntry] = {
         lambda: _mlp("mlp", [784, 10, 120, 100, 200, 10, 10], (1, 28, 28), seed=1),
         batch=32,
         about="POET's 'linear' network: 784-10-120-100-200-10-10, 28x28 input",
+        lr=0.2,
     ),
     "digits-mlp": ZooEntry(
         lambda: _mlp("digits_mlp", [64, 32, 10], (1, 8, 8), seed=2),
         batch=32,
         about="64-32-10 MLP for the bundled 8x8 digits",
+        lr=0.4,
     ),
     "digits-deep-mlp": ZooEntry(
         lambda: _mlp("digits_deep_mlp", [64, 96, 96, 96, 10], (1, 8, 8), seed=3),
         batch=64,
         about="64-96-96-96-10 MLP for the digits: activations outweigh a small board's RAM (the demo model)",
+        lr=0.4,
     ),
     "digits-cnn": ZooEntry(
         _digits_cnn,
         batch=8,
         about="five 3x3 conv-ReLU layers of 8 channels and a linear layer for the 8x8 digits",
+        lr=0.05,
     ),
-    "lenet": ZooEntry(_lenet, batch=8, about="LeNet-5 for 3x32x32 (conv5-pool-conv5-pool-120-84-10)"),
-    "resnet8": ZooEntry(_resnet8, batch=4, about="MLPerf Tiny's ResNet-8 (16-32-64), 3x32x32, BatchNorm"),
+    "lenet": ZooEntry(
+        _lenet, batch=8, about="LeNet-5 for 3x32x32 (conv5-pool-conv5-pool-120-84-10)", lr=0.05
+    ),
+    "resnet8": ZooEntry(
+        _resnet8, batch=4, about="MLPerf Tiny's ResNet-8 (16-32-64), 3x32x32, BatchNorm", lr=0.05
+    ),
     "resnet18-cifar": ZooEntry(
         _resnet18_cifar,
         batch=4,
         about="POET's resnet18_cifar: 6 blocks 16-32-64 with conv shortcuts, 3x32x32",
+        lr=0.05,
     ),
     "mobilenetv2-cifar": ZooEntry(
-        _mobilenetv2_cifar, batch=2, about="MobileNetV2 width 0.35 for 3x32x32 (inverted residuals, ReLU6)"
+        _mobilenetv2_cifar,
+        batch=2,
+        about="MobileNetV2 width 0.35 for 3x32x32 (inverted residuals, ReLU6)",
+        lr=0.05,
     ),
     "vgg11-cifar": ZooEntry(
-        _vgg11_cifar, batch=2, about="VGG-11 with BatchNorm for 3x32x32, 9.2M parameters"
+        _vgg11_cifar, batch=2, about="VGG-11 with BatchNorm for 3x32x32, 9.2M parameters", lr=0.05
     ),
     "tiny-bert": ZooEntry(
         _tiny_bert,
         batch=4,
         about="2-layer BERT encoder, hidden 64, 2 heads, sequence 32, on embedded inputs [32, 64]; 2 classes",
+        lr=0.05,
     ),
 }
 
@@ -413,3 +427,12 @@ def build(name: str) -> onnx.ModelProto:
 
 def default_batch(name: str) -> int:
     return ZOO[name].batch
+
+
+ONNX_LR = 0.1  # an ONNX file's default rate: safe for the zoo's digits models (see LEARNING RATES)
+
+
+def default_lr(source: str) -> float:
+    """poetc train's default rate for a build's model source ("zoo:NAME" or an ONNX file's path)."""
+    name = source.removeprefix("zoo:")
+    return ZOO[name].lr if source.startswith("zoo:") and name in ZOO else ONNX_LR

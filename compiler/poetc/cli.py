@@ -591,7 +591,11 @@ def make_parser() -> argparse.ArgumentParser:
         "platform, offline: boot the image in QEMU and install it for train/verify)",
     )
     s.add_argument("dir")
-    s.add_argument("--port", help="the board's serial device (default: found by USB id, or POETC_SERIAL)")
+    s.add_argument(
+        "--port",
+        help="the device to upload through (default: found by USB id, or POETC_SERIAL; the MKR1000 uploads "
+        "through its native USB port, not the adapter it talks on: docs/boards.md)",
+    )
     s.add_argument("--env", help="PlatformIO environment (default: the board's; e.g. nrf52840_flash)")
     s.set_defaults(func=cmd_flash)
 

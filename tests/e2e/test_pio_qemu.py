@@ -53,6 +53,8 @@ def test_pio_run_builds_offline_and_upload_boots_the_image_in_qemu(tmp_path, boa
     opts = dict(dict(json.loads(r.stdout))[f"env:{board}"])
     assert opts["platform"] == "symlink://pio/platform"
     assert opts["board"] == "poetc_" + board.replace("-", "_")
+    ci = dict(dict(json.loads(r.stdout))[f"env:{board}_ci"])  # CI's build: the same with warnings as errors
+    assert "-Werror" not in " ".join(opts["build_flags"]) and " ".join(ci["build_flags"]).endswith("-Werror")
 
     r = _pio("run", "-d", str(out))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]

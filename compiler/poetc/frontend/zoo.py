@@ -405,9 +405,7 @@ ZOO: dict[str, ZooEntry] = {
         about="five 3x3 conv-ReLU layers of 8 channels and a linear layer for the 8x8 digits",
         lr=0.05,
     ),
-    "lenet": ZooEntry(
-        _lenet, batch=8, about="LeNet-5 for 3x32x32 (conv5-pool-conv5-pool-120-84-10)", lr=0.1
-    ),
+    "lenet": ZooEntry(_lenet, batch=8, about="LeNet-5 for 3x32x32 (conv5-pool-conv5-pool-120-84-10)", lr=0.1),
     "resnet8": ZooEntry(
         _resnet8, batch=4, about="MLPerf Tiny's ResNet-8 (16-32-64), 3x32x32, BatchNorm", lr=0.1
     ),

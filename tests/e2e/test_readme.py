@@ -101,6 +101,7 @@ def test_every_readme_command_runs_verbatim(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "POETC_SERIAL": ""}
     sourced: list[str] = []
     ran, skipped = [], []
+    outputs: dict[str, str] = {}
     for line in lines:
         reason = skip_reason(line)
         if reason:
@@ -123,6 +124,7 @@ def test_every_readme_command_runs_verbatim(tmp_path):
         )
         assert "Traceback" not in r.stderr, f"{line}\n{r.stderr}"
         ran.append(f"{took:6.1f} s  {line}")
+        outputs[line] = r.stdout
         if line.startswith((". ", "source ")):
             sourced.append(line)
     print("\n".join(["README commands:", *ran, "skipped:", *skipped]))
@@ -131,3 +133,7 @@ def test_every_readme_command_runs_verbatim(tmp_path):
     runs = sorted(int(p.name) for p in (work / "build" / "m" / "runs").iterdir())
     assert runs == [1, 2] and (work / "trained.onnx").is_file() and (work / "run.npz").is_file()
     assert (work / "build" / "p" / "report.html").is_file() and (work / "sweep" / "sweep.json").is_file()
+    # the README's 200-step run learns at the model's default rate (issue 11: 0.05 left it at 0.39)
+    (long_run,) = [ln for ln in outputs if ln.startswith("poetc train build/m --steps 200")]
+    acc = re.search(r"accuracy ([\d.]+) -> ([\d.]+)", outputs[long_run])
+    assert acc and float(acc.group(2)) > 0.85, outputs[long_run]

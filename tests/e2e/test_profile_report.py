@@ -20,6 +20,7 @@ from tests.conftest import poetc
 
 from poetc.device import profile
 from poetc.report import page as report_page
+from poetc.emit import builddir
 
 
 def need(*tools: str) -> None:
@@ -138,7 +139,7 @@ def test_report_figures_match_schedule_json(run):
     assert pred[0] == pytest.approx(sched["compute_energy_j"], rel=1e-12)
     assert pred[1] + pred[2] == pytest.approx(sched["paging_energy_j"], abs=1e-15)
     assert pred[3] == pytest.approx(sched["energy_j"], rel=1e-12)
-    counted = json.loads((b / "train.json").read_text())["energy_per_step"]
+    counted = json.loads(builddir.open_build(b).train_record_path().read_text())["energy_per_step"]
     assert float(page.energy["counted"][0]) == pytest.approx(counted["compute_j"], rel=1e-12)
     man = json.loads((b / "poetc.json").read_text())
     assert page.node_rows == 1 + len(man["nodes"])  # header row + one per node

@@ -19,8 +19,8 @@ import pytest
 from tests.conftest import poetc
 
 from poetc.device import profile
-from poetc.report import page as report_page
 from poetc.emit import builddir
+from poetc.report import page as report_page
 
 
 def need(*tools: str) -> None:

@@ -328,7 +328,6 @@ def write(
 ) -> tuple[Path, list[str]]:
     """Write the report of build ``b`` to ``out`` with training run ``run`` (default: the latest); returns the
     path and notes about what is missing."""
-    import tempfile
 
     from ..device import profile as profile_mod
 

@@ -154,7 +154,7 @@ def test_report_headline_states_fit_energy_and_accuracy(run):
     b = run["build"]
     page = _parse((b / "report.html").read_text())
     sched = json.loads((b / "schedule.json").read_text())
-    train = json.loads((b / "train.json").read_text())
+    train = json.loads((builddir.open_build(b).run_dir()[1] / "train.json").read_text())  # the latest run
     assert page.first_in_body == "headline"  # the page opens with it
     assert page.tiles["hl-ram"] == {
         "peak": str(sched["peak_ram_bytes"]),

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Install everything and run the whole test suite (what CI runs).
+# Install everything (scripts/setup.sh --dev: .venv, editable, with the test tools) and run the whole test
+# suite from the virtual environment: what CI runs (.ci/run). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --dev
-PY=${PYTHON:-python3}
-"$PY" -m ruff check .
-exec "$PY" -m pytest -n 2 -q "$@"
+export PATH="$PWD/.venv/bin:$PATH" # pio, poetc and the Python the tests spawn: the environment's
+.venv/bin/python -m ruff check .
+.venv/bin/python -m ruff format --check .
+exec .venv/bin/python -m pytest -n 2 -q "$@"

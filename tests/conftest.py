@@ -37,6 +37,24 @@ def poetc(
     return proc
 
 
+def python_alone(tmp: Path) -> tuple[str, dict[str, str]]:
+    """(python, env): this Python run from a folder with nothing beside it and an empty PATH, importing what this
+    one imports; a tool poetc looks for on PATH or beside its Python (PlatformIO's pio) is then not found."""
+    d = tmp / "python-alone"
+    d.mkdir(parents=True, exist_ok=True)
+    exe = d / "python3"
+    if not exe.exists():
+        exe.symlink_to(os.path.realpath(sys.executable))
+    env = {
+        **os.environ,
+        "PATH": str(d),
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        "PYTHONWARNINGS": "ignore",
+    }
+    env.pop("VIRTUAL_ENV", None)
+    return str(exe), env
+
+
 def export_torch(module, example, path: Path, dynamo: bool = False) -> Path:
     import torch
 

@@ -354,6 +354,16 @@ def _check_batch(b: builddir.BuildInfo, batch: int | None) -> None:
         )
 
 
+def _lr(a: argparse.Namespace, b: builddir.BuildInfo) -> float:
+    """--lr, or the model's default (zoo.default_lr: measured per zoo model)."""
+    from .frontend import zoo
+
+    lr = a.lr if a.lr is not None else zoo.default_lr(b.doc["model"]["source"])
+    if not lr > 0:
+        raise PoetcError(f"--lr must be positive, got {lr}")
+    return lr
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     b = builddir.open_build(Path(a.dir))
     _check_batch(b, a.batch)
@@ -361,7 +371,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         raise PoetcError(f"--steps must be >= 0, got {a.steps}")
     ds = _dataset(b, a.data)
     board = b.board()
-    tgt = target.for_board(board)
+    tgt = target.for_board(board, port=a.port)
+    a.lr = _lr(a, b)
     dump = Path(a.dump) if a.dump else None
     if dump is not None and dump.suffix != ".npz":
         raise PoetcError(f"--dump {dump}: the dump file must end in .npz")
@@ -391,8 +402,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         print(f"metering with the {meter.name}", flush=True)
     with _display().task("training", total=a.steps, unit="steps", plain=False) as bar:
         log, final = harness.train(b, tgt, ds, a.steps, a.lr, a.seed, eval_every, dump, on_step, meter=meter)
-    harness.write_npz(b.add_file("trained.npz"), final)
-    harness.write_train_record(b, harness.train_record(b, tgt, log, a.lr, a.seed))
+    run, run_dir = b.new_run()  # every run is kept: runs/<n>/ (export and report take the latest, or --run)
+    harness.write_npz(run_dir / builddir.TRAINED, final)
+    harness.write_train_record(run_dir, harness.train_record(b, tgt, log, a.lr, a.seed))
     if log.loss:
         first, last = log.loss[0], float(np.mean(log.loss[-max(1, len(log.loss) // 10) :]))
         mean_ms = log.mean_step_s * 1e3  # on the board's clock (QEMU: instructions x CPI / clock)
@@ -410,7 +422,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             print(harness.metered_report(b, tgt, log))
         if a.profile_nodes:
             print(harness.node_profile(b, tgt, log))
-    print(f"trained weights: {b.trained_path()}" + (f"; dump: {dump}" if dump else ""))
+    print(f"run {run}: trained weights in {run_dir / builddir.TRAINED}" + (f"; dump: {dump}" if dump else ""))
     return 0
 
 
@@ -447,7 +459,9 @@ def cmd_report(a: argparse.Namespace) -> int:
 
     b = builddir.open_build(Path(a.dir))
     out = Path(a.out) if a.out else b.dir / "report.html"
-    path, notes = page.write(b, out, profile_path=a.profile)
+    path, notes = page.write(b, out, profile_path=a.profile, run=a.run)
+    if b.runs():
+        print(f"training {b.run_summary(a.run)}")
     for n in notes:
         print(f"note: {n}")
     print(f"wrote {path}")
@@ -474,7 +488,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
     b = builddir.open_build(Path(a.dir))
     ds = _dataset(b, a.data)
     board = b.board()
-    r = harness.verify(b, target.for_board(board), ds, a.lr, a.seed)
+    r = harness.verify(b, target.for_board(board, port=a.port), ds, _lr(a, b), a.seed)
     rows = [[p, f"{r.errors[p]:.2e}", f"{r.update_errors[p]:.2e}"] for p in r.errors]
     print(table(["parameter", "grad rel. error", "update rel. error"], rows, "lrr"))
     worst_name, worst = r.worst
@@ -497,7 +511,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
 # ---- export -----------------------------------------------------------------------------------------------
 def cmd_export(a: argparse.Namespace) -> int:
     b = builddir.open_build(Path(a.dir))
-    trained = b.load_trained()
+    trained = b.load_trained(a.run)
     model = frontend.load(b.dir / "model.onnx", batch=b.batch)
     out = Path(a.onnx)
     if out.suffix != ".onnx":
@@ -514,7 +528,7 @@ def cmd_export(a: argparse.Namespace) -> int:
         if n_state
         else ""
     )
-    print(f"wrote {out}: {what} written back into {b.doc['model']['source']}")
+    print(f"wrote {out}: {what} of {b.run_summary(a.run)} written back into {b.doc['model']['source']}")
     return 0
 
 
@@ -543,7 +557,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     if rc:
         return rc
     print(flush=True)
-    rc = main(["train", str(out), "--steps", str(a.steps), "--lr", "0.4"])
+    rc = main(["train", str(out), "--steps", str(a.steps)])
     if rc:
         return rc
     print(flush=True)
@@ -594,13 +608,15 @@ def make_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train a built model on its target")
     s.add_argument("dir")
     s.add_argument("--steps", type=int, default=200)
-    s.add_argument("--lr", type=float, default=0.05)
+    s.add_argument("--lr", type=float, help=_LR_HELP)
     s.add_argument(
         "--data",
-        help=".npz with x [N, ...input shape] and y [N] (optional x_test, y_test), or the bundled digits: digits "
-        "(default), digits:5-9, digits:0,2,4",
+        help=".npz with x [N, ...input shape] and y [N] (optional x_test, y_test; dimensions of size 1 may "
+        "differ: [N, 8, 8] for an input [1, 8, 8]), or the bundled digits: digits (default), digits:5-9, "
+        "digits:0,2,4",
     )
     s.add_argument("--dump", help="write x, y, loss, lr, param/, grad/, final/ arrays to this .npz")
+    s.add_argument("--port", help=_PORT_HELP)
     s.add_argument("--batch", type=int, help="must equal the built batch size")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--eval-every", type=int, help="steps between accuracy checks (default: steps/10)")
@@ -624,6 +640,7 @@ def make_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="an HTML report of a build: schedule, RAM, energy, profile, loss")
     s.add_argument("dir")
     s.add_argument("--out", help="the HTML file (default: DIR/report.html)")
+    s.add_argument("--run", type=int, help="the training run to show (default: the latest; DIR/runs/<n>)")
     s.add_argument("--profile", help="a profile to compare per node (default: the training run's node ticks)")
     s.set_defaults(func=cmd_report)
 
@@ -633,14 +650,19 @@ def make_parser() -> argparse.ArgumentParser:
         "platform, offline: boot the image in QEMU and install it for train/verify)",
     )
     s.add_argument("dir")
-    s.add_argument("--port", help="the board's serial device (default: found by USB id, or POETC_SERIAL)")
+    s.add_argument(
+        "--port",
+        help="the device to upload through (default: found by USB id, or POETC_SERIAL; the MKR1000 uploads "
+        "through its native USB port, not the adapter it talks on: docs/boards.md)",
+    )
     s.add_argument("--env", help="PlatformIO environment (default: the board's; e.g. nrf52840_flash)")
     s.set_defaults(func=cmd_flash)
 
     s = sub.add_parser("verify", help="one step on the target against the host reference")
     s.add_argument("dir")
-    s.add_argument("--data")
-    s.add_argument("--lr", type=float, default=0.05)
+    s.add_argument("--data", help="as for train (default: the bundled digits)")
+    s.add_argument("--lr", type=float, help=_LR_HELP)
+    s.add_argument("--port", help=_PORT_HELP)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--tol", type=float, default=1e-4)
     s.set_defaults(func=cmd_verify)
@@ -653,8 +675,22 @@ def make_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="write trained weights back into the ONNX model")
     s.add_argument("dir")
     s.add_argument("--onnx", required=True)
+    s.add_argument("--run", type=int, help="the training run to export (default: the latest; DIR/runs/<n>)")
     s.set_defaults(func=cmd_export)
     return p
+
+
+_PORT_HELP = "a real board's serial device (default: found by USB id, or POETC_SERIAL; docs/boards.md)"
+
+
+def _lr_help() -> str:
+    from .frontend import zoo
+
+    rates = ", ".join(f"{n} {e.lr:g}" for n, e in zoo.ZOO.items())
+    return f"SGD learning rate (default: the model's: {rates}; ONNX files {zoo.ONNX_LR:g})"
+
+
+_LR_HELP = _lr_help()
 
 
 def _model_args(s: argparse.ArgumentParser) -> None:

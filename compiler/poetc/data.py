@@ -122,11 +122,13 @@ def load_npz(path: str | Path, shape: tuple[int, ...], classes: int) -> Dataset:
         if yk not in arrays:
             raise PoetcError(f"--data {p}: array {xk!r} has no matching {yk!r}")
         x, y = arrays[xk], arrays[yk]
-        if x.ndim == 0 or tuple(x.shape[1:]) != tuple(shape):
+        if x.ndim == 0 or not same_sample_shape(x.shape[1:], shape):
             raise PoetcError(
                 f"--data {p}: {xk!r} has shape {list(x.shape)}, expected [N, "
-                f"{', '.join(map(str, shape))}] (the model input without the batch dimension)"
+                f"{', '.join(map(str, shape))}] (the model input without the batch dimension; dimensions of "
+                "size 1 may differ)"
             )
+        x = x.reshape(x.shape[0], *shape)
         if x.dtype.kind not in "fiu":
             raise PoetcError(f"--data {p}: {xk!r} has dtype {x.dtype}, expected numbers")
         if not np.all(np.isfinite(x)):
@@ -145,6 +147,12 @@ def load_npz(path: str | Path, shape: tuple[int, ...], classes: int) -> Dataset:
             raise PoetcError(f"--data {p}: {xk!r} is empty")
         out += [x.astype(np.float32), yi]
     return Dataset(out[0], out[1], out[2], out[3], str(p), None)
+
+
+def same_sample_shape(have: tuple[int, ...], want: tuple[int, ...]) -> bool:
+    """Whether samples shaped ``have`` are samples shaped ``want``: the same sizes once dimensions of size 1 are
+    dropped ([8, 8] for a model that takes [1, 8, 8], [64] for [64, 1]), so a reshape moves no element."""
+    return [d for d in have if d != 1] == [d for d in want if d != 1]
 
 
 def q8_params(x: np.ndarray) -> tuple[float, float] | None:

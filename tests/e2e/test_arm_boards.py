@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.conftest import poetc
+from tests.conftest import poetc, python_alone
 
 from poetc import boards
 from poetc.device import target
@@ -85,11 +85,18 @@ def test_platformio_project_validates_offline(board_build):
     assert r.returncode == 0, r.stderr
     sections = dict(json.loads(r.stdout))
     opts = dict(sections[f"env:{name}"])
-    assert opts["platform"] == env.platform and opts["board"] == env.board
+    version = target.PIO_PLATFORM_VERSIONS[env.platform]
+    assert opts["platform"] == f"{env.platform}@{version}" and opts["board"] == env.board
+    assert opts["platform_packages"] == [
+        target.PIO_TOOLCHAIN
+    ]  # pinned: GCC 12, as these sources were built with
     assert (out / opts["board_build.ldscript"]).is_file()
     assert opts["extra_scripts"] == ["pre:pio_link.py"] and (out / "pio_link.py").is_file()
     flags = " ".join(opts["build_flags"])
-    assert "-O2" in flags and "-ffp-contract=fast" in flags and "-Werror" in flags
+    assert "-O2" in flags and "-ffp-contract=fast" in flags and "-Wall" in flags
+    assert "-Werror" not in flags  # a user's newer compiler may warn; CI builds the _ci environment
+    ci = dict(sections[f"env:{name}_ci"])
+    assert ci["extends"] == [f"env:{name}"] and " ".join(ci["build_flags"]).endswith("-Werror")
     assert "-mfloat-abi=hard" in flags if name == "nrf52840" else "-mfloat-abi=soft" in flags
     assert "-Os" in opts["build_unflags"]
     assert dict(sections["platformio"])["build_dir"].endswith("build/pio")  # inside the build directory
@@ -138,10 +145,16 @@ def _one_line_error(r: subprocess.CompletedProcess) -> str:
 
 
 def test_flash_without_platformio(nrf_sources, tmp_path):
-    empty = tmp_path / "bin"
-    empty.mkdir()
-    err = _one_line_error(_flash(nrf_sources, {"PATH": str(empty)}))  # python itself is run by absolute path
-    assert "PlatformIO is not installed" in err
+    python, env = python_alone(tmp_path)  # no pio on PATH, none beside the Python
+    r = subprocess.run(
+        [python, "-m", "poetc.cli", "flash", str(nrf_sources)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    err = _one_line_error(r)
+    assert "PlatformIO is not installed" in err and "install platformio" in err
 
 
 def test_flash_without_a_board_attached(nrf_sources, tmp_path):

@@ -163,7 +163,30 @@ def test_bad_data(tmp_path, good_onnx):
     _expect_error("train", str(tmp_path), "--steps", "1", match="not a poetc build directory")
     # the bundled digits cannot feed a 6-feature, 3-class model
     _expect_error("train", str(out), "--steps", "1", match="the bundled digits have 10 classes")
-    assert not (out / "trained.npz").exists()
+    assert not (out / "runs").exists()  # no run was kept
+
+
+def test_data_whose_samples_differ_in_unit_dims_is_accepted_and_runs_are_kept(tmp_path, good_onnx):
+    out = tmp_path / "o"
+    poetc("build", str(good_onnx), "--board", "host", "--out", str(out))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((10, 1, 6, 1), np.float32), y=rng.integers(0, 3, 10))  # for [6]
+    for _ in range(2):
+        poetc("train", str(out), "--steps", "2", "--lr", "0.1", "--data", str(tmp_path / "d.npz"))
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["1", "2"]  # the second run kept the first
+    r = poetc("export", str(out), "--onnx", str(tmp_path / "t.onnx"), "--run", "1")
+    assert "run 1 (" in r.stdout and "2 steps, lr 0.1" in r.stdout
+    _expect_error("export", str(out), "--onnx", str(tmp_path / "t.onnx"), "--run", "3", match="runs: 1, 2")
+    np.savez(
+        tmp_path / "d2.npz", x=rng.random((10, 2, 3), np.float32), y=rng.integers(0, 3, 10)
+    )  # 6, not [6]
+    _expect_error(
+        "train",
+        str(out),
+        "--data",
+        str(tmp_path / "d2.npz"),
+        match="'x' has shape [10, 2, 3], expected [N, 6]",
+    )
 
 
 def test_bad_numbers(tmp_path, good_onnx):

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.conftest import poetc
+from tests.conftest import poetc, python_alone
 
 from poetc.device import target
 
@@ -53,6 +53,8 @@ def test_pio_run_builds_offline_and_upload_boots_the_image_in_qemu(tmp_path, boa
     opts = dict(dict(json.loads(r.stdout))[f"env:{board}"])
     assert opts["platform"] == "symlink://pio/platform"
     assert opts["board"] == "poetc_" + board.replace("-", "_")
+    ci = dict(dict(json.loads(r.stdout))[f"env:{board}_ci"])  # CI's build: the same with warnings as errors
+    assert "-Werror" not in " ".join(opts["build_flags"]) and " ".join(ci["build_flags"]).endswith("-Werror")
 
     r = _pio("run", "-d", str(out))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
@@ -100,14 +102,9 @@ def test_upload_refuses_the_image_of_another_build(tmp_path):
 def test_flash_of_a_qemu_board_without_platformio(tmp_path):
     out = tmp_path / "q"
     poetc("build", "digits-mlp", "--board", "qemu-m4", "--out", str(out), "--no-compile")
-    empty = tmp_path / "bin"
-    empty.mkdir()
+    python, env = python_alone(tmp_path)  # no pio on PATH, none beside the Python
     r = subprocess.run(
-        [sys.executable, "-m", "poetc.cli", "flash", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "PATH": str(empty), "PYTHONWARNINGS": "ignore"},
+        [python, "-m", "poetc.cli", "flash", str(out)], capture_output=True, text=True, timeout=30, env=env
     )
     err = r.stderr.strip()
     assert r.returncode == 2 and len(err.splitlines()) == 1, err

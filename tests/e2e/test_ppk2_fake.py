@@ -16,6 +16,7 @@ from tests.conftest import poetc
 from tests.fake_ppk2 import FakePpk2, recording
 
 from poetc.device import meter
+from poetc.emit import builddir
 
 if importlib.util.find_spec("ppk2_api") is None:
     if os.environ.get("CI"):
@@ -84,7 +85,7 @@ def test_train_meters_every_step_through_the_fake(fake, host_build):
     )  # fmt: skip
     assert f"metering with the PPK2 on {dev.path}" in r.stdout
     assert "metered:" in r.stdout and "step marker on logic input D0: 3 RUNs framed" in r.stdout, r.stdout
-    rec = json.loads((host_build / "train.json").read_text())
+    rec = json.loads(builddir.open_build(host_build).train_record_path().read_text())
     m = rec["metered"]
     assert m["how"] == "marker" and m["voltage_v"] == 3.3
     got = [j for prog, j, _s, _a in m["runs"] if prog == 0]

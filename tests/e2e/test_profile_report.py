@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import poetc
 
 from poetc.device import profile
+from poetc.emit import builddir
 from poetc.report import page as report_page
 
 
@@ -138,7 +139,7 @@ def test_report_figures_match_schedule_json(run):
     assert pred[0] == pytest.approx(sched["compute_energy_j"], rel=1e-12)
     assert pred[1] + pred[2] == pytest.approx(sched["paging_energy_j"], abs=1e-15)
     assert pred[3] == pytest.approx(sched["energy_j"], rel=1e-12)
-    counted = json.loads((b / "train.json").read_text())["energy_per_step"]
+    counted = json.loads(builddir.open_build(b).train_record_path().read_text())["energy_per_step"]
     assert float(page.energy["counted"][0]) == pytest.approx(counted["compute_j"], rel=1e-12)
     man = json.loads((b / "poetc.json").read_text())
     assert page.node_rows == 1 + len(man["nodes"])  # header row + one per node
@@ -153,7 +154,7 @@ def test_report_headline_states_fit_energy_and_accuracy(run):
     b = run["build"]
     page = _parse((b / "report.html").read_text())
     sched = json.loads((b / "schedule.json").read_text())
-    train = json.loads((b / "train.json").read_text())
+    train = json.loads((builddir.open_build(b).run_dir()[1] / "train.json").read_text())  # the latest run
     assert page.first_in_body == "headline"  # the page opens with it
     assert page.tiles["hl-ram"] == {
         "peak": str(sched["peak_ram_bytes"]),

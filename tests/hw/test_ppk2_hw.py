@@ -13,6 +13,8 @@ import os
 import pytest
 from tests.conftest import poetc
 
+from poetc.emit import builddir
+
 BOARD = os.environ.get("POETC_HW_BOARD")
 PPK2 = os.environ.get("POETC_PPK2")
 
@@ -31,7 +33,7 @@ def test_metered_steps_on_the_board(tmp_path):
     poetc("flash", str(out), "--port", os.environ["POETC_SERIAL"], timeout=600)
     r = poetc("train", str(out), "--steps", "10", "--eval-every", "0", "--meter", f"ppk2:{PPK2},mv=3300")
     assert "metered:" in r.stdout
-    m = json.loads((out / "train.json").read_text())["metered"]
+    m = json.loads(builddir.open_build(out).train_record_path().read_text())["metered"]
     assert m["how"] == "marker", m["note"]  # the marker is wired: one pulse per RUN
     assert all(j > 0 for prog, j, _s, _a in m["runs"] if prog == 0)
 

@@ -14,6 +14,7 @@ import pytest
 from poetc import boards
 from poetc.device import harness, target
 from poetc.emit import codegen
+from poetc.errors import PoetcError
 from poetc.resources import firmware_dir
 
 COST_FIELDS = (
@@ -156,3 +157,38 @@ def test_generated_makefile_memory_and_platformio_files(tmp_path):
     assert board_json["upload"]["maximum_ram_size"] == 16 * 1024
     piopm = json.loads((tmp_path / "q" / "pio" / "core" / "packages" / "tool-scons" / ".piopm").read_text())
     assert piopm["spec"]["owner"] == "platformio" and piopm["name"] == "tool-scons"
+
+
+# ---- finding a real board's ports by USB id -------------------------------------------------------------------
+class _Port:
+    def __init__(self, device: str, vid: int | None, pid: int | None) -> None:
+        self.device, self.vid, self.pid = device, vid, pid
+
+
+def _plugged(monkeypatch, *ports: _Port) -> None:
+    from serial.tools import list_ports
+
+    monkeypatch.setattr(list_ports, "comports", lambda: list(ports))
+    monkeypatch.delenv("POETC_SERIAL", raising=False)
+
+
+def test_mkr1000_talks_through_a_usb_serial_adapter_and_flashes_through_its_own_usb(monkeypatch):
+    tgt = target.for_board(boards.load("mkr1000"))
+    native = _Port("/dev/ttyACM0", 0x2341, 0x804E)  # the MKR1000's native USB: not the link
+    _plugged(monkeypatch, native, _Port("/dev/ttyS0", None, None), _Port("/dev/ttyUSB0", 0x1A86, 0x7523))
+    assert tgt.find_serial() == "/dev/ttyUSB0" and tgt.find_upload_port() == "/dev/ttyACM0"
+    _plugged(monkeypatch, native)
+    with pytest.raises(PoetcError, match=r"USB-serial adapter .* pins 13 \(RX\) and 14 \(TX\)"):
+        tgt.find_serial()
+    assert target.for_board(boards.load("mkr1000"), port="/dev/ttyX").find_serial() == "/dev/ttyX"
+    monkeypatch.setenv("POETC_SERIAL", "/dev/ttyY")
+    assert tgt.find_serial() == "/dev/ttyY"
+
+
+def test_nrf52840_is_one_jlink_port_and_port_is_for_real_boards_only(monkeypatch):
+    tgt = target.for_board(boards.load("nrf52840"))
+    _plugged(monkeypatch, _Port("/dev/ttyUSB0", 0x0403, 0x6001), _Port("/dev/ttyACM3", 0x1366, 0x1015))
+    assert tgt.find_serial() == tgt.find_upload_port() == "/dev/ttyACM3"
+    for name in ("qemu-m4", "host", "rpi4"):
+        with pytest.raises(PoetcError, match="--port names a real board's serial device"):
+            target.for_board(boards.load(name), port="/dev/ttyACM0")

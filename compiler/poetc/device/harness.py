@@ -583,8 +583,9 @@ def train_record(build: BuildInfo, target: Target, log: TrainLog, lr: float, see
     }
 
 
-def write_train_record(build: BuildInfo, record: dict) -> Path:
-    path = build.add_file(TRAIN_RECORD)
+def write_train_record(run_dir: Path, record: dict) -> Path:
+    """The run's train.json (poetc train writes one per run: runs/<n>/)."""
+    path = Path(run_dir) / TRAIN_RECORD
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         tmp.write_text(json.dumps(record, indent=1) + "\n")

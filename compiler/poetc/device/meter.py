@@ -15,10 +15,12 @@ and said so in the result.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -166,8 +168,8 @@ class Ppk2Meter:
                 from ppk2_api.ppk2_api import PPK2_API
             except ImportError:
                 raise PoetcError(
-                    "--meter ppk2: the ppk2-api package is not installed (pip install ppk2-api; "
-                    "scripts/setup.sh --dev installs it)"
+                    "--meter ppk2: the ppk2-api package is not installed (a dependency of poetc: re-run "
+                    f"scripts/setup.sh, or {Path(sys.executable).parent / 'pip'} install ppk2-api)"
                 ) from None
             factory = lambda port: PPK2_API(port, timeout=1, write_timeout=1)  # noqa: E731
         try:

@@ -380,7 +380,10 @@ def measure(
 
 
 def _flash(board: Board, out: Path, port: str | None, say: Callable[[str], None]) -> None:
-    cmd = target.flash(board, out, port=port)
+    """Flash the profiling build. ``port`` (--port) is the link's serial device; a board that is flashed through
+    another port (the MKR1000: native USB, while the link is a USB-serial adapter) finds that one by USB id."""
+    pio = target.PLATFORMIO.get(board.port)
+    cmd = target.flash(board, out, port=None if pio is not None and pio.upload_usb else port)
     say("flashing the profiling build: " + " ".join(cmd))
     if subprocess.run(cmd).returncode != 0:
         raise PoetcError("pio run -t upload failed; its output is above")

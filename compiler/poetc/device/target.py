@@ -286,23 +286,71 @@ CORE_FLAGS: dict[str, tuple[str, ...]] = {
 FLASH_PAGE_BYTES = 4096  # nRF52840 NVMC page
 
 
+UsbId = tuple[int, int | None]  # (vendor, product); None: any product of that vendor
+
+
 @dataclass(frozen=True)
 class PioEnv:
     """The PlatformIO environment of a real board (the same sources as the Makefile, bare metal)."""
 
     platform: str
     board: str
-    usb_vids: tuple[int, ...]  # USB vendor ids of the board's serial port
-    attached: str  # what must be plugged in, for messages
+    serial_usb: tuple[UsbId, ...]  # USB ids of the serial port the firmware talks on
+    attached: str  # what must be plugged in for that port, for messages
     pagers: tuple[str, ...] = ("sd",)  # selectable pager backends; the first is the default
+    upload_usb: tuple[UsbId, ...] = ()  # USB ids of the port pio uploads through, if not the serial port's
+    upload_attached: str = ""
 
+
+# Versions known in PlatformIO's registry; the toolchain is Arm's GCC 12.3.1 (CI builds the same sources with
+# Debian's 12.2.1 through the Makefile). Pinned so that a build next year uses the compiler these sources were
+# written for; raise them together with a build on the board.
+PIO_PLATFORM_VERSIONS = {"nordicnrf52": "10.11.0", "atmelsam": "8.3.0"}
+PIO_TOOLCHAIN = "platformio/toolchain-gccarmnoneeabi@1.120301.0"
+
+# USB-serial adapters for boards whose firmware talks on a UART pin pair (docs/boards.md)
+USB_SERIAL_ADAPTERS: tuple[UsbId, ...] = (
+    (0x0403, 0x6001),  # FTDI FT232R
+    (0x0403, 0x6015),  # FTDI FT231X
+    (0x10C4, 0xEA60),  # Silicon Labs CP210x
+    (0x1A86, 0x7523),  # WCH CH340
+)
 
 PLATFORMIO: dict[str, PioEnv] = {
     "nrf52840": PioEnv(
-        "nordicnrf52", "nrf52840_dk", (0x1366,), "an nRF52840-DK (its J-Link USB port)", ("sd", "flash")
+        "nordicnrf52",
+        "nrf52840_dk",
+        ((0x1366, None),),  # SEGGER J-Link OB: the VCOM is the UART, the same USB port flashes
+        "an nRF52840-DK (its J-Link USB port)",
+        ("sd", "flash"),
     ),
-    "mkr1000": PioEnv("atmelsam", "mkr1000USB", (0x2341, 0x2A03), "an Arduino MKR1000 (USB)"),
+    "mkr1000": PioEnv(
+        "atmelsam",
+        "mkr1000USB",
+        USB_SERIAL_ADAPTERS,  # the firmware talks on SERCOM5 (pins 13/14), not the native USB
+        "a USB-serial adapter (FTDI, CP210x or CH340) on the MKR1000's pins 13 (RX) and 14 (TX)",
+        upload_usb=((0x2341, None), (0x2A03, None)),  # the SAMD21's native USB (bossac, SAM-BA bootloader)
+        upload_attached="an Arduino MKR1000 (its native USB port; double-tap reset for the bootloader)",
+    ),
 }
+
+
+def find_usb_port(ids: tuple[UsbId, ...]) -> str | None:
+    """The first serial port whose USB vendor (and product, where given) matches, in the order of ``ids``."""
+    from serial.tools import list_ports
+
+    ports = list(list_ports.comports())
+    for vid, pid in ids:
+        for p in ports:
+            if p.vid == vid and (pid is None or p.pid == pid):
+                return p.device
+    return None
+
+
+def _usb_text(ids: tuple[UsbId, ...]) -> str:
+    return ", ".join(f"{v:04x}" + (f":{p:04x}" if p is not None else "") for v, p in ids) or "?"
+
+
 SERIAL_BAUD = 115200  # the real boards' UART rate (firmware/<port>/port.c)
 
 
@@ -395,6 +443,8 @@ class ArmTarget(Target):
                     header=header,
                     board=self.board,
                     pio=self.pio,
+                    platform_version=PIO_PLATFORM_VERSIONS[self.pio.platform],
+                    toolchain=PIO_TOOLCHAIN,
                     cpu_flags=self.cpu_flags,
                     defines=[f"POET_FRAME_MAX={self.board.frame_max_bytes}", *self.defines()],
                     baud=SERIAL_BAUD,
@@ -575,24 +625,36 @@ def _listening(port: int) -> bool:
 class BoardTarget(ArmTarget):
     """A real Cortex-M board, flashed with PlatformIO (``poetc flash``) and reached on its serial port."""
 
+    def __init__(self, board: Board, port: str | None = None) -> None:
+        super().__init__(board)
+        self.port = port  # --port: the serial device the firmware talks on (default: found by USB id)
+
     def find_serial(self, port: str | None = None) -> str:
+        """The serial device of the firmware's link: ``port``, --port, POETC_SERIAL, else by USB id."""
+        port = port or self.port or os.environ.get("POETC_SERIAL")
         if port:
             return port
-        env = os.environ.get("POETC_SERIAL")
-        if env:
-            return env
-        try:
-            from serial.tools import list_ports
-        except ImportError:  # pragma: no cover - pyserial always has it
-            list_ports = None
-        vids = self.pio.usb_vids if self.pio else ()
-        for p in list_ports.comports() if list_ports else []:
-            if p.vid in vids:
-                return p.device
+        ids = self.pio.serial_usb if self.pio else ()
+        found = find_usb_port(ids)
+        if found:
+            return found
         raise PoetcError(
-            f"no {self.board.name} found: no serial port with USB vendor id "
-            f"{', '.join(f'{v:04x}' for v in vids) or '?'} (connect {self.pio.attached if self.pio else 'it'}, "
-            "or name the device with --port or POETC_SERIAL)"
+            f"no {self.board.name} found: no serial port with USB id {_usb_text(ids)} (connect "
+            f"{self.pio.attached if self.pio else 'it'}, or name the device with --port or POETC_SERIAL)"
+        )
+
+    def find_upload_port(self, port: str | None = None) -> str:
+        """The device pio uploads through: the serial port, or the board's own USB port where they differ."""
+        if not self.pio or not self.pio.upload_usb:
+            return self.find_serial(port)
+        if port:
+            return port
+        found = find_usb_port(self.pio.upload_usb)
+        if found:
+            return found
+        raise PoetcError(
+            f"no {self.board.name} found to flash: no serial port with USB id {_usb_text(self.pio.upload_usb)} "
+            f"(connect {self.pio.upload_attached}, or name the device with --port)"
         )
 
     def launch(
@@ -771,6 +833,23 @@ def write_local_platformio(
     )
 
 
+PIO_MISSING = (
+    "PlatformIO is not installed (a dependency of poetc: re-run scripts/setup.sh, or "
+    f"{Path(sys.executable).parent / 'pip'} install platformio scons)"
+)
+
+
+def pio_executable() -> str | None:
+    """PlatformIO's ``pio``: on PATH, else beside this Python (``.venv/bin/poetc flash`` with the virtual
+    environment not activated)."""
+    for name in ("pio", "platformio"):
+        found = shutil.which(name)
+        if found:
+            return found
+    beside = Path(sys.executable).parent / "pio"
+    return str(beside) if os.access(beside, os.X_OK) else None
+
+
 def platformio_core_dir() -> Path:
     return Path(os.environ.get("PLATFORMIO_CORE_DIR") or Path.home() / ".platformio")
 
@@ -792,12 +871,10 @@ def flash(board: Board, build_dir: Path, port: str | None = None, env: str | Non
         )
     if not (build_dir / "platformio.ini").is_file():
         raise PoetcError(f"{build_dir}: no platformio.ini; rebuild with poetc build ... --board {board.name}")
-    pio = shutil.which("pio") or shutil.which("platformio")
+    pio = pio_executable()
     if pio is None:
-        raise PoetcError(
-            "PlatformIO is not installed (pip install platformio); it builds and flashes real boards"
-        )
-    dev = tgt.find_serial(port)
+        raise PoetcError(f"{PIO_MISSING}; it builds and flashes real boards")
+    dev = tgt.find_upload_port(port)
     platform_dir = platformio_core_dir() / "platforms" / tgt.pio.platform
     if not platform_dir.is_dir():
         raise PoetcError(
@@ -815,9 +892,9 @@ def _qemu_upload_command(board: Board, build_dir: Path) -> list[str]:
             f"{build_dir}: no local PlatformIO project (platformio.ini, pio/); rebuild with poetc build ... "
             f"--board {board.name}"
         )
-    pio = shutil.which("pio") or shutil.which("platformio")
+    pio = pio_executable()
     if pio is None:
-        raise PoetcError("PlatformIO is not installed (pip install platformio scons)")
+        raise PoetcError(f"{PIO_MISSING}; it builds and uploads the QEMU boards' images")
     import importlib.util
 
     if importlib.util.find_spec("SCons") is None:
@@ -838,11 +915,17 @@ PIO_ENV = {
 }
 
 
-def for_board(board: Board) -> Target:
+def for_board(board: Board, port: str | None = None) -> Target:
+    """The target of a board; ``port`` (--port) names a real board's serial device."""
+    if port is not None and (board.emulated or not board.core.startswith("cortex-m") or board.port == "host"):
+        raise PoetcError(
+            f"--port {port}: board {board.name} is not a real microcontroller board (its link is local); "
+            "--port names a real board's serial device"
+        )
     if board.core in LINUX_CPUS:
         return LinuxTarget(board)
     if board.port == "host":
         return HostTarget(board)
     if board.core.startswith("cortex-m"):
-        return QemuTarget(board) if board.emulated else BoardTarget(board)
+        return QemuTarget(board) if board.emulated else BoardTarget(board, port)
     raise PoetcError(f"board {board.name}: port {board.port!r} has no launcher in this version")

@@ -11,6 +11,7 @@ Layout:
   schedule.json    the schedule's figures (strategy, energy, time, peak RAM, arena, paging counts)
   model.c/.h       generated tables;   model.onnx   the source model (for export)
   runtime/ port/   copies of runtime_c and firmware/<port>;  Makefile;  build/  the compiled program
+  runs/<n>/        each poetc train: trained.npz (weights) and train.json (its record); never replaced
   cortexm/ memory.ld   Cortex-M boards: the shared start-up and sections, the board's RAM/flash/stack sizes
   platformio.ini pio_link.py   Cortex-M boards: the PlatformIO project (``poetc flash``); QEMU boards also get
                    pio/ (the local platform, toolchain and tool-scons packages that let it build offline)
@@ -40,6 +41,8 @@ from . import codegen
 
 MANIFEST = "poetc.json"
 FILE_LIST = ".poetc-files"
+RUNS = "runs"  # training runs: runs/<n>/trained.npz and train.json
+TRAINED = "trained.npz"
 
 
 def check_out_dir(out: Path) -> None:
@@ -289,14 +292,55 @@ class BuildInfo:
         copy = self.dir / "board.toml"
         return boards.load_file(copy, check_name=False) if copy.is_file() else boards.load(self.doc["board"])
 
-    def trained_path(self) -> Path:
-        return self.dir / "trained.npz"
+    # ---- training runs: poetc train writes runs/<n>/ (trained.npz, train.json) and never replaces one ----
+    def runs(self) -> list[int]:
+        """The training runs kept in this build, oldest first."""
+        d = self.dir / RUNS
+        if not d.is_dir():
+            return []
+        return sorted(int(e.name) for e in d.iterdir() if e.name.isdigit() and (e / TRAINED).is_file())
 
-    def load_trained(self) -> dict[str, np.ndarray]:
-        p = self.trained_path()
-        if not p.exists():
+    def new_run(self) -> tuple[int, Path]:
+        """A new, empty run directory (the next number; numbers are never reused while the build lives)."""
+        d = self.add_file(RUNS)
+        d.mkdir(exist_ok=True)
+        n = max((int(e.name) for e in d.iterdir() if e.name.isdigit()), default=0) + 1
+        (d / str(n)).mkdir()
+        return n, d / str(n)
+
+    def run_dir(self, run: int | None = None) -> tuple[int, Path]:
+        """(number, directory) of ``run``, or of the latest run; an error names the runs there are."""
+        have = self.runs()
+        if not have:
             raise PoetcError(f"{self.dir}: no trained weights yet (run poetc train {self.dir} first)")
-        with np.load(p) as z:
+        if run is None:
+            run = have[-1]
+        if run not in have:
+            raise PoetcError(f"--run {run}: {self.dir} has no run {run} (runs: {', '.join(map(str, have))})")
+        return run, self.dir / RUNS / str(run)
+
+    def run_summary(self, run: int | None = None) -> str:
+        """'run 2 (build/m/runs/2: 200 steps, lr 0.4)' for messages."""
+        n, d = self.run_dir(run)
+        rec = d / "train.json"
+        what = ""
+        if rec.is_file():
+            try:
+                doc = json.loads(rec.read_text())
+                what = f": {doc['steps']} steps, lr {doc['lr']:g}"
+            except (OSError, ValueError, KeyError, TypeError):
+                what = ""
+        return f"run {n} ({d}{what})"
+
+    def train_record_path(self, run: int | None = None) -> Path | None:
+        """train.json of ``run`` (default: the latest run); None when nothing was trained yet and no run named."""
+        if run is None and not self.runs():
+            return None
+        return self.run_dir(run)[1] / "train.json"
+
+    def load_trained(self, run: int | None = None) -> dict[str, np.ndarray]:
+        _, d = self.run_dir(run)
+        with np.load(d / TRAINED) as z:
             return {k: z[k] for k in z.files}
 
 

@@ -26,6 +26,7 @@ class ZooEntry:
     build: Callable[[], onnx.ModelProto]
     batch: int
     about: str
+    lr: float  # poetc train's default SGD rate: measured, see LEARNING RATES below
 
 
 class _Builder:
@@ -392,21 +393,43 @@ def _tiny_bert() -> onnx.ModelProto:
     return b.model(0, c["classes"])
 
 
+# LEARNING RATES: ZooEntry.lr is poetc train's default. Measured on the host (generated C, store-all schedule,
+# the default batch) by benchmarks/zoo_learning_rates.py: 200 steps of SGD on the bundled digits (tiny-bert: a
+# synthetic two-class task), seed 0; held-out accuracy (chance 0.1; tiny-bert 0.5) and mean loss of the last
+# 20 steps. The default is the rate with the best accuracy whose loss fell, unless a smaller one is as good.
+#   model                 lr:  0.01   0.02   0.05    0.1    0.2    0.4    0.8     default
+#   digits-mlp                               0.838  0.916  0.961  0.964  0.953     0.4
+#   digits-deep-mlp                          0.479  0.655  0.766  0.919  0.727     0.4   (loss 2.31 -> 0.15)
+#   digits-cnn                               0.961  0.925  0.830  0.117  0.117     0.05  (diverges from 0.4)
+#   mlp (POET's 784-10-...-10)               0.173  0.240  0.198  0.156  0.092     0.2   (lowest loss, 1.79;
+#       its 10-wide layers learn slowly: after 600 steps 0.1 -> 0.741, 0.15 -> 0.716, 0.2 -> 0.758, 0.3 -> 0.228)
+#   lenet                       0.106  0.175  0.426  0.549  0.234                  0.1
+#   resnet8                     0.454  0.582  0.460  0.755  0.788                  0.1   (lowest loss, 1.51)
+#   resnet18-cifar                     0.721  0.783  0.822                         0.1
+#   tiny-bert                   0.815  0.875  0.860  0.820                         0.02
+#   examples/digits-mlp.onnx (ONNX_LR)                  0.911  0.936  0.950        0.1   (safe for digits-cnn too)
+#   vgg11-cifar (batch 2)       0.657  0.265  0.175  0.187  (0.005: 0.691)         0.005 (loss 2.53 -> 1.60;
+#       from 0.02 up the loss rises)
+#   mobilenetv2-cifar (batch 2) 0.189  0.248  0.270  0.173  (0.005: 0.092)         0.005 (every rate from 0.01
+#       up raises the loss; 0.005 lowers it: after 600 steps 0.002 -> 0.156, 0.005 -> 0.298, loss 2.45 -> 2.12)
 ZOO: dict[str, ZooEntry] = {
     "mlp": ZooEntry(
         lambda: _mlp("mlp", [784, 10, 120, 100, 200, 10, 10], (1, 28, 28), seed=1),
         batch=32,
         about="POET's 'linear' network: 784-10-120-100-200-10-10, 28x28 input",
+        lr=0.2,
     ),
     "digits-mlp": ZooEntry(
         lambda: _mlp("digits_mlp", [64, 32, 10], (1, 8, 8), seed=2),
         batch=32,
         about="64-32-10 MLP for the bundled 8x8 digits",
+        lr=0.4,
     ),
     "digits-deep-mlp": ZooEntry(
         lambda: _mlp("digits_deep_mlp", [64, 96, 96, 96, 10], (1, 8, 8), seed=3),
         batch=64,
         about="64-96-96-96-10 MLP for the digits: activations outweigh a small board's RAM (the demo model)",
+        lr=0.4,
     ),
     "digits16-mlp": ZooEntry(
         _digits16_mlp,
@@ -417,16 +440,23 @@ ZOO: dict[str, ZooEntry] = {
         _digits_cnn,
         batch=8,
         about="five 3x3 conv-ReLU layers of 8 channels and a linear layer for the 8x8 digits",
+        lr=0.05,
     ),
-    "lenet": ZooEntry(_lenet, batch=8, about="LeNet-5 for 3x32x32 (conv5-pool-conv5-pool-120-84-10)"),
-    "resnet8": ZooEntry(_resnet8, batch=4, about="MLPerf Tiny's ResNet-8 (16-32-64), 3x32x32, BatchNorm"),
+    "lenet": ZooEntry(_lenet, batch=8, about="LeNet-5 for 3x32x32 (conv5-pool-conv5-pool-120-84-10)", lr=0.1),
+    "resnet8": ZooEntry(
+        _resnet8, batch=4, about="MLPerf Tiny's ResNet-8 (16-32-64), 3x32x32, BatchNorm", lr=0.1
+    ),
     "resnet18-cifar": ZooEntry(
         _resnet18_cifar,
         batch=4,
         about="POET's resnet18_cifar: 6 blocks 16-32-64 with conv shortcuts, 3x32x32",
+        lr=0.1,
     ),
     "mobilenetv2-cifar": ZooEntry(
-        _mobilenetv2_cifar, batch=2, about="MobileNetV2 width 0.35 for 3x32x32 (inverted residuals, ReLU6)"
+        _mobilenetv2_cifar,
+        batch=2,
+        about="MobileNetV2 width 0.35 for 3x32x32 (inverted residuals, ReLU6)",
+        lr=0.005,
     ),
     "mobilenetv2-tiny": ZooEntry(
         _mobilenetv2_tiny,
@@ -434,12 +464,13 @@ ZOO: dict[str, ZooEntry] = {
         about="MobileNetV2 width 0.25, 3x32x32, stride-2 stem, last conv 320: 635 KiB of parameters",
     ),
     "vgg11-cifar": ZooEntry(
-        _vgg11_cifar, batch=2, about="VGG-11 with BatchNorm for 3x32x32, 9.2M parameters"
+        _vgg11_cifar, batch=2, about="VGG-11 with BatchNorm for 3x32x32, 9.2M parameters", lr=0.005
     ),
     "tiny-bert": ZooEntry(
         _tiny_bert,
         batch=4,
         about="2-layer BERT encoder, hidden 64, 2 heads, sequence 32, on embedded inputs [32, 64]; 2 classes",
+        lr=0.02,
     ),
 }
 
@@ -452,3 +483,12 @@ def build(name: str) -> onnx.ModelProto:
 
 def default_batch(name: str) -> int:
     return ZOO[name].batch
+
+
+ONNX_LR = 0.1  # an ONNX file's default rate: safe for the zoo's digits models (see LEARNING RATES)
+
+
+def default_lr(source: str) -> float:
+    """poetc train's default rate for a build's model source ("zoo:NAME" or an ONNX file's path)."""
+    name = source.removeprefix("zoo:")
+    return ZOO[name].lr if source.startswith("zoo:") and name in ZOO else ONNX_LR

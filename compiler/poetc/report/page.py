@@ -326,14 +326,19 @@ def render(**ctx: Any) -> str:
     return _env().get_template("report.html.j2").render(**ctx)
 
 
-def write(b: builddir.BuildInfo, out: Path, profile_path: str | None = None) -> tuple[Path, list[str]]:
-    """Write the report of build ``b`` to ``out``; returns the path and notes about what is missing."""
+def write(
+    b: builddir.BuildInfo, out: Path, profile_path: str | None = None, run: int | None = None
+) -> tuple[Path, list[str]]:
+    """Write the report of build ``b`` to ``out`` with training run ``run`` (default: the latest); returns the
+    path and notes about what is missing."""
+
     from ..device import profile as profile_mod
 
     notes: list[str] = []
     board = b.board()
     sched = _read_json(b.dir / "schedule.json")
-    train = _read_json(b.dir / TRAIN_RECORD) if (b.dir / TRAIN_RECORD).is_file() else None
+    record = b.train_record_path(run)
+    train = _read_json(record) if record is not None and record.is_file() else None
     if train is None:
         notes.append(f"no {TRAIN_RECORD}: run poetc train {b.dir} for measured figures and the loss curve")
     elif train.get("hash") != b.doc["hash"]:

@@ -712,7 +712,8 @@ def _training_args(s: argparse.ArgumentParser) -> None:
         default="all",
         metavar="SPEC",
         help="which parameters train: all (default), bias (every bias-like 1-D parameter), last:K (the last K "
-        "layers with parameters) or NAME[,NAME...] (ONNX initializer names); the others are frozen",
+        "layers with parameters), auto (the largest last:K that fits the RAM budget) or NAME[,NAME...] (ONNX "
+        "initializer names); the others are frozen",
     )
     g.add_argument(
         "--bn",

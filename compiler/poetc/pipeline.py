@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .boards import Board
 from .errors import PoetcError
 from .graph import autodiff
 from .graph.autodiff import TrainingGraph
 from .graph.ir import Model, Role
-from .graph.options import TrainingOptions
+from .graph.options import TrainingOptions, layers_with_params, select_trainable
 from .schedule import cost, memplan, problem, program, simulate, strategies
 from .schedule.cost import CostModel
 from .schedule.memplan import MemPlan
@@ -74,18 +74,24 @@ def param_homes(tg: TrainingGraph, mode: str) -> tuple[tuple[str, ...], tuple[st
     """(persistent tensors whose home the schedule chooses, frozen parameters read in place from flash).
 
     ``ram``: neither (every parameter in RAM, as poetc always did); ``auto``: trainable parameters and their
-    optimizer state are scheduled, frozen ones stay in flash; ``storage``: every parameter and optimizer state
-    lives on storage and is loaded when needed (none in RAM, none in flash). BatchNorm running statistics
-    always stay in RAM (a few floats per channel)."""
+    optimizer state are scheduled, frozen ones stay in flash, and so do the running statistics of a frozen
+    BatchNorm (constants too); ``storage``: every parameter and optimizer state lives on storage and is loaded
+    when needed (none in RAM, none in flash). Running statistics that training updates stay in RAM (a few
+    floats per channel)."""
     if mode not in PARAM_HOMES:
         raise PoetcError(f"--params {mode!r}: choose one of {', '.join(PARAM_HOMES)}")
     trainable = tuple(tg.params)
     frozen = tuple(tg.frozen)
     opt = tuple(tg.opt_state.values())
+    constant_state = tuple(
+        t.name
+        for t in tg.graph.by_role(Role.STATE)
+        if t.name not in tg.state_updates and tg.graph.consumers[t.name]
+    )
     if mode == "ram":
         return (), ()
     if mode == "auto":
-        return trainable + opt, frozen
+        return trainable + opt, frozen + constant_state
     return trainable + frozen + opt, ()
 
 
@@ -211,6 +217,7 @@ class Planned:
     fixed: MemoryReport
     problem: Problem
     flash: tuple[str, ...] = ()  # frozen parameters read in place from flash
+    training: TrainingOptions = TrainingOptions()  # as planned (``--train auto`` resolved to names)
 
 
 def plan(
@@ -226,11 +233,86 @@ def plan(
 ) -> Planned:
     """``profile``: measured seconds per node name (``poetc profile``) replacing the FLOP estimates.
     ``training``: what trains and how (``--train``, ``--bn``, ``--optimizer``, ``--weight-decay``);
-    ``params``: where parameters may live (``param_homes``)."""
+    ``params``: where parameters may live (``param_homes``). ``--train auto`` is resolved here
+    (``resolve_train_auto``); the plan records the parameters it chose."""
     say = say or (lambda s: None)
     budget = ram if ram is not None else board.ram_bytes
     if budget > board.ram_bytes:
         raise PoetcError(f"--ram {budget} exceeds the RAM of board {board.name} ({board.ram_bytes} bytes)")
+    if training.train == "auto":
+        training = resolve_train_auto(
+            model, board, budget, deadline, say, profile, profile_source, training, params
+        )
+    return _plan(model, board, budget, deadline, say, profile, profile_source, training, params)
+
+
+def resolve_train_auto(
+    model: Model,
+    board: Board,
+    budget: int,
+    deadline: str | None,
+    say: Callable[[str], None],
+    profile: Mapping[str, float] | None,
+    profile_source: str,
+    training: TrainingOptions,
+    params: str,
+    time_limit_s: float = 20.0,
+) -> TrainingOptions:
+    """``--train auto``: the largest K such that training the last K layers with parameters fits the RAM budget
+    (and the deadline), by bisection on K (more layers never need less RAM). A K fits when a heuristic finds a
+    schedule, or else POET's MILP within ``time_limit_s``. Returns the options with the chosen names."""
+    layers = layers_with_params(model)
+    if not layers:
+        raise PoetcError(f"--train auto: {model.source} has no parameters")
+    quiet = lambda s: None  # noqa: E731
+
+    def fits(k: int) -> TrainingOptions | None:
+        opts = replace(training, train=select_trainable(model, f"last:{k}"))
+        try:
+            pl = _plan(model, board, budget, deadline, quiet, profile, profile_source, opts, params)
+        except PoetcError:
+            return None
+        p = pl.problem
+        if strategies.feasible_heuristics(p):
+            return opts
+        sol = strategies.run("poet", p, SolveOptions(time_limit_s=time_limit_s, warm_start=False))
+        return opts if sol.ok else None
+
+    lo, hi = 0, len(layers)  # the largest fitting K lies in [lo, hi]; K = 0 stands for "none fits"
+    best = fits(hi)
+    if best is None:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            got = fits(mid)
+            if got is not None:
+                lo, best = mid, got
+            else:
+                hi = mid
+        hi = lo
+    if best is None:
+        raise PoetcError(
+            f"--train auto: not even the last layer with parameters ({layers[-1][0]}) trains in a RAM budget of "
+            f"{budget} bytes on {board.name}; raise --ram"
+        )
+    n = sum(int(model.params[p].size) for p in best.train)
+    say(
+        f"--train auto: the last {hi} of {len(layers)} layers with parameters train ({n} parameters, "
+        f"{len(best.train)} tensors) in a RAM budget of {budget} bytes"
+    )
+    return best
+
+
+def _plan(
+    model: Model,
+    board: Board,
+    budget: int,
+    deadline: str | None,
+    say: Callable[[str], None],
+    profile: Mapping[str, float] | None,
+    profile_source: str,
+    training: TrainingOptions,
+    params: str,
+) -> Planned:
     tg = autodiff.build(model, training)
     say(
         f"training graph: {len(tg.graph.nodes)} nodes ({tg.n_forward} forward), {len(tg.params)} trainable "
@@ -263,7 +345,7 @@ def plan(
             f"smallest budget that could fit is {need} bytes (a lower bound)"
             + (f", over the board's {board.ram_bytes}" if need > board.ram_bytes else "")
         )
-    return Planned(tg, cm, fixed, p, flash)
+    return Planned(tg, cm, fixed, p, flash, training)
 
 
 def infeasible_message(pl: Planned, sol: Solution, strategy: str, opts: SolveOptions) -> str:
@@ -418,7 +500,7 @@ def compile_model(
         first_extra,
         pl.flash,
         params,
-        training,
+        pl.training,
     )
 
 

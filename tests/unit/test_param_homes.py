@@ -250,3 +250,37 @@ def test_the_milp_cannot_free_a_parameter_it_keeps_in_ram():
     ram = pipeline.plan(model, board, ram=200 * 1024, deadline="1.2x", params="ram")
     old = strategies.run("poet", ram.problem, opt)
     assert sol.replay.energy_j <= old.replay.energy_j * (1 + 1e-6)
+
+
+def test_train_auto_takes_the_largest_suffix_that_fits():
+    from poetc.errors import PoetcError
+    from poetc.graph.options import TrainingOptions
+
+    model = frontend.load("digits-deep-mlp", batch=64)
+    board = boards.load("qemu-m4")
+    said: list[str] = []
+    # 100 KB: the 96x96 layers (37 KB of weights with 25 KB activations on each side) cannot train, the last can
+    pl = pipeline.plan(model, board, ram=100 * 1024, training=TrainingOptions("auto"), say=said.append)
+    assert set(pl.training.train) == {"fc4.weight", "fc4.bias"} == set(pl.tg.params)
+    assert any("--train auto: the last 1 of 4 layers" in s and "970 parameters" in s for s in said)
+    with pytest.raises(PoetcError, match="largest node"):  # ... and the next layer does not
+        pipeline.plan(model, board, ram=100 * 1024, training=TrainingOptions("last:2"))
+    full = pipeline.plan(model, board, ram=140 * 1024, training=TrainingOptions("auto"))
+    assert set(full.tg.params) == set(model.graph.params)
+    with pytest.raises(PoetcError, match="not even the last layer"):
+        pipeline.plan(model, board, ram=60 * 1024, training=TrainingOptions("auto"))
+
+
+def test_frozen_parameters_and_batchnorm_statistics_live_in_flash():
+    from poetc.graph.ir import Role
+    from poetc.graph.options import TrainingOptions
+
+    model = frontend.load("mobilenetv2-tiny", batch=1)
+    pl = pipeline.plan(model, boards.load("qemu-m4"), training=TrainingOptions("last:1"))
+    g = pl.tg.graph
+    frozen_state = [t.name for t in g.by_role(Role.STATE) if t.name not in pl.tg.state_updates]
+    assert frozen_state and set(frozen_state) <= set(pl.flash)
+    assert set(pl.tg.frozen) <= set(pl.flash)
+    in_flash = sum(g.tensor(n).nbytes for n in pl.flash)
+    assert pl.fixed.params_flash == in_flash > 600 * 1024  # the backbone: 635 KiB of parameters, none in RAM
+    assert pl.fixed.params == 0  # the classifier is the schedule's; nothing else is a parameter in RAM

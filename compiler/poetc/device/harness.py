@@ -278,6 +278,8 @@ def _train(
         if dump is not None:
             dumpd.update({f"param/{k}": v for k, v in dev.params().items()})
             dumpd.update({f"state/{k}": v for k, v in dev.state().items()})
+        if eval_every:  # accuracy before any step: what the model knew (a fine-tuning starts from it)
+            log.evals.append((0, accuracy(dev, eval_x, eval_y, batch)))
         if meter is not None:
             meter.start()
             dev.runs.clear()

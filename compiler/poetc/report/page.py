@@ -279,7 +279,11 @@ def headline(
                 "hl-accuracy",
                 "held-out accuracy",
                 f"{percent(a0)} \u2192 {percent(a1)}",
-                [f"after step {s0} \u2192 after step {s1}" + (f", learning rate {lr:g}" if lr else "")],
+                [
+                    ("before training" if s0 == 0 else f"after step {s0}")
+                    + f" \u2192 after step {s1}"
+                    + (f", learning rate {lr:g}" if lr else "")
+                ],
                 {"first": repr(a0), "last": repr(a1)},
             )
         )

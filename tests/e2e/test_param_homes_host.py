@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tests.conftest import poetc
 
-from conftest import poetc
 from poetc import boards
 from poetc.device import harness, target
 from poetc.emit import builddir

@@ -151,6 +151,8 @@ def run(
     """Build (unless ``builds`` are given), partition, launch, federate, write the weights."""
     spec.check()
     builds = builds or build_all(spec, say)
+    if len(builds) != spec.clients:
+        raise PoetcError(f"{len(builds)} builds for {spec.clients} clients: give one build per client")
     names = check_same_model(builds)
     first = builds[0]
     ds = load_data(spec, first)

@@ -522,24 +522,28 @@ def cmd_fleet(a: argparse.Namespace) -> int:
     from . import fleet
 
     fleet.require_flower()
-    if a.connect:
-        from .fleet import supernode
-
-        return supernode.main(a, _command_line(), _say)
     from .fleet import local, partition
 
     if not a.model:
         raise PoetcError("fleet: give a MODEL (an ONNX file or a zoo name), or --connect ADDR")
-    if not a.board:
+    build_dir = Path(a.model) if (Path(a.model) / builddir.MANIFEST).is_file() else None
+    if not a.board and build_dir is None:
         raise PoetcError("fleet: --board B[,B2...] is required (client k gets the k-th board, cycling)")
     spec = local.FleetSpec(
-        model=a.model, clients=a.clients, rounds=a.rounds, boards=tuple(a.board.split(",")), out=Path(a.out),
+        model=a.model, clients=a.clients, rounds=a.rounds, boards=tuple((a.board or "").split(",")), out=Path(a.out),
         rams=tuple(pipeline.parse_bytes(r) for r in a.ram.split(",")) if a.ram else (None,), batch=a.batch,
         input_u8=a.input_u8, data=a.data, partition=partition.parse(a.partition), local_steps=a.local_steps,
         lr=a.lr, strategy=a.strategy, seed=a.seed, training=_training(a), schedule=a.schedule,
         time_limit_s=a.time_limit, command=_command_line(), verbose=a.verbose,
     )  # fmt: skip
     spec.check()
+    if a.connect:
+        from .fleet import supernode
+
+        conn = supernode.ConnectSpec(a.connect, spec, build_dir, a.shard, a.port)
+        return supernode.run(conn, _say, verbose=a.verbose)
+    if build_dir is not None:
+        raise PoetcError(f"fleet: {a.model} is a build directory; a local fleet builds MODEL for each board")
     print(
         f"poetc fleet {a.model}: {a.clients} clients on {a.board}, {a.rounds} rounds of {a.local_steps} local "
         f"step(s), {a.strategy}, partition {spec.partition}",
@@ -738,6 +742,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--connect", metavar="ADDR", help="join the Flower SuperLink at ADDR (host:port) as a SuperNode"
+    )
+    s.add_argument(
+        "--shard", type=int, metavar="K", help="with --connect: train on shard K of --clients (--partition)"
     )
     s.add_argument("--port", help="with --connect: a real board's serial device")
     s.add_argument("--verbose", action="store_true", help="show Flower's own log")

@@ -131,6 +131,12 @@ class BoardClient:
         missing = [n for n in self.names if n not in weights]
         if missing:
             raise PoetcError(f"{self}: the server sent no {missing[0]!r} ({len(missing)} tensors missing)")
+        extra = [n for n in weights if n not in self.names]
+        if extra:
+            raise PoetcError(
+                f"{self}: the server sent {extra[0]!r}, which this board's build does not train (its --train "
+                f"trains {', '.join(self.names)})"
+            )
         with self._lock:
             dev = self._dev()
             t0 = time.perf_counter()

@@ -48,26 +48,18 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedAvgM
 
 from ..errors import PoetcError
-from .client import BoardClient, FitResult
+from .client import BoardClient
+from .service import metrics_of
 from .weights import Evaluator, payload_bytes
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
 
 
 # ---- the ClientApp ---------------------------------------------------------------------------------------------
-def fit_metrics(client: BoardClient, res: FitResult) -> MetricRecord:
-    return MetricRecord(
-        {
-            "num-examples": res.examples,
-            "client": client.index,
-            "samples": res.samples,
-            "train-loss": res.loss,
-            "energy-j": res.energy_j,
-            "compute-j": res.compute_j,
-            "paging-j": res.paging_j,
-            "device-s": res.device_s,
-            "link-bytes": res.link_bytes,
-        }
+def reply(msg: Message, weights: Mapping[str, np.ndarray], metrics: Mapping[str, float | int]) -> Message:
+    """The train reply: the board's weights and its metrics."""
+    return Message(
+        RecordDict({ARRAYS: to_record(weights), METRICS: MetricRecord(dict(metrics))}), reply_to=msg
     )
 
 
@@ -91,8 +83,7 @@ def client_app(
         client = resolve(context)
         cfg = msg.content[CONFIG]
         res = client.fit(from_record(msg.content[ARRAYS]), float(cfg["lr"]), int(cfg["local-steps"]), on_step)
-        content = RecordDict({ARRAYS: to_record(res.weights), METRICS: fit_metrics(client, res)})
-        return Message(content=content, reply_to=msg)
+        return reply(msg, res.weights, metrics_of(client, res))
 
     return app
 
@@ -278,16 +269,21 @@ def server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        strategy(settings, rec).start(
-            grid=grid,
-            initial_arrays=to_record(initial),
-            num_rounds=settings.rounds,
-            timeout=settings.timeout_s,
-            train_config=ConfigRecord({"lr": settings.lr, "local-steps": settings.local_steps}),
-            evaluate_fn=rec.evaluate,
-        )
+        federate(grid, settings, initial, rec)
 
     return app, rec
+
+
+def federate(grid: Grid, settings: Settings, initial: Mapping[str, np.ndarray], rec: Recorder) -> None:
+    """The rounds: Flower's strategy from ``initial`` on ``grid``, every round recorded and evaluated."""
+    strategy(settings, rec).start(
+        grid=grid,
+        initial_arrays=to_record(initial),
+        num_rounds=settings.rounds,
+        timeout=settings.timeout_s,
+        train_config=ConfigRecord({"lr": settings.lr, "local-steps": settings.local_steps}),
+        evaluate_fn=rec.evaluate,
+    )
 
 
 # ---- a local fleet: Flower's simulation runtime with a thread backend ---------------------------------------------

@@ -517,6 +517,12 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 # ---- fleet ------------------------------------------------------------------------------------------------
+def _record_build(c: pipeline.Compiled, out: Path) -> None:
+    from .report import page
+
+    page.record_build(c, out, None)  # program.json for poetc report, as poetc build writes it
+
+
 def cmd_fleet(a: argparse.Namespace) -> int:
     """A local fleet in Flower's simulation (MODEL), or one board joining a real SuperLink (--connect)."""
     from . import fleet
@@ -534,7 +540,7 @@ def cmd_fleet(a: argparse.Namespace) -> int:
         rams=tuple(pipeline.parse_bytes(r) for r in a.ram.split(",")) if a.ram else (None,), batch=a.batch,
         input_u8=a.input_u8, data=a.data, partition=partition.parse(a.partition), local_steps=a.local_steps,
         lr=a.lr, strategy=a.strategy, seed=a.seed, training=_training(a), schedule=a.schedule,
-        time_limit_s=a.time_limit, command=_command_line(), verbose=a.verbose,
+        time_limit_s=a.time_limit, command=_command_line(), verbose=a.verbose, on_build=_record_build,
     )  # fmt: skip
     spec.check()
     if a.connect:

@@ -57,6 +57,9 @@ class FleetSpec:
     time_limit_s: float = 20.0
     command: str = ""
     verbose: bool = False  # Flower's own log
+    on_build: Callable[[pipeline.Compiled, Path], None] | None = (
+        None  # after each build (cli: report's files)
+    )
 
     def check(self) -> None:
         if self.clients < 1:
@@ -114,6 +117,8 @@ def build_all(spec: FleetSpec, say: Callable[[str], None]) -> list[builddir.Buil
             opts=strategies.SolveOptions(time_limit_s=spec.time_limit_s), training=spec.training,
         )  # fmt: skip
         builddir.write(c, out, spec.command, targets[b])
+        if spec.on_build is not None:
+            spec.on_build(c, out)
         built[(b, ram)] = builddir.open_build(out)
         s = builddir.schedule_summary(c)
         say(

@@ -11,9 +11,12 @@ every round, per round the held-out accuracy, loss, bytes sent and each board's 
 - ``flower``: the Flower apps (ClientApp, ServerApp with FedAvg or FedAvgM), run offline; a thread backend for
   Flower's simulation runtime, so each client's board lives in this process;
 - ``local``: ``poetc fleet MODEL``: build per board, launch, simulate, report, write the weights;
+- ``service``: a board held open by one process and lent to Flower's ClientApp processes over loopback;
+- ``remote``: the ClientApp and ServerApp of a real deployment (``flwr run examples/fleet-app``);
 - ``supernode``: ``poetc fleet --connect ADDR``: one board served to a Flower SuperNode of a real SuperLink.
 
-Flower is imported only by ``flower`` and ``supernode`` (and only when a fleet runs): it is the ``fleet`` extra.
+Flower is imported only by ``flower``, ``remote`` and the modules that use them (``local``, ``supernode``), and
+only when a fleet runs: it is the ``fleet`` extra. Importing this package sets Flower's offline switches.
 
 May import: ``device``, ``emit``, ``pipeline``, ``frontend``, ``schedule``, ``graph``, the ground floor.
 """

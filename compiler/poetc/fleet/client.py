@@ -107,6 +107,14 @@ class BoardClient:
             self.session = None
             self.device = None
 
+    def abort(self, reason: str) -> None:
+        """Take the board out of the federation now (Ctrl-C), even while a round runs on it: that round and
+        every later one fail at once."""
+        self.dead = reason
+        sess = self.session
+        if sess is not None:
+            sess.close(graceful=False)
+
     def initial_weights(self) -> dict[str, np.ndarray]:
         """The travelling tensors as the board holds them after reset (the model's initial values)."""
         with self._lock:

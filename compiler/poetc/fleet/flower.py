@@ -180,6 +180,7 @@ class Recorder:
         self.globals: dict[int, dict[str, np.ndarray]] = {}  # round -> global weights after it
         self._cur = RoundRecord(0, 0.0, 0.0)
         self._t0 = time.perf_counter()
+        self.stopped = False  # set on Ctrl-C: the next round does not start
 
     def sent(self, rnd: int, n_messages: int, arrays: ArrayRecord) -> None:
         self._cur = RoundRecord(rnd, 0.0, 0.0)
@@ -245,6 +246,8 @@ def strategy(settings: Settings, rec: Recorder) -> FedAvg:
         def configure_train(
             self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
         ) -> Iterable[Message]:
+            if rec.stopped:
+                raise PoetcError("interrupted")
             msgs = list(super().configure_train(server_round, arrays, config, grid))
             rec.sent(server_round, len(msgs), arrays)
             return msgs
@@ -355,12 +358,24 @@ def flower_log(verbose: bool):
         log.setLevel(level)
 
 
-def run_local(server: ServerApp, client: ClientApp, nodes: int, verbose: bool = False) -> None:
-    """Run ``server`` and ``nodes`` SuperNodes of ``client`` in Flower's simulation runtime, in this process."""
+def run_local(
+    server: ServerApp,
+    client: ClientApp,
+    nodes: int,
+    verbose: bool = False,
+    on_interrupt: Callable[[], None] | None = None,
+) -> None:
+    """Run ``server`` and ``nodes`` SuperNodes of ``client`` in Flower's simulation runtime, in this process.
+
+    The runtime runs in a thread of its own so that Ctrl-C reaches this one: ``on_interrupt`` then takes the boards
+    down (their rounds fail at once), the ServerApp runs out its remaining rounds without them and the runtime
+    stops, rather than a ServerApp thread waiting an hour for replies that will never come."""
     from flwr.simulation.run_simulation import _run_simulation
     from flwr.supercore.telemetry import EventType
 
-    with _thread_backend(), flower_log(verbose):
+    failed: list[BaseException] = []
+
+    def simulate() -> None:
         try:
             _run_simulation(
                 num_supernodes=nodes,
@@ -371,8 +386,25 @@ def run_local(server: ServerApp, client: ClientApp, nodes: int, verbose: bool = 
                 backend_config={"init_args": {"num_workers": nodes}},
                 verbose_logging=verbose,
             )
-        except RuntimeError as e:  # the runtime wraps what stopped it
+        except BaseException as e:
+            failed.append(e)
+
+    with _thread_backend(), flower_log(verbose):
+        th = threading.Thread(target=simulate, name="poetc-flower-simulation", daemon=True)
+        th.start()
+        try:
+            while th.is_alive():
+                th.join(0.2)
+        except KeyboardInterrupt:
+            if on_interrupt is not None:
+                on_interrupt()
+            th.join(60)  # the round in progress fails at once, and no other starts
+            raise
+    if failed:
+        e = failed[0]
+        if isinstance(e, RuntimeError):  # the runtime wraps what stopped it
             cause = e.__cause__
             if isinstance(cause, PoetcError):
                 raise cause from None
             raise PoetcError(f"the Flower simulation stopped: {cause or e}") from None
+        raise e

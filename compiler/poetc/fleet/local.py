@@ -187,9 +187,21 @@ def run(
         for c in clients:
             c.open()
         say(f"launched {len(clients)} boards in {time.perf_counter() - t0:.1f} s")
-        server, rec = flower.server_app(settings, initial, evaluator, on_round)
+        interrupted: list[bool] = []
+
+        def report(r: flower.RoundRecord) -> None:
+            if on_round is not None and not interrupted:
+                on_round(r)
+
+        def interrupt() -> None:
+            interrupted.append(True)
+            rec.stopped = True
+            for c in clients:
+                c.abort("interrupted")
+
+        server, rec = flower.server_app(settings, initial, evaluator, report)
         client = flower.client_app(flower.partition_resolver(clients), on_step)
-        flower.run_local(server, client, spec.clients, verbose=spec.verbose)
+        flower.run_local(server, client, spec.clients, verbose=spec.verbose, on_interrupt=interrupt)
     finally:
         for c in clients:
             c.close()

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install poetc into a virtual environment in this checkout (.venv), with what it needs from Debian.
-#   scripts/setup.sh          poetc itself, as a user gets it (non-editable), then .venv/bin/poetc
-#   scripts/setup.sh --dev    poetc editable, with everything the tests need (scripts/test.sh runs this)
+#   scripts/setup.sh          poetc itself, as a user gets it (non-editable, with the fleet extra: Flower), then
+#                             .venv/bin/poetc
+#   scripts/setup.sh --dev    poetc editable, with everything the tests need: the dev and fleet extras
+#                             (scripts/test.sh runs this)
 # PYTHON=/path/to/python3 picks the interpreter the environment is made from (default: python3). A system
 # Python that is externally managed (PEP 668, Debian's /usr/bin/python3) is fine: nothing is installed into it.
 # As root on Debian, missing system packages are installed with apt-get: a C compiler and make, the Arm
@@ -95,9 +97,9 @@ else
   rm -f "$VENV/.poetc-setup"
   echo "setup: installing poetc into $VENV ($mode install)"
   if [ "$mode" = dev ]; then
-    "$VENV/bin/python" -m pip install -q -e '.[dev]'
+    "$VENV/bin/python" -m pip install -q -e '.[dev,fleet]'
   else
-    "$VENV/bin/python" -m pip install -q . # pip rebuilds a local folder every time: a changed checkout
+    "$VENV/bin/python" -m pip install -q '.[fleet]' # pip rebuilds a local folder every time: a changed checkout
   fi
   echo "$stamp" >"$VENV/.poetc-setup"
 fi

@@ -532,6 +532,62 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---- fleet ------------------------------------------------------------------------------------------------
+def _record_build(c: pipeline.Compiled, out: Path) -> None:
+    from .report import page
+
+    page.record_build(c, out, None)  # program.json for poetc report, as poetc build writes it
+
+
+def cmd_fleet(a: argparse.Namespace) -> int:
+    """A local fleet in Flower's simulation (MODEL), or one board joining a real SuperLink (--connect)."""
+    from . import fleet
+
+    fleet.require_flower()
+    from .fleet import local, partition
+
+    if not a.model:
+        raise PoetcError("fleet: give a MODEL (an ONNX file or a zoo name), or --connect ADDR")
+    build_dir = Path(a.model) if (Path(a.model) / builddir.MANIFEST).is_file() else None
+    if not a.board and build_dir is None:
+        raise PoetcError("fleet: --board B[,B2...] is required (client k gets the k-th board, cycling)")
+    spec = local.FleetSpec(
+        model=a.model, clients=a.clients, rounds=a.rounds, boards=tuple((a.board or "").split(",")), out=Path(a.out),
+        rams=tuple(pipeline.parse_bytes(r) for r in a.ram.split(",")) if a.ram else (None,), batch=a.batch,
+        input_u8=a.input_u8, data=a.data, partition=partition.parse(a.partition), local_steps=a.local_steps,
+        lr=a.lr, strategy=a.strategy, seed=a.seed, training=_training(a), schedule=a.schedule,
+        time_limit_s=a.time_limit, command=_command_line(), verbose=a.verbose, on_build=_record_build,
+    )  # fmt: skip
+    spec.check()
+    if a.connect:
+        from .fleet import supernode
+
+        conn = supernode.ConnectSpec(a.connect, spec, build_dir, a.shard, a.port)
+        return supernode.run(conn, _say, verbose=a.verbose)
+    if build_dir is not None:
+        raise PoetcError(f"fleet: {a.model} is a build directory; a local fleet builds MODEL for each board")
+    print(
+        f"poetc fleet {a.model}: {a.clients} clients on {a.board}, {a.rounds} rounds of {a.local_steps} local "
+        f"step(s), {a.strategy}, partition {spec.partition}",
+        flush=True,
+    )
+    header_done = []
+
+    def on_round(r) -> None:
+        if not header_done:
+            print(local.round_header(), flush=True)
+            header_done.append(1)
+        print(local.round_line(r), flush=True)
+
+    res = local.run(spec, _say, on_round)
+    last = res.rounds[-1]
+    print(
+        f"held-out accuracy {res.rounds[0].accuracy:.3f} -> {last.accuracy:.3f} after {last.round} rounds; "
+        f"weights in {spec.out / builddir.TRAINED} and a new run of each build ({', '.join(sorted({str(b.dir) for b in res.builds}))})"
+    )
+    return 0
+
+
 # ---- demo -------------------------------------------------------------------------------------------------
 DEMO_MODEL = "digits-deep-mlp"
 # On the emulated Cortex-M4 (256 KB like the nRF52840): 200 KB of RAM leaves 72 KB for 120 KB of activations,
@@ -671,6 +727,52 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="poetc-demo")
     s.add_argument("--steps", type=int, default=200)
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser(
+        "fleet",
+        help="many boards train one model through Flower (federated learning): a local fleet of emulated boards, "
+        "or --connect one board to a Flower SuperLink (docs/fleet.md)",
+    )
+    s.add_argument(
+        "model", nargs="?", help="an ONNX file or a zoo name; with --connect also a build directory"
+    )
+    s.add_argument(
+        "--board", help="B[,B2...]: client k runs on the k-th board, cycling (a fleet may mix boards)"
+    )
+    s.add_argument("--clients", type=int, default=4, help="boards in a local fleet (default 4)")
+    s.add_argument("--rounds", type=int, default=3, help="federated rounds (default 3)")
+    s.add_argument(
+        "--local-steps", type=int, default=1, help="training steps on each board per round (default 1)"
+    )
+    s.add_argument("--data", help="as for train; the training samples are split among the clients")
+    s.add_argument(
+        "--partition", default="iid", help="iid (equal random shards) or dirichlet:ALPHA (label skew)"
+    )
+    s.add_argument(
+        "--strategy", default="fedavg", help="fedavg or fedavgm[:MOMENTUM[:SERVER_LR]] (server momentum)"
+    )
+    s.add_argument("--lr", type=float, help=_LR_HELP)
+    s.add_argument("--ram", help="RAM budget per board of --board (R[,R2...]; default: each board's RAM)")
+    s.add_argument("--batch", type=int, help="batch size of every board (default: the model's)")
+    s.add_argument(
+        "--input-u8", type=float, metavar="SCALE", help="byte inputs on every board (as for build)"
+    )
+    s.add_argument("--schedule", default="poet", help="each board's schedule strategy (default poet)")
+    s.add_argument("--time-limit", type=float, default=20.0, help="seconds per MILP solve (default 20)")
+    s.add_argument("--seed", type=int, default=0, help="partition and batch order")
+    s.add_argument(
+        "--out", default="poetc-fleet", help="builds, fleet.json and trained.npz (default poetc-fleet)"
+    )
+    s.add_argument(
+        "--connect", metavar="ADDR", help="join the Flower SuperLink at ADDR (host:port) as a SuperNode"
+    )
+    s.add_argument(
+        "--shard", type=int, metavar="K", help="with --connect: train on shard K of --clients (--partition)"
+    )
+    s.add_argument("--port", help="with --connect: a real board's serial device")
+    s.add_argument("--verbose", action="store_true", help="show Flower's own log")
+    _training_args(s)
+    s.set_defaults(func=cmd_fleet)
 
     s = sub.add_parser("export", help="write trained weights back into the ONNX model")
     s.add_argument("dir")

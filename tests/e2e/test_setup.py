@@ -72,8 +72,10 @@ def test_setup_on_a_clean_clone_with_the_system_python(tmp_path):
     assert "home = /usr/bin" in cfg, cfg  # made from the system Python
     r, _ = run(".venv/bin/poetc boards", 60)
     assert "nrf52840" in r.stdout and "qemu-m4" in r.stdout
-    # the base install flashes and meters; poetc is installed, not imported from the clone
-    r, _ = run(".venv/bin/python -c 'import platformio, ppk2_api, SCons, poetc; print(poetc.__file__)'", 60)
+    # the base install flashes, meters and runs fleets (Flower); poetc is installed, not imported from the clone
+    r, _ = run(
+        ".venv/bin/python -c 'import platformio, ppk2_api, SCons, flwr, poetc; print(poetc.__file__)'", 60
+    )
     assert "/.venv/lib/" in r.stdout and (clone / ".venv" / "bin" / "pio").is_file()
     r, second = run("scripts/setup.sh", 300)
     assert "up to date" in r.stdout and second < 30, (second, r.stdout)

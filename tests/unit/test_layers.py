@@ -15,7 +15,7 @@ PKG = Path(poetc.__file__).resolve().parent
 
 LAYERS: list[set[str]] = [
     {"cli"},
-    {"report"},
+    {"report", "fleet"},
     {"device"},
     {"emit"},
     {"pipeline"},

@@ -150,6 +150,21 @@ class Device:
     def params(self) -> dict[str, np.ndarray]:
         return {p: self.read_f32(p) for p in self.pids}
 
+    def write_param(self, name: str, value: np.ndarray) -> None:
+        """Overwrite a parameter or state tensor of the running target by its ONNX name (a fleet's global
+        weights); the shape must be the build's."""
+        t = next((t for t in self.build.doc["tensors"] if t["name"] == name), None)
+        if t is None or t["role"] not in ("param", "state"):
+            raise PoetcError(f"{self.build.dir}: the build has no parameter or state tensor {name!r}")
+        arr = np.asarray(value, np.float32)
+        if arr.shape != tuple(t["shape"]):
+            raise PoetcError(f"{name}: got shape {list(arr.shape)}, the build holds {t['shape']}")
+        self.write_f32(t["id"], arr)
+
+    def read_params(self, names: list[str]) -> dict[str, np.ndarray]:
+        """The current values of some parameters (or state tensors), by ONNX name."""
+        return {n: self.read_f32(n) for n in names}
+
     def state(self) -> dict[str, np.ndarray]:
         """State tensors (BatchNorm running statistics): trained like parameters, exported with them."""
         return {s: self.read_f32(s) for s in self.build.state_ids()}

@@ -43,7 +43,7 @@ def main() -> int:
         with tgt.launch(d) as sess:
             dev = harness.Device(b, sess)
             for name, value in final.items():
-                dev.write_f32(b.tensor(name)["id"], value)
+                dev.write_param(name, value)
             acc = harness.accuracy(dev, unseen.x_test, unseen.y_test, b.batch)
         print(f"held-out accuracy on digits 5-9, never seen: {acc:.3f}")
     OUT.parent.mkdir(exist_ok=True)

@@ -159,7 +159,11 @@ class Device:
         arr = np.asarray(value, np.float32)
         if arr.shape != tuple(t["shape"]):
             raise PoetcError(f"{name}: got shape {list(arr.shape)}, the build holds {t['shape']}")
+        if t.get("home") == "flash":
+            raise PoetcError(f"{name} is frozen in the image's flash: it cannot be written")
         self.write_f32(t["id"], arr)
+        if t.get("home") == "storage":  # its master copy on storage: the CRC after the new bytes
+            self.link.seal(t["id"])
 
     def read_params(self, names: list[str]) -> dict[str, np.ndarray]:
         """The current values of some parameters (or state tensors), by ONNX name."""

@@ -79,7 +79,7 @@ def _main(grid: Grid, context: Context) -> None:
     cfg = {**DEFAULTS, **dict(context.run_config)}
     model = frontend.load(str(cfg["model"]), batch=int(cfg["batch"]) or None)
     tg = autodiff.build(model, TrainingOptions(str(cfg["train"])))
-    names = list(tg.params) + list(model.state)
+    names = list(tg.params) + [s for s in model.state if s in tg.state_updates]  # as fleet.weights.travelling
     base = {**model.params, **model.state}
     shape = tuple(tg.graph.tensor(tg.input).shape[1:])
     classes = int(tg.graph.tensor(tg.logits).shape[-1])

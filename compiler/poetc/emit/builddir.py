@@ -138,6 +138,9 @@ def manifest(c: Compiled, command: str, batch: int) -> dict[str, Any]:
             "trainable": list(c.tg.params),
             "frozen": list(c.tg.frozen),
             "opt_state": dict(c.tg.opt_state),  # parameter -> its momentum buffer tensor
+            "updated_state": list(
+                c.tg.state_updates
+            ),  # running statistics a step updates (not a frozen BN's)
         },
         "graph_fingerprint": c.tg.graph.fingerprint(),
         # --input-u8: the batch is sent and held as bytes, dequantized on the target with this scale

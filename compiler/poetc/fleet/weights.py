@@ -25,8 +25,9 @@ from ..graph.autodiff import TrainingGraph
 def travelling(build: BuildInfo) -> list[str]:
     """Names of the tensors a round sends both ways: trainable parameters, then the running statistics training
     updates (a frozen BatchNorm's are constants in the image's flash: they never change, so they never travel)."""
-    state = [s for s in build.doc.get("state", []) if build.tensor(s).get("home") != "flash"]
-    return list(build.doc["training"]["trainable"]) + state
+    training = build.doc["training"]
+    updated = training.get("updated_state", build.doc.get("state", []))
+    return list(training["trainable"]) + [s for s in build.doc.get("state", []) if s in updated]
 
 
 def frozen(build: BuildInfo) -> list[str]:

@@ -240,6 +240,8 @@ CASES = [
     ("resnet8", 2, "bias", "frozen"),  # BatchNorm betas train, gammas do not: batch statistics
     ("resnet8", 2, "conv1.weight,layer2.0.conv2.weight,fc.weight", "frozen"),  # frozen BN in the middle
     ("digits-cnn", 4, "conv1.weight,fc.weight", "frozen"),  # frozen convolutions between trained layers
+    ("resnet8", 1, "all", "frozen"),  # every convolution's update fused (conv2d_dw_sgd), BatchNorm trained
+    ("digits-cnn", 2, "all", "frozen"),  # and the conv biases' (conv2d_db_sgd)
 ]
 
 
@@ -252,7 +254,10 @@ def test_partially_frozen_trajectory_matches_torch(name, batch, spec, bn):
     classes = model.graph.tensor(model.logits).shape[-1]
     batches = [(rng.standard_normal(shape), rng.integers(0, classes, shape[0])) for _ in range(STEPS)]
     tg, t_grads, t_traj = _torch_run(name, model, opts, batches)
-    assert tg.frozen and tg.opt_state
+    assert tg.opt_state and bool(tg.frozen) == (spec != "all")
+    if spec == "all":
+        ops = {n.op for n in tg.graph.nodes}
+        assert "conv2d_dw_sgd" in ops and not {"conv2d_dw", "conv2d_db"} & ops
 
     start = {k: v.astype(np.float64) for k, v in {**model.params, **model.state}.items()}
     carry = dict(start)

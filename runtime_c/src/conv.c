@@ -987,42 +987,34 @@ static float dw_one(const poet_conv_params *p, const float *dy, const float *x, 
 }
 
 /* ---- what becomes of each finished weight gradient: stored (CONV2D_DW) or applied at once (CONV2D_DW_SGD) ----
- * The loops below hand every weight gradient to PUT once it is complete (a tile's sums run over every image and
+ * The loops below hand every weight gradient to put() once it is complete (a tile's sums run over every image and
  * position in registers before they are written). CONV2D_DW stores it in dW; the fused CONV2D_DW_SGD applies it to
- * W right there (apply: w -= lr g for plain SGD, else step() with weight decay and the momentum buffer), so only
- * W (and its buffer), x and dy are resident and no gradient buffer exists: a 64 x 64 x 3 x 3 layer's dW is 147 KB.
- * The update is the arithmetic of CONV2D_DW followed by SGD on the same floats: the weights are bit-identical. */
-typedef struct {
-    float *v; /* the momentum buffer, or null */
-    const opt_step *o;
-    int plain; /* plain SGD without weight decay: w -= lr g */
-} dw_update;
+ * W right there (w -= lr g for plain SGD, else step() with weight decay and the momentum buffer), so only W (and
+ * its buffer), x and dy are resident and no gradient buffer exists: a 64 x 64 x 3 x 3 layer's dW is 147 KB. The
+ * update is the arithmetic of CONV2D_DW followed by SGD on the same floats: the weights are bit-identical. */
+enum { DW_STORE = 0, DW_PLAIN = 1, DW_STEP = 2 };
 
-static inline void apply(float *restrict w, const dw_update *u, size_t i, float g) {
-    if (u->plain)
-        w[i] -= u->o->lr * g;
+/* MODE is a constant where inlined: DW_STORE out[i] = g (out is dW); DW_PLAIN out[i] -= lr g, DW_STEP step()
+ * (out is W, v its momentum buffer or null). o: a local copy, so that its fields stay in registers. */
+static inline __attribute__((always_inline)) void put(float *restrict out, float *restrict v, size_t i, float g,
+                                                      const opt_step *o, const int MODE) {
+    if (MODE == DW_STORE)
+        out[i] = g;
+    else if (MODE == DW_PLAIN)
+        out[i] -= o->lr * g;
     else
-        step(w, u->v, i, g, u->o);
+        step(out, v, i, g, o);
 }
-
-/* UPDATE is a constant where inlined: 0 stores into out (dW), 1 applies to out (W). */
-#define PUT(i, g)                                                                                             \
-    do {                                                                                                      \
-        const float g_ = (g);                                                                                 \
-        if (UPDATE)                                                                                           \
-            apply(out, u, i, g_);                                                                             \
-        else                                                                                                  \
-            out[i] = g_;                                                                                      \
-    } while (0)
 
 /* Tap by tap, a tile of four output by four input channels summed over positions (dw_tile); the channels that do
  * not fill a tile, one weight at a time (dw_one: the same sum in the same order). (Depthwise layers go plane by
  * plane instead: dw_plane, in the callers.) */
 static inline __attribute__((always_inline)) void dw_tiles(const poet_conv_params *p, const float *restrict dy,
                                                            const float *restrict x, float *restrict out,
-                                                           const dw_update *u, const int UPDATE) {
+                                                           float *restrict v, const opt_step *op, const int MODE) {
     const uint32_t cig = p->c_in / p->groups, cog = p->c_out / p->groups, khkw = p->kh * p->kw;
     const size_t plane_y = (size_t)p->oh * p->ow, plane_x = (size_t)p->h * p->w;
+    const opt_step o = MODE == DW_STORE ? (opt_step){0.0f, 0.0f, 0.0f} : *op;
     for (uint32_t g = 0; g < p->groups; g++) {
         for (uint32_t oc = g * cog; oc < (g + 1) * cog; oc += 4) {
             const int oc_full = oc + 4 <= (g + 1) * cog;
@@ -1034,7 +1026,7 @@ static inline __attribute__((always_inline)) void dw_tiles(const poet_conv_param
                         if (!full) {
                             for (uint32_t r = 0; r < 4 && oc + r < (g + 1) * cog; r++)
                                 for (uint32_t q = 0; q < 4 && ic + q < cig; q++)
-                                    PUT(at + ((size_t)r * cig + q) * khkw, dw_one(p, dy, x, oc + r, g * cig + ic + q, ky, kx));
+                                    put(out, v, at + ((size_t)r * cig + q) * khkw, dw_one(p, dy, x, oc + r, g * cig + ic + q, ky, kx), &o, MODE);
                             continue;
                         }
                         uint32_t oy0, oy1, ox0, ox1;
@@ -1051,25 +1043,67 @@ static inline __attribute__((always_inline)) void dw_tiles(const poet_conv_param
                             }
                         }
                         for (uint32_t r = 0; r < 4; r++)
-                            for (uint32_t q = 0; q < 4; q++) PUT(at + ((size_t)r * cig + q) * khkw, c[r * 4 + q]);
+                            for (uint32_t q = 0; q < 4; q++) put(out, v, at + ((size_t)r * cig + q) * khkw, c[r * 4 + q], &o, MODE);
                     }
                 }
             }
         }
     }
 }
-#undef PUT
 
-/* One function per use (the store keeps CONV2D_DW's registers and instruction count to itself), apart from the
- * depthwise path's dw_plane (the stack holds one of the two frames at a time: ARMv6-M boards have 1-2 KB). */
+/* One function per use (the store keeps CONV2D_DW's registers and instruction count to itself, as plain SGD keeps
+ * the update's), apart from the depthwise path's dw_plane (the stack holds one of the two frames at a time:
+ * ARMv6-M boards have 1-2 KB). */
 static __attribute__((noinline)) void dw_tiles_store(const poet_conv_params *p, const float *restrict dy,
                                                      const float *restrict x, float *restrict dw) {
-    dw_tiles(p, dy, x, dw, NULL, 0);
+    dw_tiles(p, dy, x, dw, NULL, NULL, DW_STORE);
 }
 
-static __attribute__((noinline)) void dw_tiles_apply(const poet_conv_params *p, const float *restrict dy,
-                                                     const float *restrict x, float *restrict w, const dw_update *u) {
-    dw_tiles(p, dy, x, w, u, 1);
+static __attribute__((noinline)) void dw_tiles_plain(const poet_conv_params *p, const float *restrict dy,
+                                                     const float *restrict x, float *restrict w, const opt_step *o) {
+    dw_tiles(p, dy, x, w, NULL, o, DW_PLAIN);
+}
+
+static __attribute__((noinline)) void dw_tiles_step(const poet_conv_params *p, const float *restrict dy,
+                                                    const float *restrict x, float *restrict w, float *restrict v,
+                                                    const opt_step *o) {
+    dw_tiles(p, dy, x, w, v, o, DW_STEP);
+}
+
+/* Depthwise: a channel's kh kw sums at a time (dw_plane), each a chunk for a sink (in W's memory order). */
+static inline __attribute__((always_inline)) void dw_planes(const poet_conv_params *p, const float *restrict dy,
+                                                            const float *restrict x, float *restrict w,
+                                                            float *restrict v, const opt_step *op,
+                                                            poet_grad_sink sink, void *ctx, const int MODE) {
+    const uint32_t khkw = p->kh * p->kw;
+    const opt_step o = *op;
+    float acc[PLANE_KMAX * PLANE_KMAX];
+    for (uint32_t oc = 0; oc < p->c_out; oc++) {
+        dw_plane(p, dy, x, acc, oc);
+        if (sink) sink(ctx, oc * khkw, acc, khkw);
+        float *wc = w + (size_t)oc * khkw, *vc = v ? v + (size_t)oc * khkw : NULL;
+        for (uint32_t i = 0; i < khkw; i++) put(wc, vc, i, acc[i], &o, MODE);
+    }
+}
+
+static __attribute__((noinline)) void dw_planes_plain(const poet_conv_params *p, const float *restrict dy,
+                                                      const float *restrict x, float *restrict w, const opt_step *o,
+                                                      poet_grad_sink sink, void *ctx) {
+    dw_planes(p, dy, x, w, NULL, o, sink, ctx, DW_PLAIN);
+}
+
+static __attribute__((noinline)) void dw_planes_step(const poet_conv_params *p, const float *restrict dy,
+                                                     const float *restrict x, float *restrict w, float *restrict v,
+                                                     const opt_step *o, poet_grad_sink sink, void *ctx) {
+    dw_planes(p, dy, x, w, v, o, sink, ctx, DW_STEP);
+}
+
+/* One value, as the optimizer says (where a value's update is not the cost that matters). */
+static void apply(float *restrict w, float *restrict v, size_t i, float g, const opt_step *o, int fast) {
+    if (fast)
+        put(w, v, i, g, o, DW_PLAIN);
+    else
+        put(w, v, i, g, o, DW_STEP);
 }
 
 /* With a sink (gradient capture), other than depthwise: output channel by output channel, in W's memory order,
@@ -1077,8 +1111,8 @@ static __attribute__((noinline)) void dw_tiles_apply(const poet_conv_params *p, 
  * the tiles' sum in the same order, so the weights are bit-identical to those of the path without a sink.
  * (Slower than the tiles: only the steps that capture take it.) */
 static __attribute__((noinline)) void dw_sgd_chunked(const poet_conv_params *p, const float *restrict dy,
-                                                     const float *restrict x, float *restrict w, const dw_update *u,
-                                                     poet_grad_sink sink, void *ctx) {
+                                                     const float *restrict x, float *restrict w, float *restrict v,
+                                                     const opt_step *o, int fast, poet_grad_sink sink, void *ctx) {
     const uint32_t cig = p->c_in / p->groups, cog = p->c_out / p->groups, khkw = p->kh * p->kw, row = cig * khkw;
     float g[POET_SGD_CHUNK];
     for (uint32_t oc = 0; oc < p->c_out; oc++) {
@@ -1091,21 +1125,8 @@ static __attribute__((noinline)) void dw_sgd_chunked(const poet_conv_params *p, 
             }
             const size_t at = (size_t)oc * row + j0;
             sink(ctx, (uint32_t)at, g, cnt);
-            for (uint32_t q = 0; q < cnt; q++) apply(w, u, at + q, g[q]);
+            for (uint32_t q = 0; q < cnt; q++) apply(w, v, at + q, g[q], o, fast);
         }
-    }
-}
-
-/* Depthwise: a channel's kh kw sums at a time (dw_plane), each a chunk for a sink (in W's memory order). */
-static __attribute__((noinline)) void dw_planes_apply(const poet_conv_params *p, const float *restrict dy,
-                                                      const float *restrict x, float *restrict w, const dw_update *u,
-                                                      poet_grad_sink sink, void *ctx) {
-    const uint32_t khkw = p->kh * p->kw;
-    float acc[PLANE_KMAX * PLANE_KMAX];
-    for (uint32_t oc = 0; oc < p->c_out; oc++) {
-        dw_plane(p, dy, x, acc, oc);
-        if (sink) sink(ctx, oc * khkw, acc, khkw);
-        for (uint32_t i = 0; i < khkw; i++) apply(w, u, (size_t)oc * khkw + i, acc[i]);
     }
 }
 
@@ -1126,13 +1147,18 @@ poet_status poet_conv2d_dw_sgd_f32(const poet_conv_params *p, float lr, const fl
                                    poet_grad_sink sink, void *ctx) {
     if (!p || !dy || !x || !w || !conv_ok(p) || (p->momentum != 0.0f && !v)) return POET_ERR_ARG;
     const opt_step o = {lr, p->momentum, p->weight_decay};
-    const dw_update u = {v, &o, plain(p->momentum, p->weight_decay, v)};
-    if (plane_ok(p)) {
-        dw_planes_apply(p, dy, x, w, &u, sink, ctx);
+    const int fast = plain(p->momentum, p->weight_decay, v);
+    if (plane_ok(p)) { /* one input channel per group (depthwise) */
+        if (fast)
+            dw_planes_plain(p, dy, x, w, &o, sink, ctx);
+        else
+            dw_planes_step(p, dy, x, w, v, &o, sink, ctx);
     } else if (sink) {
-        dw_sgd_chunked(p, dy, x, w, &u, sink, ctx);
+        dw_sgd_chunked(p, dy, x, w, v, &o, fast, sink, ctx);
+    } else if (fast) {
+        dw_tiles_plain(p, dy, x, w, &o);
     } else {
-        dw_tiles_apply(p, dy, x, w, &u);
+        dw_tiles_step(p, dy, x, w, v, &o);
     }
     return POET_OK;
 }
@@ -1142,13 +1168,13 @@ poet_status poet_conv2d_db_sgd_f32(const poet_conv_params *p, float lr, const fl
                                    float *restrict v, poet_grad_sink sink, void *ctx) {
     if (!p || !dy || !b || (p->momentum != 0.0f && !v)) return POET_ERR_ARG;
     const opt_step o = {lr, p->momentum, p->weight_decay};
-    const dw_update u = {v, &o, plain(p->momentum, p->weight_decay, v)};
+    const int fast = plain(p->momentum, p->weight_decay, v);
     float g[POET_SGD_CHUNK];
     for (uint32_t c0 = 0; c0 < p->c_out; c0 += POET_SGD_CHUNK) {
         const uint32_t cnt = p->c_out - c0 < POET_SGD_CHUNK ? p->c_out - c0 : POET_SGD_CHUNK;
         for (uint32_t q = 0; q < cnt; q++) g[q] = db_one(p, dy, c0 + q);
         if (sink) sink(ctx, c0, g, cnt);
-        for (uint32_t q = 0; q < cnt; q++) apply(b, &u, c0 + q, g[q]);
+        for (uint32_t q = 0; q < cnt; q++) apply(b, v, c0 + q, g[q], &o, fast);
     }
     return POET_OK;
 }

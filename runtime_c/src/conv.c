@@ -7,8 +7,9 @@
  * down to about 2 on the Cortex-M4F). Channels that do not fill a tile of four take the reference loops, except
  * depthwise convolutions (one input channel per group), which go plane by plane with the kernel in registers
  * (plane_conv, dx_plane, dw_plane). The forward pass with 1 to 4 input channels per group (first layers) sums
- * every tap of a tile in registers instead (fwd_taps). tests/c/test_kernels_ops.py checks each against its
- * reference. */
+ * every tap of a tile in registers instead (fwd_taps). The weight gradient fused with its optimizer step
+ * (CONV2D_DW_SGD, CONV2D_DB_SGD) runs the weight gradient's loops and applies each finished value instead of
+ * storing it (put()). tests/c/test_kernels_ops.py checks each against its reference. */
 #include <string.h>
 
 #include "poet/kernels.h"

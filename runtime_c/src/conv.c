@@ -1027,7 +1027,8 @@ static inline __attribute__((always_inline)) void dw_tiles(const poet_conv_param
                         if (!full) {
                             for (uint32_t r = 0; r < 4 && oc + r < (g + 1) * cog; r++)
                                 for (uint32_t q = 0; q < 4 && ic + q < cig; q++)
-                                    put(out, v, at + ((size_t)r * cig + q) * khkw, dw_one(p, dy, x, oc + r, g * cig + ic + q, ky, kx), &o, MODE);
+                                    put(out, v, at + ((size_t)r * cig + q) * khkw,
+                                        dw_one(p, dy, x, oc + r, g * cig + ic + q, ky, kx), &o, MODE);
                             continue;
                         }
                         uint32_t oy0, oy1, ox0, ox1;
@@ -1044,7 +1045,8 @@ static inline __attribute__((always_inline)) void dw_tiles(const poet_conv_param
                             }
                         }
                         for (uint32_t r = 0; r < 4; r++)
-                            for (uint32_t q = 0; q < 4; q++) put(out, v, at + ((size_t)r * cig + q) * khkw, c[r * 4 + q], &o, MODE);
+                            for (uint32_t q = 0; q < 4; q++)
+                                put(out, v, at + ((size_t)r * cig + q) * khkw, c[r * 4 + q], &o, MODE);
                     }
                 }
             }

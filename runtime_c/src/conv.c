@@ -7,11 +7,13 @@
  * down to about 2 on the Cortex-M4F). Channels that do not fill a tile of four take the reference loops, except
  * depthwise convolutions (one input channel per group), which go plane by plane with the kernel in registers
  * (plane_conv, dx_plane, dw_plane). The forward pass with 1 to 4 input channels per group (first layers) sums
- * every tap of a tile in registers instead (fwd_taps). tests/c/test_kernels_ops.py checks each against its
- * reference. */
+ * every tap of a tile in registers instead (fwd_taps). The weight gradient fused with its optimizer step
+ * (CONV2D_DW_SGD, CONV2D_DB_SGD) runs the weight gradient's loops and applies each finished value instead of
+ * storing it (put()). tests/c/test_kernels_ops.py checks each against its reference. */
 #include <string.h>
 
 #include "poet/kernels.h"
+#include "poet/step.h"
 #include "poet/tile.h"
 
 static int conv_ok(const poet_conv_params *p) {
@@ -118,17 +120,20 @@ poet_status poet_conv2d_dw_ref_f32(const poet_conv_params *p, const float *restr
     return POET_OK;
 }
 
+/* The bias gradient of output channel oc: dy summed over images and positions (CONV2D_DB and CONV2D_DB_SGD). */
+static float db_one(const poet_conv_params *p, const float *dy, uint32_t oc) {
+    const size_t plane = (size_t)p->oh * p->ow;
+    float acc = 0.0f;
+    for (uint32_t n = 0; n < p->n; n++) {
+        const float *dp = dy + ((size_t)n * p->c_out + oc) * plane;
+        for (size_t i = 0; i < plane; i++) acc += dp[i];
+    }
+    return acc;
+}
+
 poet_status poet_conv2d_db_f32(const poet_conv_params *p, const float *restrict dy, float *restrict db) {
     if (!p || !dy || !db) return POET_ERR_ARG;
-    const size_t plane = (size_t)p->oh * p->ow;
-    for (uint32_t oc = 0; oc < p->c_out; oc++) {
-        float acc = 0.0f;
-        for (uint32_t n = 0; n < p->n; n++) {
-            const float *dp = dy + ((size_t)n * p->c_out + oc) * plane;
-            for (size_t i = 0; i < plane; i++) acc += dp[i];
-        }
-        db[oc] = acc;
-    }
+    for (uint32_t oc = 0; oc < p->c_out; oc++) db[oc] = db_one(p, dy, oc);
     return POET_OK;
 }
 
@@ -556,11 +561,10 @@ static inline const float *tap_at(const poet_conv_params *p, const float *xc, ui
     return xc + (size_t)(oy * p->sh + ky - p->ph) * p->w + (ox * p->sw + kx - p->pw);
 }
 
-/* Output channel oc, input channel oc / (c_out / groups). */
-static void dw_plane(const poet_conv_params *p, const float *dy, const float *x, float *dw, uint32_t oc) {
+/* The kh kw weight gradients of output channel oc (input channel oc / (c_out / groups)), into acc. */
+static void dw_plane(const poet_conv_params *p, const float *dy, const float *x, float *acc, uint32_t oc) {
     const uint32_t c = oc / (p->c_out / p->groups), kh = p->kh, kw = p->kw;
     const dw_rows_fn fast = dw_rows_for(kh, kw, p->sw);
-    float acc[PLANE_KMAX * PLANE_KMAX];
     for (uint32_t i = 0; i < kh * kw; i++) acc[i] = 0.0f;
     uint32_t oy0, oy1, ox0, ox1;
     inside_range(kh, p->sh, p->ph, p->h, p->oh, &oy0, &oy1);
@@ -603,7 +607,6 @@ static void dw_plane(const poet_conv_params *p, const float *dy, const float *x,
             }
         }
     }
-    for (uint32_t i = 0; i < kh * kw; i++) dw[(size_t)oc * kh * kw + i] = acc[i];
 }
 
 /* One output channel oc alone (channels that do not fill a tile of four: depthwise convolutions), with the taps
@@ -984,15 +987,35 @@ static float dw_one(const poet_conv_params *p, const float *dy, const float *x, 
     return acc;
 }
 
-poet_status poet_conv2d_dw_f32(const poet_conv_params *p, const float *restrict dy, const float *restrict x,
-                               float *restrict dw) {
-    if (!p || !dy || !x || !dw || !conv_ok(p)) return POET_ERR_ARG;
+/* ---- what becomes of each finished weight gradient: stored (CONV2D_DW) or applied at once (CONV2D_DW_SGD) ----
+ * The loops below hand every weight gradient to put() once it is complete (a tile's sums run over every image and
+ * position in registers before they are written). CONV2D_DW stores it in dW; the fused CONV2D_DW_SGD applies it to
+ * W right there (w -= lr g for plain SGD, else step() with weight decay and the momentum buffer), so only W (and
+ * its buffer), x and dy are resident and no gradient buffer exists: a 64 x 64 x 3 x 3 layer's dW is 147 KB. The
+ * update is the arithmetic of CONV2D_DW followed by SGD on the same floats: the weights are bit-identical. */
+enum { DW_STORE = 0, DW_PLAIN = 1, DW_STEP = 2 };
+
+/* MODE is a constant where inlined: DW_STORE out[i] = g (out is dW); DW_PLAIN out[i] -= lr g, DW_STEP step()
+ * (out is W, v its momentum buffer or null). o: a local copy, so that its fields stay in registers. */
+static inline __attribute__((always_inline)) void put(float *restrict out, float *restrict v, size_t i, float g,
+                                                      const opt_step *o, const int MODE) {
+    if (MODE == DW_STORE)
+        out[i] = g;
+    else if (MODE == DW_PLAIN)
+        out[i] -= o->lr * g;
+    else
+        step(out, v, i, g, o);
+}
+
+/* Tap by tap, a tile of four output by four input channels summed over positions (dw_tile); the channels that do
+ * not fill a tile, one weight at a time (dw_one: the same sum in the same order). (Depthwise layers go plane by
+ * plane instead: dw_plane, in the callers.) */
+static inline __attribute__((always_inline)) void dw_tiles(const poet_conv_params *p, const float *restrict dy,
+                                                           const float *restrict x, float *restrict out,
+                                                           float *restrict v, const opt_step *op, const int MODE) {
     const uint32_t cig = p->c_in / p->groups, cog = p->c_out / p->groups, khkw = p->kh * p->kw;
     const size_t plane_y = (size_t)p->oh * p->ow, plane_x = (size_t)p->h * p->w;
-    if (plane_ok(p)) { /* one input channel per group (depthwise) */
-        for (uint32_t oc = 0; oc < p->c_out; oc++) dw_plane(p, dy, x, dw, oc);
-        return POET_OK;
-    }
+    const opt_step o = MODE == DW_STORE ? (opt_step){0.0f, 0.0f, 0.0f} : *op;
     for (uint32_t g = 0; g < p->groups; g++) {
         for (uint32_t oc = g * cog; oc < (g + 1) * cog; oc += 4) {
             const int oc_full = oc + 4 <= (g + 1) * cog;
@@ -1000,11 +1023,12 @@ poet_status poet_conv2d_dw_f32(const poet_conv_params *p, const float *restrict 
                 const int full = oc_full && ic + 4 <= cig;
                 for (uint32_t ky = 0; ky < p->kh; ky++) {
                     for (uint32_t kx = 0; kx < p->kw; kx++) {
-                        float *out = dw + ((size_t)oc * cig + ic) * khkw + (size_t)ky * p->kw + kx;
+                        const size_t at = ((size_t)oc * cig + ic) * khkw + (size_t)ky * p->kw + kx;
                         if (!full) {
                             for (uint32_t r = 0; r < 4 && oc + r < (g + 1) * cog; r++)
                                 for (uint32_t q = 0; q < 4 && ic + q < cig; q++)
-                                    out[((size_t)r * cig + q) * khkw] = dw_one(p, dy, x, oc + r, g * cig + ic + q, ky, kx);
+                                    put(out, v, at + ((size_t)r * cig + q) * khkw,
+                                        dw_one(p, dy, x, oc + r, g * cig + ic + q, ky, kx), &o, MODE);
                             continue;
                         }
                         uint32_t oy0, oy1, ox0, ox1;
@@ -1021,11 +1045,139 @@ poet_status poet_conv2d_dw_f32(const poet_conv_params *p, const float *restrict 
                             }
                         }
                         for (uint32_t r = 0; r < 4; r++)
-                            for (uint32_t q = 0; q < 4; q++) out[((size_t)r * cig + q) * khkw] = c[r * 4 + q];
+                            for (uint32_t q = 0; q < 4; q++)
+                                put(out, v, at + ((size_t)r * cig + q) * khkw, c[r * 4 + q], &o, MODE);
                     }
                 }
             }
         }
+    }
+}
+
+/* One function per use (the store keeps CONV2D_DW's registers and instruction count to itself, as plain SGD keeps
+ * the update's), apart from the depthwise path's dw_plane (the stack holds one of the two frames at a time:
+ * ARMv6-M boards have 1-2 KB). */
+static __attribute__((noinline)) void dw_tiles_store(const poet_conv_params *p, const float *restrict dy,
+                                                     const float *restrict x, float *restrict dw) {
+    dw_tiles(p, dy, x, dw, NULL, NULL, DW_STORE);
+}
+
+static __attribute__((noinline)) void dw_tiles_plain(const poet_conv_params *p, const float *restrict dy,
+                                                     const float *restrict x, float *restrict w, const opt_step *o) {
+    dw_tiles(p, dy, x, w, NULL, o, DW_PLAIN);
+}
+
+static __attribute__((noinline)) void dw_tiles_step(const poet_conv_params *p, const float *restrict dy,
+                                                    const float *restrict x, float *restrict w, float *restrict v,
+                                                    const opt_step *o) {
+    dw_tiles(p, dy, x, w, v, o, DW_STEP);
+}
+
+/* Depthwise: a channel's kh kw sums at a time (dw_plane), each a chunk for a sink (in W's memory order). */
+static inline __attribute__((always_inline)) void dw_planes(const poet_conv_params *p, const float *restrict dy,
+                                                            const float *restrict x, float *restrict w,
+                                                            float *restrict v, const opt_step *op,
+                                                            poet_grad_sink sink, void *ctx, const int MODE) {
+    const uint32_t khkw = p->kh * p->kw;
+    const opt_step o = *op;
+    float acc[PLANE_KMAX * PLANE_KMAX];
+    for (uint32_t oc = 0; oc < p->c_out; oc++) {
+        dw_plane(p, dy, x, acc, oc);
+        if (sink) sink(ctx, oc * khkw, acc, khkw);
+        float *wc = w + (size_t)oc * khkw, *vc = v ? v + (size_t)oc * khkw : NULL;
+        for (uint32_t i = 0; i < khkw; i++) put(wc, vc, i, acc[i], &o, MODE);
+    }
+}
+
+static __attribute__((noinline)) void dw_planes_plain(const poet_conv_params *p, const float *restrict dy,
+                                                      const float *restrict x, float *restrict w, const opt_step *o,
+                                                      poet_grad_sink sink, void *ctx) {
+    dw_planes(p, dy, x, w, NULL, o, sink, ctx, DW_PLAIN);
+}
+
+static __attribute__((noinline)) void dw_planes_step(const poet_conv_params *p, const float *restrict dy,
+                                                     const float *restrict x, float *restrict w, float *restrict v,
+                                                     const opt_step *o, poet_grad_sink sink, void *ctx) {
+    dw_planes(p, dy, x, w, v, o, sink, ctx, DW_STEP);
+}
+
+/* One value, as the optimizer says (where a value's update is not the cost that matters). */
+static void apply(float *restrict w, float *restrict v, size_t i, float g, const opt_step *o, int fast) {
+    if (fast)
+        put(w, v, i, g, o, DW_PLAIN);
+    else
+        put(w, v, i, g, o, DW_STEP);
+}
+
+/* With a sink (gradient capture), other than depthwise: output channel by output channel, in W's memory order,
+ * POET_SGD_CHUNK weights at a time, each handed to the sink before it is applied. Each is dw_one's sum, which is
+ * the tiles' sum in the same order, so the weights are bit-identical to those of the path without a sink.
+ * (Slower than the tiles: only the steps that capture take it.) */
+static __attribute__((noinline)) void dw_sgd_chunked(const poet_conv_params *p, const float *restrict dy,
+                                                     const float *restrict x, float *restrict w, float *restrict v,
+                                                     const opt_step *o, int fast, poet_grad_sink sink, void *ctx) {
+    const uint32_t cig = p->c_in / p->groups, cog = p->c_out / p->groups, khkw = p->kh * p->kw, row = cig * khkw;
+    float g[POET_SGD_CHUNK];
+    for (uint32_t oc = 0; oc < p->c_out; oc++) {
+        const uint32_t c0 = (oc / cog) * cig;
+        for (uint32_t j0 = 0; j0 < row; j0 += POET_SGD_CHUNK) {
+            const uint32_t cnt = row - j0 < POET_SGD_CHUNK ? row - j0 : POET_SGD_CHUNK;
+            for (uint32_t q = 0; q < cnt; q++) {
+                const uint32_t j = j0 + q, ic = j / khkw, t = j - ic * khkw;
+                g[q] = dw_one(p, dy, x, oc, c0 + ic, t / p->kw, t % p->kw);
+            }
+            const size_t at = (size_t)oc * row + j0;
+            sink(ctx, (uint32_t)at, g, cnt);
+            for (uint32_t q = 0; q < cnt; q++) apply(w, v, at + q, g[q], o, fast);
+        }
+    }
+}
+
+poet_status poet_conv2d_dw_f32(const poet_conv_params *p, const float *restrict dy, const float *restrict x,
+                               float *restrict dw) {
+    if (!p || !dy || !x || !dw || !conv_ok(p)) return POET_ERR_ARG;
+    if (plane_ok(p)) { /* one input channel per group (depthwise) */
+        const uint32_t khkw = p->kh * p->kw;
+        for (uint32_t oc = 0; oc < p->c_out; oc++) dw_plane(p, dy, x, dw + (size_t)oc * khkw, oc);
+        return POET_OK;
+    }
+    dw_tiles_store(p, dy, x, dw);
+    return POET_OK;
+}
+
+poet_status poet_conv2d_dw_sgd_f32(const poet_conv_params *p, float lr, const float *restrict dy,
+                                   const float *restrict x, float *restrict w, float *restrict v,
+                                   poet_grad_sink sink, void *ctx) {
+    if (!p || !dy || !x || !w || !conv_ok(p) || (p->momentum != 0.0f && !v)) return POET_ERR_ARG;
+    const opt_step o = {lr, p->momentum, p->weight_decay};
+    const int fast = plain(p->momentum, p->weight_decay, v);
+    if (plane_ok(p)) { /* one input channel per group (depthwise) */
+        if (fast)
+            dw_planes_plain(p, dy, x, w, &o, sink, ctx);
+        else
+            dw_planes_step(p, dy, x, w, v, &o, sink, ctx);
+    } else if (sink) {
+        dw_sgd_chunked(p, dy, x, w, v, &o, fast, sink, ctx);
+    } else if (fast) {
+        dw_tiles_plain(p, dy, x, w, &o);
+    } else {
+        dw_tiles_step(p, dy, x, w, v, &o);
+    }
+    return POET_OK;
+}
+
+/* The bias: chunks of POET_SGD_CHUNK channels, each db_one's sum (CONV2D_DB's), to the sink, then applied. */
+poet_status poet_conv2d_db_sgd_f32(const poet_conv_params *p, float lr, const float *restrict dy, float *restrict b,
+                                   float *restrict v, poet_grad_sink sink, void *ctx) {
+    if (!p || !dy || !b || (p->momentum != 0.0f && !v)) return POET_ERR_ARG;
+    const opt_step o = {lr, p->momentum, p->weight_decay};
+    const int fast = plain(p->momentum, p->weight_decay, v);
+    float g[POET_SGD_CHUNK];
+    for (uint32_t c0 = 0; c0 < p->c_out; c0 += POET_SGD_CHUNK) {
+        const uint32_t cnt = p->c_out - c0 < POET_SGD_CHUNK ? p->c_out - c0 : POET_SGD_CHUNK;
+        for (uint32_t q = 0; q < cnt; q++) g[q] = db_one(p, dy, c0 + q);
+        if (sink) sink(ctx, c0, g, cnt);
+        for (uint32_t q = 0; q < cnt; q++) apply(b, v, c0 + q, g[q], &o, fast);
     }
     return POET_OK;
 }

@@ -68,6 +68,16 @@ poet_status poet_dispatch(const poet_model *m, uint16_t node, float lr, poet_gra
         return poet_conv2d_dw_f32(&m->conv[nd->params], F32(0), F32(1), OUT);
     case POET_K_CONV2D_DB:
         return poet_conv2d_db_f32(&m->conv[nd->params], F32(0), OUT);
+    case POET_K_CONV2D_DW_SGD: {
+        grad_sink_ctx sc = {hook, hook_ctx, nd->in[2]};
+        return poet_conv2d_dw_sgd_f32(&m->conv[nd->params], lr, F32(0), F32(1), F32(2), OPT(3),
+                                      hook ? grad_sink : NULL, &sc);
+    }
+    case POET_K_CONV2D_DB_SGD: {
+        grad_sink_ctx sc = {hook, hook_ctx, nd->in[1]};
+        return poet_conv2d_db_sgd_f32(&m->conv[nd->params], lr, F32(0), F32(1), OPT(2), hook ? grad_sink : NULL,
+                                      &sc);
+    }
     case POET_K_MAXPOOL_FWD:
         return poet_maxpool_fwd_f32(&m->pool[nd->params], F32(0), OUT);
     case POET_K_MAXPOOL_BWD:
@@ -213,7 +223,9 @@ static poet_status expected_sizes(const poet_model *m, const poet_node *nd, uint
     case POET_K_CONV2D_FWD:
     case POET_K_CONV2D_DX:
     case POET_K_CONV2D_DW:
-    case POET_K_CONV2D_DB: {
+    case POET_K_CONV2D_DB:
+    case POET_K_CONV2D_DW_SGD: /* (dy, x, W[, V]) */
+    case POET_K_CONV2D_DB_SGD: { /* (dy, b[, V]) */
         const poet_conv_params *p = &m->conv[nd->params];
         if (p->groups == 0) return POET_ERR_PROGRAM;
         uint32_t x = p->n * p->c_in * p->h * p->w, y = p->n * p->c_out * p->oh * p->ow;
@@ -222,6 +234,14 @@ static poet_status expected_sizes(const poet_model *m, const poet_node *nd, uint
         if (nd->kernel == POET_K_CONV2D_DX) { in[0] = y; in[1] = w; *out = x; }
         if (nd->kernel == POET_K_CONV2D_DW) { in[0] = y; in[1] = x; *out = w; }
         if (nd->kernel == POET_K_CONV2D_DB) { in[0] = y; *out = p->c_out; }
+        if (nd->kernel == POET_K_CONV2D_DW_SGD) {
+            if (p->momentum != 0.0f && nd->n_in < 4) return POET_ERR_PROGRAM;
+            in[0] = y; in[1] = x; in[2] = in[3] = w; *out = 0;
+        }
+        if (nd->kernel == POET_K_CONV2D_DB_SGD) {
+            if (p->momentum != 0.0f && nd->n_in < 3) return POET_ERR_PROGRAM;
+            in[0] = y; in[1] = in[2] = p->c_out; *out = 0;
+        }
         return POET_OK;
     }
     case POET_K_MAXPOOL_FWD:

@@ -1,26 +1,11 @@
 /* Optimizer steps, in place: PyTorch's SGD (dampening 0, no Nesterov), for a raw gradient g:
  *   g' = g + wd w;   plain (no buffer): w -= lr g';   momentum: v = mu v + g', w -= lr v.
  * Plain SGD without weight decay keeps its own code (w -= lr g, as before momentum existed); every other case
- * goes through step(), one element at a time, in the same order on every path so that the chunked (gradient
- * capture) and blocked paths give bit-identical weights and buffers. */
+ * goes through step() (poet/step.h, shared with the fused convolution kernels of conv.c), one element at a time,
+ * in the same order on every path so that the chunked (gradient capture) and blocked paths give bit-identical
+ * weights and buffers. */
 #include "poet/kernels.h"
-
-typedef struct {
-    float lr, mu, wd;
-} opt_step;
-
-static inline void step(float *restrict w, float *restrict v, size_t i, float g, const opt_step *o) {
-    const float d = g + o->wd * w[i];
-    if (v) {
-        v[i] = o->mu * v[i] + d;
-        w[i] -= o->lr * v[i];
-    } else {
-        w[i] -= o->lr * d;
-    }
-}
-
-/* Plain SGD without weight decay: the fast paths below. */
-static inline int plain(float mu, float wd, const float *v) { return !v && mu == 0.0f && wd == 0.0f; }
+#include "poet/step.h"
 
 poet_status poet_sgd_f32(const poet_sgd_params *p, float lr, const float *restrict g, float *restrict w,
                          float *restrict v) {

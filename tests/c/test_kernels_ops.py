@@ -335,8 +335,9 @@ OPTIMIZERS = [("sgd", 0.0), ("sgd", 0.01), ("momentum", 0.0), ("momentum:0.8", 5
 )
 def test_optimizer_steps_through_autodiff(lib, m, k, n, opt, fuse):
     """Every update node of a linear layer (fused LINEAR_DW_SGD / BIAS_GRAD_SGD, or gradient + SGD) and of a
-    convolution (CONV2D_DW + SGD) with weight decay and momentum: the parameter and its buffer against the float64
-    step (the buffer holds a non-zero value: the reference step already moved it once)."""
+    convolution (fused CONV2D_DW_SGD / CONV2D_DB_SGD, or gradient + SGD) with weight decay and momentum: the
+    parameter and its buffer against the float64 step (the buffer holds a non-zero value: the reference step
+    already moved it once)."""
     optimizer = parse_optimizer(opt[0], opt[1])
     params = {"x": rnd(30, m, k), "w": rnd(31, n, k), "b": rnd(32, n)}
     lin = Attrs(trans_w=True, alpha=1.0, beta=1.0, flatten=True)
@@ -354,8 +355,21 @@ def test_optimizer_steps_through_autodiff(lib, m, k, n, opt, fuse):
     assert len(tg.opt_state) == (3 if optimizer.has_buffer else 0)
     conv = {"x": rnd(33, 2, 2, 5, 5), "w": rnd(34, 3, 2, 3, 3), "b": rnd(35, 3)}
     a = Attrs(strides=(1, 1), pads=(1, 1, 1, 1), groups=1)
-    tg = check_c(lib, [("conv2d", ("x", "w", "b"), "y", a)], conv, optimizer=optimizer)
-    assert [nd.op for nd in tg.graph.nodes].count("sgd") == 4
+    # x trains too: the weight gradient reads a trained parameter and is not fused (the bias's is, when fusing)
+    tg = check_c(lib, [("conv2d", ("x", "w", "b"), "y", a)], conv, optimizer=optimizer, fuse_updates=fuse)
+    ops = [nd.op for nd in tg.graph.nodes]
+    assert ops.count("sgd") == (3 if fuse else 4) and ops.count("conv2d_db_sgd") == int(fuse)
+    tg = check_c(
+        lib,
+        [("conv2d", ("x", "w", "b"), "y", a)],
+        conv,
+        optimizer=optimizer,
+        fuse_updates=fuse,
+        trainable=("w", "b", "R"),
+    )
+    ops = [nd.op for nd in tg.graph.nodes]
+    assert ops.count("conv2d_dw_sgd") == ops.count("conv2d_db_sgd") == int(fuse)
+    assert ops.count("sgd") == (1 if fuse else 3) and "conv2d_dx" not in ops
 
 
 @settings(max_examples=40, deadline=None)
@@ -424,6 +438,118 @@ def test_fused_step_with_momentum_paths_agree(lib, m, k, n, trans, opt):
 SINK = ctypes.CFUNCTYPE(
     None, ctypes.c_void_p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_float), ctypes.c_uint32
 )
+
+
+def _fused_call(lib, name, p, lr, ins, w, v, sink=None) -> int:
+    """A fused gradient + update kernel: (params, lr, inputs..., w, v, sink, ctx)."""
+    fn = getattr(lib, f"poet_{name}_f32")
+    fn.argtypes = (
+        [ctypes.c_void_p, ctypes.c_float]
+        + [ctypes.c_void_p] * (len(ins) + 2)
+        + [
+            SINK if sink is not None else ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
+    )
+    return fn(ctypes.addressof(p), lr, *map(_ptr, ins), _ptr(w), None if v is None else _ptr(v), sink, None)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    n=st.integers(1, 2),
+    g=st.sampled_from([1, 1, 2]),
+    ci=st.integers(1, 9),
+    co=st.integers(1, 9),
+    k=st.sampled_from([(1, 1), (3, 3), (3, 3), (2, 3), (5, 5)]),
+    s=st.sampled_from([(1, 1), (1, 1), (2, 2), (1, 2), (3, 3)]),
+    pads=st.tuples(*[st.integers(0, 2)] * 4),
+    hw=st.tuples(st.integers(1, 11), st.integers(1, 11)),
+    depthwise=st.sampled_from([0, 0, 1, 2]),
+    opt=st.sampled_from([(0.0, 0.0, False), (0.0, 0.01, False), (0.9, 0.0, True), (0.8, 5e-4, True)]),
+)
+def test_fused_conv_update_paths_agree(lib, n, g, ci, co, k, s, pads, hw, depthwise, opt):
+    """CONV2D_DW_SGD / CONV2D_DB_SGD on every weight-gradient path (4x4 tiles of channels and the channels outside
+    them, depthwise plane by plane with a channel multiplier of 1 or 2, groups, 1x1, 5x5, strides, padding) with
+    plain SGD, weight decay and momentum: without a sink, the weights and the buffer are bit-identical to CONV2D_DW
+    (CONV2D_DB) followed by SGD; with a sink they are bit-identical again and the sink sees the raw gradient, in
+    W's memory order, contiguous from 0; all of them match the float64 step."""
+    if depthwise:
+        g, ci, co = 5, 1, depthwise
+    mu, wd, has_v = opt
+    pt, pl, pb, pr = pads
+    h, w_ = max(hw[0], k[0] - pt - pb), max(hw[1], k[1] - pl - pr)
+    oh, ow = (h + pt + pb - k[0]) // s[0] + 1, (w_ + pl + pr - k[1]) // s[1] + 1
+    p = structs()["conv"](
+        n=n, c_in=ci * g, h=h, w=w_, c_out=co * g, oh=oh, ow=ow, kh=k[0], kw=k[1], sh=s[0], sw=s[1], ph=pt, pw=pl,
+        groups=g, momentum=mu, weight_decay=wd,
+    )  # fmt: skip
+    a = Attrs(
+        strides=s, pads=pads, groups=g, x_shape=(n, ci * g, h, w_), w_shape=(co * g, ci, *k), momentum=mu,
+        weight_decay=wd,
+    )  # fmt: skip
+    rng = np.random.default_rng(n + 7 * ci + 31 * co + 101 * h + 1000 * w_)
+    x = rng.standard_normal((n, ci * g, h, w_)).astype(np.float32)
+    dy = rng.standard_normal((n, co * g, oh, ow)).astype(np.float32)
+    lr = 0.125
+    for name, ins, param in (
+        ("conv2d_dw_sgd", (dy, x), rng.standard_normal((co * g, ci, *k)).astype(np.float32)),
+        ("conv2d_db_sgd", (dy,), rng.standard_normal(co * g).astype(np.float32)),
+    ):
+        op = get(name)
+        v0 = rng.standard_normal(param.shape).astype(np.float32) if has_v else None
+        ins64 = [q.astype(np.float64) for q in ins]
+        g_want = op.step_grad(a, *ins64, param)
+        floor = float(np.abs(op.step_grad(a, *[np.abs(q) for q in ins64], param)).max())
+        want = op.ref(a, *ins64, param.astype(np.float64), *([v0.astype(np.float64)] if has_v else []), lr)
+        # unfused: the gradient kernel, then SGD
+        grad = np.full(param.shape, np.nan, np.float32)
+        kernel = "conv2d_dw" if name == "conv2d_dw_sgd" else "conv2d_db"
+        assert getattr(lib, f"poet_{kernel}_f32")(ctypes.byref(p), *map(_ptr, ins), _ptr(grad)) == 0
+        w_ref, v_ref = param.copy(), (v0.copy() if has_v else None)
+        sp = structs()["sgd"](n=param.size, momentum=mu, weight_decay=wd)
+        lib.poet_sgd_f32.argtypes = [ctypes.c_void_p, ctypes.c_float] + [ctypes.c_void_p] * 3
+        vp = _ptr(v_ref) if has_v else None
+        assert lib.poet_sgd_f32(ctypes.addressof(sp), lr, _ptr(grad), _ptr(w_ref), vp) == 0
+        for capture in (False, True):
+            wq, vq = param.copy(), (v0.copy() if has_v else None)
+            seen: list[tuple[int, np.ndarray]] = []
+            sink = SINK(
+                lambda ctx, off, gp, cnt, seen=seen: seen.append(
+                    (off, np.ctypeslib.as_array(gp, (cnt,)).copy())
+                )
+            )
+            assert _fused_call(lib, name, p, lr, ins, wq, vq, sink if capture else None) == 0
+            np.testing.assert_array_equal(wq, w_ref, err_msg=f"{name}, capture {capture}")
+            if has_v:
+                np.testing.assert_array_equal(vq, v_ref, err_msg=f"{name}, capture {capture}")
+            assert max_rel_error(wq, want[0]) <= TOL, name
+            if has_v:
+                assert max_rel_error(vq, want[1], floor) <= TOL, name
+            if capture:
+                offs = [o for o, _ in seen]
+                ends = [o + len(c) for o, c in seen]
+                assert offs[0] == 0 and offs[1:] == ends[:-1] and ends[-1] == param.size, name
+                got = np.concatenate([c for _, c in seen]).reshape(param.shape)
+                np.testing.assert_array_equal(got, grad)  # the raw gradient, as CONV2D_DW computes it
+                assert max_rel_error(got, g_want, floor) <= TOL, name
+            else:
+                assert not seen
+
+
+def test_fused_conv_momentum_without_its_buffer_is_refused(lib):
+    p = structs()["conv"](
+        n=1, c_in=4, h=3, w=3, c_out=4, oh=3, ow=3, kh=1, kw=1, sh=1, sw=1, ph=0, pw=0, groups=1, momentum=0.9
+    )
+    x, dy = np.ones((1, 4, 3, 3), np.float32), np.ones((1, 4, 3, 3), np.float32)
+    w, b = np.ones((4, 4, 1, 1), np.float32), np.ones(4, np.float32)
+    assert _fused_call(lib, "conv2d_dw_sgd", p, 0.1, (dy, x), w, None) == 2  # POET_ERR_ARG
+    assert _fused_call(lib, "conv2d_db_sgd", p, 0.1, (dy,), b, None) == 2
+    np.testing.assert_array_equal(w, 1.0)
+    np.testing.assert_array_equal(b, 1.0)
+    v = np.zeros_like(w)
+    assert _fused_call(lib, "conv2d_dw_sgd", p, 0.1, (dy, x), w, v) == 0
+    np.testing.assert_array_equal(v, 9.0)  # dW = 9 (3 x 3 positions of 1 x 1)
+    np.testing.assert_allclose(w, 1.0 - 0.1 * 9.0, rtol=1e-6)
 
 
 def test_momentum_without_its_buffer_is_refused(lib):

@@ -1,7 +1,9 @@
 """A CNN trained on the emulated Cortex-M4 under a RAM budget and deadline that force both recomputation and
-paging: the zoo's digits-cnn (five 3x3 conv-ReLU layers, batch 8) in 108 KB with a deadline of 1.2x one
+paging: the zoo's digits-cnn (five 3x3 conv-ReLU layers, batch 8) in 106 KB with a deadline of 1.2x one
 computation of every node, its parameters in RAM (``--params ram``: this is about activations; with the
-parameters scheduled too, moving the classifier to storage is the cheaper way out).
+parameters scheduled too, moving the classifier to storage is the cheaper way out). 108 KB before the
+convolutions' weight gradients were fused into their updates: the step needs less RAM, and at 108 KB
+recomputation alone now fits.
 
 Why both are forced at this point, each checked below by a solver run:
 - remat-only: the solver proves that no schedule without paging fits the budget and the deadline;
@@ -18,7 +20,7 @@ import pytest
 from tests.conftest import poetc
 
 MODEL = "digits-cnn"
-POINT = ["--ram", "108K", "--deadline", "1.2x", "--params", "ram"]
+POINT = ["--ram", "106K", "--deadline", "1.2x", "--params", "ram"]
 
 needs_qemu = pytest.mark.skipif(
     not (shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc")),
@@ -44,7 +46,7 @@ def test_digits_cnn_recomputes_pages_verifies_and_learns_on_qemu_m4(tmp_path):
     sj = json.loads((out / "schedule.json").read_text())
     assert sj["recomputes"] > 0 and sj["page_outs"] > 0 and sj["page_ins"] > 0, sj
     man = json.loads((out / "poetc.json").read_text())
-    assert man["memory"]["total"] <= 108 * 1024, man["memory"]
+    assert man["memory"]["total"] <= 106 * 1024, man["memory"]
 
     r = poetc("verify", str(out))
     assert "PASS" in r.stdout, r.stdout

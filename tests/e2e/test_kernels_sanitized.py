@@ -20,7 +20,8 @@ torch = pytest.importorskip("torch")
 from tests.e2e.test_pytorch_models_host import SmallCNN, SmallTransformer, _export, _randomised  # noqa: E402
 
 # a sparse update with momentum: frozen BatchNorms on running statistics (BN_FROZEN, and BN_FROZEN_DX above the
-# trained stem), SGD with a momentum buffer and weight decay (the conv weight and bias), LINEAR_DW_SGD's too (fc)
+# trained stem), the fused updates with a momentum buffer and weight decay: CONV2D_DW_SGD (the stem's weight),
+# CONV2D_DB_SGD (the gate's bias), LINEAR_DW_SGD (fc); the gradients captured (their sink paths) every step
 SPARSE = ["--train", "stem.weight,se.bias,fc.weight", "--optimizer", "momentum", "--weight-decay", "0.01"]
 MODELS = [
     ("cnn", SmallCNN, (4, 3, 8, 8), 17, []),

@@ -91,3 +91,87 @@ def test_output_must_be_logits():
     bad = replace(m, logits=m.input)
     with pytest.raises(PoetcError):
         autodiff.build_training_graph(bad)
+
+
+# ---- convolutions: dW and db inside their updates -----------------------------------------------------------
+@pytest.mark.parametrize("opt", ["sgd", "sgd+wd", "momentum", "momentum+wd"])
+def test_conv_updates_are_fused_for_every_optimizer(opt):
+    """conv2d_dw + sgd -> conv2d_dw_sgd and conv2d_db + sgd -> conv2d_db_sgd, with the step's attributes and the
+    momentum buffer as the last input; every reader of the parameter still runs before its update."""
+    optimizer = autodiff.parse_optimizer(opt.split("+")[0], 1e-3 if "wd" in opt else 0.0)
+    cnn = frontend.load("digits-cnn", batch=2)
+    tg = autodiff.build_training_graph(cnn, optimizer)
+    g = tg.graph
+    ops = [n.op for n in g.nodes]
+    convs = [n for n in cnn.graph.nodes if n.op == "conv2d"]
+    assert ops.count("conv2d_dw_sgd") == len(convs) == ops.count("conv2d_db_sgd") == 5
+    assert not {"conv2d_dw", "conv2d_db", "sgd"} & set(ops)
+    for conv in convs:
+        for p, op in zip(conv.inputs[1:], ("conv2d_dw_sgd", "conv2d_db_sgd"), strict=True):
+            u = g.node_index[tg.updates[p]]
+            node = g.nodes[u]
+            assert node.op == op and node.origin == conv.name
+            assert dict(node.attrs).items() >= optimizer.attrs().items()
+            assert tg.in_place[u] == ((p, tg.opt_state[p]) if optimizer.has_buffer else (p,))
+            assert node.inputs[-1] == (tg.opt_state[p] if optimizer.has_buffer else p)
+            assert all(r < u for r in g.consumers[p] if r != u)
+    # no gradient tensor of a convolution weight's size is left
+    shapes = {g.tensor(c.inputs[1]).shape for c in convs}
+    assert not [t for t in g.by_role(Role.GRAD) if t.shape in shapes]
+
+
+def test_conv_weight_read_twice_is_not_fused():
+    """A weight shared by two convolutions: its gradient is the sum of two (an ADD reads both), so the update
+    stays SGD on the sum; the other layer's update is fused."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((2, 2, 3, 3)).astype(np.float32)
+    conv = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+    g = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["h"], **conv),
+            helper.make_node("Conv", ["h", "w"], ["h2"], **conv),
+            helper.make_node("Conv", ["h2", "v"], ["y"], **conv),
+            helper.make_node("Flatten", ["y"], ["f"]),
+        ],
+        "t",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("f", TensorProto.FLOAT, [1, 32])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(w, "v")],
+    )
+    tg = autodiff.build_training_graph(frontend.from_onnx(helper.make_model(g), "t"))
+    gr = tg.graph
+    assert gr.nodes[gr.node_index[tg.updates["w"]]].op == "sgd"
+    assert gr.nodes[gr.producer[gr.nodes[gr.node_index[tg.updates["w"]]].inputs[1]]].op == "add"
+    assert gr.nodes[gr.node_index[tg.updates["v"]]].op == "conv2d_dw_sgd"
+
+
+def _largest_node(tg) -> tuple[int, str]:
+    """The most bytes one node needs resident: its output and every input, parameters and buffers included (as
+    when parameters are not static: the lead's parameter homes page them)."""
+    g = tg.graph
+
+    def need(n):
+        return g.tensor(n.output).nbytes + sum(g.tensor(t).nbytes for t in set(n.inputs))
+
+    n = max(g.nodes, key=need)
+    return need(n), n.op
+
+
+def test_resnet8_has_no_weight_plus_gradient_node():
+    """ResNet-8 (MLPerf Tiny) at batch 1: a 64 x 64 x 3 x 3 convolution's W is 147 KB, so the unfused SGD node needs
+    W + dW = 295 KB, more than the 256 KB of the nRF52840 or the emulated Cortex-M4; fused, the largest node is a
+    BatchNorm input gradient of the first stage (three 64 KB activations). With momentum, W's buffer is resident
+    too, but dW no longer is."""
+    m = frontend.load("resnet8", batch=1)
+    w, act = 147456, 16384  # layer3's 64 x 64 x 3 x 3 weights; its 64 x 8 x 8 activations
+    assert _largest_node(autodiff.build_training_graph(m, fuse_updates=False)) == (2 * w, "sgd")
+    need, op = _largest_node(autodiff.build_training_graph(m))
+    assert need < 200_000 and op == "bn_dx", (need, op)
+    unfused = autodiff.build_training_graph(m, "momentum", fuse_updates=False)
+    assert _largest_node(unfused) == (3 * w, "sgd")  # W, dW, the buffer
+    fused = autodiff.build_training_graph(m, "momentum")
+    assert _largest_node(fused) == (2 * w + 2 * act, "conv2d_dw_sgd")  # W, the buffer, x, dy
+    g = fused.graph
+    assert g.nodes[g.node_index[fused.updates["layer3.0.conv2.weight"]]].op == "conv2d_dw_sgd"

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from poetc.graph import autodiff, reference
 from poetc.graph.ir import TRAIN_FLAG, Attrs, Graph, Model, Node, Role, Tensor
 from poetc.graph.ops import get
+from poetc.graph.options import parse_optimizer
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -130,6 +131,68 @@ def test_conv2d(n, groups, ci, co, kh, kw, sh, sw, h, w, pads, bias):
 
     ins = {"x": x, "w": wt} | ({"b": rnd(3, c_out)} if bias else {})
     check("conv2d", attrs, fwd, **ins)
+
+
+OPTIMIZERS = [("sgd", 0.0), ("sgd", 0.01), ("momentum", 0.0), ("momentum:0.8", 5e-4)]
+
+
+@SETTINGS
+@given(
+    n=st.integers(1, 2),
+    groups=st.sampled_from(["one", "two", "depthwise"]),
+    ci=st.integers(1, 5),
+    co=st.integers(1, 5),
+    k=st.sampled_from([(1, 1), (3, 3), (2, 3)]),
+    s=st.sampled_from([(1, 1), (2, 2), (2, 1)]),
+    hw=st.tuples(st.integers(2, 7), st.integers(2, 7)),
+    pads=st.tuples(*[st.integers(0, 1)] * 4),
+    bias=st.booleans(),
+    opt=st.sampled_from(OPTIMIZERS),
+)
+def test_conv2d_fused_update(n, groups, ci, co, k, s, hw, pads, bias, opt):
+    """A convolution whose input does not train: its weight and bias gradients are computed inside their updates
+    (conv2d_dw_sgd, conv2d_db_sgd). Forward output, the raw gradients the fused steps report, and two steps of the
+    parameters (momentum buffers carried over) against PyTorch autograd and torch.optim.SGD."""
+    g = {"one": 1, "two": 2, "depthwise": ci * 2}[groups]
+    c_in = ci * 2 if groups != "one" else ci
+    pt, pl, pb, pr = pads
+    h, w = max(hw[0], k[0] - pt - pb), max(hw[1], k[1] - pl - pr)
+    params = {"x": rnd(1, n, c_in, h, w), "w": rnd(2, co * g, c_in // g, *k)} | (
+        {"b": rnd(3, co * g)} if bias else {}
+    )
+    optimizer = parse_optimizer(*opt)
+    trainable = ("w", "b", "R") if bias else ("w", "R")
+    attrs = Attrs(strides=s, pads=pads, groups=g)
+    tg, r, labels = run(
+        [("conv2d", tuple(params), "y", attrs)], params, optimizer=optimizer, trainable=trainable
+    )
+    ops = [nd.op for nd in tg.graph.nodes]
+    assert ops.count("conv2d_dw_sgd") == 1 and ops.count("conv2d_db_sgd") == int(bias)
+    assert not {"conv2d_dw", "conv2d_db"} & set(ops) and ops.count("sgd") == 1  # R's
+
+    start = {**params, "R": r.values["R"]}
+    ts = {k: torch.tensor(v, dtype=torch.float64, requires_grad=k in trainable) for k, v in start.items()}
+    sgd = torch.optim.SGD(
+        [ts[k] for k in trainable], lr=0.1, momentum=optimizer.momentum if optimizer.has_buffer else 0.0,
+        weight_decay=optimizer.weight_decay,
+    )  # fmt: skip
+    carry = dict(start)
+    for step in range(2):
+        sgd.zero_grad()
+        y = F.conv2d(F.pad(ts["x"], (pl, pr, pt, pb)), ts["w"], ts.get("b"), stride=s, groups=g)
+        z = y * ts["R"]
+        F.cross_entropy(z.reshape(-1, z.shape[-1]), torch.tensor(labels)).backward()
+        got = reference.train_step(tg, carry, np.zeros(1), labels, 0.1)
+        if step == 0:
+            np.testing.assert_allclose(got.values["y"], y.detach().numpy(), rtol=TOL, atol=TOL)
+            assert set(got.grads) == set(trainable)
+            for key in trainable:
+                assert reference.max_rel_error(got.grads[key], ts[key].grad.numpy()) <= 1e-8, key
+        sgd.step()
+        carry = got.carry
+        for key in trainable:
+            assert reference.max_rel_error(got.params[key], ts[key].detach().numpy()) <= 1e-9, (step, key)
+        assert np.array_equal(got.params["x"], params["x"])
 
 
 # ---- pooling -----------------------------------------------------------------------------------------------

@@ -112,7 +112,7 @@ def test_default_graph_is_unchanged(resnet8):
     c = autodiff.build(resnet8, TrainingOptions())
     assert a.graph.fingerprint() == b.graph.fingerprint() == c.graph.fingerprint()
     assert a.frozen == () and a.opt_state == {} and not a.graph.by_role(Role.OPT_STATE)
-    steps = [n for n in a.graph.nodes if n.op in ("sgd", "linear_dw_sgd", "bias_grad_sgd")]
+    steps = [n for n in a.graph.nodes if n.op in ("sgd", "linear_dw_sgd", "bias_grad_sgd", "conv2d_dw_sgd")]
     assert len(steps) == 29 and not any("momentum" in n.attrs or "weight_decay" in n.attrs for n in steps)
     assert all(len(ts) == 1 for ts in a.in_place.values())
 
@@ -120,11 +120,11 @@ def test_default_graph_is_unchanged(resnet8):
 def test_pruning_saves_backward_nodes(cnn, resnet8):
     """A frozen prefix gets no backward nodes: training only the classifier leaves its two fused updates."""
     full, last = autodiff.build(cnn), autodiff.build(cnn, TrainingOptions("last:1"))
-    assert len(backward(full)) == 33
+    assert len(backward(full)) == 23  # 33 before the convolutions' dW and db were fused into their updates
     assert sorted(backward(last)) == ["bias_grad_sgd", "linear_dw_sgd", "softmax_xent_bwd"]
     assert last.params == ("fc.weight", "fc.bias") and len(last.frozen) == 10
     r_full, r_last = autodiff.build(resnet8), autodiff.build(resnet8, TrainingOptions("last:1"))
-    assert (len(backward(r_full)), len(backward(r_last))) == (104, 3)
+    assert (len(backward(r_full)), len(backward(r_last))) == (95, 3)  # 104 before the conv fusion
 
 
 def test_frozen_layers_between_trained_ones_pass_the_input_gradient(cnn):
@@ -240,6 +240,8 @@ CASES = [
     ("resnet8", 2, "bias", "frozen"),  # BatchNorm betas train, gammas do not: batch statistics
     ("resnet8", 2, "conv1.weight,layer2.0.conv2.weight,fc.weight", "frozen"),  # frozen BN in the middle
     ("digits-cnn", 4, "conv1.weight,fc.weight", "frozen"),  # frozen convolutions between trained layers
+    ("resnet8", 1, "all", "frozen"),  # every convolution's update fused (conv2d_dw_sgd), BatchNorm trained
+    ("digits-cnn", 2, "all", "frozen"),  # and the conv biases' (conv2d_db_sgd)
 ]
 
 
@@ -252,7 +254,10 @@ def test_partially_frozen_trajectory_matches_torch(name, batch, spec, bn):
     classes = model.graph.tensor(model.logits).shape[-1]
     batches = [(rng.standard_normal(shape), rng.integers(0, classes, shape[0])) for _ in range(STEPS)]
     tg, t_grads, t_traj = _torch_run(name, model, opts, batches)
-    assert tg.frozen and tg.opt_state
+    assert tg.opt_state and bool(tg.frozen) == (spec != "all")
+    if spec == "all":
+        ops = {n.op for n in tg.graph.nodes}
+        assert "conv2d_dw_sgd" in ops and not {"conv2d_dw", "conv2d_db"} & ops
 
     start = {k: v.astype(np.float64) for k, v in {**model.params, **model.state}.items()}
     carry = dict(start)

@@ -345,7 +345,13 @@ def _freeze_batchnorm(fwd: Graph, train: set[str]) -> Graph:
     return Graph(fwd.name, tensors, nodes, fwd.inputs, fwd.outputs)
 
 
-FUSED = {"linear_dw": "linear_dw_sgd", "bias_grad": "bias_grad_sgd"}
+# gradient op -> the op that computes that gradient inside its parameter's optimizer step (ops/optim.py)
+FUSED = {
+    "linear_dw": "linear_dw_sgd",
+    "bias_grad": "bias_grad_sgd",
+    "conv2d_dw": "conv2d_dw_sgd",
+    "conv2d_db": "conv2d_db_sgd",
+}
 
 
 def _fuse_updates(

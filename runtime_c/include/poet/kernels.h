@@ -65,7 +65,9 @@
     X(BIAS_GRAD_SGD, 52, linear)        \
     X(DEQUANT_U8, 53, quant)            \
     X(BN_FROZEN, 54, bn)                \
-    X(BN_FROZEN_DX, 55, bn)
+    X(BN_FROZEN_DX, 55, bn)             \
+    X(CONV2D_DW_SGD, 56, conv)          \
+    X(CONV2D_DB_SGD, 57, conv)
 
 typedef enum {
 #define POET_KERNEL_ENUM_(name, id, fam) POET_K_##name = id,
@@ -104,6 +106,7 @@ typedef struct {
     uint32_t kh, kw, sh, sw;  /* weight [c_out, c_in / groups, kh, kw]; strides */
     uint32_t ph, pw;          /* zero padding before the first row / column (after the last: from oh, ow) */
     uint32_t groups;
+    float momentum, weight_decay; /* CONV2D_DW_SGD, CONV2D_DB_SGD: the optimizer (as poet_sgd_params); else 0 */
 } poet_conv_params;
 
 typedef struct {
@@ -308,8 +311,9 @@ poet_status poet_dequant_u8_f32(const poet_quant_params *p, const uint8_t *restr
 
 /* Fused weight gradient + SGD: the gradient is computed a chunk at a time and applied at once, so it never
  * occupies RAM. A sink, when given, sees every chunk of the raw gradient first (element offset into the
- * parameter, values), before weight decay and momentum. The step is poet_sgd_f32's, with the momentum and
- * weight decay of the linear params and the optional momentum buffer v (NULL for plain SGD). */
+ * parameter, values; in the parameter's memory order), before weight decay and momentum. The step is
+ * poet_sgd_f32's, with the momentum and weight decay of the params (linear or conv) and the optional momentum
+ * buffer v (NULL for plain SGD). */
 typedef void (*poet_grad_sink)(void *ctx, uint32_t offset, const float *g, uint32_t count);
 #define POET_SGD_CHUNK 32
 /* gradient alpha * (dy^T x) in W's layout (trans_w: W is [n, k]; else [k, n]) */
@@ -318,6 +322,13 @@ poet_status poet_linear_dw_sgd_f32(const poet_linear_params *p, float lr, const 
                                    poet_grad_sink sink, void *ctx);
 /* gradient beta * column sums of dy */
 poet_status poet_bias_grad_sgd_f32(const poet_linear_params *p, float lr, const float *restrict dy,
+                                   float *restrict b, float *restrict v, poet_grad_sink sink, void *ctx);
+/* conv.c: the weight gradient of CONV2D_DW in W's layout (OIHW), with the conv params' momentum and weight decay */
+poet_status poet_conv2d_dw_sgd_f32(const poet_conv_params *p, float lr, const float *restrict dy,
+                                   const float *restrict x, float *restrict w, float *restrict v,
+                                   poet_grad_sink sink, void *ctx);
+/* conv.c: the bias gradient of CONV2D_DB (dy summed over images and positions per output channel) */
+poet_status poet_conv2d_db_sgd_f32(const poet_conv_params *p, float lr, const float *restrict dy,
                                    float *restrict b, float *restrict v, poet_grad_sink sink, void *ctx);
 
 #endif

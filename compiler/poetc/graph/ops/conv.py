@@ -1,6 +1,7 @@
 """2-D convolution (NCHW, OIHW weights), with stride, zero padding (top/left/bottom/right), groups; dilation 1.
 
-CONV2D_FWD (x, w[, b]) -> y;  CONV2D_DX (dy, w) -> dx;  CONV2D_DW (dy, x) -> dw;  CONV2D_DB (dy) -> db.
+CONV2D_FWD (x, w[, b]) -> y;  CONV2D_DX (dy, w) -> dx;  CONV2D_DW (dy, x) -> dw;  CONV2D_DB (dy) -> db
+(fused with their SGD step: CONV2D_DW_SGD and CONV2D_DB_SGD, in ops/optim.py).
 Attributes: ``strides`` (sh, sw), ``pads`` (top, left, bottom, right), ``groups``; backward nodes also carry
 ``x_shape`` / ``w_shape``. Depthwise is groups == input channels.
 """
@@ -13,6 +14,7 @@ import numpy as np
 
 from ..ir import Attrs, Node, Tensor
 from .base import GradBuilder, OpDef, Shape, numel, register
+from .linear import optim_fields
 
 
 def out_hw(h: int, w: int, kh: int, kw: int, attrs: Attrs) -> tuple[int, int]:
@@ -57,6 +59,7 @@ def _params(attrs: Attrs, x: Shape, w: Shape, y: Shape) -> dict:
         "ph": attrs["pads"][0],
         "pw": attrs["pads"][1],
         "groups": attrs["groups"],
+        **optim_fields(attrs),
     }
 
 
@@ -128,6 +131,10 @@ def _ref_dw(attrs: Attrs, dy: np.ndarray, x: np.ndarray) -> np.ndarray:
     return dw.reshape(co, ci, kh, kw)
 
 
+def _ref_db(attrs: Attrs, dy: np.ndarray) -> np.ndarray:
+    return dy.sum(axis=(0, 2, 3))
+
+
 def _grad(g: GradBuilder, node: Node, dy: str) -> dict[int, str]:
     x, w = node.inputs[0], node.inputs[1]
     a = node.attrs.replace(x_shape=g.tensor(x).shape, w_shape=g.tensor(w).shape)
@@ -189,7 +196,7 @@ register(
         n_inputs=(1, 1),
         infer=lambda a, ins: ((a["w_shape"][0],), "f32"),
         flops=lambda a, ins, out: numel(ins[0]),
-        ref=lambda a, dy: dy.sum(axis=(0, 2, 3)),
+        ref=_ref_db,
         c_params=lambda a, ins, out: _params(a, a["x_shape"], a["w_shape"], ins[0]),
     )
 )

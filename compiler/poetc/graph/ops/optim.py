@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..ir import Attrs
-from . import linear
+from . import conv, linear
 from .base import OpDef, Shape, numel, register
 
 
@@ -74,11 +74,13 @@ register(
 
 
 # ---- fused weight gradient + SGD ----------------------------------------------------------------------------
-# LINEAR_DW_SGD (dy, x, W[, V]) and BIAS_GRAD_SGD (dy, b[, V]) compute a parameter's gradient a few values at a
-# time and apply it at once, so no gradient buffer is ever allocated (on a microcontroller the largest layer's
-# dW can be as large as all the activations together). autodiff.fuse_updates rewrites linear_dw + sgd and
-# bias_grad + sgd into them. Their outputs are update tokens; gradient capture (dumps, verify) streams the
-# raw gradient's chunks as the kernel produces them.
+# LINEAR_DW_SGD (dy, x, W[, V]) and BIAS_GRAD_SGD (dy, b[, V]), CONV2D_DW_SGD (dy, x, W[, V]) and CONV2D_DB_SGD
+# (dy, b[, V]) compute a parameter's gradient a few values at a time and apply it at once, so no gradient buffer
+# is ever allocated (on a microcontroller the largest layer's dW can be as large as all the activations together:
+# ResNet-8's 64 x 64 x 3 x 3 convolutions have 147 KB of weights). autodiff's fusion rewrites linear_dw + sgd,
+# bias_grad + sgd, conv2d_dw + sgd and conv2d_db + sgd into them. Their outputs are update tokens; gradient
+# capture (dumps, verify) streams the raw gradient's chunks, in the parameter's memory order, as the kernel
+# produces them. Their attributes are the gradient op's and the step's (momentum, weight decay).
 def _ref_dw_sgd(a: Attrs, dy: np.ndarray, x: np.ndarray, w: np.ndarray, *rest) -> tuple[np.ndarray, ...]:
     v, lr = _split(rest)
     return ref_step(a, w, linear._ref_dw(a, dy, x), v, lr)
@@ -116,5 +118,46 @@ register(
         c_params=lambda a, ins, out: linear.bias_params(a, ins[0]),
         in_place=(1, 2),
         step_grad=lambda a, dy, b, *v: linear._ref_db(a, dy),
+    )
+)
+
+
+def _ref_conv_dw_sgd(a: Attrs, dy: np.ndarray, x: np.ndarray, w: np.ndarray, *rest) -> tuple[np.ndarray, ...]:
+    v, lr = _split(rest)
+    return ref_step(a, w, conv._ref_dw(a, dy, x), v, lr)
+
+
+def _ref_conv_db_sgd(a: Attrs, dy: np.ndarray, b: np.ndarray, *rest) -> tuple[np.ndarray, ...]:
+    v, lr = _split(rest)
+    return ref_step(a, b, conv._ref_db(a, dy), v, lr)
+
+
+register(
+    OpDef(
+        name="conv2d_dw_sgd",
+        kernel="CONV2D_DW_SGD",
+        family="conv",
+        n_inputs=(3, 4),
+        infer=_infer_step(2, 3),
+        flops=lambda a, ins, out: 2 * conv._macs(ins[1], ins[2], ins[0]) + step_flops(a, numel(ins[2])),
+        ref=_ref_conv_dw_sgd,
+        c_params=lambda a, ins, out: conv._params(a, ins[1], ins[2], ins[0]),
+        in_place=(2, 3),
+        step_grad=lambda a, dy, x, w, *v: conv._ref_dw(a, dy, x),
+    )
+)
+
+register(
+    OpDef(
+        name="conv2d_db_sgd",
+        kernel="CONV2D_DB_SGD",
+        family="conv",
+        n_inputs=(2, 3),
+        infer=_infer_step(1, 2),
+        flops=lambda a, ins, out: numel(ins[0]) + step_flops(a, numel(ins[1])),
+        ref=_ref_conv_db_sgd,
+        c_params=lambda a, ins, out: conv._params(a, a["x_shape"], a["w_shape"], ins[0]),
+        in_place=(1, 2),
+        step_grad=lambda a, dy, b, *v: conv._ref_db(a, dy),
     )
 )

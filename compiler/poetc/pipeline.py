@@ -188,8 +188,18 @@ def plan(
     return Planned(tg, cm, fixed, p)
 
 
-def infeasible_message(pl: Planned, sol: Solution, strategy: str, opts: SolveOptions) -> str:
-    b, how = strategies.smallest_budget(pl.problem, strategy, opts)
+class NoSchedule(PoetcError):
+    """No schedule of the asked strategy fits: the message says why; ``solution`` is the strategy's answer when
+    there was one (its status and figures), else None."""
+
+    def __init__(self, message: str, solution: Solution | None = None) -> None:
+        super().__init__(message)
+        self.solution = solution
+
+
+def infeasible_message(
+    pl: Planned, sol: Solution, strategy: str, opts: SolveOptions, smallest: bool = True
+) -> str:
     budget = pl.fixed.budget
     msg = (
         f"no {strategy} schedule fits a RAM budget of {budget} bytes ({pl.problem.budget} left for the arena)"
@@ -197,6 +207,9 @@ def infeasible_message(pl: Planned, sol: Solution, strategy: str, opts: SolveOpt
     if pl.problem.deadline_s is not None:
         msg += f" and the deadline of {pl.problem.deadline_s:.4g} s"
     msg += f": {sol.message}"
+    if not smallest:
+        return msg
+    b, how = strategies.smallest_budget(pl.problem, strategy, opts)
     if b < 0:
         return msg + f"; {how}"
     return msg + f"; smallest feasible RAM budget: {pl.fixed.fixed + b} bytes ({how})"
@@ -219,25 +232,43 @@ def compile_model(
 ) -> Compiled:
     say = progress or (lambda s: None)
     pl = plan(model, board, ram, deadline, say, profile, profile_source)
+    return compile_planned(pl, model, board, strategy, opts, say)
+
+
+def compile_planned(
+    pl: Planned,
+    model: Model,
+    board: Board,
+    strategy: str = "poet",
+    opts: SolveOptions = SolveOptions(),
+    progress: Callable[[str], None] | None = None,
+    smallest: bool = True,
+) -> Compiled:
+    """Schedule a planned model with ``strategy`` and lay out its arena: what ``poetc build`` compiles and what
+    every ``poetc solve`` row shows. Raises NoSchedule when the strategy's schedule does not fit (the budget,
+    the deadline, the arena after fragmentation, the storage); ``smallest`` also searches the smallest RAM
+    budget that would fit for the message (a bisection: slow for MILP strategies)."""
+    say = progress or (lambda s: None)
     tg, cm, fixed, p = pl.tg, pl.cost, pl.fixed, pl.problem
     t0 = time.perf_counter()
     infer = program.forward_program(tg, p)
     infer_plan = memplan.plan(infer, p.mem)
     if infer_plan.arena_bytes > p.budget:
-        raise PoetcError(
+        raise NoSchedule(
             f"even inference needs an arena of {infer_plan.arena_bytes} bytes, over the "
             f"{p.budget} left in a RAM budget of {fixed.budget}; smallest feasible RAM budget: "
             f"{fixed.fixed + infer_plan.arena_bytes} bytes or more"
         )
     sol = strategies.run(strategy, p, opts, progress=say)
     if not sol.ok and sol.status == "no_solution":
-        raise PoetcError(
+        raise NoSchedule(
             f"no {strategy} schedule within the time limit of {opts.time_limit_s:g} s, and no fallback schedule "
             f"(store-all, chen-sqrt, greedy) fits a RAM budget of {fixed.budget} bytes either; raise --time-limit "
-            f"or --ram"
+            f"or --ram",
+            sol,
         )
     if not sol.ok:
-        raise PoetcError(infeasible_message(pl, sol, strategy, opts))
+        raise NoSchedule(infeasible_message(pl, sol, strategy, opts, smallest), sol)
     first_extra = sol.extra_j(p)
     # The arena honours the budget: if fragmentation pushes the planned arena over it, re-solve with the
     # budget tightened by the overflow, until the plan fits.
@@ -250,18 +281,20 @@ def compile_model(
         if arena <= p.budget:
             break
         if repairs == MAX_REPAIRS:
-            raise PoetcError(
-                f"could not absorb {arena - p.budget} bytes of arena fragmentation after "
-                f"{repairs} re-solves; raise --ram by that much"
+            raise NoSchedule(
+                f"the {strategy} schedule's arena ({arena} B) exceeds the {p.budget} B left for it by "
+                f"fragmentation, still {arena - p.budget} B after {repairs} re-solves; raise --ram by that much"
             )
         repairs += 1
         q = q.with_budget(q.budget - (arena - p.budget))
         say(f"arena {arena} B exceeds the {p.budget} B budget by fragmentation: re-solving with {q.budget} B")
         sol = strategies.run(strategy, q, opts, progress=say)
         if not sol.ok:
-            raise PoetcError(
-                f"fragmentation repair failed: at an arena budget of {q.budget} bytes "
-                f"{sol.message}; raise --ram"
+            raise NoSchedule(
+                f"the {strategy} schedule's arena ({arena} B) exceeds the {p.budget} B left for it by "
+                f"fragmentation, and re-solving at an arena budget of {q.budget} B failed: {sol.message}; "
+                "raise --ram",
+                sol,
             )
     solve_s = time.perf_counter() - t0
     replays = (simulate.replay(p, train, budget=p.budget), simulate.replay(p, infer, budget=p.budget))
@@ -273,7 +306,9 @@ def compile_model(
     slots = memplan.storage_slots(train, p.mem)
     storage = memplan.storage_bytes(slots, p.mem)
     if storage > board.storage_bytes:
-        raise PoetcError(f"schedule pages {storage} bytes, over the board's storage of {board.storage_bytes}")
+        raise NoSchedule(
+            f"the {strategy} schedule pages {storage} bytes, over the board's storage of {board.storage_bytes}"
+        )
     mem = MemoryReport(
         fixed.budget, fixed.params, fixed.io, fixed.tables, fixed.link, fixed.port, fixed.stack, arena
     )

@@ -189,9 +189,7 @@ def test_bad_numbers(tmp_path, good_onnx):
         "0",
         match="--batch must be positive",
     )
-    _expect_error(
-        "build", str(good_onnx), "--board", "host", match="the following arguments are required: --out"
-    )
+    _expect_error("build", str(good_onnx), match="the following arguments are required: --board")
 
 
 def test_ram_budget_too_small_names_the_smallest(tmp_path):
@@ -205,3 +203,16 @@ def test_ram_budget_too_small_names_the_smallest(tmp_path):
 def test_boards_table():
     r = poetc("boards")
     assert "nrf52840" in r.stdout and "256.0 KiB" in r.stdout and "mkr1000" in r.stdout
+
+
+def test_build_writes_to_its_default_directory(tmp_path, good_onnx):
+    r = poetc("build", str(good_onnx), "--board", "host", "--no-compile", cwd=tmp_path)
+    out = tmp_path / "build" / "good-host"
+    assert (out / "poetc.json").is_file() and "wrote build/good-host" in r.stdout
+
+
+def test_port_is_for_real_boards(tmp_path, good_onnx):
+    out = tmp_path / "o"
+    poetc("build", str(good_onnx), "--board", "host", "--out", str(out), "--no-compile")
+    for cmd in ("train", "verify"):
+        _expect_error(cmd, str(out), "--port", "/dev/ttyACM0", match="--port is for real boards")

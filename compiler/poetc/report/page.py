@@ -404,8 +404,13 @@ def write(b: builddir.BuildInfo, out: Path, profile_path: str | None = None) -> 
         rp = sol.replay
         e_rows.append(("predicted (schedule's cost model)", [rp.compute_j, rp.page_in_j, rp.page_out_j]))
     if train is not None:
-        e = train["energy_per_step"]
-        e_rows.append(("counted on the target", [e["compute_j"], e["page_in_j"], e["page_out_j"]]))
+        e = train.get(
+            "counted_energy_per_step", train.get("energy_per_step")
+        )  # None: ticks time an emulation
+        if e is not None:
+            e_rows.append(("counted on the target", [e["compute_j"], e["page_in_j"], e["page_out_j"]]))
+        else:
+            notes.append(f"{TRAIN_RECORD}: {train['timing']['how']}; no counted energy")
         if train.get("metered"):
             m = train["metered"]
             skip = set(train.get("captured_steps", []))

@@ -540,7 +540,7 @@ def solve(
         on_progress(
             f"MILP ({opt.formulation}): {nb} binaries, {nc} continuous, "
             f"{len(m.rows_le) + len(m.rows_eq)} rows; solving with {opt.solver} "
-            f"(time limit {opt.time_limit_s:g} s, gap {opt.gap:g} on extra energy)"
+            f"(up to {opt.time_limit_s:g} s for this solve, gap {opt.gap:g} on extra energy)"
         )
     kwargs: dict[str, Any] = {"verbose": opt.verbose}
     log_path = None

@@ -174,6 +174,11 @@ def run(
     trace: list[tuple[float, float, float]] = []
     if best_seed is not None:
         trace.append((time.perf_counter() - t0, best_seed.replay.energy_j - p.floor_j, 0.0))
+    if progress and cold_s < opt.time_limit_s:
+        progress(
+            f"{name}: time limit {opt.time_limit_s:g} s in two solves: up to {cold_s:g} s from scratch, then "
+            "the rest from the best schedule so far (only if the first does not prove optimality)"
+        )
     t_milp = time.perf_counter() - t0
     res = milp.solve(p, base, strategy=name, on_progress=progress)
     meta = {

@@ -116,30 +116,18 @@ class _Ticker:
 
 
 def _figure_rows(figs: list[dict]) -> list[list[object]]:
+    """One row per strategy; an infeasible one says why in full (the table wraps it)."""
     rows = []
     for f in figs:
         if not f["feasible"]:
-            rows.append(
-                [
-                    f["strategy"],
-                    "no",
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    f"{f['solve_s']:.2f} s",
-                    f["message"],
-                ]
-            )
+            why = f"{f['status']}: {f['message']}" if f["message"] else f["status"]
+            rows.append([f["strategy"], *["-"] * 7, f"{f['solve_s']:.2f} s", why])
             continue
         gap = "" if f["gap"] is None else f"gap {100 * f['gap']:.2f}%"
+        repairs = f.get("fragmentation_repairs") or 0
         rows.append(
             [
                 f["strategy"],
-                "yes",
                 joules(f["energy_j"]),
                 joules(f["extra_energy_j"]),
                 joules(f["compute_energy_j"]),
@@ -148,7 +136,8 @@ def _figure_rows(figs: list[dict]) -> list[list[object]]:
                 nbytes(f["peak_ram_bytes"]),
                 nbytes(f["arena_bytes"]),
                 f"{f['solve_s']:.2f} s",
-                f"{f['status']} {gap}".strip(),
+                f"{f['status']} {gap}".strip()
+                + (f"; {repairs} re-solve(s) for fragmentation" if repairs else ""),
             ]
         )
     return rows
@@ -156,7 +145,6 @@ def _figure_rows(figs: list[dict]) -> list[list[object]]:
 
 _FIG_HEADERS = [
     "strategy",
-    "feasible",
     "energy",
     "extra",
     "compute",
@@ -167,6 +155,7 @@ _FIG_HEADERS = [
     "solve",
     "status",
 ]
+_FIG_ALIGN = "lrrrrrrrrl"
 
 
 def _profile_path(text: str) -> str:
@@ -214,7 +203,7 @@ def cmd_build(a: argparse.Namespace) -> int:
     )  # program.json (and profile.json) for poetc report
     s = builddir.schedule_summary(c)
     print(table(["memory", "bytes"], [[k, v] for k, v in c.memory.rows()], "lr"))
-    print(table(_FIG_HEADERS, _figure_rows([s])))
+    print(table(_FIG_HEADERS, _figure_rows([s]), _FIG_ALIGN))
     if c.repairs:
         print(
             f"fragmentation: {c.repairs} re-solve(s) to fit the arena; extra energy "
@@ -279,7 +268,7 @@ def cmd_solve(a: argparse.Namespace) -> int:
             f"{nbytes(pl.fixed.fixed)} fixed); floor energy {joules(p.floor_j)}"
             + (f"; deadline {seconds(p.deadline_s)}" if p.deadline_s else "")
         )
-        print(table(_FIG_HEADERS, _figure_rows(figs)))
+        print(table(_FIG_HEADERS, _figure_rows(figs), _FIG_ALIGN))
         if a.plot:
             print(f"plots in {a.plot}")
     return 0 if all(f["feasible"] for f in figs) or a.compare else 1

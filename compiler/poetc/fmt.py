@@ -42,7 +42,7 @@ def table(
     return "\n".join(lines)
 
 
-def _fit(cells: list[list[str]], widths: list[int], align: str, width: int, floor: int = 16) -> None:
+def _fit(cells: list[list[str]], widths: list[int], align: str, width: int, floor: int = 32) -> None:
     """Narrow the widest left-aligned columns (not below ``floor``, nor below their header) until the table
     fits ``width``."""
     while sum(widths) + 2 * (len(widths) - 1) > width:

@@ -27,7 +27,8 @@ def main() -> None:
     ap.add_argument("--out", default="benchmark-sweep")
     a = ap.parse_args()
     board = boards.load(a.board)
-    pl = pipeline.plan(frontend.load(a.model, batch=a.batch), board, deadline=a.deadline)
+    model = frontend.load(a.model, batch=a.batch)
+    pl = pipeline.plan(model, board, deadline=a.deadline)
     res = sweep.run(
         pl.problem,
         pl.fixed.fixed,
@@ -39,7 +40,7 @@ def main() -> None:
     )
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    png = plots.energy_vs_budget(res, out / "energy-vs-ram.png", title=f"{a.model} on {a.board}")
+    png = plots.energy_vs_budget(res, out / "energy-vs-ram.png", plots.Subject.of(model, board.name))
     print(sweep.table_text(res))
     bad = sweep.poet_not_best(res)
     print(

@@ -255,10 +255,11 @@ def cmd_solve(a: argparse.Namespace) -> int:
 
         d = Path(a.plot)
         d.mkdir(parents=True, exist_ok=True)
+        subject = plots.Subject.of(model, board.name, pl.fixed.budget)
         for sol in sols:
             if sol is not None:
-                plots.schedule_grid(pl.problem, sol, d / f"schedule-{sol.strategy}.png")
-                plots.ram_timeline(pl.problem, sol, d / f"ram-{sol.strategy}.png")
+                plots.schedule_grid(pl.problem, sol, d / f"schedule-{sol.strategy}.png", subject)
+                plots.ram_timeline(pl.problem, sol, d / f"ram-{sol.strategy}.png", subject)
     if a.json:
         print(json.dumps(figs if a.compare else figs[0], indent=1))
     else:
@@ -291,7 +292,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     pl = pipeline.plan(model, board, a.ram, a.deadline, _say, **_profile_kw(a, model, board))
     res = sweep.run(pl.problem, pl.fixed.fixed, pl.fixed.budget, names, opts, a.points, jobs=a.jobs, say=_say)
     out.mkdir(parents=True, exist_ok=True)
-    png = plots.energy_vs_budget(res, out / "energy-vs-ram.png", title=f"{a.model} on {board.name}")
+    png = plots.energy_vs_budget(res, out / "energy-vs-ram.png", plots.Subject.of(model, board.name))
     (out / "sweep.json").write_text(json.dumps(res.rows, indent=1) + "\n")
     print(sweep.table_text(res))
     print(f"wrote {png} and {out / 'sweep.json'}")

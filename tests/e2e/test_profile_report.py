@@ -1,7 +1,8 @@
 """Profile, profile-driven build, training record and the HTML report, on the host: ``poetc profile`` times every
 node and the pager; ``poetc build --profile`` schedules with those times; ``poetc train`` writes train.json;
-``poetc report`` writes one self-contained page whose figures match schedule.json, checked in Debian's headless
-chromium (it renders every figure) and by parsing the page."""
+``poetc report`` writes one self-contained page whose figures and headline match schedule.json and train.json,
+checked by parsing the page and in Debian's headless chromium: every figure renders, the console stays silent,
+and a screenshot is kept (out/screenshots/, or $POETC_ARTIFACTS)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 from tests.conftest import poetc
 
 from poetc.device import profile
+from poetc.report import page as report_page
 
 
 def need(*tools: str) -> None:
@@ -82,22 +84,30 @@ class _Page(HTMLParser):
         self.energy: dict[str, list[str]] = {}
         self.imgs: dict[str, str] = {}
         self.node_rows = 0
+        self.tiles: dict[str, dict[str, str]] = {}
+        self.first_in_body = ""
+        self._in_body = False
         self._table = ""
         self._row = ""
         self.consistent = None
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
+        if self._in_body and not self.first_in_body:
+            self.first_in_body = a.get("id") or tag
         if tag == "body":
             self.body = {k: v or "" for k, v in a.items()}
+            self._in_body = True
+        elif tag == "div" and a.get("class") == "tile":
+            self.tiles[a["id"]] = {k[5:]: v for k, v in a.items() if k.startswith("data-")}
         elif tag == "table":
             self._table = a.get("id") or ""
             if self._table == "schedule-figures":
                 self.consistent = a.get("data-consistent")
         elif tag == "tr" and self._table == "schedule-figures" and "data-key" in a:
             self.rows[a["data-key"]] = a["data-value"]
-        elif tag == "tr" and self._table == "energy-breakdown":
-            self._row = a.get("data-row", "")
+        elif tag == "tr" and self._table == "energy-breakdown" and "data-row" in a:
+            self._row = a["data-row"]
             self.energy[self._row] = []
         elif tag == "tr" and self._table == "node-table":
             self.node_rows += 1
@@ -122,7 +132,7 @@ def test_report_figures_match_schedule_json(run):
     page = _parse((b / "report.html").read_text())
     sched = json.loads((b / "schedule.json").read_text())
     assert page.consistent == "yes"  # a replay of program.json reproduced schedule.json
-    for key, _label in page.SCHEDULE_KEYS:
+    for key, _label in report_page.SCHEDULE_KEYS:
         v = sched.get(key)
         assert page.rows[key] == (v if isinstance(v, str) else repr(v)), key
     pred = [float(x) for x in page.energy["predicted"]]
@@ -140,6 +150,43 @@ def test_report_figures_match_schedule_json(run):
     assert "http://" not in (b / "report.html").read_text().replace("http://www.w3.org", "")
 
 
+def test_report_headline_states_fit_energy_and_accuracy(run):
+    b = run["build"]
+    page = _parse((b / "report.html").read_text())
+    sched = json.loads((b / "schedule.json").read_text())
+    train = json.loads((b / "train.json").read_text())
+    assert page.first_in_body == "headline"  # the page opens with it
+    assert page.tiles["hl-ram"] == {
+        "peak": str(sched["peak_ram_bytes"]),
+        "budget": str(sched["ram_budget_bytes"]),
+    }
+    energy = page.tiles["hl-energy"]
+    assert float(energy["predicted"]) == pytest.approx(sched["energy_j"], rel=1e-12)
+    assert float(energy["counted"]) == pytest.approx(train["energy_per_step"]["total_j"], rel=1e-12)
+    assert "metered" not in energy
+    acc = page.tiles["hl-accuracy"]
+    assert float(acc["first"]) == train["evals"][0][1] and float(acc["last"]) == train["evals"][-1][1]
+    text = (b / "report.html").read_text()
+    head = text[text.index('<header id="headline">') : text.index("</header>")]
+    assert "digits-mlp on host" in head and "batch 16, RAM budget 64.0 MiB" in head
+    assert "fits in" in head and "counted" in head and "\u2192" in head
+
+
+def test_report_of_a_build_never_run(tmp_path):
+    """No train.json: the headline has the prediction and says how to get the rest; no run figures."""
+    out = tmp_path / "b"
+    poetc("build", "digits-mlp", "--board", "qemu-m4", "--ram", "40K", "--out", str(out), "--no-compile")
+    r = poetc("report", str(out))
+    assert "note: no train.json" in r.stdout
+    page = _parse((out / "report.html").read_text())
+    sched = json.loads((out / "schedule.json").read_text())
+    assert page.first_in_body == "headline"
+    assert page.tiles["hl-ram"]["budget"] == str(40 * 1024) == str(sched["ram_budget_bytes"])
+    assert set(page.tiles["hl-energy"]) == {"predicted"} and page.tiles["hl-accuracy"] == {}
+    assert set(page.energy) == {"predicted"} and set(page.imgs) == {"fig-schedule", "fig-ram", "fig-energy"}
+    assert "no training run: poetc train DIR" in (out / "report.html").read_text()
+
+
 def _chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess:
     exe = shutil.which("chromium") or "chromium"
     flags = [
@@ -151,9 +198,40 @@ def _chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess:
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
+        "--enable-logging=stderr",  # the page's console, one "INFO:CONSOLE" line per message
+        "--v=0",
         f"--user-data-dir={tmp / 'chromium-profile'}",
     ]
     return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+def console_messages(stderr: str) -> list[str]:
+    """What the page wrote to its console (errors, uncaught exceptions, logs), from chromium's log."""
+    return [
+        line.split("] ", 1)[-1] for line in stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line
+    ]
+
+
+def screenshot_dir(tmp: Path) -> Path:
+    """Where the report's screenshot is kept: $POETC_ARTIFACTS, else out/screenshots/ in the checkout."""
+    d = Path(os.environ.get("POETC_ARTIFACTS") or Path(__file__).resolve().parents[2] / "out" / "screenshots")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return tmp
+    return d
+
+
+@pytest.mark.slow
+def test_the_console_check_sees_a_broken_page(tmp_path):
+    need("chromium")
+    bad = tmp_path / "bad.html"
+    bad.write_text('<!DOCTYPE html><html><body><script>console.error("boom"); nope();</script></body></html>')
+    r = _chromium("--dump-dom", bad.as_uri(), tmp=tmp_path)
+    msgs = console_messages(r.stderr)
+    assert any('"boom"' in m for m in msgs) and any("Uncaught ReferenceError" in m for m in msgs), r.stderr[
+        -2000:
+    ]
 
 
 @pytest.mark.slow
@@ -162,6 +240,7 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
     url = (run["build"] / "report.html").resolve().as_uri()
     r = _chromium("--dump-dom", url, tmp=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert console_messages(r.stderr) == []
     body = re.search(r"<body[^>]*>", r.stdout).group(0)
     figures = int(re.search(r'data-figures="(\d+)"', body).group(1))
     rendered = int(re.search(r'data-rendered="(\d+)"', body).group(1))
@@ -169,6 +248,15 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
     page = _parse(r.stdout)
     sched = json.loads((run["build"] / "schedule.json").read_text())
     assert page.rows["energy_j"] == repr(sched["energy_j"]) and page.consistent == "yes"
-    shot = tmp_path / "report.png"
-    r = _chromium(f"--screenshot={shot}", "--window-size=1100,2400", url, tmp=tmp_path)
-    assert r.returncode == 0 and shot.stat().st_size > 20_000
+    assert page.first_in_body == "headline" and set(page.tiles) >= {"hl-ram", "hl-energy", "hl-accuracy"}
+    shot = screenshot_dir(tmp_path) / "report.png"
+    shot.unlink(missing_ok=True)
+    r = _chromium(f"--screenshot={shot}", "--window-size=1280,2000", url, tmp=tmp_path)
+    assert r.returncode == 0 and console_messages(r.stderr) == []
+    import matplotlib.image
+
+    img = matplotlib.image.imread(shot)[..., :3]
+    assert img.shape[:2] == (2000, 1280)
+    top = img[:260]  # the headline: title and tiles, in the first screenful
+    assert (top.max(axis=-1) < 0.3).sum() > 2000, "no dark text at the top of the page"
+    assert ((top[..., 2] > 0.5) & (top[..., 0] < 0.3)).sum() > 500, "no headline figures (blue) at the top"

@@ -24,6 +24,7 @@ def test_wheel_contains_shared_files(tmp_path):
         "poetc/_share/runtime_c/src/interp.c",
         "poetc/_share/runtime_c/include/poet/poet.h",
         "poetc/_share/templates/model.c.j2",
+        "poetc/_share/templates/report.html.j2",
         "poetc/_share/boards/nrf52840.toml",
         "poetc/_share/firmware/host/port_host.c",
         "poetc/data/digits.npz",

@@ -55,7 +55,7 @@ def test_sweep_poet_is_never_above_a_baseline_and_every_output_replays(tmp_path)
     for r in res.rows:
         if r["feasible"]:
             assert r["peak_ram_bytes"] <= r["ram_budget_bytes"]
-    png = plots.energy_vs_budget(res, tmp_path / "e.png")
+    png = plots.energy_vs_budget(res, tmp_path / "e.png", plots.Subject("mlp", "nrf52840", 8))
     assert png.stat().st_size > 10_000
 
 

@@ -1,11 +1,15 @@
 """``poetc report DIR``: one self-contained HTML page about a build and what it did on its target.
 
-Sections: the model and memory; the schedule's figures (schedule.json) with the schedule grid and the RAM
-timeline (plots.py); energy per training step split into compute, page-in and page-out, as predicted (the
-schedule's cost model), as counted on the target (train.json: ticks x active power, paging counts x the board's
-constants) and as metered (--meter); per node, the FLOP model's cycles and energy beside the measured ones (the
-last training step's node ticks, or a profile) with the error; the loss curve. Figures are PNG, embedded as
-base64 data URIs, so the page is one file.
+At the top, the headline: model, board, batch and RAM budget; the RAM it fits in, the energy per step (predicted,
+counted, metered), the accuracy before and after training. Then the model and memory; the schedule's figures
+(schedule.json) with the schedule grid and the RAM timeline; energy per training step split into compute,
+page-in and page-out, as predicted (the schedule's cost model), counted (train.json: ticks x active power, paging
+counts x the board's constants; "emulated" when QEMU ran it) and metered (a power meter, --meter); per node, the
+FLOP model's cycles and energy beside the measured ones (the last training step's node ticks, or a profile) with
+the error; the loss curve. Figures are PNG (plots.py), embedded as base64 data URIs, so the page is one file.
+
+Python computes every figure and formats every value here (``units``); the page is laid out by the Jinja
+template ``templates/report.html.j2`` (autoescaped, StrictUndefined), which holds layout only.
 
 The plots need the program, which ``poetc build`` records in ``program.json`` (``record_build``); the report
 re-plans the problem from model.onnx and board.toml (and the build's profile.json, if it was built with one),
@@ -16,27 +20,33 @@ from __future__ import annotations
 
 import base64
 import datetime
-import html
-import io
 import json
 import math
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 
 from .. import __version__, frontend, pipeline
 from ..boards import Board
+from ..device import target as target_mod
 from ..device.harness import TRAIN_RECORD, active_power_w
 from ..emit import builddir
 from ..errors import PoetcError
 from ..fmt import joules, nbytes, seconds
+from ..resources import templates_dir
 from ..schedule import simulate
 from ..schedule.problem import Problem
 from ..schedule.program import Program, from_program
 from ..schedule.strategies import Solution
+from . import plots
+from .plots import EnergyBar, Subject
+from .units import count, energy_or_dash, model_name, percent, share, watts
 
 PROGRAMS = "program.json"
 PROFILE_COPY = "profile.json"
@@ -117,92 +127,69 @@ def replan(b: builddir.BuildInfo, board: Board) -> Problem:
     return pl.problem
 
 
-# ---- figures ---------------------------------------------------------------------------------------------------
-def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+# ---- the training run (train.json) ---------------------------------------------------------------------------
+# The words for the three ways the report knows a step's energy, used for every label and row id
+PREDICTED = "predicted"  # the schedule's cost model
+COUNTED = "counted"  # instructions or ticks x cycles x power, as QEMU or the host runs give
+METERED = "metered"  # a power meter (PPK2)
+EMULATED = "emulated"  # said of a counted run on an emulator: not the board's own time
 
 
-def _png_file(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
+@dataclass(frozen=True)
+class RunFigures:
+    """What a training run measured, by name, whatever train.json calls it."""
+
+    counted: EnergyBar | None  # per step: compute, page-in, page-out
+    metered_j: float | None  # per training step, mean over the metered steps
+    metered_how: str  # "marker" | "host clock"
+    emulated: bool
+    step_s: float | None  # board seconds per step (steps that only trained)
+    evals: list[tuple[int, float]]  # (step, held-out accuracy)
 
 
-def _energy_figure(rows: list[tuple[str, list[float | None]]]) -> str:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    colors = ("#2171b5", "#31a354", "#fd8d3c")
-    names = ("compute", "page-in", "page-out")
-    for k, (_label, vals) in enumerate(rows):
-        left = 0.0
-        if vals[1] is None:  # metered: the total only
-            ax.barh(k, vals[0] or 0.0, color="#756bb1", label="metered total" if k == len(rows) - 1 else None)
-            continue
-        for v, c, n in zip(vals, colors, names, strict=True):
-            ax.barh(k, v or 0.0, left=left, color=c, label=n if k == 0 else None)
-            left += v or 0.0
-    ax.set_yticks(range(len(rows)), [r[0] for r in rows])
-    ax.invert_yaxis()
-    ax.set_xlabel("J per training step")
-    ax.legend(fontsize=8, loc="lower right")
-    return _png(fig)
-
-
-def _node_figure(pred: np.ndarray, meas: np.ndarray, names: list[str], unit: str) -> str:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 5))
-    ok = (pred > 0) & (meas > 0)
-    ax.scatter(meas[ok], pred[ok], s=18, color="#2171b5", zorder=3)
-    if ok.any():
-        lo = min(pred[ok].min(), meas[ok].min()) / 2
-        hi = max(pred[ok].max(), meas[ok].max()) * 2
-        ax.plot([lo, hi], [lo, hi], color="black", lw=0.8, ls=":", label="prediction = measurement")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        worst = np.argsort(-np.abs(np.log(pred[ok] / meas[ok])))[:5]
-        idx = np.flatnonzero(ok)
-        for w in worst:
-            i = idx[w]
-            ax.annotate(
-                names[i][:24], (meas[i], pred[i]), fontsize=6, xytext=(3, 3), textcoords="offset points"
-            )
-        ax.legend(fontsize=8)
-    ax.set_xlabel(f"measured {unit} per node")
-    ax.set_ylabel(f"FLOP model {unit} per node")
-    ax.set_title("per node: FLOP model versus measurement")
-    return _png(fig)
+def run_figures(train: dict[str, Any], board: Board) -> RunFigures:
+    """Read train.json: the one place that knows its field names (a rename there is a line here)."""
+    e = train.get("counted_energy_per_step", train.get("energy_per_step"))  # None: an emulation's time
+    m = train.get("metered")
+    metered_j = None
+    if m:
+        skip = set(train.get("captured_steps", []))
+        tj = [r[1] for r in m["runs"] if r[0] == 0]  # program 0 is the training step
+        tj = [j for s, j in enumerate(tj, start=1) if s not in skip] or tj
+        metered_j = float(np.mean(tj)) if tj else None
+    counted = None
+    if e:
+        parts = (float(e["compute_j"]), float(e["page_in_j"]), float(e["page_out_j"]))
+        counted = EnergyBar(COUNTED, *parts, sum(parts))
+    secs = [
+        s
+        for k, s in enumerate(train.get("step_seconds", []), 1)
+        if k not in set(train.get("captured_steps", []))
+    ]
+    return RunFigures(
+        counted=counted,
+        metered_j=metered_j,
+        metered_how=m["how"] if m else "",
+        emulated=_emulated(train, board),
+        step_s=float(np.mean(secs)) if secs else None,
+        evals=[(int(s), float(a)) for s, a in train.get("evals", [])],
+    )
 
 
-def _loss_figure(train: dict[str, Any]) -> str:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    loss = train["loss"]
-    ax.plot(range(1, len(loss) + 1), loss, color="#2171b5", lw=1.2, label="loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    if train.get("evals"):
-        ax2 = ax.twinx()
-        s, acc = zip(*train["evals"], strict=True)
-        ax2.plot(s, acc, color="#31a354", marker="o", ms=3, lw=1, label="accuracy")
-        ax2.set_ylabel("accuracy")
-        ax2.set_ylim(0, 1)
-    ax.set_title(f"training on {train['board']}: {train['steps']} steps, lr {train['lr']:g}")
-    return _png(fig)
+def _emulated(train: dict[str, Any], board: Board) -> bool:
+    """QEMU system emulation counts instructions; qemu-aarch64 user mode times the emulation (LinuxTarget on a
+    machine that is not aarch64: this one, where the report is written, is the best guess of where it ran)."""
+    if "emulated" in train:
+        return bool(train["emulated"])
+    if train.get("tick_unit") == "instructions" or board.emulated:
+        return True
+    tgt = target_mod.for_board(board)
+    return isinstance(tgt, target_mod.LinuxTarget) and tgt.emulated
 
 
-# ---- HTML ------------------------------------------------------------------------------------------------------
-def _e(x: object) -> str:
-    return html.escape(str(x))
-
-
-def _fmt(key: str, v: Any) -> str:
+# ---- values for the page ---------------------------------------------------------------------------------------
+def cell_text(key: str, v: Any) -> str:
+    """A schedule.json value for people, by the unit its key names (``_j``, ``_s``, ``_bytes``)."""
     if v is None:
         return "-"
     if isinstance(v, str):
@@ -216,48 +203,122 @@ def _fmt(key: str, v: Any) -> str:
     return f"{v:,}" if isinstance(v, int) else f"{v:.4g}"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], tid: str = "", raw: bool = False) -> str:
-    """An HTML table; cells are escaped unless ``raw`` (cells already HTML)."""
-    h = "".join(f"<th>{_e(x)}</th>" for x in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c if raw else _e(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table{f' id={tid!r}' if tid else ''}><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+def data_value(v: Any) -> str:
+    """A value exactly, for the page's data-value attributes (what the tests read back): repr of a number."""
+    if v is None:
+        return ""
+    return v if isinstance(v, str) else repr(v)
 
 
-def _img(fid: str, b64: str, alt: str, caption: str) -> str:
-    return (
-        f'<figure><img id="{fid}" alt="{_e(alt)}" src="data:image/png;base64,{b64}">'
-        f"<figcaption>{_e(caption)}</figcaption></figure>"
+def error_text(pred: float, meas: float) -> str:
+    return "-" if meas <= 0 else f"{100 * (pred - meas) / meas:+.1f}%"
+
+
+@dataclass(frozen=True)
+class PageFigure:
+    id: str
+    png_b64: str
+    alt: str
+    caption: str
+
+
+def _figure(fid: str, fig: Any, alt: str, caption: str) -> PageFigure:
+    return PageFigure(fid, base64.b64encode(plots.png(fig)).decode(), alt, caption)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One figure of the headline: a big value, what it is, and smaller lines below."""
+
+    id: str
+    label: str
+    value: str
+    lines: list[str]
+    data: dict[str, str]  # data-* attributes: exact values for the tests
+
+
+def headline(
+    sched: dict[str, Any], predicted: EnergyBar | None, run: RunFigures | None, lr: float | None
+) -> list[Tile]:
+    peak, budget = int(sched["peak_ram_bytes"]), int(sched["ram_budget_bytes"])
+    tiles = [
+        Tile("hl-ram", "fits in", nbytes(peak), [f"of {nbytes(budget)} RAM budget ({share(peak, budget)})"],
+             {"peak": str(peak), "budget": str(budget)}),
+    ]  # fmt: skip
+    energy: list[tuple[str, float]] = []
+    if predicted is not None:
+        energy.append((PREDICTED, predicted.total_j))
+    if run is not None and run.counted is not None:
+        energy.append((f"{COUNTED} ({EMULATED})" if run.emulated else COUNTED, run.counted.total_j))
+    if run is not None and run.metered_j is not None:
+        energy.append((METERED, run.metered_j))
+    if energy:
+        tiles.append(
+            Tile(
+                "hl-energy",
+                "energy per training step",
+                joules(energy[0][1]),
+                [f"{word}" if k == 0 else f"{joules(j)} {word}" for k, (word, j) in enumerate(energy)],
+                {w.split()[0]: repr(j) for w, j in energy},
+            )
+        )
+    if run is not None and run.evals:
+        (s0, a0), (s1, a1) = run.evals[0], run.evals[-1]
+        tiles.append(
+            Tile(
+                "hl-accuracy",
+                "held-out accuracy",
+                f"{percent(a0)} \u2192 {percent(a1)}",
+                [f"after step {s0} \u2192 after step {s1}" + (f", learning rate {lr:g}" if lr else "")],
+                {"first": repr(a0), "last": repr(a1)},
+            )
+        )
+    else:
+        tiles.append(Tile("hl-accuracy", "held-out accuracy", "-", ["no training run: poetc train DIR"], {}))
+    moves = [count(int(sched.get(k) or 0), w) for k, w in
+             (("recomputes", "recomputation"), ("page_outs", "page-out"), ("page_ins", "page-in"))]  # fmt: skip
+    time_line = f"{seconds(float(sched['time_s']))} per step predicted"
+    if run is not None and run.step_s is not None:
+        time_line += f", {seconds(run.step_s)} {COUNTED}" + (f" ({EMULATED})" if run.emulated else "")
+    tiles.append(
+        Tile("hl-schedule", "schedule", f"{sched['strategy']} ({sched['status']})", [", ".join(moves), time_line],
+             {"strategy": str(sched["strategy"])})
+    )  # fmt: skip
+    return tiles
+
+
+@dataclass(frozen=True)
+class EnergyRow:
+    id: str  # predicted | counted | metered
+    label: str
+    how: str
+    cells: list[tuple[str, str]]  # (text, exact value) for compute, page-in, page-out, total
+
+
+def _energy_row(rid: str, bar: EnergyBar, how: str) -> EnergyRow:
+    vals = (bar.compute_j, bar.page_in_j, bar.page_out_j, bar.total_j)
+    return EnergyRow(rid, bar.label, how, [(energy_or_dash(v), data_value(v)) for v in vals])
+
+
+# ---- the page ----------------------------------------------------------------------------------------------------
+@cache
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
 
 
-STYLE = """
-body { font-family: sans-serif; max-width: 1200px; margin: 1.5em auto; color: #222; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ccc; margin-top: 1.6em; }
-table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.8em; }
-td, th { border: 1px solid #ddd; padding: 2px 8px; } th { background: #f3f3f3; text-align: left; }
-td { text-align: right; } td:first-child { text-align: left; }
-#node-table td:nth-child(2), #node-table td:nth-child(3) { text-align: left; }
-figure { margin: 0.8em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { font-size: 0.8em; color: #555; } .note { color: #8a4b00; } .meta { color: #666; font-size: 0.85em; }
-"""
-
-# the page counts its own figures once loaded: body data-figures / data-rendered (read by the tests)
-SCRIPT = """
-window.addEventListener("load", function () {
-  var imgs = Array.prototype.slice.call(document.images);
-  document.body.setAttribute("data-figures", imgs.length);
-  document.body.setAttribute("data-rendered",
-    imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length);
-});
-"""
+def render(**ctx: Any) -> str:
+    return _env().get_template("report.html.j2").render(**ctx)
 
 
 def write(b: builddir.BuildInfo, out: Path, profile_path: str | None = None) -> tuple[Path, list[str]]:
     """Write the report of build ``b`` to ``out``; returns the path and notes about what is missing."""
-    import tempfile
-
     from ..device import profile as profile_mod
-    from . import plots
 
     notes: list[str] = []
     board = b.board()
@@ -268,6 +329,7 @@ def write(b: builddir.BuildInfo, out: Path, profile_path: str | None = None) -> 
     elif train.get("hash") != b.doc["hash"]:
         notes.append(f"{TRAIN_RECORD} is from another build of this directory; ignored")
         train = None
+    run = run_figures(train, board) if train is not None else None
     prof = None
     if profile_path:
         prof = profile_mod.load(profile_path)
@@ -275,6 +337,9 @@ def write(b: builddir.BuildInfo, out: Path, profile_path: str | None = None) -> 
     progs = _read_json(b.dir / PROGRAMS) if (b.dir / PROGRAMS).is_file() else None
     if progs is None:
         notes.append(f"no {PROGRAMS} (built by an older poetc?): rebuild for the schedule plots")
+    subject = Subject(
+        model_name(b.doc["model"]["source"]), board.name, b.batch, int(b.doc["memory"]["budget"])
+    )
 
     nodes = b.doc["nodes"]
     T = len(nodes)
@@ -339,17 +404,94 @@ def write(b: builddir.BuildInfo, out: Path, profile_path: str | None = None) -> 
         source = f"the profile this build was scheduled with ({bp.timing})"
     power = active_power_w(board)
 
-    # ---- the page
-    parts: list[str] = []
-    title = f"{b.doc['model']['source']} on {board.name}"
-    parts.append(f"<h1>poetc report: {_e(title)}</h1>")
-    parts.append(
-        f'<p class="meta">build {_e(b.doc["hash"])} in {_e(b.dir)}; written by poetc {_e(__version__)} on '
-        f"{datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}; command: "
-        f"<code>{_e(b.doc.get('command', ''))}</code></p>"
+    # ---- figures and tables
+    figures: dict[str, PageFigure] = {}
+    if p is not None and sol is not None:
+        figures["schedule"] = _figure(
+            "fig-schedule", plots.schedule_grid_figure(p, sol, subject), "schedule grid",
+            "stage x node: compute, recompute, paging, residency",
+        )  # fmt: skip
+        figures["ram"] = _figure(
+            "fig-ram", plots.ram_timeline_figure(p, sol, subject), "RAM timeline",
+            "arena bytes in use after every instruction",
+        )  # fmt: skip
+
+    cost_model = (
+        "measured profile, profile.json"
+        if built_with
+        else "instructions per FLOP calibrated in QEMU, board file"
+        if board.instructions_per_flop
+        else "FLOP model, board constants"
     )
-    for n in notes:
-        parts.append(f'<p class="note">note: {_e(n)}</p>')
+    predicted = None
+    bars: list[tuple[EnergyBar, str]] = []
+    if sol is not None and sol.replay is not None:
+        rp = sol.replay
+        predicted = EnergyBar(PREDICTED, rp.compute_j, rp.page_in_j, rp.page_out_j, rp.energy_j)
+        bars.append((predicted, f"the schedule's cost model ({cost_model})"))
+    if run is not None and run.counted is not None:
+        tick = train["tick_unit"] if train else ""
+        label = f"{COUNTED} ({EMULATED})" if run.emulated else COUNTED
+        bars.append(
+            (
+                EnergyBar(label, run.counted.compute_j, run.counted.page_in_j, run.counted.page_out_j,
+                          run.counted.total_j),
+                f"{tick} converted to board seconds x {watts(power)} active power; paging counts x the board's "
+                f"latency, throughput and {watts(board.memory_power_w)}",
+            )
+        )  # fmt: skip
+    if run is not None and run.metered_j is not None:
+        bars.append(
+            (EnergyBar(METERED, None, None, None, run.metered_j), f"power meter, steps framed by {run.metered_how}")
+        )  # fmt: skip
+    energy_rows = [_energy_row(bar.label.split()[0], bar, how) for bar, how in bars]
+    if bars:
+        figures["energy"] = _figure(
+            "fig-energy", plots.energy_breakdown_figure([bar for bar, _ in bars], subject), "energy breakdown",
+            "energy per training step: compute, page-in, page-out (a meter sees the total only)",
+        )  # fmt: skip
+
+    node_table = None
+    if meas_s is not None:
+        clock = board.clock_hz
+        sched_s = p.compute_s if (p is not None and built_with) else None
+        head = ["#", "node", "op", "FLOPs", "runs", "measured cycles", "FLOP model cycles", "error"]
+        if sched_s is not None:
+            head += ["profile cycles", "error"]
+        head += ["measured energy", "FLOP model energy", "error"]
+        trows = []
+        for i, n in enumerate(nodes):
+            m = float(meas_s[i])
+            row = [str(i), n["name"][:32], n["op"], f"{int(flops[i]):,}", str(int(runs[i]))]
+            row += [f"{m * clock:,.0f}", f"{pred_s[i] * clock:,.0f}", error_text(float(pred_s[i]), m)]
+            if sched_s is not None:
+                row += [f"{float(sched_s[i]) * clock:,.0f}", error_text(float(sched_s[i]), m)]
+            row += [joules(m * power), joules(float(pred_j[i])), error_text(float(pred_j[i]), m * power)]
+            trows.append(row)
+        tot_p = float((pred_s * runs).sum())
+        tot_m = float((meas_s * runs).sum())
+        node_table = {
+            "source": source,
+            "clock": f"{clock / 1e6:g} MHz",
+            "power": watts(power),
+            "flop_model_step": seconds(tot_p),
+            "measured_step": seconds(tot_m),
+            "ratio": f"{tot_p / tot_m if tot_m else float('nan'):.3g}",
+            "head": head,
+            "rows": trows,
+        }
+        figures["nodes"] = _figure(
+            "fig-nodes",
+            plots.node_figure(pred_s * clock, meas_s * clock, [n["name"] for n in nodes], "cycles", subject),
+            "per-node prediction versus measurement",
+            "each dot a node, the worst predicted named; on the dotted line the FLOP model is exact",
+        )
+    if train is not None and train.get("loss"):
+        figures["loss"] = _figure(
+            "fig-loss", plots.loss_figure(train["loss"], run.evals if run else [], train["lr"], subject),
+            "loss curve", "training loss per step and held-out accuracy",
+        )  # fmt: skip
+
     n_params = sum(int(np.prod(t["shape"])) for t in b.doc["tensors"] if t["name"] in set(b.doc["params"]))
     model_rows = [
         ["model", b.doc["model"]["source"]],
@@ -359,153 +501,28 @@ def write(b: builddir.BuildInfo, out: Path, profile_path: str | None = None) -> 
         ["parameters", f"{n_params:,} ({len(b.doc['params'])} tensors)"],
         ["training graph", f"{T} nodes ({sum(1 for n in nodes if n['phase'] == 'forward')} forward)"],
         ["board", f"{board.name}: {board.description}"],
-        ["cost model", "measured profile (profile.json)" if built_with else "FLOP model (board constants)"],
+        ["cost model", cost_model],
     ]
-    parts.append('<section id="model"><h2>Model and memory</h2>')
-    parts.append(_table(["", ""], model_rows, "model-summary"))
-    parts.append(
-        _table(["memory", "bytes"], [[k, f"{int(v):,}"] for k, v in b.doc["memory"].items()], "memory")
-    )
-    parts.append("</section>")
-
-    rows = []
-    for key, label in SCHEDULE_KEYS:
-        v = sched.get(key)
-        rows.append(
-            f'<tr data-key="{key}" data-value="{_e(repr(v) if not isinstance(v, str) else v)}">'
-            f"<td>{_e(label)}</td><td>{_e(_fmt(key, v))}</td></tr>"
-        )
-    attr = "" if consistent is None else f' data-consistent="{"yes" if consistent else "no"}"'
-    parts.append('<section id="schedule"><h2>Schedule</h2>')
-    parts.append(
-        f'<table id="schedule-figures"{attr}><thead><tr><th>schedule.json</th><th></th></tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table>"
-    )
-    if p is not None and sol is not None:
-        with tempfile.TemporaryDirectory() as td:
-            g = plots.schedule_grid(p, sol, Path(td) / "grid.png")
-            r = plots.ram_timeline(p, sol, Path(td) / "ram.png")
-            parts.append(
-                _img(
-                    "fig-schedule",
-                    _png_file(g),
-                    "schedule grid",
-                    "stage x node: compute, recompute, paging, residency",
-                )
-            )
-            parts.append(
-                _img("fig-ram", _png_file(r), "RAM timeline", "arena bytes in use after every instruction")
-            )
-    parts.append("</section>")
-
-    # energy breakdown
-    e_rows: list[tuple[str, list[float | None]]] = []
-    if p is not None and sol is not None and sol.replay is not None:
-        rp = sol.replay
-        e_rows.append(("predicted (schedule's cost model)", [rp.compute_j, rp.page_in_j, rp.page_out_j]))
-    if train is not None:
-        e = train.get(
-            "counted_energy_per_step", train.get("energy_per_step")
-        )  # None: ticks time an emulation
-        if e is not None:
-            e_rows.append(("counted on the target", [e["compute_j"], e["page_in_j"], e["page_out_j"]]))
-        else:
-            notes.append(f"{TRAIN_RECORD}: {train['timing']['how']}; no counted energy")
-        if train.get("metered"):
-            m = train["metered"]
-            skip = set(train.get("captured_steps", []))
-            tj = [r[1] for r in m["runs"] if r[0] == 0]
-            tj = [j for s, j in zip(range(1, len(tj) + 1), tj, strict=True) if s not in skip] or tj
-            if tj:
-                e_rows.append((f"metered ({m['how']})", [float(np.mean(tj)), None, None]))
-    parts.append('<section id="energy"><h2>Energy per training step</h2>')
-    if e_rows:
-        cells = []
-        for label, vals in e_rows:
-            total = sum(v for v in vals if v is not None)
-            cells.append(
-                f'<tr data-row="{_e(label.split()[0])}"><td>{_e(label)}</td>'
-                + "".join(
-                    f'<td data-value="{"" if v is None else repr(float(v))}">{"-" if v is None else _e(joules(v))}</td>'
-                    for v in vals
-                )
-                + f'<td data-value="{total!r}">{_e(joules(total))}</td></tr>'
-            )
-        parts.append(
-            '<table id="energy-breakdown"><thead><tr><th></th><th>compute</th><th>page-in</th><th>page-out</th>'
-            f"<th>total</th></tr></thead><tbody>{''.join(cells)}</tbody></table>"
-        )
-        parts.append(
-            _img(
-                "fig-energy",
-                _energy_figure(e_rows),
-                "energy breakdown",
-                "J per step: compute, page-in, page-out",
-            )
-        )
-        parts.append(
-            f"<p>Counted: ticks converted to board seconds ({_e(train['tick_unit'] if train else '')}) x "
-            f"{power * 1e3:.4g} mW active power; paging: the RUN's page-in/out counts and bytes x the board's latency, "
-            f"throughput and {board.memory_power_w:g} W.</p>"
-        )
-    parts.append("</section>")
-
-    parts.append('<section id="nodes"><h2>Predicted versus measured, per node</h2>')
-    if meas_s is not None:
-        clock = board.clock_hz
-        sched_s = p.compute_s if (p is not None and built_with) else None
-        head = ["#", "node", "op", "FLOPs", "runs", "measured cycles", "FLOP model cycles", "error"]
-        if sched_s is not None:
-            head += ["profile cycles", "error"]
-        head += ["measured energy", "FLOP model energy", "error"]
-
-        def err(pred: float, meas: float) -> str:
-            return "-" if meas <= 0 else f"{100 * (pred - meas) / meas:+.1f}%"
-
-        trows = []
-        for i, n in enumerate(nodes):
-            m = float(meas_s[i])
-            row = [str(i), n["name"][:32], n["op"], f"{int(flops[i]):,}", str(int(runs[i]))]
-            row += [f"{m * clock:,.0f}", f"{pred_s[i] * clock:,.0f}", err(float(pred_s[i]), m)]
-            if sched_s is not None:
-                row += [f"{float(sched_s[i]) * clock:,.0f}", err(float(sched_s[i]), m)]
-            row += [joules(m * power), joules(float(pred_j[i])), err(float(pred_j[i]), m * power)]
-            trows.append(row)
-        tot_p = float((pred_s * runs).sum())
-        tot_m = float((meas_s * runs).sum())
-        parts.append(
-            f"<p>Measured: {_e(source)}. Cycles are board cycles (board seconds x {clock / 1e6:g} MHz); energy is "
-            f"time x {power * 1e3:.4g} mW. Error = (prediction - measurement) / measurement. One step, every node "
-            f"as often as it runs: FLOP model {_e(seconds(tot_p))}, measured {_e(seconds(tot_m))} "
-            f'(<span id="step-ratio">{tot_p / tot_m if tot_m else float("nan"):.3g}</span>x).</p>'
-        )
-        parts.append(_table(head, trows, "node-table"))
-        parts.append(
-            _img(
-                "fig-nodes",
-                _node_figure(pred_s * clock, meas_s * clock, [n["name"] for n in nodes], "cycles"),
-                "per-node prediction versus measurement",
-                "each dot a node; on the dotted line the FLOP model is exact",
-            )
-        )
-    else:
-        parts.append('<p class="note">no measurement: run poetc train (or pass --profile FILE)</p>')
-    parts.append("</section>")
-
-    parts.append('<section id="loss"><h2>Loss</h2>')
-    if train is not None and train.get("loss"):
-        parts.append(
-            _img("fig-loss", _loss_figure(train), "loss curve", "training loss per step (and accuracy)")
-        )
-    else:
-        parts.append('<p class="note">no training run recorded</p>')
-    parts.append("</section>")
-
-    page = (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>poetc report: {_e(title)}</title>'
-        f'<style>{STYLE}</style></head>\n<body data-build-hash="{_e(b.doc["hash"])}">\n'
-        + "\n".join(parts)
-        + f"\n<script>{SCRIPT}</script>\n</body></html>\n"
+    page = render(
+        title=f"{subject.model} on {board.name}",
+        subject=subject.details(),
+        build_hash=b.doc["hash"],
+        build_dir=str(b.dir),
+        version=__version__,
+        written=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        command=b.doc.get("command", ""),
+        notes=notes,
+        headline=headline(sched, predicted, run, train["lr"] if train else None),
+        model_rows=model_rows,
+        memory_rows=[[k, f"{int(v):,}", nbytes(int(v))] for k, v in b.doc["memory"].items()],
+        schedule_rows=[
+            {"key": k, "label": label, "text": cell_text(k, sched.get(k)), "value": data_value(sched.get(k))}
+            for k, label in SCHEDULE_KEYS
+        ],
+        consistent=None if consistent is None else ("yes" if consistent else "no"),
+        energy_rows=energy_rows,
+        node_table=node_table,
+        figures=figures,
     )
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")

@@ -7,8 +7,8 @@ model, with the boards' calibrated compute model; and the measurement that calib
 
 The table. Each model is built for the board (at its default batch, else the largest batch that fits, else, on
 qemu-m4, for "qemu-m4 4MB": the same board file with the 4 MB of RAM and flash that QEMU's mps2-an386 has,
-which only the budget check and the linker script limit to 256 KB / 1 MB), with POET's schedule at the board's
-RAM, and with a tight budget that makes the schedule recompute and page where the model allows. Three training
+which only the budget check and the linker script limit to 256 KB / 1 MB), with the cheapest heuristic schedule
+that fits the board's RAM (else POET's), and with POET's under tight budgets that make it recompute and page. Three training
 steps run in QEMU (lr 0). "predicted" is the schedule's energy per step (schedule.json: the board's cost model);
 "counted" is what ``poetc train`` reports: the instructions QEMU counted x cycles_per_instruction / clock_hz x
 active power, plus the paging the RUN reported x the board's paging constants. "POET FLOP" is the same schedule
@@ -50,10 +50,11 @@ from poetc.schedule import cost, problem, simulate, strategies
 
 BIG_RAM = 4 * 1024 * 1024  # mps2-an386: 4 MB SSRAM at 0x0 (code) and at 0x20000000 (data)
 OPTS = strategies.SolveOptions(time_limit_s=20.0)
-# tight budgets: (model, RAM, deadline) where the schedule recomputes and pages (the demo's and the CNN test's)
+# tight budgets where the schedule recomputes or pages: (model, batch, byte input scale, RAM, deadline): the
+# demo's, the CNN test's, and the 16 KB Cortex-M0's digits MLP (README)
 TIGHT = {
-    "qemu-m4": [("digits-deep-mlp", "200K", "1.2x"), ("digits-cnn", "108K", "1.2x")],
-    "qemu-m0": [("digits-mlp", "14K", None)],
+    "qemu-m4": [("digits-deep-mlp", None, None, "200K", "1.2x"), ("digits-cnn", None, None, "108K", "1.2x")],
+    "qemu-m0": [("digits-mlp", 8, 1 / 16, None, None)],
 }
 
 
@@ -80,19 +81,20 @@ def _fits(model: Model, board: boards.Board) -> bool:
         return False
 
 
-def fitting(name: str, board: boards.Board, big: boards.Board | None) -> tuple[Model, boards.Board] | None:
-    """The model at its default batch, else the largest batch (halving) that fits the board, else on ``big``."""
-    batch = zoo.default_batch(name)
+def candidates(name: str, board: boards.Board, big: boards.Board | None) -> list[tuple[Model, boards.Board]]:
+    """Where the model may run, in order: on the board at its default batch, then at halved batches, then the
+    same on ``big``."""
+    out = []
     for b in (board, big):
         if b is None:
             continue
-        k = batch
+        k = zoo.default_batch(name)
         while k >= 1:
             m = frontend.load(name, batch=k)
             if _fits(m, b):
-                return m, b
+                out.append((m, b))
             k //= 2
-    return None
+    return out
 
 
 # ---- the table --------------------------------------------------------------------------------------------------
@@ -122,14 +124,19 @@ def flat_energy(c: pipeline.Compiled) -> float:
 def row(
     label: str, model: Model, board: boards.Board, ram: str | None, deadline: str | None, work: Path
 ) -> list:
-    c = pipeline.compile_model(
-        model, board, pipeline.parse_bytes(ram) if ram else None, "poet", opts=OPTS, deadline=deadline
-    )
+    budget = pipeline.parse_bytes(ram) if ram else None
+    strategy = "poet"
+    if ram is None and deadline is None:  # any schedule will do at the board's RAM: the cheapest heuristic's
+        best = strategies.best_heuristic(pipeline.plan(model, board).problem)
+        strategy = best.strategy if best is not None else "poet"
+    c = pipeline.compile_model(model, board, budget, strategy, opts=OPTS, deadline=deadline)
     f = builddir.schedule_summary(c)
     ticks, paging, hz = run_steps(c, work / "b")
     e = harness.step_energy(board, target.for_board(board), ticks, hz, paging)
-    what = (
-        f"{f['recomputes']} recomp., {f['page_outs']} page-outs" if f["recomputes"] or f["page_outs"] else "-"
+    what = c.strategy + (
+        f", {f['recomputes']} recomp., {f['page_outs']} page-outs"
+        if f["recomputes"] or f["page_outs"]
+        else ""
     )
     return [
         board.name,
@@ -155,34 +162,37 @@ def print_table(board_names: list[str], models: list[str]) -> None:
             board = boards.load(bname)
             big = big_board(board, work) if board.ram_bytes < BIG_RAM and bname == "qemu-m4" else None
             for name in models:
-                got = fitting(name, board, big)
-                if got is None:
-                    rows.append([bname, name, "-", "-", f"does not fit {board.ram_bytes // 1024} KB at any batch"]
-                                + ["-"] * 5)  # fmt: skip
-                    print(f"  {bname} {name}: does not fit", flush=True)
-                    continue
-                model, b = got
-                print(f"  {b.name} {name} (batch {model.graph.tensor(model.input).shape[0]}) ...", flush=True)
-                try:
-                    r = row(name, model, b, None, None, work)
-                except PoetcError as e:
-                    rows.append([b.name, name, "-", "-", f"failed: {e}"] + ["-"] * 5)
+                r, why = None, f"does not fit {board.ram_bytes // 1024} KB at any batch"
+                for model, b in candidates(name, board, big):
+                    print(
+                        f"  {b.name} {name} (batch {model.graph.tensor(model.input).shape[0]}) ...",
+                        flush=True,
+                    )
+                    try:
+                        r = row(name, model, b, None, None, work)
+                        break
+                    except PoetcError as e:  # e.g. no schedule whose arena fits: a smaller batch may
+                        why = f"failed: {e}"
+                        print(f"  {why}", flush=True)
+                    finally:
+                        shutil.rmtree(work / "b", ignore_errors=True)
+                if r is None:
+                    rows.append([bname, name, "-", "-", why] + ["-"] * 5)
+                    print(f"  {bname} {name}: {why}", flush=True)
                     continue
                 rows.append(r)
                 worst = max(worst, abs(math.log(float(r[7]))))
                 print(table(headers, [r]).splitlines()[-1], flush=True)
-                shutil.rmtree(work / "b", ignore_errors=True)
-            for name, ram, deadline in TIGHT.get(bname, []):
+            for name, batch, u8, ram, deadline in TIGHT.get(bname, []):
                 if name not in models:
                     continue
-                model = frontend.load(name, batch=8) if bname == "qemu-m0" else frontend.load(name)
-                if bname == "qemu-m0":
-                    model = u8_input(model, 1 / 16)
-                r = row(
-                    name + (" (u8 input)" if bname == "qemu-m0" else ""), model, board, ram, deadline, work
-                )
+                model = frontend.load(name, batch=batch)
+                if u8 is not None:
+                    model = u8_input(model, u8)
+                r = row(name + (" (u8 input)" if u8 else ""), model, board, ram, deadline, work)
                 rows.append(r)
                 worst = max(worst, abs(math.log(float(r[7]))))
+                print(table(headers, [r]).splitlines()[-1], flush=True)
                 shutil.rmtree(work / "b", ignore_errors=True)
     print()
     print(table(headers, rows, "llrllrrrrr"))

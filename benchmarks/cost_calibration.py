@@ -164,7 +164,9 @@ def print_table(board_names: list[str], models: list[str]) -> None:
             for name in models:
                 r, why = None, f"does not fit {board.ram_bytes // 1024} KB at any batch"
                 if big is not None:
-                    why = f"does not fit {board.ram_bytes // 1024} KB nor {big.ram_bytes >> 20} MB at any batch"
+                    why = (
+                        f"does not fit {board.ram_bytes // 1024} KB nor {big.ram_bytes >> 20} MB at any batch"
+                    )
                 for model, b in candidates(name, board, big):
                     print(
                         f"  {b.name} {name} (batch {model.graph.tensor(model.input).shape[0]}) ...",

@@ -535,7 +535,7 @@ class _Formatter(argparse.HelpFormatter):
         if (
             action.required
             or not action.option_strings
-            or action.default in (None, False, argparse.SUPPRESS)
+            or any(action.default is x for x in (None, False, argparse.SUPPRESS))  # (0 is a default to show)
             or "default" in text
         ):
             return text
@@ -641,7 +641,7 @@ def make_parser() -> argparse.ArgumentParser:
         default=6,
         help="RAM budgets, from the smallest feasible one to the store-all peak",
     )
-    s.add_argument("--jobs", type=int, default=0, help="parallel solves (default: 0, one per core)")
+    s.add_argument("--jobs", type=int, default=0, help="parallel solves; 0: one per core")
     s.add_argument(
         "--out",
         metavar="DIR",

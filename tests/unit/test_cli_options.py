@@ -44,7 +44,7 @@ def test_every_option_has_help_and_shows_its_default(name):
         assert "".join(shown.split()) in text, f"{what}: its help is not in --help"
         if not a.option_strings or a.required:
             continue
-        if a.default not in (None, False):
+        if a.default is not None and a.default is not False:  # 0 == False, but 0 is a default to show
             assert f"(default: {a.default})" in shown, f"{what}: default {a.default!r} not shown: {shown}"
         elif a.default is None:
             # worked out later (from the board, the model, the build): the help says what it is

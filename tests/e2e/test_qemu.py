@@ -241,7 +241,7 @@ def test_paging_through_semihosting_with_a_scheduler_that_pages(tmp_path):
     r = poetc("train", str(out), "--steps", "3", "--lr", "0.1", "--eval-every", "0")
     m = re.search(r"paging per step: (\d+) page-ins \(([^)]+)\), (\d+) page-outs", r.stdout)
     assert m and int(m.group(1)) > 0 and int(m.group(3)) > 0, r.stdout
-    assert re.search(r"^measured\s+\S+ \w?J\s+[1-9]", r.stdout, re.M)  # non-zero paging energy
+    assert re.search(r"^counted\s+\S+ \w?J\s+[1-9]", r.stdout, re.M)  # non-zero paging energy
     assert "PASS" in poetc("verify", str(out)).stdout
 
 

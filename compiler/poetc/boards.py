@@ -3,10 +3,16 @@
 Each ``boards/<name>.toml`` describes one target: its memory, clock, storage, the firmware port that runs on it,
 and the cost constants of POET's model (FLOP/s, FLOP/J, paging latency and throughput, memory power). Every
 constant's origin is recorded in the file's ``[sources]`` table.
+
+A board may also carry a calibrated compute model (the emulated boards do): ``[instructions_per_flop]`` and
+``[instructions_per_run]``, keyed by op (``conv2d``), op and shape class (``conv2d.k5``, ``conv2d.depthwise``), op
+family (``conv``) or ``default``; a node then takes instructions_per_flop x FLOPs + instructions_per_run per
+run, x cycles_per_instruction / clock_hz seconds, at compute_power_w (schedule/cost.py).
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -46,12 +52,20 @@ class Board:
     flash_pager: bool = False
     flash_erase_page_bytes: int = 0  # the erase unit
     flash_endurance_cycles: int = 0  # erase/write cycles a flash page is rated for
+    # the calibrated compute model (module doc): op key -> instructions per FLOP, instructions per run
+    instructions_per_flop: dict[str, float] = field(default_factory=dict, hash=False)
+    instructions_per_run: dict[str, float] = field(default_factory=dict, hash=False)
     sources: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     path: str = ""
 
     @property
     def emulated(self) -> bool:
         return bool(self.emulator)
+
+    @property
+    def compute_power_w(self) -> float:
+        """The core's power while computing: active_power_w, or POET's flop_per_s / flop_per_j."""
+        return self.active_power_w or self.flop_per_s / self.flop_per_j
 
 
 _OPTIONAL_DEFAULTS = (
@@ -61,8 +75,12 @@ _OPTIONAL_DEFAULTS = (
     "flash_pager",
     "flash_erase_page_bytes",
     "flash_endurance_cycles",
+    "instructions_per_flop",
+    "instructions_per_run",
     "sources",
 )
+_CALIBRATION = ("instructions_per_flop", "instructions_per_run")
+_OP_KEY = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)?")
 
 
 def _check(path: Path, doc: dict[str, Any], check_name: bool = True) -> Board:
@@ -94,6 +112,17 @@ def _check(path: Path, doc: dict[str, Any], check_name: bool = True) -> Board:
         elif t == "bool":
             if not isinstance(v, bool):
                 raise PoetcError(f"{where}: field {f.name!r} must be true or false, got {v!r}")
+        elif f.name in _CALIBRATION:
+            if not isinstance(v, dict) or not v:
+                raise PoetcError(f"{where}: [{f.name}] must be a table of op names to numbers")
+            for k, x in v.items():
+                if not _OP_KEY.fullmatch(k):
+                    raise PoetcError(f"{where}: [{f.name}] key {k!r} is not an op, op.class or family name")
+                if not isinstance(x, int | float) or isinstance(x, bool) or x < 0:
+                    raise PoetcError(f"{where}: [{f.name}] {k} must be a non-negative number, got {x!r}")
+            if "default" not in v:
+                raise PoetcError(f"{where}: [{f.name}] needs a 'default' entry for ops it does not name")
+            v = {k: float(x) for k, x in v.items()}
         elif f.name == "sources":
             if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
                 raise PoetcError(f"{where}: [sources] must map field names to strings")
@@ -120,6 +149,10 @@ def _check(path: Path, doc: dict[str, Any], check_name: bool = True) -> Board:
         for k in ("flash_erase_page_bytes", "flash_endurance_cycles"):
             if not vals.get(k):
                 raise PoetcError(f"{where}: flash_pager = true needs a positive {k!r}")
+    if ("instructions_per_flop" in vals) != ("instructions_per_run" in vals):
+        raise PoetcError(f"{where}: [instructions_per_flop] and [instructions_per_run] come together")
+    if "instructions_per_flop" in vals and "cycles_per_instruction" not in vals:
+        raise PoetcError(f"{where}: [instructions_per_flop] needs the field 'cycles_per_instruction'")
     if not 64 <= vals["frame_max_bytes"] <= 65535:
         raise PoetcError(f"{where}: field 'frame_max_bytes' must be in 64..65535")
     return Board(**vals, path=where)

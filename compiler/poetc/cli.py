@@ -19,7 +19,7 @@ from .errors import PoetcError
 from .fmt import joules, nbytes, seconds, table
 from .graph.ir import Model
 from .graph.options import TrainingOptions, parse_optimizer
-from .schedule import memplan, strategies
+from .schedule import strategies
 
 
 class _Parser(argparse.ArgumentParser):
@@ -120,30 +120,18 @@ def _solving(what: str, opts: strategies.SolveOptions) -> tuple[progress.Task, C
 
 
 def _figure_rows(figs: list[dict]) -> list[list[object]]:
+    """One row per strategy; an infeasible one says why in full (the table wraps it)."""
     rows = []
     for f in figs:
         if not f["feasible"]:
-            rows.append(
-                [
-                    f["strategy"],
-                    "no",
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    f"{f['solve_s']:.2f} s",
-                    f["message"][:60],
-                ]
-            )
+            why = f"{f['status']}: {f['message']}" if f["message"] else f["status"]
+            rows.append([f["strategy"], *["-"] * 7, f"{f['solve_s']:.2f} s", why])
             continue
         gap = "" if f["gap"] is None else f"gap {100 * f['gap']:.2f}%"
+        repairs = f.get("fragmentation_repairs") or 0
         rows.append(
             [
                 f["strategy"],
-                "yes",
                 joules(f["energy_j"]),
                 joules(f["extra_energy_j"]),
                 joules(f["compute_energy_j"]),
@@ -152,7 +140,8 @@ def _figure_rows(figs: list[dict]) -> list[list[object]]:
                 nbytes(f["peak_ram_bytes"]),
                 nbytes(f["arena_bytes"]),
                 f"{f['solve_s']:.2f} s",
-                f"{f['status']} {gap}".strip(),
+                f"{f['status']} {gap}".strip()
+                + (f"; {repairs} re-solve(s) for fragmentation" if repairs else ""),
             ]
         )
     return rows
@@ -160,7 +149,6 @@ def _figure_rows(figs: list[dict]) -> list[list[object]]:
 
 _FIG_HEADERS = [
     "strategy",
-    "feasible",
     "energy",
     "extra",
     "compute",
@@ -171,16 +159,30 @@ _FIG_HEADERS = [
     "solve",
     "status",
 ]
+_FIG_ALIGN = "lrrrrrrrrl"
+
+
+def _profile_path(text: str) -> str:
+    """A profile: poetc profile's directory (its profile.json) or the file itself."""
+    path = Path(text)
+    return str(path / PROFILE_FILE) if path.is_dir() else text
 
 
 def _profile_kw(a: argparse.Namespace, model: Model, board: boards.Board) -> dict:
-    """--profile FILE: measured seconds per node in place of the FLOP model (checked against model and board)."""
+    """--profile PROFILE: measured seconds per node in place of the cost model (checked against model and board)."""
     if not a.profile:
         return {}
     from .device import profile
 
-    prof = profile.for_build(a.profile, model, board, _say)
-    return {"profile": prof.node_seconds(), "profile_source": a.profile}
+    path = _profile_path(a.profile)
+    prof = profile.for_build(path, model, board, _say)
+    return {"profile": prof.node_seconds(), "profile_source": path}
+
+
+def _default_out(kind: str, model: str, board: boards.Board) -> Path:
+    """``kind``/MODEL-BOARD: where build, sweep and profile write when --out is not given."""
+    stem = Path(model).stem if model.endswith(".onnx") else Path(model).name
+    return Path(kind) / f"{stem}-{board.name}"
 
 
 def _training(a: argparse.Namespace) -> TrainingOptions:
@@ -201,10 +203,9 @@ def _trainable_line(c: pipeline.Compiled) -> str:
 
 def cmd_build(a: argparse.Namespace) -> int:
     board = boards.load(a.board)
-    ram = pipeline.parse_bytes(a.ram) if a.ram else None
     opts = _solve_options(a)
     training = _training(a)
-    out = Path(a.out)
+    out = Path(a.out) if a.out else _default_out("build", a.model, board)
     builddir.check_out_dir(out)
     tgt = target.for_board(board)
     t0 = time.perf_counter()
@@ -213,17 +214,19 @@ def cmd_build(a: argparse.Namespace) -> int:
     task, watch = _solving("scheduling", opts)
     with task:
         c = pipeline.compile_model(
-            model, board, ram, a.strategy, _command_line(), progress=_say, opts=opts, deadline=a.deadline,
+            model, board, a.ram, a.strategy, _command_line(), progress=_say, opts=opts, deadline=a.deadline,
             params=a.params, watch=watch, training=training, **_profile_kw(a, model, board),
         )  # fmt: skip
     builddir.write(c, out, _command_line(), tgt, say=_say, compile_=not a.no_compile)
     from .report import page
 
-    page.record_build(c, out, a.profile)  # program.json (and profile.json) for poetc report
+    page.record_build(
+        c, out, _profile_path(a.profile) if a.profile else None
+    )  # program.json (and profile.json) for poetc report
     s = builddir.schedule_summary(c)
     print(_trainable_line(c))
     print(table(["memory", "bytes"], [[k, v] for k, v in c.memory.rows()], "lr"))
-    print(table(_FIG_HEADERS, _figure_rows([s])))
+    print(table(_FIG_HEADERS, _figure_rows([s]), _FIG_ALIGN))
     wear = builddir.flash_pager_wear(c)
     if wear and wear["erases_per_step"]:
         print(
@@ -241,19 +244,26 @@ def cmd_build(a: argparse.Namespace) -> int:
 
 
 # ---- solve / sweep ----------------------------------------------------------------------------------------
-def _solve_one(pl: pipeline.Planned, name: str, opts: strategies.SolveOptions) -> dict:
+def _solve_one(
+    pl: pipeline.Planned, model: Model, board: boards.Board, name: str, opts: strategies.SolveOptions
+) -> tuple[dict, strategies.Solution | None]:
+    """What ``poetc build --strategy name`` would produce at this budget (the same pipeline: schedule, arena
+    plan, fragmentation re-solves, storage), as figures; or, when it would fail, why, with the strategy's own
+    answer. The smallest feasible budget is left to build (its search re-solves many times)."""
     task, watch = _solving(f"solving {name}", opts)
-    with task:
-        sol = strategies.run(name, pl.problem, opts, progress=_say, watch=watch)
-    arena = None
-    if sol.ok:
-        arena = memplan.plan(sol.program, pl.problem.mem).arena_bytes
-    return strategies.figures(pl.problem, sol, pl.fixed.fixed, arena) | {"_solution": sol}
+    try:
+        with task:
+            c = pipeline.compile_planned(pl, model, board, name, opts, _say, smallest=False, watch=watch)
+    except pipeline.NoSchedule as e:
+        sol = e.solution
+        if sol is None or sol.ok:  # the schedule itself was found but does not fit once laid out
+            sol = strategies.Solution(name, "infeasible", None, None, None, sol.solve_s if sol else 0.0)
+        return strategies.figures(pl.problem, sol, pl.fixed.fixed, None) | {"message": str(e)}, None
+    return builddir.schedule_summary(c), c.solution
 
 
 def cmd_solve(a: argparse.Namespace) -> int:
     board = boards.load(a.board)
-    ram = pipeline.parse_bytes(a.ram) if a.ram else None
     opts = _solve_options(a)
     quiet = a.json
     global _QUIET
@@ -265,7 +275,7 @@ def cmd_solve(a: argparse.Namespace) -> int:
         pl = pipeline.plan(
             model,
             board,
-            ram,
+            a.ram,
             a.deadline,
             _say,
             params=a.params,
@@ -273,7 +283,11 @@ def cmd_solve(a: argparse.Namespace) -> int:
             **_profile_kw(a, model, board),
         )
         names = list(strategies.NAMES) if a.compare else [a.strategy]
-        figs = [_solve_one(pl, name, opts) for name in names]
+        figs, sols = [], []
+        for name in names:
+            f, sol = _solve_one(pl, model, board, name, opts)
+            figs.append(f)
+            sols.append(sol)
     finally:
         _QUIET = False
     if a.plot:
@@ -282,13 +296,10 @@ def cmd_solve(a: argparse.Namespace) -> int:
         d = Path(a.plot)
         d.mkdir(parents=True, exist_ok=True)
         subject = plots.Subject.of(model, board.name, pl.fixed.budget)
-        for f in figs:
-            sol = f["_solution"]
-            if sol.ok:
+        for sol in sols:
+            if sol is not None:
                 plots.schedule_grid(pl.problem, sol, d / f"schedule-{sol.strategy}.png", subject)
                 plots.ram_timeline(pl.problem, sol, d / f"ram-{sol.strategy}.png", subject)
-    for f in figs:
-        f.pop("_solution")
     if a.json:
         print(json.dumps(figs if a.compare else figs[0], indent=1))
     else:
@@ -298,7 +309,7 @@ def cmd_solve(a: argparse.Namespace) -> int:
             f"{nbytes(pl.fixed.fixed)} fixed); floor energy {joules(p.floor_j)}"
             + (f"; deadline {seconds(p.deadline_s)}" if p.deadline_s else "")
         )
-        print(table(_FIG_HEADERS, _figure_rows(figs)))
+        print(table(_FIG_HEADERS, _figure_rows(figs), _FIG_ALIGN))
         if a.plot:
             print(f"plots in {a.plot}")
     return 0 if all(f["feasible"] for f in figs) or a.compare else 1
@@ -310,21 +321,23 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 
     board = boards.load(a.board)
     opts = _solve_options(a)
-    print(f"poetc sweep {a.model} for {board.name}", flush=True)
-    model = _load_model(a)
-    pl = pipeline.plan(model, board, None, a.deadline, _say, training=_training(a), params=a.params)
-    names = a.strategies.split(",") if a.strategies else list(strategies.NAMES)
-    for n in names:
-        if n not in strategies.NAMES:
-            raise PoetcError(f"--strategies: unknown strategy {n!r} (known: {', '.join(strategies.NAMES)})")
     if a.points < 2:
         raise PoetcError(f"--points must be at least 2, got {a.points}")
+    if a.jobs < 0:
+        raise PoetcError(f"--jobs must be >= 0, got {a.jobs}")
+    names = a.strategies or list(strategies.NAMES)
+    out = Path(a.out) if a.out else _default_out("sweep", a.model, board)
+    print(f"poetc sweep {a.model} for {board.name}", flush=True)
+    model = _load_model(a)
+    pl = pipeline.plan(
+        model, board, a.ram, a.deadline, _say, training=_training(a), params=a.params,
+        **_profile_kw(a, model, board),
+    )  # fmt: skip
     with _display().task("sweep", total=None, unit="solves") as task:
         res = sweep.run(
             pl.problem, pl.fixed.fixed, pl.fixed.budget, names, opts, a.points, jobs=a.jobs, say=_say,
             on_solve=lambda done, total: task.update(done=done, total=total),
         )  # fmt: skip
-    out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     png = plots.energy_vs_budget(res, out / "energy-vs-ram.png", plots.Subject.of(model, board.name))
     (out / "sweep.json").write_text(json.dumps(res.rows, indent=1) + "\n")
@@ -369,10 +382,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     _check_batch(b, a.batch)
     if a.steps < 0:
         raise PoetcError(f"--steps must be >= 0, got {a.steps}")
-    ds = _dataset(b, a.data)
     board = b.board()
     tgt = target.for_board(board, port=a.port)
     a.lr = _lr(a, b)
+    ds = _dataset(b, a.data)
     dump = Path(a.dump) if a.dump else None
     if dump is not None and dump.suffix != ".npz":
         raise PoetcError(f"--dump {dump}: the dump file must end in .npz")
@@ -382,7 +395,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         f"({len(ds.x)} train" + (f", {len(ds.x_test)} held out)" if ds.x_test is not None else ")"),
         flush=True,
     )
-    header = ["step", "loss", "held-out acc" if ds.x_test is not None else "train acc", "target ms/step"]
+    tm = harness.timing(tgt)
+    header = ["step", "loss", "held-out acc" if ds.x_test is not None else "train acc", f"{tm.label} ms/step"]
     print(table(header, []), flush=True)
     widths = [len(h) for h in header]
 
@@ -413,7 +427,14 @@ def cmd_train(a: argparse.Namespace) -> int:
             line += f"; accuracy {log.evals[0][1]:.3f} -> {log.evals[-1][1]:.3f}"
         print(line)
         print(
-            f"{mean_ms:.3f} ms per step on the target; {log.wall_s:.1f} s wall time; "
+            (
+                f"{mean_ms:.3f} ms per step on the target ({tm.label}"
+                + (", emulated" if tm.emulated else "")
+                + "); "
+                if tm.board_time
+                else f"{mean_ms:.3f} ms per step of emulation on this machine (emulated, not the board's time); "
+            )
+            + f"{log.wall_s:.1f} s wall time; "
             f"paging per step: {log.paging[2]} page-ins ({nbytes(log.paging[0])}), "
             f"{log.paging[3]} page-outs ({nbytes(log.paging[1])})"
         )
@@ -433,6 +454,9 @@ def cmd_profile(a: argparse.Namespace) -> int:
     board = boards.load(a.board)
     if a.time_limit <= 0:
         raise PoetcError(f"--time-limit must be positive, got {a.time_limit}")
+    out = Path(a.out) if a.out else _default_out("profile", a.model, board)
+    if out.exists() and not out.is_dir():
+        raise PoetcError(f"--out {out}: exists and is not a directory")
     print(f"poetc profile {a.model} on {board.name}", flush=True)
     model = _load_model(a)
     prof = profile.measure(
@@ -442,15 +466,19 @@ def cmd_profile(a: argparse.Namespace) -> int:
         strategy=a.strategy,
         opts=strategies.SolveOptions(time_limit_s=a.time_limit),
         say=_say,
-        keep=Path(a.keep_build) if a.keep_build else None,
+        keep=out / "build" if a.keep_build else None,
         command=_command_line(),
         port=a.port,
         training=_training(a),
     )
-    out = Path(a.out)
-    profile.save(prof, out)
+    out.mkdir(parents=True, exist_ok=True)
+    profile.save(prof, out / PROFILE_FILE)
     print(profile.table_text(prof))
-    print(f"wrote {out}; use it with poetc build/solve ... --profile {out}")
+    print(
+        f"wrote {out / PROFILE_FILE}"
+        + (f" and the profiling build {out / 'build'}" if a.keep_build else "")
+        + f"; use it with poetc build/solve/sweep ... --profile {out}"
+    )
     return 0
 
 
@@ -458,8 +486,8 @@ def cmd_report(a: argparse.Namespace) -> int:
     from .report import page
 
     b = builddir.open_build(Path(a.dir))
-    out = Path(a.out) if a.out else b.dir / "report.html"
-    path, notes = page.write(b, out, profile_path=a.profile, run=a.run)
+    out = Path(a.html) if a.html else b.dir / "report.html"
+    path, notes = page.write(b, out, profile_path=_profile_path(a.profile) if a.profile else None, run=a.run)
     if b.runs():
         print(f"training {b.run_summary(a.run)}")
     for n in notes:
@@ -486,9 +514,9 @@ def cmd_flash(a: argparse.Namespace) -> int:
 # ---- verify -----------------------------------------------------------------------------------------------
 def cmd_verify(a: argparse.Namespace) -> int:
     b = builddir.open_build(Path(a.dir))
+    tgt = target.for_board(b.board(), port=a.port)
     ds = _dataset(b, a.data)
-    board = b.board()
-    r = harness.verify(b, target.for_board(board, port=a.port), ds, _lr(a, b), a.seed)
+    r = harness.verify(b, tgt, ds, _lr(a, b), a.seed)
     rows = [[p, f"{r.errors[p]:.2e}", f"{r.update_errors[p]:.2e}"] for p in r.errors]
     print(table(["parameter", "grad rel. error", "update rel. error"], rows, "lrr"))
     worst_name, worst = r.worst
@@ -589,6 +617,8 @@ def cmd_fleet(a: argparse.Namespace) -> int:
 
 
 # ---- demo -------------------------------------------------------------------------------------------------
+PROFILE_FILE = "profile.json"  # in poetc profile's --out directory
+
 DEMO_MODEL = "digits-deep-mlp"
 # On the emulated Cortex-M4 (256 KB like the nRF52840): 200 KB of RAM leaves 72 KB for 120 KB of activations,
 # and a step may take 1.2x the time of computing every node once, so the schedule must both recompute (cheap
@@ -620,117 +650,212 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return main(["verify", str(out)])
 
 
-def make_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="poetc", description="Compile neural-network training to microcontrollers.")
-    p.add_argument("--version", action="version", version=f"poetc {__version__}")
-    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+class _Formatter(argparse.HelpFormatter):
+    """Every option's help ends with its default; options whose default is worked out later (from the board,
+    the model, the build) say what it is in their own words ("default: the board's RAM")."""
 
-    s = sub.add_parser("boards", help="list the board files")
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            action.required
+            or not action.option_strings
+            or any(action.default is x for x in (None, False, argparse.SUPPRESS))  # (0 is a default to show)
+            or "default" in text
+        ):
+            return text
+        return text + " (default: %(default)s)"
+
+
+# ---- option types: checked while the command line is parsed, before any model loads --------------------------
+def _board_arg(text: str) -> str:
+    if text.endswith(".toml"):
+        if not Path(text).is_file():
+            raise argparse.ArgumentTypeError(f"no board file {text}")
+        return text
+    if text not in boards.names():
+        raise argparse.ArgumentTypeError(
+            f"unknown board {text!r} (known: {', '.join(boards.names())}; or a board .toml file)"
+        )
+    return text
+
+
+def _strategy_arg(text: str) -> str:
+    if text not in strategies.NAMES:
+        raise argparse.ArgumentTypeError(f"unknown strategy {text!r} (known: {', '.join(strategies.NAMES)})")
+    return text
+
+
+def _strategies_arg(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("no strategy named")
+    return [_strategy_arg(n) for n in names]
+
+
+def _bytes_arg(text: str) -> int:
+    try:
+        return pipeline.parse_bytes(text)
+    except PoetcError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _deadline_arg(text: str) -> str:
+    try:
+        pipeline.parse_deadline(text, 1.0)
+    except PoetcError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _choices(names: list[str] | tuple[str, ...]) -> str:
+    return "{" + ",".join(names) + "}"
+
+
+def _add(s: argparse.ArgumentParser, name: str, kind: str, **kw) -> argparse.ArgumentParser:
+    """The subcommand ``name``: ``kind`` is its one-line summary in ``poetc --help``."""
+    return s.add_parser(
+        name, help=kind, description=kind[0].upper() + kind[1:] + ".", formatter_class=_Formatter, **kw
+    )
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="poetc",
+        description="Compile neural-network training to microcontrollers.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--version", action="version", version=f"poetc {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    s = _add(sub, "boards", "list the board files: RAM, flash, clock, storage, port")
     s.set_defaults(func=cmd_boards)
 
-    s = sub.add_parser("build", help="compile a model's training step for a board")
+    s = _add(sub, "build", "compile a model's training step for a board into a build directory")
     _model_args(s)
-    s.add_argument("--out", required=True, help="build directory (new, empty, or an earlier poetc build)")
-    s.add_argument("--ram", help="RAM budget, e.g. 64K (default: the board's RAM)")
+    s.add_argument(
+        "--out",
+        metavar="DIR",
+        help="build directory: new, empty, or an earlier poetc build (default: build/MODEL-BOARD, e.g. "
+        "build/digits-mlp-qemu-m4)",
+    )
     _schedule_args(s)
-    s.add_argument("--no-compile", action="store_true", help="generate sources only")
-    s.add_argument("--profile", help="measured node times (poetc profile) instead of the FLOP model")
+    s.add_argument("--no-compile", action="store_true", help="generate the sources only, do not compile them")
     _training_args(s)
     s.set_defaults(func=cmd_build)
 
-    s = sub.add_parser("solve", help="schedule a model under a RAM budget and print the figures")
+    s = _add(sub, "solve", "schedule a model under a RAM budget and print the figures build would produce")
     _model_args(s)
-    s.add_argument("--ram", help="RAM budget, e.g. 64K (default: the board's RAM)")
     _schedule_args(s)
-    s.add_argument("--compare", action="store_true", help="one row per strategy")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.add_argument("--plot", metavar="DIR", help="write schedule and RAM plots (PNG) to DIR")
-    s.add_argument("--profile", help="measured node times (poetc profile) instead of the FLOP model")
+    s.add_argument(
+        "--compare",
+        action="store_true",
+        help="one row per strategy, each what build --strategy of that row would produce (or why not)",
+    )
+    s.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
+    s.add_argument(
+        "--plot", metavar="DIR", help="also write schedule and RAM plots (PNG) to DIR (default: no plots)"
+    )
     _training_args(s)
     s.set_defaults(func=cmd_solve)
 
-    s = sub.add_parser("sweep", help="energy versus RAM budget for POET and every baseline (table + plot)")
+    s = _add(sub, "sweep", "energy versus RAM budget for POET and every baseline (table and plot)")
     _model_args(s)
-    _schedule_args(s, strategy=False)
+    _schedule_args(s, sweep=True)
     s.add_argument(
-        "--points", type=int, default=6, help="budgets from the smallest feasible to the store-all peak"
+        "--points",
+        type=int,
+        default=6,
+        help="RAM budgets, from the smallest feasible one to the store-all peak",
     )
-    s.add_argument("--strategies", help="comma-separated subset (default: all)")
-    s.add_argument("--jobs", type=int, default=0, help="parallel solves (default: the number of cores)")
-    s.add_argument("--out", default="poetc-sweep", help="directory for energy-vs-ram.png and sweep.json")
+    s.add_argument("--jobs", type=int, default=0, help="parallel solves; 0: one per core")
+    s.add_argument(
+        "--out",
+        metavar="DIR",
+        help="directory for energy-vs-ram.png and sweep.json (default: sweep/MODEL-BOARD)",
+    )
     _training_args(s)
     s.set_defaults(func=cmd_sweep)
 
-    s = sub.add_parser("train", help="train a built model on its target")
-    s.add_argument("dir")
-    s.add_argument("--steps", type=int, default=200)
+    s = _add(sub, "train", "train a built model on its target and report loss, accuracy, time and energy")
+    _dir_arg(s)
+    s.add_argument("--steps", type=int, default=200, help="training steps")
     s.add_argument("--lr", type=float, help=_LR_HELP)
+    _data_arg(s)
     s.add_argument(
-        "--data",
-        help=".npz with x [N, ...input shape] and y [N] (optional x_test, y_test; dimensions of size 1 may "
-        "differ: [N, 8, 8] for an input [1, 8, 8]), or the bundled digits: digits (default), digits:5-9, "
-        "digits:0,2,4",
+        "--dump",
+        metavar="FILE.npz",
+        help="write x, y, loss, lr, param/, grad/ and final/ arrays of the run to this .npz (default: none)",
     )
-    s.add_argument("--dump", help="write x, y, loss, lr, param/, grad/, final/ arrays to this .npz")
-    s.add_argument("--port", help=_PORT_HELP)
-    s.add_argument("--batch", type=int, help="must equal the built batch size")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--eval-every", type=int, help="steps between accuracy checks (default: steps/10)")
     s.add_argument(
-        "--profile-nodes", action="store_true", help="print each node's ticks (instructions in QEMU)"
+        "--batch", type=int, help="check that the build has this batch size (default: the build's batch)"
     )
-    s.add_argument("--meter", metavar="ppk2:PORT", help="meter each step's energy with a PPK2 (see docs)")
+    _seed_arg(s)
+    s.add_argument(
+        "--eval-every",
+        type=int,
+        metavar="N",
+        help="steps between accuracy checks on the held-out data; 0: never (default: steps / 10)",
+    )
+    s.add_argument(
+        "--profile-nodes",
+        action="store_true",
+        help="print the last step's ticks per node (instructions in QEMU) beside its FLOPs",
+    )
+    s.add_argument(
+        "--meter",
+        metavar="ppk2:PORT[,mv=3300][,mode=source|ampere][,bit=0]",
+        help="meter every step's energy with a Nordic PPK2 on PORT (default: no meter; docs/architecture.md)",
+    )
+    _port_arg(s)
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("profile", help="time every node of a training step on the board; write a profile")
+    s = _add(sub, "verify", "run one training step on the target and check it against the host reference")
+    _dir_arg(s)
+    _data_arg(s)
+    s.add_argument("--lr", type=float, help=_LR_HELP)
+    _seed_arg(s)
+    s.add_argument(
+        "--tol",
+        type=float,
+        default=1e-4,
+        help="largest relative error of the gradients and the loss that passes",
+    )
+    _port_arg(s)
+    s.set_defaults(func=cmd_verify)
+
+    s = _add(sub, "profile", "time every node of a training step on the board and write a profile")
     _model_args(s)
-    s.add_argument("--out", default="profile.json", help="the profile (JSON) to write")
-    s.add_argument("--steps", type=int, help="training steps measured (default: 2 in QEMU, 7 elsewhere)")
-    s.add_argument("--strategy", help="the profiling build's schedule (default: cheapest that fits)")
-    s.add_argument("--time-limit", type=float, default=60.0, help="seconds for a poet solve (default 60)")
-    s.add_argument("--keep-build", metavar="DIR", help="keep the profiling build in DIR")
-    s.add_argument("--port", help="a real board's serial device (it is flashed with the profiling build)")
+    s.add_argument(
+        "--out",
+        metavar="DIR",
+        help="directory for profile.json (pass DIR to build/solve/sweep --profile) (default: "
+        "profile/MODEL-BOARD)",
+    )
+    s.add_argument(
+        "--steps",
+        type=int,
+        help="training steps timed (default: 2 in QEMU, whose counts are exact; 7 elsewhere)",
+    )
+    s.add_argument(
+        "--strategy",
+        type=_strategy_arg,
+        metavar=_choices(strategies.NAMES),
+        help="the profiling build's schedule (default: the cheapest heuristic that fits, else poet)",
+    )
+    s.add_argument(
+        "--time-limit", type=float, default=60.0, help="seconds for the profiling build's poet solve"
+    )
+    s.add_argument(
+        "--keep-build", action="store_true", help="keep the profiling build in DIR/build (default: deleted)"
+    )
+    _port_arg(s, flashed=True)
     _training_args(s)
     s.set_defaults(func=cmd_profile)
 
-    s = sub.add_parser("report", help="an HTML report of a build: schedule, RAM, energy, profile, loss")
-    s.add_argument("dir")
-    s.add_argument("--out", help="the HTML file (default: DIR/report.html)")
-    s.add_argument("--run", type=int, help="the training run to show (default: the latest; DIR/runs/<n>)")
-    s.add_argument("--profile", help="a profile to compare per node (default: the training run's node ticks)")
-    s.set_defaults(func=cmd_report)
-
-    s = sub.add_parser(
-        "flash",
-        help="build and upload the firmware with PlatformIO (a real board; or a QEMU board through poetc's local "
-        "platform, offline: boot the image in QEMU and install it for train/verify)",
-    )
-    s.add_argument("dir")
-    s.add_argument(
-        "--port",
-        help="the device to upload through (default: found by USB id, or POETC_SERIAL; the MKR1000 uploads "
-        "through its native USB port, not the adapter it talks on: docs/boards.md)",
-    )
-    s.add_argument("--env", help="PlatformIO environment (default: the board's; e.g. nrf52840_flash)")
-    s.set_defaults(func=cmd_flash)
-
-    s = sub.add_parser("verify", help="one step on the target against the host reference")
-    s.add_argument("dir")
-    s.add_argument("--data", help="as for train (default: the bundled digits)")
-    s.add_argument("--lr", type=float, help=_LR_HELP)
-    s.add_argument("--port", help=_PORT_HELP)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--tol", type=float, default=1e-4)
-    s.set_defaults(func=cmd_verify)
-
-    s = sub.add_parser("demo", help="build and train a digits MLP on the emulated Cortex-M4 (or the host)")
-    s.add_argument("--out", default="poetc-demo")
-    s.add_argument("--steps", type=int, default=200)
-    s.set_defaults(func=cmd_demo)
-
-    s = sub.add_parser(
+    s = _add(
+        sub,
         "fleet",
-        help="many boards train one model through Flower (federated learning): a local fleet of emulated boards, "
+        "many boards train one model through Flower (federated learning): a local fleet of emulated boards, "
         "or --connect one board to a Flower SuperLink (docs/fleet.md)",
     )
     s.add_argument(
@@ -774,11 +899,47 @@ def make_parser() -> argparse.ArgumentParser:
     _training_args(s)
     s.set_defaults(func=cmd_fleet)
 
-    s = sub.add_parser("export", help="write trained weights back into the ONNX model")
-    s.add_argument("dir")
-    s.add_argument("--onnx", required=True)
+    s = _add(sub, "report", "write an HTML report of a build: schedule, RAM, energy, profile, loss")
+    _dir_arg(s)
+    s.add_argument("--html", metavar="FILE", help="the HTML file to write (default: DIR/report.html)")
+    s.add_argument(
+        "--profile",
+        metavar="PROFILE",
+        help="a profile (poetc profile's directory or its profile.json) to compare per node "
+        "(default: the build's profile, else the training run's node ticks)",
+    )
+    s.add_argument("--run", type=int, help="the training run to show (default: the latest; DIR/runs/<n>)")
+    s.set_defaults(func=cmd_report)
+
+    s = _add(
+        sub,
+        "flash",
+        "build and upload the firmware with PlatformIO (a real board; or a QEMU board through poetc's local "
+        "platform, offline: boot the image in QEMU and install it for train/verify)",
+    )
+    _dir_arg(s)
+    s.add_argument(
+        "--port",
+        metavar="DEVICE",
+        help="the device to upload through (default: found by USB id, or $POETC_SERIAL; the MKR1000 uploads "
+        "through its native USB port, not the adapter it talks on: docs/boards.md)",
+    )
+    s.add_argument(
+        "--env",
+        help="PlatformIO environment (default: the board's own; e.g. nrf52840_flash for the flash pager)",
+    )
+    s.set_defaults(func=cmd_flash)
+
+    s = _add(sub, "export", "write the trained weights of a build back into its ONNX model")
+    _dir_arg(s)
+    s.add_argument("--onnx", metavar="FILE.onnx", required=True, help="the ONNX file to write")
     s.add_argument("--run", type=int, help="the training run to export (default: the latest; DIR/runs/<n>)")
     s.set_defaults(func=cmd_export)
+
+    s = _add(sub, "demo", "build, train and verify a digits MLP on the emulated Cortex-M4 (or the host)")
+    s.add_argument("--out", metavar="DIR", default="poetc-demo", help="build directory of the demo")
+    s.add_argument("--steps", type=int, default=200, help="training steps")
+    s.set_defaults(func=cmd_demo)
     return p
 
 
@@ -797,13 +958,21 @@ _LR_HELP = _lr_help()
 
 def _model_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("model", help="an ONNX file or a zoo name (" + ", ".join(_zoo_names()) + ")")
-    s.add_argument("--board", required=True)
-    s.add_argument("--batch", type=int, help="batch size (default: the model input's first dimension)")
+    s.add_argument(
+        "--board",
+        required=True,
+        type=_board_arg,
+        metavar=_choices(boards.names()),
+        help="the target board (poetc boards lists them), or a board .toml file",
+    )
+    s.add_argument(
+        "--batch", type=int, help="batch size (default: the model input's first dimension; zoo: its own)"
+    )
     s.add_argument(
         "--input-u8",
         type=float,
         metavar="SCALE",
-        help="hold the input batch as bytes (x = SCALE * q) and dequantize it on the target",
+        help="hold the input batch as bytes (x = SCALE * q) and dequantize it on the target (default: floats)",
     )
 
 
@@ -836,16 +1005,49 @@ def _training_args(s: argparse.ArgumentParser) -> None:
     )
 
 
-def _schedule_args(s: argparse.ArgumentParser, strategy: bool = True) -> None:
-    if strategy:
-        s.add_argument("--strategy", default="poet", help="one of: " + ", ".join(strategies.NAMES))
+def _schedule_args(s: argparse.ArgumentParser, sweep: bool = False) -> None:
+    """The scheduling options of build, solve and sweep: one meaning in all three."""
+    if sweep:
+        s.add_argument(
+            "--ram",
+            type=_bytes_arg,
+            help="the largest RAM budget swept, e.g. 200K (default: the board's RAM)",
+        )
+        s.add_argument(
+            "--strategies",
+            type=_strategies_arg,
+            metavar="NAME,...",
+            help=f"comma-separated strategies among {', '.join(strategies.NAMES)} (default: all)",
+        )
+    else:
+        s.add_argument("--ram", type=_bytes_arg, help="RAM budget, e.g. 64K (default: the board's RAM)")
+        s.add_argument(
+            "--strategy",
+            type=_strategy_arg,
+            default="poet",
+            metavar=_choices(strategies.NAMES),
+            help="scheduling strategy",
+        )
     s.add_argument(
-        "--deadline", help="time budget of one step: 1.5x (of one computation of every node) or 0.2s"
+        "--deadline",
+        type=_deadline_arg,
+        help="time budget of one step: 1.5x (of one computation of every node), 0.2s or 200ms (default: none)",
+    )
+    s.add_argument(
+        "--profile",
+        metavar="PROFILE",
+        help="schedule with measured node times: poetc profile's directory or its profile.json (default: the "
+        "board's cost model)",
     )
     s.add_argument("--solver", default="HIGHS", help="MILP solver known to cvxpy (HIGHS, SCIP, GUROBI, ...)")
-    s.add_argument("--time-limit", type=float, default=60.0, help="seconds per MILP solve (default 60)")
-    s.add_argument("--gap", type=float, default=1e-4, help="relative gap on the extra energy (default 1e-4)")
-    s.add_argument("--formulation", default="poet", choices=["poet", "poet2022"])
+    s.add_argument("--time-limit", type=float, default=60.0, help="seconds per MILP solve")
+    s.add_argument("--gap", type=float, default=1e-4, help="relative optimality gap on the extra energy")
+    s.add_argument(
+        "--formulation",
+        default="poet",
+        choices=["poet", "poet2022"],
+        help="the MILP: poetc's, or POET's original (an ablation)",
+    )
     s.add_argument("--no-remat", action="store_true", help="POET without recomputation")
     s.add_argument("--no-paging", action="store_true", help="POET without paging")
     s.add_argument("--verbose-solver", action="store_true", help="show the solver's log")
@@ -856,6 +1058,34 @@ def _schedule_args(s: argparse.ArgumentParser, strategy: bool = True) -> None:
         help="where parameters live: auto = the schedule keeps each trainable parameter (and its optimizer "
         "state) in RAM or on storage, frozen ones in flash; ram = all in RAM; storage = all on storage, loaded "
         "when needed (default: auto)",
+    )
+
+
+def _dir_arg(s: argparse.ArgumentParser) -> None:
+    s.add_argument("dir", metavar="DIR", help="a build directory (poetc build --out)")
+
+
+def _data_arg(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--data",
+        metavar="FILE.npz",
+        help="x [N, ...input shape] and y [N] (optional x_test, y_test; dimensions of size 1 may differ: "
+        "[N, 8, 8] for an input [1, 8, 8]), or the bundled 8x8 digits: digits, digits:5-9, digits:0,2,4 "
+        "(default: digits)",
+    )
+
+
+def _seed_arg(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--seed", type=int, default=0, help="seed of the batch order")
+
+
+def _port_arg(s: argparse.ArgumentParser, flashed: bool = False) -> None:
+    s.add_argument(
+        "--port",
+        metavar="DEVICE",
+        help="a real board's serial device"
+        + (" (it is flashed with the profiling build)" if flashed else "")
+        + " (default: found by USB vendor id, or $POETC_SERIAL)",
     )
 
 

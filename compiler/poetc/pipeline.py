@@ -348,8 +348,18 @@ def _plan(
     return Planned(tg, cm, fixed, p, flash, training)
 
 
-def infeasible_message(pl: Planned, sol: Solution, strategy: str, opts: SolveOptions) -> str:
-    b, how = strategies.smallest_budget(pl.problem, strategy, opts)
+class NoSchedule(PoetcError):
+    """No schedule of the asked strategy fits: the message says why; ``solution`` is the strategy's answer when
+    there was one (its status and figures), else None."""
+
+    def __init__(self, message: str, solution: Solution | None = None) -> None:
+        super().__init__(message)
+        self.solution = solution
+
+
+def infeasible_message(
+    pl: Planned, sol: Solution, strategy: str, opts: SolveOptions, smallest: bool = True
+) -> str:
     budget = pl.fixed.budget
     msg = (
         f"no {strategy} schedule fits a RAM budget of {budget} bytes ({pl.problem.budget} left for the arena)"
@@ -357,6 +367,9 @@ def infeasible_message(pl: Planned, sol: Solution, strategy: str, opts: SolveOpt
     if pl.problem.deadline_s is not None:
         msg += f" and the deadline of {pl.problem.deadline_s:.4g} s"
     msg += f": {sol.message}"
+    if not smallest:
+        return msg
+    b, how = strategies.smallest_budget(pl.problem, strategy, opts)
     if b < 0:
         return msg + f"; {how}"
     return msg + f"; smallest feasible RAM budget: {pl.fixed.fixed + b} bytes ({how})"
@@ -383,24 +396,44 @@ def compile_model(
     """``progress`` gets one-line messages, ``watch`` the solver's progress records (see ``strategies.run``)."""
     say = progress or (lambda s: None)
     pl = plan(model, board, ram, deadline, say, profile, profile_source, training, params)
+    return compile_planned(pl, model, board, strategy, opts, say, watch=watch)
+
+
+def compile_planned(
+    pl: Planned,
+    model: Model,
+    board: Board,
+    strategy: str = "poet",
+    opts: SolveOptions = SolveOptions(),
+    progress: Callable[[str], None] | None = None,
+    smallest: bool = True,
+    watch: Callable[[strategies.Progress], None] | None = None,
+) -> Compiled:
+    """Schedule a planned model with ``strategy`` and lay out its arena: what ``poetc build`` compiles and what
+    every ``poetc solve`` row shows. Raises NoSchedule when the strategy's schedule does not fit (the budget,
+    the deadline, the arena after fragmentation, the storage); ``smallest`` also searches the smallest RAM
+    budget that would fit for the message (a bisection: slow for MILP strategies). ``progress`` gets one-line
+    messages, ``watch`` the solver's progress records (see ``strategies.run``)."""
+    say = progress or (lambda s: None)
     tg, cm, fixed, p = pl.tg, pl.cost, pl.fixed, pl.problem
     t0 = time.perf_counter()
     lean = memplan.plan(program.forward_program(tg, p), p.mem)  # inference, every scheduled tensor loaded
     if lean.arena_bytes > p.budget:
-        raise PoetcError(
+        raise NoSchedule(
             f"even inference needs an arena of {lean.arena_bytes} bytes, over the "
             f"{p.budget} left in a RAM budget of {fixed.budget}; smallest feasible RAM budget: "
             f"{fixed.fixed + lean.arena_bytes} bytes or more"
         )
     sol = strategies.run(strategy, p, opts, progress=say, watch=watch)
     if not sol.ok and sol.status == "no_solution":
-        raise PoetcError(
+        raise NoSchedule(
             f"no {strategy} schedule within the time limit of {opts.time_limit_s:g} s, and no fallback schedule "
             f"(store-all, chen-sqrt, greedy) fits a RAM budget of {fixed.budget} bytes either; raise --time-limit "
-            f"or --ram"
+            f"or --ram",
+            sol,
         )
     if not sol.ok:
-        raise PoetcError(infeasible_message(pl, sol, strategy, opts))
+        raise NoSchedule(infeasible_message(pl, sol, strategy, opts, smallest), sol)
     first_extra = sol.extra_j(p)
     # The arena honours the budget: if fragmentation pushes the planned arena (beside the parameters the
     # schedule keeps in RAM) over it, re-solve with the budget tightened by the overflow, until the plan fits.
@@ -418,13 +451,14 @@ def compile_model(
             break
         over = arena + held - p.budget
         if repairs == MAX_REPAIRS:
-            raise PoetcError(
-                f"could not absorb {over} bytes of arena fragmentation after {repairs} re-solves; raise --ram "
-                f"by that much"
+            raise NoSchedule(
+                f"the {strategy} schedule's arena ({arena} B) and the {held} B of parameters it keeps in RAM "
+                f"exceed the {p.budget} B left for them by fragmentation, still {over} B after {repairs} "
+                "re-solves; raise --ram by that much"
             )
         repairs += 1
         if q.budget <= q.min_budget():
-            raise PoetcError(
+            raise NoSchedule(
                 f"the arena needs {over} bytes more than the budget leaves, by fragmentation, and the schedule "
                 f"cannot shrink below its largest node ({q.min_budget()} B with its inputs); raise --ram by "
                 f"{over} bytes"
@@ -436,9 +470,11 @@ def compile_model(
         )
         sol = strategies.run(strategy, q, opts, progress=say, watch=watch)
         if not sol.ok:
-            raise PoetcError(
-                f"fragmentation repair failed: at an arena budget of {q.budget} bytes "
-                f"{sol.message}; raise --ram"
+            raise NoSchedule(
+                f"the {strategy} schedule's arena ({arena} B) exceeds the {p.budget} B left for it by "
+                f"fragmentation, and re-solving at an arena budget of {q.budget} B failed: {sol.message}; "
+                "raise --ram",
+                sol,
             )
     solve_s = time.perf_counter() - t0
     replays = (simulate.replay(p, train, budget=p.budget), simulate.replay(p, infer, budget=p.budget))
@@ -453,7 +489,9 @@ def compile_model(
     slots = memplan.storage_slots(train, p.mem, masters)
     storage = memplan.storage_bytes(slots, p.mem)
     if storage > board.storage_bytes:
-        raise PoetcError(f"schedule pages {storage} bytes, over the board's storage of {board.storage_bytes}")
+        raise NoSchedule(
+            f"the {strategy} schedule pages {storage} bytes, over the board's storage of {board.storage_bytes}"
+        )
     mem = MemoryReport(
         fixed.budget,
         fixed.params + held,

@@ -58,6 +58,20 @@ def test_rpi4_trains_dumps_and_verifies_under_qemu_aarch64(rpi4, tmp_path):
     assert params and d["loss"].shape == (40,) and d["x"].shape == (16, 1, 8, 8)
     for k in params:
         assert d[f"grad/{k}"].shape == d[f"param/{k}"].shape == d[f"final/{k}"].shape
+    # off the board, the ticks time qemu-aarch64 on this machine: said so, and no energy is made from them
+    rec = json.loads((rpi4 / "train.json").read_text())
+    if NATIVE:
+        assert not rec["emulated"] and rec["counted_energy_per_step"] is not None
+    else:
+        assert (
+            rec["emulated"]
+            and rec["timing"]["label"] == "emulated"
+            and rec["counted_energy_per_step"] is None
+        )
+        assert re.search(r"^emulated\s+-\s+\S+ \w?J\s+-", r.stdout, re.M), r.stdout
+        assert "ms per step of emulation on this machine" in r.stdout
+        assert not re.search(r"^counted\s", r.stdout, re.M), r.stdout
+    assert rec["predicted_energy_per_step"]["total_j"] > 0
     v = poetc("verify", str(rpi4))
     assert "PASS" in v.stdout, v.stdout
 

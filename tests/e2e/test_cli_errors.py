@@ -212,9 +212,7 @@ def test_bad_numbers(tmp_path, good_onnx):
         "0",
         match="--batch must be positive",
     )
-    _expect_error(
-        "build", str(good_onnx), "--board", "host", match="the following arguments are required: --out"
-    )
+    _expect_error("build", str(good_onnx), match="the following arguments are required: --board")
 
 
 def test_ram_budget_too_small_names_the_smallest(tmp_path):
@@ -242,3 +240,18 @@ def test_bad_training_options(tmp_path, good_onnx):
     _expect_error(*base, "--weight-decay", "-1", match="weight decay -1.0")
     _expect_error(*base, "--bn", "eval", match="--bn")
     assert not out.exists()
+
+
+def test_build_writes_to_its_default_directory(tmp_path, good_onnx):
+    r = poetc("build", str(good_onnx), "--board", "host", "--no-compile", cwd=tmp_path)
+    out = tmp_path / "build" / "good-host"
+    assert (out / "poetc.json").is_file() and "wrote build/good-host" in r.stdout
+
+
+def test_port_is_for_real_boards(tmp_path, good_onnx):
+    out = tmp_path / "o"
+    poetc("build", str(good_onnx), "--board", "host", "--out", str(out), "--no-compile")
+    for cmd in ("train", "verify"):
+        _expect_error(
+            cmd, str(out), "--port", "/dev/ttyACM0", match="--port names a real board's serial device"
+        )

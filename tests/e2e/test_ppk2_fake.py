@@ -90,7 +90,7 @@ def test_train_meters_every_step_through_the_fake(fake, host_build):
     assert m["how"] == "marker" and m["voltage_v"] == 3.3
     got = [j for prog, j, _s, _a in m["runs"] if prog == 0]
     assert got == pytest.approx([3.3 * e for e in energy_1v], rel=1e-9)
-    assert len(rec["loss"]) == steps and rec["energy_per_step"]["compute_j"] > 0
+    assert len(rec["loss"]) == steps and rec["counted_energy_per_step"]["compute_j"] > 0
     # the report shows the metered energy beside the prediction
     poetc("report", str(host_build))
     page = (host_build / "report.html").read_text()

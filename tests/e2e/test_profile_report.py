@@ -33,8 +33,9 @@ def need(*tools: str) -> None:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("prof")
-    prof, out = d / "host.json", d / "b"
+    prof, out = d / "prof", d / "b"
     r = poetc("profile", "digits-mlp", "--board", "host", "--batch", "16", "--out", str(prof))
+    prof = prof / "profile.json"
     assert "model/meas." in r.stdout and "FLOP model / measured: step" in r.stdout and "pager:" in r.stdout
     poetc(
         "build", "digits-mlp", "--board", "host", "--batch", "16", "--profile", str(prof), "--out", str(out)
@@ -139,7 +140,7 @@ def test_report_figures_match_schedule_json(run):
     assert pred[0] == pytest.approx(sched["compute_energy_j"], rel=1e-12)
     assert pred[1] + pred[2] == pytest.approx(sched["paging_energy_j"], abs=1e-15)
     assert pred[3] == pytest.approx(sched["energy_j"], rel=1e-12)
-    counted = json.loads(builddir.open_build(b).train_record_path().read_text())["energy_per_step"]
+    counted = json.loads(builddir.open_build(b).train_record_path().read_text())["counted_energy_per_step"]
     assert float(page.energy["counted"][0]) == pytest.approx(counted["compute_j"], rel=1e-12)
     man = json.loads((b / "poetc.json").read_text())
     assert page.node_rows == 1 + len(man["nodes"])  # header row + one per node

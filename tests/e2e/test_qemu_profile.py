@@ -26,21 +26,21 @@ pytestmark = [
 
 
 def _energies(stdout: str) -> tuple[float, float]:
-    """(measured, predicted) total energy per step from poetc train's energy table, in J."""
+    """(counted, predicted) total energy per step from poetc train's energy table, in J."""
     unit = {"J": 1.0, "mJ": 1e-3, "uJ": 1e-6, "nJ": 1e-9}
     vals = {}
-    for row in ("measured", "predicted"):
+    for row in ("counted", "predicted"):
         m = re.search(rf"^{row}\s+\S+ \w+\s+\S+ \w+\s+([\d.]+) (\w+)", stdout, re.M)
         assert m, stdout
         vals[row] = float(m.group(1)) * unit[m.group(2)]
-    return vals["measured"], vals["predicted"]
+    return vals["counted"], vals["predicted"]
 
 
 def _profile_build_train(tmp: Path, model: str, board: str, batch: str, *build_args: str) -> tuple[dict, str]:
-    prof = tmp / "p.json"
+    prof = tmp / "p"
     r = poetc("profile", model, "--board", board, "--batch", batch, "--out", str(prof))
     assert "instructions" in r.stdout and "model/meas." in r.stdout and "pager:" in r.stdout, r.stdout
-    doc = json.loads(prof.read_text())
+    doc = json.loads((prof / "profile.json").read_text())
     out = tmp / "b"
     poetc(
         "build",
@@ -68,8 +68,8 @@ def test_profile_driven_schedule_on_qemu_m4(tmp_path):
     assert prof.tick_unit == "instructions" and prof.pager is not None and prof.pager.emulated
     assert all(n.ticks > 0 for n in prof.nodes)
     assert prof.step_ratio > 2  # the FLOP model (POET's m4 row) overestimates this MLP's time several times
-    measured, predicted = _energies(out)
-    assert predicted == pytest.approx(measured, rel=0.05)
+    counted, predicted = _energies(out)
+    assert predicted == pytest.approx(counted, rel=0.05)
 
 
 def test_profile_driven_schedule_on_qemu_m0_that_pages(tmp_path):
@@ -83,5 +83,5 @@ def test_profile_driven_schedule_on_qemu_m0_that_pages(tmp_path):
     _doc, out = _profile_build_train(tmp_path, model, "qemu-m0", "13", "--ram", str(ram), "--time-limit", "8")
     m = re.search(r"paging per step: (\d+) page-ins", out)
     assert m and int(m.group(1)) > 0, out
-    measured, predicted = _energies(out)
-    assert predicted == pytest.approx(measured, rel=0.05)
+    counted, predicted = _energies(out)
+    assert predicted == pytest.approx(counted, rel=0.05)

@@ -39,9 +39,9 @@ def test_metered_steps_on_the_board(tmp_path):
 
 
 def test_profile_on_the_board(tmp_path):
-    prof = tmp_path / "p.json"
+    prof = tmp_path / "p"
     r = poetc("profile", "digits-mlp", "--board", str(BOARD), "--batch", "8", "--out", str(prof),
               "--port", os.environ["POETC_SERIAL"], timeout=900)  # fmt: skip
     assert "cycles" in r.stdout
-    doc = json.loads(prof.read_text())
+    doc = json.loads((prof / "profile.json").read_text())
     assert doc["tick_unit"] == "cycles" and doc["pager"] is not None

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from poetc import boards, frontend, pipeline
-from poetc.device import meter, profile, target
+from poetc.device import harness, meter, profile, target
 from poetc.emit import codegen
 from poetc.errors import PoetcError
 from poetc.schedule import memplan, simulate
@@ -273,6 +273,27 @@ def test_timing_notes_say_when_times_are_an_emulation(monkeypatch):
     note, emulated = profile.timing_note(target.for_board(boards.load("qemu-m4")))
     assert not emulated and "cycles/instruction" in note
     assert profile.tick_unit(target.for_board(boards.load("nrf52840"))) == "cycles"
+
+
+def test_one_function_names_time_and_energy(monkeypatch):
+    """harness.timing: QEMU's counts are counted (and emulated), a real board's cycles and the host's ns are
+    counted, and qemu-aarch64's ns time the emulation: "emulated", no board time, so no energy from them."""
+    monkeypatch.setattr(target.platform, "machine", lambda: "x86_64")
+    cases = {
+        "qemu-m4": ("counted", "instructions", True, True),
+        "qemu-m0": ("counted", "instructions", True, True),
+        "nrf52840": ("counted", "cycles", False, True),
+        "host": ("counted", "ns", False, True),
+        "rpi4": ("emulated", "ns", True, False),
+        "jetson-tx2": ("emulated", "ns", True, False),
+    }
+    for name, want in cases.items():
+        tm = harness.timing(target.for_board(boards.load(name)))
+        assert (tm.label, tm.tick_unit, tm.emulated, tm.board_time) == want, name
+        assert tm.to_json()["label"] == want[0]
+    assert "emulated" in harness.timing(target.for_board(boards.load("qemu-m4"))).how
+    monkeypatch.setattr(target.platform, "machine", lambda: "aarch64")  # on the board itself: its own time
+    assert harness.timing(target.for_board(boards.load("rpi4"))).label == "counted"
 
 
 def test_profile_node_ratio_is_none_without_a_measurement():

@@ -181,7 +181,9 @@ def test_greedy_fits_resnet8_in_256k_with_its_parameters_paged():
     pinned (the program read a freed tensor), and deep drops built recomputation chains that pin too much."""
     from poetc import pipeline
 
-    pl = pipeline.plan(frontend.load("resnet8", batch=1), boards.load("qemu-m4"), pipeline.parse_bytes("256K"))
+    pl = pipeline.plan(
+        frontend.load("resnet8", batch=1), boards.load("qemu-m4"), pipeline.parse_bytes("256K")
+    )
     p = pl.problem
     sol = strategies._heuristic("greedy", p)
     assert sol.ok, sol.message

@@ -27,7 +27,7 @@ from ..graph.ir import Model
 from ..schedule.program import Program
 from . import meter as meter_mod
 from .link import RunReply, StatusError
-from .target import QemuTarget, Session, Target
+from .target import BoardTarget, LinuxTarget, QemuTarget, Session, Target
 
 PROG_TRAIN, PROG_INFER = 0, 1
 
@@ -192,6 +192,18 @@ def check_flash_wear(build: BuildInfo, port: str, steps: int) -> None:
         )
 
 
+def port_kw(tgt: Target, port: str | None) -> dict[str, str]:
+    """``--port``: the serial device of a real board; any other target is refused rather than ignored."""
+    if port is None:
+        return {}
+    if not isinstance(tgt, BoardTarget):
+        how = "runs in QEMU" if isinstance(tgt, QemuTarget) else "runs as a process on this machine"
+        raise PoetcError(
+            f"--port {port}: board {tgt.board.name} {how}, not on a serial port; --port is for real boards"
+        )
+    return {"port": port}
+
+
 def batches(ds: Dataset, batch: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless shuffled batches (a new permutation every epoch); the last partial batch of an epoch is dropped."""
     n = len(ds.x)
@@ -259,16 +271,19 @@ def train(
     on_step: Callable[[int, float, float | None, StepOut], None] | None = None,
     timeout_s: float = 120.0,
     meter: meter_mod.Ppk2Meter | None = None,
+    port: str | None = None,
 ) -> tuple[TrainLog, dict[str, np.ndarray]]:
     """Train on the target; returns the log and the trained parameters (also written by the caller). With a
-    ``meter``, the board's current is sampled from the first step to the last and every step's energy metered."""
+    ``meter``, the board's current is sampled from the first step to the last and every step's energy metered.
+    ``port``: a real board's serial device (default: found by USB id)."""
+    kw = port_kw(target, port)
     if meter is not None:
         meter.open()  # as a source meter this powers the board: before the harness connects
         try:
-            return _train(build, target, ds, steps, lr, seed, eval_every, dump, on_step, timeout_s, meter)
+            return _train(build, target, ds, steps, lr, seed, eval_every, dump, on_step, timeout_s, meter, kw)
         finally:
             meter.close()
-    return _train(build, target, ds, steps, lr, seed, eval_every, dump, on_step, timeout_s, None)
+    return _train(build, target, ds, steps, lr, seed, eval_every, dump, on_step, timeout_s, None, kw)
 
 
 def _train(
@@ -283,13 +298,14 @@ def _train(
     on_step: Callable[[int, float, float | None, StepOut], None] | None,
     timeout_s: float,
     meter: meter_mod.Ppk2Meter | None,
+    launch_kw: dict[str, str],
 ) -> tuple[TrainLog, dict[str, np.ndarray]]:
     batch = build.batch
     log = TrainLog()
     it = batches(ds, batch, seed)
     eval_x, eval_y = (ds.x_test, ds.y_test) if ds.x_test is not None else (ds.x[:256], ds.y[:256])
     t0 = time.perf_counter()
-    with target.launch(build.dir, timeout_s=timeout_s) as sess:
+    with target.launch(build.dir, timeout_s=timeout_s, **launch_kw) as sess:
         dev = Device(build, sess, target.seconds)
         check_flash_wear(build, dev.info.port, steps)
         log.tick_hz = dev.tick_hz
@@ -388,11 +404,14 @@ def training_graph_of(build: BuildInfo) -> tuple[Model, autodiff.TrainingGraph]:
     return model, tg
 
 
-def verify(build: BuildInfo, target: Target, ds: Dataset, lr: float, seed: int = 0) -> VerifyResult:
+def verify(
+    build: BuildInfo, target: Target, ds: Dataset, lr: float, seed: int = 0, port: str | None = None
+) -> VerifyResult:
     """One step on the target against the float64 host reference, from the same parameters and batch."""
+    kw = port_kw(target, port)
     _model, tg = training_graph_of(build)
     x, y = next(batches(ds, build.batch, seed))
-    with target.launch(build.dir) as sess:
+    with target.launch(build.dir, **kw) as sess:
         dev = Device(build, sess, target.seconds)
         params = dev.params()
         state = dev.state()
@@ -414,9 +433,57 @@ def verify(build: BuildInfo, target: Target, ds: Dataset, lr: float, seed: int =
 
 
 # ---- energy and per-node ticks -------------------------------------------------------------------------------
+# Three names for energy, used everywhere a user sees one: "predicted" (the schedule's cost model), "counted"
+# (ticks the target counted, as the board's seconds, x the board's power) and "metered" (a PPK2 on the board).
+# A run whose ticks time an emulation on this machine rather than the board (qemu-aarch64) is "emulated" and
+# gets no energy; QEMU's Cortex-M runs count instructions exactly, so they are "counted" and say "emulated".
+@dataclass(frozen=True)
+class Timing:
+    """What a target's ticks are, and what its time and energy per step may be called (``timing()``)."""
+
+    tick_unit: str  # instructions | cycles | ns
+    how: str  # one line: how ticks become the board's seconds
+    emulated: bool  # the run was emulated (QEMU, or qemu-aarch64 off the board)
+    board_time: bool  # the seconds are the board's (False: they time an emulation on this machine)
+
+    @property
+    def label(self) -> str:
+        """The name of the time and energy made from the ticks: "counted", or "emulated" when they are not the
+        board's at all."""
+        return "counted" if self.board_time else "emulated"
+
+    def to_json(self) -> dict:
+        return {"label": self.label, "tick_unit": self.tick_unit, "how": self.how, "emulated": self.emulated,
+                "board_time": self.board_time}  # fmt: skip
+
+
+def timing(tgt: Target) -> Timing:
+    """The one place that decides how a target's ticks and the energy made from them are labelled."""
+    b = tgt.board
+    if isinstance(tgt, QemuTarget):
+        return Timing(
+            "instructions",
+            f"instructions counted by QEMU (-icount, emulated) x {b.cycles_per_instruction:g} cycles/instruction / "
+            f"{b.clock_hz / 1e6:g} MHz",
+            True,
+            True,
+        )
+    if isinstance(tgt, BoardTarget):
+        return Timing("cycles", f"core cycles at {b.clock_hz / 1e6:g} MHz", False, True)
+    if isinstance(tgt, LinuxTarget) and tgt.emulated:
+        return Timing(
+            "ns",
+            f"CLOCK_MONOTONIC ns under qemu-aarch64 (user mode): the emulation's time on this machine, not the "
+            f"{b.core}'s",
+            True,
+            False,
+        )
+    return Timing("ns", "CLOCK_MONOTONIC ns", False, True)
+
+
 @dataclass(frozen=True)
 class StepEnergy:
-    """One training step's time and energy on the board, from what the target counted and reported.
+    """One training step's counted time and energy on the board, from what the target counted and reported.
 
     compute: seconds = Target.seconds(ticks) (QEMU: instructions x cycles_per_instruction / clock_hz; a real board:
     cycles / clock), times the board's active power (active_power_w, or flop_per_s / flop_per_j, which is the same
@@ -440,7 +507,7 @@ class StepEnergy:
 
 
 def active_power_w(board: Board) -> float:
-    return board.active_power_w or board.flop_per_s / board.flop_per_j
+    return board.compute_power_w
 
 
 def step_energy(
@@ -459,20 +526,37 @@ def step_energy(
     )
 
 
+def predicted_source(build: BuildInfo, board: Board) -> str:
+    """What the schedule's prediction was made from."""
+    if (build.dir / "profile.json").is_file():
+        return "a measured profile, profile.json"
+    if board.instructions_per_flop:
+        return (
+            "instructions per FLOP per op measured on this board (board file) x cycles/instruction / clock x "
+            "active power"
+        )
+    return "FLOPs / flop_per_j, POET's model"
+
+
+def _schedule_prediction(build: BuildInfo) -> dict:
+    sched = build.dir / "schedule.json"
+    if not sched.is_file():
+        return {}
+    try:
+        return json.loads(sched.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
 def energy_report(build: BuildInfo, target: Target, log: TrainLog) -> str:
-    """The measured energy per step beside the schedule's prediction (schedule.json)."""
+    """The counted energy per step beside the schedule's prediction (schedule.json)."""
     if not log.step_ticks:
         return ""
     board = target.board
+    tm = timing(target)
     ticks = int(np.mean(log.timed_ticks))
     e = step_energy(board, target, ticks, log.tick_hz, log.paging)
-    pred: dict = {}
-    sched = build.dir / "schedule.json"
-    if sched.is_file():
-        try:
-            pred = json.loads(sched.read_text())
-        except (OSError, json.JSONDecodeError):
-            pred = {}
+    pred = _schedule_prediction(build)
 
     def j(v: object) -> str:
         return joules(float(v)) if isinstance(v, int | float) else "-"
@@ -480,35 +564,41 @@ def energy_report(build: BuildInfo, target: Target, log: TrainLog) -> str:
     def t(v: object) -> str:
         return seconds(float(v)) if isinstance(v, int | float) else "-"
 
+    in_b, out_b, ins, outs = log.paging
+    paging = (
+        f"{ins} page-ins ({nbytes(in_b)}), {outs} page-outs ({nbytes(out_b)}) x the board's page-in/out latency, "
+        f"throughput and {board.memory_power_w:g} W"
+    )
+    if tm.board_time:
+        first = ["counted", j(e.compute_j), j(e.paging_j), j(e.total_j), t(e.total_s)]
+        first.append("emulated: QEMU's instruction count" if tm.emulated else f"the board's {tm.tick_unit}")
+        per = (
+            f"{ticks:,} instructions per step x {board.cycles_per_instruction:g} cycles/instruction / "
+            f"{board.clock_hz / 1e6:g} MHz (QEMU -icount, emulated)"
+            if isinstance(target, QemuTarget)
+            else f"{ticks:,} {tm.tick_unit} per step at {log.tick_hz / 1e6:g} MHz"
+        )
+        note = f"counted: {per} = {seconds(e.compute_s)} x {active_power_w(board) * 1e3:.4g} mW; paging: {paging}"
+    else:
+        first = ["emulated", "-", j(e.paging_j), "-", "-", "not the board's: no energy"]
+        note = (
+            f"emulated: {seconds(e.compute_s)} per step is {tm.how}, so no compute energy is made from it "
+            f"(poetc profile on the board itself, or a power meter, gives one); paging: {paging}"
+        )
     rows = [
-        ["measured", j(e.compute_j), j(e.paging_j), j(e.total_j), t(e.total_s)],
+        first,
         [
             "predicted",
             j(pred.get("compute_energy_j")),
             j(pred.get("paging_energy_j")),
             j(pred.get("energy_j")),
             t(pred.get("time_s")),
+            "the schedule's cost model",
         ],
     ]
-    qemu = isinstance(target, QemuTarget)
-    how = (
-        f"{ticks:,} instructions per step x {board.cycles_per_instruction:g} cycles/instruction / "
-        f"{board.clock_hz / 1e6:g} MHz"
-        if qemu
-        else f"{ticks:,} ticks per step at {log.tick_hz / 1e6:g} MHz"
-    )
-    in_b, out_b, ins, outs = log.paging
     return (
-        table(["energy per step", "compute", "paging", "total", "time"], rows, "lrrrr")
-        + f"\nmeasured: {how} = {seconds(e.compute_s)} x {active_power_w(board) * 1e3:.4g} mW; paging: "
-        f"{ins} page-ins ({nbytes(in_b)}), {outs} page-outs ({nbytes(out_b)}) x the board's page-in/out latency, "
-        f"throughput and {board.memory_power_w:g} W; predicted: the schedule's cost model ("
-        + (
-            "a measured profile, profile.json"
-            if (build.dir / "profile.json").is_file()
-            else "FLOPs / flop_per_j"
-        )
-        + ")"
+        table(["energy per step", "compute", "paging", "total", "time", "from"], rows, "lrrrrl")
+        + f"\n{note}; predicted: the schedule's cost model ({predicted_source(build, board)})"
     )
 
 
@@ -518,7 +608,7 @@ def node_profile(build: BuildInfo, target: Target, log: TrainLog) -> str:
         return ""
     nodes = build.doc.get("nodes", [])
     total = max(1, sum(log.node_ticks))
-    qemu = isinstance(target, QemuTarget)
+    unit = timing(target).tick_unit
     runs = node_runs(build)
     rows = []
     for i, tk in enumerate(log.node_ticks):
@@ -537,8 +627,7 @@ def node_profile(build: BuildInfo, target: Target, log: TrainLog) -> str:
                 f"{100 * tk / total:.1f}%",
             ]
         )
-    unit = "instructions" if qemu else "ticks"
-    per = "instr/FLOP" if qemu else "ticks/FLOP"
+    per = "instr/FLOP" if unit == "instructions" else f"{unit}/FLOP"
     return table(["node", "name", "op", "runs", unit, per, "time", "share"], rows, "rllrrrrr")
 
 
@@ -562,15 +651,17 @@ TRAIN_RECORD = "train.json"
 
 def train_record(build: BuildInfo, target: Target, log: TrainLog, lr: float, seed: int = 0) -> dict:
     """What ``poetc report`` shows of a training run: the loss curve, each step's ticks and board seconds, the
-    last step's ticks per node, the paging counts, the energy per step (counted: ticks x active power, paging x the
-    board's constants; and metered, with --meter)."""
+    last step's ticks per node, the paging counts, and the energy per step under its three names: counted (ticks
+    as the board's seconds x its active power, paging counts x its constants; None when the ticks time an
+    emulation rather than the board), predicted (the schedule's) and metered (--meter)."""
     board = target.board
+    tm = timing(target)
     ticks = int(np.mean(log.timed_ticks)) if log.step_ticks else 0
     in_b, out_b, ins, outs = log.paging
     e = step_energy(board, target, ticks, log.tick_hz, log.paging)
     pin_s = ins * board.page_in_latency_s + in_b / board.page_in_bytes_per_s
     pout_s = outs * board.page_out_latency_s + out_b / board.page_out_bytes_per_s
-    unit = "instructions" if isinstance(target, QemuTarget) else "ticks"
+    pred = _schedule_prediction(build)
     return {
         "board": board.name,
         "hash": build.doc["hash"],
@@ -579,7 +670,9 @@ def train_record(build: BuildInfo, target: Target, log: TrainLog, lr: float, see
         "seed": seed,
         "batch": build.batch,
         "tick_hz": log.tick_hz,
-        "tick_unit": unit,
+        "tick_unit": tm.tick_unit,
+        "timing": tm.to_json(),
+        "emulated": tm.emulated,
         "seconds_per_tick": target.seconds(10**9, log.tick_hz) / 1e9,
         "loss": log.loss,
         "evals": [list(ev) for ev in log.evals],
@@ -589,7 +682,7 @@ def train_record(build: BuildInfo, target: Target, log: TrainLog, lr: float, see
         "node_ticks": log.node_ticks,
         "node_seconds": [target.seconds(t, log.tick_hz) for t in log.node_ticks],
         "paging": {"page_in_bytes": in_b, "page_out_bytes": out_b, "page_ins": ins, "page_outs": outs},
-        "energy_per_step": {
+        "counted_energy_per_step": {
             "ticks": ticks,
             "compute_s": e.compute_s,
             "compute_j": e.compute_j,
@@ -598,7 +691,18 @@ def train_record(build: BuildInfo, target: Target, log: TrainLog, lr: float, see
             "page_out_s": pout_s,
             "page_out_j": pout_s * board.memory_power_w,
             "total_j": e.total_j,
-        },
+        }
+        if tm.board_time
+        else None,
+        "predicted_energy_per_step": {
+            "compute_j": pred.get("compute_energy_j"),
+            "paging_j": pred.get("paging_energy_j"),
+            "total_j": pred.get("energy_j"),
+            "time_s": pred.get("time_s"),
+            "source": predicted_source(build, board),
+        }
+        if pred
+        else None,
         "metered": log.metered.to_json() if log.metered is not None else None,
         "wall_s": log.wall_s,
     }
@@ -629,9 +733,14 @@ def metered_report(build: BuildInfo, target: Target, log: TrainLog) -> str:
     mean_j = float(np.mean(steps_j))
     ticks = int(np.mean(log.timed_ticks))
     counted = step_energy(target.board, target, ticks, log.tick_hz, log.paging).total_j
+    vs = ""
+    if timing(target).board_time:
+        vs = f"counted {joules(counted)} " + (
+            f"(metered / counted {mean_j / counted:.3g}); " if counted > 0 else "; "
+        )
     return (
         f"metered: {joules(mean_j)} per step (min {joules(min(steps_j))}, max {joules(max(steps_j))}, "
-        f"{len(steps_j)} steps) at {m.voltage_v:g} V; counted {joules(counted)} "
-        + (f"(metered / counted {mean_j / counted:.3g}); " if counted > 0 else "; ")
+        f"{len(steps_j)} steps) at {m.voltage_v:g} V; "
+        + vs
         + f"idle {m.idle_a * 1e3:.3f} mA; {m.how}: {m.note}"
     )

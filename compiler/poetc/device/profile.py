@@ -243,26 +243,13 @@ def with_pager_probe(
 
 # ---- measuring ------------------------------------------------------------------------------------------------
 def tick_unit(tgt: target.Target) -> str:
-    if isinstance(tgt, target.QemuTarget):
-        return "instructions"
-    if isinstance(tgt, target.BoardTarget):
-        return "cycles"
-    return "ns"
+    return harness.timing(tgt).tick_unit
 
 
 def timing_note(tgt: target.Target) -> tuple[str, bool]:
-    b = tgt.board
-    if isinstance(tgt, target.QemuTarget):
-        return (
-            f"instructions counted by QEMU (-icount) x {b.cycles_per_instruction:g} cycles/instruction / "
-            f"{b.clock_hz / 1e6:g} MHz",
-            False,
-        )
-    if isinstance(tgt, target.BoardTarget):
-        return f"core cycles at {b.clock_hz / 1e6:g} MHz", False
-    if isinstance(tgt, target.LinuxTarget) and tgt.emulated:
-        return "CLOCK_MONOTONIC ns under qemu-aarch64 (user mode): the emulation's time on this machine", True
-    return "CLOCK_MONOTONIC ns", False
+    """(how ticks become seconds, whether they time an emulation rather than the board): harness.timing's."""
+    tm = harness.timing(tgt)
+    return tm.how, not tm.board_time
 
 
 def pager_storage(tgt: target.Target) -> str:
@@ -353,6 +340,7 @@ def measure(
     """Build ``model`` for ``board`` with the pager probe, run it and return the profile (see the module doc)."""
     say = say or (lambda s: None)
     tgt = target.for_board(board)
+    harness.port_kw(tgt, port)  # a --port that cannot apply fails before the build
     pl = pipeline.plan(model, board, say=say, training=training)
     if strategy is None:  # any schedule that runs every node will do: the cheapest heuristic, else POET's
         best = strategies.best_heuristic(pl.problem)
@@ -413,7 +401,7 @@ def _run(
     node_ticks: list[list[int]] = []
     totals: list[tuple[int, int]] = []  # (RUN ticks, paged bytes)
     probes: list[tuple[int, int]] = []
-    kw: dict[str, Any] = {"port": port} if isinstance(tgt, target.BoardTarget) else {}
+    kw: dict[str, Any] = harness.port_kw(tgt, port)
     with tgt.launch(b.dir, timeout_s=timeout_s, **kw) as sess:
         dev = harness.Device(b, sess, tgt.seconds)
         dev.set_batch(x, y, q8)

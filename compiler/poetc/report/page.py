@@ -159,7 +159,7 @@ class RunFigures:
 
 def run_figures(train: dict[str, Any], board: Board) -> RunFigures:
     """Read train.json: the one place that knows its field names (a rename there is a line here)."""
-    e = train.get("energy_per_step")  # counted
+    e = train.get("counted_energy_per_step", train.get("energy_per_step"))  # None: an emulation's time
     m = train.get("metered")
     metered_j = None
     if m:
@@ -435,7 +435,13 @@ def write(
             "arena bytes in use after every instruction",
         )  # fmt: skip
 
-    cost_model = "measured profile, profile.json" if built_with else "FLOP model, board constants"
+    cost_model = (
+        "measured profile, profile.json"
+        if built_with
+        else "instructions per FLOP calibrated in QEMU, board file"
+        if board.instructions_per_flop
+        else "FLOP model, board constants"
+    )
     predicted = None
     bars: list[tuple[EnergyBar, str]] = []
     if sol is not None and sol.replay is not None:

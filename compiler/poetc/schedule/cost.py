@@ -3,7 +3,11 @@
 POET's analytic model (FLOP-based) with the board's constants:
   compute:  tau_i = FLOPs_i / flop_per_s,  E_i = FLOPs_i / flop_per_j
   paging:   t = latency + bytes / bytes_per_s,  E = t * memory_power      (page-in and page-out separately)
-A measured profile (``poetc profile``) may replace the per-node compute figures.
+A board with a calibrated compute model (the emulated Cortex-M boards: instructions per FLOP and per run, counted
+in QEMU for each op, op and shape class, or op family; see boards.py) prices compute by instructions instead:
+  compute:  tau_i = (ipf_i * FLOPs_i + ipr_i) * cycles_per_instruction / clock_hz,  E_i = tau_i * compute_power
+so the prediction is in the units the target counts. A measured profile (``poetc profile``) may replace the
+per-node compute figures.
 Sizes are the device's: arena bytes of each node's output (0 when the output has a static home) and the bytes
 every step needs outside the arena (parameters, inputs, labels, loss).
 """
@@ -57,7 +61,9 @@ class CostModel:
     page_out_j: np.ndarray
     static_bytes: int  # parameters + inputs + labels + loss + optimizer state
     param_bytes: int
-    source: str  # "flops" or the profile's path
+    source: (
+        str  # "flops" (POET's model), "calibrated" (the board's instructions per FLOP) or the profile's path
+    )
     pager: PagerCost = field(default_factory=lambda: PagerCost(0.0, 1.0, 0.0, 1.0, 0.0))
 
     @property
@@ -86,17 +92,47 @@ def node_flops(tg: TrainingGraph) -> list[int]:
     return out
 
 
+def cost_keys(tg: TrainingGraph, i: int) -> tuple[str, ...]:
+    """The keys a calibrated board may price node ``i`` under, most specific first: op.class, op, family,
+    default."""
+    g = tg.graph
+    n = g.nodes[i]
+    op = ops.get(n.op)
+    keys = [n.op, op.family, "default"]
+    if op.cost_class is not None:
+        cls = op.cost_class(n.attrs, [g.tensor(x).shape for x in n.inputs], g.tensor(n.output).shape)
+        keys.insert(0, f"{n.op}.{cls}")
+    return tuple(dict.fromkeys(keys))
+
+
+def calibrated_instructions(tg: TrainingGraph, board: Board, flops: np.ndarray) -> np.ndarray:
+    """Instructions per run of every node under the board's calibrated compute model."""
+    out = np.zeros(len(flops))
+    for i in range(len(flops)):
+        keys = cost_keys(tg, i)
+        per_flop = next(board.instructions_per_flop[k] for k in keys if k in board.instructions_per_flop)
+        per_run = next(board.instructions_per_run[k] for k in keys if k in board.instructions_per_run)
+        out[i] = per_flop * flops[i] + per_run
+    return out
+
+
 def build(
     tg: TrainingGraph, board: Board, profile: Mapping[str, float] | None = None, profile_source: str = ""
 ) -> CostModel:
     g = tg.graph
     flops = np.array(node_flops(tg), dtype=np.float64)
-    compute_s = flops / board.flop_per_s
-    compute_j = flops / board.flop_per_j
-    source = "flops"
+    if board.instructions_per_flop:
+        instr = calibrated_instructions(tg, board, flops)
+        compute_s = instr * board.cycles_per_instruction / board.clock_hz
+        compute_j = compute_s * board.compute_power_w
+        source = "calibrated"
+    else:
+        compute_s = flops / board.flop_per_s
+        compute_j = flops / board.flop_per_j
+        source = "flops"
     if profile:
-        # measured seconds per node replace the FLOP estimate; energy scales with time at the same power
-        power = board.flop_per_s / board.flop_per_j
+        # measured seconds per node replace the estimate; energy scales with time at the board's power
+        power = board.compute_power_w
         for i, n in enumerate(g.nodes):
             if n.name in profile:
                 compute_s[i] = profile[n.name]
@@ -140,4 +176,13 @@ def build(
     )
 
 
-__all__ = ["PAGE_CRC_BYTES", "CostModel", "PagerCost", "Role", "build", "node_flops"]
+__all__ = [
+    "PAGE_CRC_BYTES",
+    "CostModel",
+    "PagerCost",
+    "Role",
+    "build",
+    "calibrated_instructions",
+    "cost_keys",
+    "node_flops",
+]

@@ -728,7 +728,7 @@ class Milp:
         m = self.f.m
         return (
             f"MILP ({self.opt.formulation}): {len(m.bin)} binaries, {len(m.cont)} continuous, {self.n_rows} rows; "
-            f"solving with {self.solver} (time limit {time_limit_s:g} s, gap {self.opt.gap:g} on extra energy)"
+            f"solving with {self.solver} (up to {time_limit_s:g} s for this solve, gap {self.opt.gap:g} on extra energy)"
         )
 
     def solve(

@@ -308,6 +308,11 @@ def _solve_milp(
         first_s = max(1.0, opt.time_limit_s - (time.perf_counter() - t0))
     else:
         first_s = opt.time_limit_s if best_seed is None or not opt.mip_start else 0.5 * opt.time_limit_s
+    if progress and highs and first_s < opt.time_limit_s:
+        progress(
+            f"{name}: time limit {opt.time_limit_s:g} s in two solves: up to {first_s:g} s from scratch, then "
+            "the rest from the best schedule so far (only if the first does not prove optimality)"
+        )
     if progress:
         progress(model.describe(first_s))
     res = model.solve(first_s, start=start, watch=track.solver)

@@ -69,6 +69,9 @@ class OpDef:
     # the node's inputs (the host reference reports it; plain SGD reads it from its second input)
     step_grad: Callable[..., np.ndarray] | None = None
     scratch_bytes: Callable[[Attrs, Sequence[Shape], Shape], int] = lambda a, i, o: 0
+    # a finer cost key than the op for kernels whose instructions per FLOP depend on the shape (conv: "k3",
+    # "k5", "depthwise"): a board's calibrated compute model may price "op.class" apart (schedule/cost.py)
+    cost_class: Callable[[Attrs, Sequence[Shape], Shape], str] | None = None
 
     def updated(self, inputs: Sequence[str]) -> tuple[str, ...]:
         """The tensors a node of this op with ``inputs`` updates in place (empty for ordinary ops)."""

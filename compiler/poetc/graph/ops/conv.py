@@ -148,6 +148,14 @@ def _grad(g: GradBuilder, node: Node, dy: str) -> dict[int, str]:
     return out
 
 
+def _cost_class(w_shape: Shape, groups: int) -> str:
+    """Kernels of one shape class share their instructions per FLOP: depthwise (one input channel per group)
+    runs plane by plane; the others by 4x4 tiles whose overhead per tap grows with the kernel."""
+    if groups > 1 and w_shape[1] == 1:
+        return "depthwise"
+    return f"k{w_shape[2]}" if w_shape[2] == w_shape[3] else f"k{w_shape[2]}x{w_shape[3]}"
+
+
 register(
     OpDef(
         name="conv2d",
@@ -159,6 +167,7 @@ register(
         ref=_ref_fwd,
         c_params=lambda a, ins, out: _params(a, ins[0], ins[1], out),
         grad=_grad,
+        cost_class=lambda a, ins, out: _cost_class(ins[1], a["groups"]),
     )
 )
 
@@ -172,6 +181,7 @@ register(
         flops=lambda a, ins, out: 2 * _macs(out, ins[1], ins[0]),
         ref=_ref_dx,
         c_params=lambda a, ins, out: _params(a, out, ins[1], ins[0]),
+        cost_class=lambda a, ins, out: _cost_class(a["w_shape"], a["groups"]),
     )
 )
 
@@ -185,6 +195,7 @@ register(
         flops=lambda a, ins, out: 2 * _macs(ins[1], out, ins[0]),
         ref=_ref_dw,
         c_params=lambda a, ins, out: _params(a, ins[1], out, ins[0]),
+        cost_class=lambda a, ins, out: _cost_class(a["w_shape"], a["groups"]),
     )
 )
 

@@ -583,7 +583,7 @@ def cmd_fleet(a: argparse.Namespace) -> int:
         model=a.model, clients=a.clients, rounds=a.rounds, boards=tuple((a.board or "").split(",")), out=Path(a.out),
         rams=tuple(pipeline.parse_bytes(r) for r in a.ram.split(",")) if a.ram else (None,), batch=a.batch,
         input_u8=a.input_u8, data=a.data, partition=partition.parse(a.partition), local_steps=a.local_steps,
-        lr=a.lr, strategy=a.strategy, seed=a.seed, training=_training(a), schedule=a.schedule,
+        lr=a.lr, strategy=a.aggregation, seed=a.seed, training=_training(a), schedule=a.strategy,
         time_limit_s=a.time_limit, command=_command_line(), verbose=a.verbose, on_build=_record_build,
     )  # fmt: skip
     spec.check()
@@ -596,7 +596,7 @@ def cmd_fleet(a: argparse.Namespace) -> int:
         raise PoetcError(f"fleet: {a.model} is a build directory; a local fleet builds MODEL for each board")
     print(
         f"poetc fleet {a.model}: {a.clients} clients on {a.board}, {a.rounds} rounds of {a.local_steps} local "
-        f"step(s), {a.strategy}, partition {spec.partition}",
+        f"step(s), {a.aggregation}, partition {spec.partition}",
         flush=True,
     )
     header_done = []
@@ -676,6 +676,13 @@ def _board_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"unknown board {text!r} (known: {', '.join(boards.names())}; or a board .toml file)"
         )
+    return text
+
+
+def _boards_arg(text: str) -> str:
+    """B[,B2...] (poetc fleet): every name checked like --board."""
+    for name in text.split(","):
+        _board_arg(name.strip())
     return text
 
 
@@ -862,32 +869,47 @@ def make_parser() -> argparse.ArgumentParser:
         "model", nargs="?", help="an ONNX file or a zoo name; with --connect also a build directory"
     )
     s.add_argument(
-        "--board", help="B[,B2...]: client k runs on the k-th board, cycling (a fleet may mix boards)"
+        "--board",
+        type=_boards_arg,
+        metavar="B[,B2...]",
+        help="client k runs on the k-th board, cycling (a fleet may mix boards); required for a local fleet "
+        "(default: none)",
     )
-    s.add_argument("--clients", type=int, default=4, help="boards in a local fleet (default 4)")
-    s.add_argument("--rounds", type=int, default=3, help="federated rounds (default 3)")
+    s.add_argument("--clients", type=int, default=4, help="boards in a local fleet")
+    s.add_argument("--rounds", type=int, default=3, help="federated rounds")
+    s.add_argument("--local-steps", type=int, default=1, help="training steps on each board per round")
     s.add_argument(
-        "--local-steps", type=int, default=1, help="training steps on each board per round (default 1)"
+        "--data",
+        help="as for train; the training samples are split among the clients (default: the bundled digits)",
     )
-    s.add_argument("--data", help="as for train; the training samples are split among the clients")
     s.add_argument(
         "--partition", default="iid", help="iid (equal random shards) or dirichlet:ALPHA (label skew)"
     )
     s.add_argument(
-        "--strategy", default="fedavg", help="fedavg or fedavgm[:MOMENTUM[:SERVER_LR]] (server momentum)"
+        "--aggregation",
+        default="fedavg",
+        metavar="fedavg|fedavgm[:M[:LR]]",
+        help="how the server combines the boards' weights: FedAvg, or FedAvg with server momentum M and rate LR",
     )
     s.add_argument("--lr", type=float, help=_LR_HELP)
     s.add_argument("--ram", help="RAM budget per board of --board (R[,R2...]; default: each board's RAM)")
     s.add_argument("--batch", type=int, help="batch size of every board (default: the model's)")
     s.add_argument(
-        "--input-u8", type=float, metavar="SCALE", help="byte inputs on every board (as for build)"
+        "--input-u8",
+        type=float,
+        metavar="SCALE",
+        help="byte inputs on every board, as for build (default: floats)",
     )
-    s.add_argument("--schedule", default="poet", help="each board's schedule strategy (default poet)")
-    s.add_argument("--time-limit", type=float, default=20.0, help="seconds per MILP solve (default 20)")
-    s.add_argument("--seed", type=int, default=0, help="partition and batch order")
     s.add_argument(
-        "--out", default="poetc-fleet", help="builds, fleet.json and trained.npz (default poetc-fleet)"
+        "--strategy",
+        type=_strategy_arg,
+        default="poet",
+        metavar=_choices(strategies.NAMES),
+        help="each board's scheduling strategy",
     )
+    s.add_argument("--time-limit", type=float, default=20.0, help="seconds per MILP solve")
+    s.add_argument("--seed", type=int, default=0, help="partition and batch order")
+    s.add_argument("--out", metavar="DIR", default="poetc-fleet", help="builds, fleet.json and trained.npz")
     s.add_argument(
         "--connect", metavar="ADDR", help="join the Flower SuperLink at ADDR (host:port) as a SuperNode"
     )
@@ -982,27 +1004,25 @@ def _training_args(s: argparse.ArgumentParser) -> None:
         "--train",
         default="all",
         metavar="SPEC",
-        help="which parameters train: all (default), bias (every bias-like 1-D parameter), last:K (the last K "
-        "layers with parameters), auto (the largest last:K that fits the RAM budget) or NAME[,NAME...] (ONNX "
-        "initializer names); the others are frozen",
+        help="which parameters train: all, bias (every bias-like 1-D parameter), last:K (the last K layers with "
+        "parameters), auto (the largest last:K that fits the RAM budget) or NAME[,NAME...] (ONNX initializer "
+        "names); the others are frozen",
     )
     g.add_argument(
         "--bn",
         default="frozen",
         choices=["frozen", "train"],
-        help="a BatchNorm whose scale and bias are frozen uses its running statistics (frozen, default) or "
-        "batch statistics with running-statistics updates (train)",
+        help="a BatchNorm whose scale and bias are frozen uses its running statistics (frozen) or batch "
+        "statistics with running-statistics updates (train)",
     )
     g.add_argument(
         "--optimizer",
         default="sgd",
         metavar="sgd|momentum[:M]",
-        help="plain SGD (default) or SGD with momentum M (default 0.9), PyTorch's semantics; momentum and weight "
+        help="plain SGD, or SGD with momentum M (0.9 if not given), PyTorch's semantics; momentum and weight "
         "decay are build-time constants, the learning rate is given to poetc train",
     )
-    g.add_argument(
-        "--weight-decay", type=float, default=0.0, metavar="WD", help="L2 weight decay: g + WD w (default 0)"
-    )
+    g.add_argument("--weight-decay", type=float, default=0.0, metavar="WD", help="L2 weight decay: g + WD w")
 
 
 def _schedule_args(s: argparse.ArgumentParser, sweep: bool = False) -> None:

@@ -218,6 +218,7 @@ class Planned:
     problem: Problem
     flash: tuple[str, ...] = ()  # frozen parameters read in place from flash
     training: TrainingOptions = TrainingOptions()  # as planned (``--train auto`` resolved to names)
+    params: str = "auto"  # --params: where parameters may live (param_homes)
 
 
 def plan(
@@ -345,7 +346,7 @@ def _plan(
             f"smallest budget that could fit is {need} bytes (a lower bound)"
             + (f", over the board's {board.ram_bytes}" if need > board.ram_bytes else "")
         )
-    return Planned(tg, cm, fixed, p, flash, training)
+    return Planned(tg, cm, fixed, p, flash, training, params)
 
 
 class NoSchedule(PoetcError):
@@ -537,7 +538,7 @@ def compile_planned(
         repairs,
         first_extra,
         pl.flash,
-        params,
+        pl.params,
         pl.training,
     )
 

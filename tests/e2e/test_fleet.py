@@ -179,7 +179,10 @@ def test_fleet_errors_are_one_line(tmp_path, capsys):
     for args, msg in [
         (["--board", "host", "--partition", "zipf"], "--partition zipf: expected iid or dirichlet:ALPHA"),
         (["--board", "host", "--partition", "dirichlet:-1"], "ALPHA must be a positive number"),
-        (["--board", "host", "--strategy", "fedprox"], "--strategy fedprox: expected fedavg or fedavgm"),
+        (
+            ["--board", "host", "--aggregation", "fedprox"],
+            "--aggregation fedprox: expected fedavg or fedavgm",
+        ),
         (["--board", "host", "--clients", "0"], "--clients must be at least 1, got 0"),
         (["--board", "host,qemu-m4", "--ram", "1K,2K,3K"], "--ram: 3 budgets for 2 boards"),
         (["--board", "nosuchboard"], "nosuchboard"),

@@ -29,6 +29,7 @@ def _options(s: argparse.ArgumentParser) -> list[argparse.Action]:
 def test_every_command_is_walked():
     assert set(_subparsers()) == {
         "boards", "build", "solve", "sweep", "train", "verify", "profile", "report", "flash", "export", "demo",
+        "fleet",
     }  # fmt: skip
 
 
@@ -60,11 +61,14 @@ def test_shared_options_mean_the_same_everywhere():
                 by_opt.setdefault(o, {})[name] = a
     # --board: the board files' names (or a board file) on every command that takes one
     for name, a in by_opt["--board"].items():
+        if name == "fleet":  # a list, one board per client (not required with --connect), each name checked
+            assert a.metavar == "B[,B2...]" and a.type is cli._boards_arg
+            continue
         assert a.required and a.metavar == "{" + ",".join(boards.names()) + "}", name
     # --strategy: the strategies' names; --out: always a directory; --port on every command that runs a board
     for a in by_opt["--strategy"].values():
         assert a.metavar == "{" + ",".join(strategies.NAMES) + "}"
-    assert {n for n, a in by_opt["--out"].items()} == {"build", "sweep", "profile", "demo"}
+    assert {n for n, a in by_opt["--out"].items()} == {"build", "sweep", "profile", "demo", "fleet"}
     assert all(a.metavar == "DIR" for a in by_opt["--out"].values())
     assert {"train", "verify", "profile", "flash"} <= set(by_opt["--port"])
     # the scheduling options of build are sweep's too (sweep: --strategies, a list, in place of --strategy)
@@ -92,6 +96,11 @@ def test_shared_options_mean_the_same_everywhere():
         (["build", "no-such-model.onnx", "--board", "host", "--ram", "lots"], "bad byte size 'lots'"),
         (["solve", "no-such-model.onnx", "--board", "host", "--deadline", "soon"], "bad deadline 'soon'"),
         (["profile", "no-such-model.onnx", "--board", "host", "--strategy", "x"], "unknown strategy 'x'"),
+        (["fleet", "no-such-model.onnx", "--board", "qemu-m4,pdp11"], "unknown board 'pdp11'"),
+        (
+            ["fleet", "no-such-model.onnx", "--board", "host", "--strategy", "fedavg"],
+            "unknown strategy 'fedavg'",
+        ),
     ],
 )
 def test_choices_are_checked_before_any_model_loads(argv, message):

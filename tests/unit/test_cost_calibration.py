@@ -51,9 +51,19 @@ def test_bad_calibration_names_file_and_table(tmp_path: Path, edit, message):
 
 def test_conv_nodes_are_priced_by_shape_class():
     tg = autodiff.build_training_graph(frontend.load("mobilenetv2-cifar", batch=1))
-    keys = {cost.cost_keys(tg, i) for i, n in enumerate(tg.graph.nodes) if n.op == "conv2d_dw"}
-    assert ("conv2d_dw.depthwise", "conv2d_dw", "conv", "default") in keys
-    assert ("conv2d_dw.k1", "conv2d_dw", "conv", "default") in keys
+    # the weight gradients are fused into their SGD steps; priced as the unfused gradient kernel's shape class
+    keys = {cost.cost_keys(tg, i) for i, n in enumerate(tg.graph.nodes) if n.op == "conv2d_dw_sgd"}
+    for cls in ("depthwise", "k1"):
+        assert (
+            f"conv2d_dw_sgd.{cls}",
+            "conv2d_dw_sgd",
+            f"conv2d_dw.{cls}",
+            "conv2d_dw",
+            "conv",
+            "default",
+        ) in keys
+    dx = {cost.cost_keys(tg, i) for i, n in enumerate(tg.graph.nodes) if n.op == "conv2d_dx"}
+    assert ("conv2d_dx.depthwise", "conv2d_dx", "conv", "default") in dx
     relu = next(i for i, n in enumerate(tg.graph.nodes) if n.op == "relu" or n.op == "clip")
     assert cost.cost_keys(tg, relu)[-1] == "default" and len(cost.cost_keys(tg, relu)) == 3
 

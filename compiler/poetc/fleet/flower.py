@@ -124,7 +124,7 @@ def parse_strategy(text: str) -> tuple[str, float, float]:
         if 0 <= momentum < 1 and lr > 0:
             return "fedavgm", lr, momentum
     raise PoetcError(
-        f"--strategy {text}: expected fedavg or fedavgm[:MOMENTUM[:SERVER_LR]] (0 <= MOMENTUM < 1, SERVER_LR > 0)"
+        f"--aggregation {text}: expected fedavg or fedavgm[:MOMENTUM[:SERVER_LR]] (0 <= MOMENTUM < 1, SERVER_LR > 0)"
     )
 
 

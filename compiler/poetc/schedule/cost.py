@@ -93,16 +93,19 @@ def node_flops(tg: TrainingGraph) -> list[int]:
 
 
 def cost_keys(tg: TrainingGraph, i: int) -> tuple[str, ...]:
-    """The keys a calibrated board may price node ``i`` under, most specific first: op.class, op, family,
-    default."""
+    """The keys a calibrated board may price node ``i`` under, most specific first: op.class, op, then for a
+    fused op its unfused part's alias.class and alias, family, default."""
     g = tg.graph
     n = g.nodes[i]
     op = ops.get(n.op)
-    keys = [n.op, op.family, "default"]
+    cls = None
     if op.cost_class is not None:
         cls = op.cost_class(n.attrs, [g.tensor(x).shape for x in n.inputs], g.tensor(n.output).shape)
-        keys.insert(0, f"{n.op}.{cls}")
-    return tuple(dict.fromkeys(keys))
+    keys = []
+    for name in (n.op, op.cost_alias):
+        if name is not None:
+            keys += [f"{name}.{cls}", name] if cls is not None else [name]
+    return tuple(dict.fromkeys([*keys, op.family, "default"]))
 
 
 def calibrated_instructions(tg: TrainingGraph, board: Board, flops: np.ndarray) -> np.ndarray:

@@ -72,6 +72,9 @@ class OpDef:
     # a finer cost key than the op for kernels whose instructions per FLOP depend on the shape (conv: "k3",
     # "k5", "depthwise"): a board's calibrated compute model may price "op.class" apart (schedule/cost.py)
     cost_class: Callable[[Attrs, Sequence[Shape], Shape], str] | None = None
+    # a fused op's unfused part whose calibration prices it when the board has none of its own (conv2d_dw_sgd:
+    # conv2d_dw; the optimizer step adds a few instructions per weight, next to the MACs)
+    cost_alias: str | None = None
 
     def updated(self, inputs: Sequence[str]) -> tuple[str, ...]:
         """The tensors a node of this op with ``inputs`` updates in place (empty for ordinary ops)."""

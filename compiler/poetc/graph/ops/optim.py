@@ -144,6 +144,8 @@ register(
         c_params=lambda a, ins, out: conv._params(a, ins[1], ins[2], ins[0]),
         in_place=(2, 3),
         step_grad=lambda a, dy, x, w, *v: conv._ref_dw(a, dy, x),
+        cost_class=lambda a, ins, out: conv._cost_class(a["w_shape"], a["groups"]),
+        cost_alias="conv2d_dw",
     )
 )
 
@@ -159,5 +161,6 @@ register(
         c_params=lambda a, ins, out: conv._params(a, a["x_shape"], a["w_shape"], ins[0]),
         in_place=(1, 2),
         step_grad=lambda a, dy, b, *v: conv._ref_db(a, dy),
+        cost_alias="conv2d_db",
     )
 )

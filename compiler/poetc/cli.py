@@ -911,12 +911,20 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="partition and batch order")
     s.add_argument("--out", metavar="DIR", default="poetc-fleet", help="builds, fleet.json and trained.npz")
     s.add_argument(
-        "--connect", metavar="ADDR", help="join the Flower SuperLink at ADDR (host:port) as a SuperNode"
+        "--connect",
+        metavar="ADDR",
+        help="join the Flower SuperLink at ADDR (host:port) as a SuperNode (default: a local fleet)",
     )
     s.add_argument(
-        "--shard", type=int, metavar="K", help="with --connect: train on shard K of --clients (--partition)"
+        "--shard",
+        type=int,
+        metavar="K",
+        help="with --connect: train on shard K of --clients (--partition) (default: all the data)",
     )
-    s.add_argument("--port", help="with --connect: a real board's serial device")
+    s.add_argument(
+        "--port",
+        help="with --connect: a real board's serial device (default: found by USB id, or $POETC_SERIAL)",
+    )
     s.add_argument("--verbose", action="store_true", help="show Flower's own log")
     _training_args(s)
     s.set_defaults(func=cmd_fleet)

@@ -444,9 +444,10 @@ def compile_planned(
         train = sol.program
         ram_homes = train.ram_homes
         infer = program.forward_program(tg, p, ram_homes)
-        train_plan = memplan.plan(train, p.mem)
-        infer_plan = memplan.plan(infer, p.mem)
         held = int(sum(int(p.mem[i]) for i in ram_homes))
+        # the ceiling: the arena budget the schedule was made for (the greedy allocates under it)
+        train_plan = memplan.plan(train, p.mem, ceiling=q.budget - held)
+        infer_plan = memplan.plan(infer, p.mem)
         arena = max(train_plan.arena_bytes, infer_plan.arena_bytes)
         if arena + held <= p.budget:
             break
@@ -464,19 +465,26 @@ def compile_planned(
                 f"cannot shrink below its largest node ({q.min_budget()} B with its inputs); raise --ram by "
                 f"{over} bytes"
             )
-        q = q.with_budget(max(q.min_budget(), q.budget - over))
-        say(
-            f"arena {arena} B + {held} B of parameters in RAM exceed the {p.budget} B budget by fragmentation: "
-            f"re-solving with {q.budget} B"
-        )
-        sol = strategies.run(strategy, q, opts, progress=say, watch=watch)
-        if not sol.ok:
+        # tighten by the overflow; if no schedule fits that tight a budget, back off half-way (twice at most):
+        # a schedule at a budget in between may lay out with less fragmentation
+        lo = max(q.min_budget(), q.budget - over)
+        tries = [lo, (lo + q.budget) // 2, (3 * q.budget + lo) // 4]
+        for k, b in enumerate(tries):
+            say(
+                f"arena {arena} B + {held} B of parameters in RAM exceed the {p.budget} B budget by fragmentation: "
+                f"re-solving with {b} B"
+            )
+            trial = strategies.run(strategy, q.with_budget(b), opts, progress=say, watch=watch)
+            if trial.ok or k == len(tries) - 1 or tries[k + 1] >= q.budget:
+                break
+        if not trial.ok:
             raise NoSchedule(
                 f"the {strategy} schedule's arena ({arena} B) exceeds the {p.budget} B left for it by "
-                f"fragmentation, and re-solving at an arena budget of {q.budget} B failed: {sol.message}; "
+                f"fragmentation, and re-solving at arena budgets of {tries[0]} to {b} B failed: {trial.message}; "
                 "raise --ram",
-                sol,
+                trial,
             )
+        q, sol = q.with_budget(b), trial
     solve_s = time.perf_counter() - t0
     replays = (simulate.replay(p, train, budget=p.budget), simulate.replay(p, infer, budget=p.budget))
     plans = (train_plan, infer_plan)

@@ -34,11 +34,16 @@ CASES = [
 ]
 
 
-def one_step_errors(tmp_path, name: str, batch: int) -> dict[str, float]:
+def one_step_errors(
+    tmp_path,
+    name: str,
+    batch: int,
+    board: str = "host",
+    build_args: tuple[str, ...] = ("--strategy", "store-all"),
+) -> dict[str, float]:
+    """One training step of ``name`` built for ``board`` against its PyTorch twin: relative errors by tensor."""
     out = tmp_path / "build"
-    poetc(
-        "build", name, "--board", "host", "--out", str(out), "--batch", str(batch), "--strategy", "store-all"
-    )
+    poetc("build", name, "--board", board, "--out", str(out), "--batch", str(batch), *build_args)
     b = builddir.open_build(out)
     rng = np.random.default_rng(7)
     x = rng.standard_normal((4 * batch, *b.input_shape[1:])).astype(np.float32)

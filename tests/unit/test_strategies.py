@@ -160,8 +160,8 @@ def test_fragmentation_is_repaired_by_resolving_tighter(monkeypatch):
     real_plan = memplan.plan
     calls = {"n": 0}
 
-    def inflated(prog, mem):  # the first train plan wastes 4 KiB, as a fragmented arena would
-        mp = real_plan(prog, mem)
+    def inflated(prog, mem, ceiling=None):  # the first train plan wastes 4 KiB, as a fragmented arena would
+        mp = real_plan(prog, mem, ceiling)
         if prog.name == "train" and calls["n"] == 0:
             calls["n"] += 1
             return dc_replace(mp, arena_bytes=mp.arena_bytes + 4096)
@@ -178,7 +178,9 @@ def test_fragmentation_is_repaired_by_resolving_tighter(monkeypatch):
 def test_greedy_fits_resnet8_in_256k_with_its_parameters_paged():
     """ResNet-8 (305 KB of float32 parameters, 64 KB activations at batch 1) in qemu-m4's 256 KB: greedy must
     page parameters and activations. Two past failures: a nested recomputation unpinned an input its caller had
-    pinned (the program read a freed tensor), and deep drops built recomputation chains that pin too much."""
+    pinned (the program read a freed tensor), and deep drops built recomputation chains that pin too much.
+    Its 64 KB activations also fragment the arena unless the greedy allocates as it schedules (two-ended,
+    contiguous holes): the schedule's own layout must fit the budget, with no re-solve."""
     from poetc import pipeline
 
     pl = pipeline.plan(
@@ -192,3 +194,7 @@ def test_greedy_fits_resnet8_in_256k_with_its_parameters_paged():
     on_storage = [l for l in p.loads if l not in sol.program.ram_homes]
     assert on_storage, "the parameters cannot all stay in RAM"
     assert sum(int(p.mem[l]) for l in p.loads) > p.budget
+    from poetc.schedule import memplan
+
+    held = sum(int(p.mem[l]) for l in sol.program.ram_homes)
+    assert memplan.plan(sol.program, p.mem, ceiling=p.budget - held).arena_bytes + held <= p.budget

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+from .memplan import BIG_BYTES, aligned, gap
 from .problem import Problem
 from .program import Instr, Op, Program, Schedule, finalize, from_compute_sets, lower
 from .simulate import ScheduleError, replay
@@ -78,6 +79,10 @@ class _Greedy:
         self.resident: dict[int, int] = {}  # node -> last access (instruction count)
         self.stored: set[int] = set()
         self.used = 0
+        # where each resident tensor sits in the arena: the greedy allocates online, first fit, in program order,
+        # which is exactly memplan's earliest-first first-fit plan, so a schedule that fits here lays out within
+        # the budget with no fragmentation surprise
+        self.offset: dict[int, int] = {}
         self.ran = [0] * p.T
         self.clock = 0
         self.stage = 0  # the stage instructions are emitted in
@@ -149,17 +154,22 @@ class _Greedy:
         self.clock += 1
 
     def make_space(self, need: int) -> None:
+        """Evict until ``need`` contiguous bytes are free: dead tensors first; then, of the windows of the
+        arena that would hold ``need`` bytes, the one whose resident tensors are cheapest to evict (by DTR's
+        score: cost over bytes x staleness, summed), each paged out or dropped by Capuchin's rule."""
         p = self.p
-        while self.used + need > p.budget:
-            best = None
+        size = aligned(need)
+        while self.hole(need) is None:
+            dead = [v for v in self.resident if v not in self.pinned and self.next_use(v) is None]
+            if dead:
+                for v in dead:
+                    self.free(v)
+                continue
+            choice: dict[int, tuple[float, bool]] = {}  # evictable tensor -> (score, page rather than drop)
             for v, last in self.resident.items():
                 if v in self.pinned:
                     continue
                 nu = self.next_use(v)
-                if nu is None:
-                    self.free(v)
-                    best = None
-                    break
                 if p.pageable[v]:
                     swap = (0.0 if v in self.stored else float(p.page_out_j[v])) + float(p.page_in_j[v])
                 else:  # a persistent tensor: dropped and re-read from its master copy, never paged
@@ -173,13 +183,25 @@ class _Greedy:
                 if cost == math.inf:
                     continue  # can be neither paged nor recomputed
                 stale = max(1, self.clock - last)
-                score = cost / (float(p.mem[v]) * stale)
-                if best is None or score < best[0]:
-                    best = (score, v, swap <= drop)
-            else:
-                if best is None:
-                    raise _NoFit(f"cannot make room for {need} B at stage {self.stage}")
-                _, v, page = best
+                choice[v] = (cost / (float(p.mem[v]) * stale), swap <= drop)
+            spans = {v: (o, o + aligned(int(p.mem[v]))) for v, o in self.offset.items()}
+            best: tuple[tuple[float, int], list[int]] | None = None
+            starts = {0, p.budget - size, *(hi for _, hi in spans.values())}
+            starts |= {lo - size for lo, _ in spans.values()}  # windows that end where a tensor begins
+            for at in sorted(x for x in starts if x >= 0):
+                if at + size > p.budget:
+                    continue
+                inside = [v for v, (lo, hi) in spans.items() if lo < at + size and at < hi]
+                if any(v not in choice for v in inside):
+                    continue
+                score = sum(choice[v][0] for v in inside)
+                rank = (score, -at if size >= BIG_BYTES else at)
+                if best is None or rank < best[0]:
+                    best = (rank, inside)
+            if best is None or not best[1]:
+                raise _NoFit(f"cannot make room for {need} B at stage {self.stage}")
+            for v in best[1]:
+                page = choice[v][1]
                 if page and v not in self.stored:
                     self.emit(Op.PAGE_OUT, v)
                     self.stored.add(v)
@@ -189,10 +211,27 @@ class _Greedy:
                             self.dropped_readers.setdefault(u, set()).add(v)
                 self.free(v)
 
+    def hole(self, need: int) -> int | None:
+        """Where ``need`` bytes would go between the resident tensors (memplan's two-ended placement under the
+        budget), or None."""
+        busy = sorted((o, o + aligned(int(self.p.mem[v]))) for v, o in self.offset.items())
+        return gap(busy, aligned(need), self.p.budget)
+
+    def place(self, v: int) -> None:
+        """Give a tensor just made resident its arena offset (make_space made room for it)."""
+        if self.p.mem[v] > 0:
+            at = self.hole(int(self.p.mem[v]))
+            if at is None:
+                raise _NoFit(f"no room for {self.p.names[v]} at stage {self.stage}")
+            self.offset[v] = at
+            self.resident[v] = self.clock
+            self.used += int(self.p.mem[v])
+
     def free(self, v: int) -> None:
         self.emit(Op.FREE, v)
         self.used -= int(self.p.mem[v])
         del self.resident[v]
+        self.offset.pop(v, None)
 
     def materialize(self, u: int) -> None:
         p = self.p
@@ -201,8 +240,7 @@ class _Greedy:
         if u in self.stored:
             self.make_space(int(p.mem[u]))
             self.emit(Op.PAGE_IN, u)
-            self.resident[u] = self.clock
-            self.used += int(p.mem[u])
+            self.place(u)
             return
         if not self.can_recompute(u, self.stage):
             raise _NoFit(f"{p.names[u]} was dropped but can no longer be recomputed at stage {self.stage}")
@@ -221,9 +259,7 @@ class _Greedy:
         self.ran[k] += 1
         if any(k == u for u, _ in p.updates):
             self.update_ran.add(k)
-        if p.mem[k] > 0:
-            self.resident[k] = self.clock
-            self.used += int(p.mem[k])
+        self.place(k)
         for u in ins:
             if u in self.resident:
                 self.resident[u] = self.clock

@@ -24,6 +24,10 @@ from .program import Op, Program
 
 ALIGN = 8
 RANDOM_ORDERS = 64
+# two-ended placement (``plan(..., ceiling=)``, and the greedy scheduler's online allocator): tensors of at least
+# this many bytes go as high under the ceiling as they fit, smaller ones as low as they fit, so small long-lived
+# tensors (parameters, statistics) do not split the room large activations need
+BIG_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class MemPlan:
         return self.arena_bytes - self.live_peak_bytes
 
 
-def _align(n: int) -> int:
+def aligned(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
@@ -79,9 +83,9 @@ def _place(ivs: list[Interval], order: list[int], best_fit: bool = False) -> tup
     top = 0
     for k in order:
         a = ivs[k]
-        size = _align(a.size)
+        size = aligned(a.size)
         busy = sorted(
-            (offsets[j], offsets[j] + _align(ivs[j].size))
+            (offsets[j], offsets[j] + aligned(ivs[j].size))
             for j in placed
             if ivs[j].start < a.end and a.start < ivs[j].end
         )
@@ -102,15 +106,55 @@ def _place(ivs: list[Interval], order: list[int], best_fit: bool = False) -> tup
     return offsets, top
 
 
+def gap(busy: list[tuple[int, int]], size: int, ceiling: int | None) -> int | None:
+    """Where ``size`` bytes go among the ``busy`` spans (sorted by start): a large block as high under
+    ``ceiling`` as it fits, anything else at the lowest fit; None when a large block fits nowhere under it."""
+    if ceiling is None or size < BIG_BYTES:
+        off = 0
+        for lo, hi in busy:
+            if off + size <= lo:
+                break
+            off = max(off, hi)
+        return off if ceiling is None or off + size <= ceiling else None
+    top = ceiling
+    for lo, hi in sorted(busy, key=lambda b: -b[1]):
+        if hi + size <= top:
+            return top - size
+        top = min(top, lo)
+    return top - size if top >= size else None
+
+
+def _place_two_ended(ivs: list[Interval], ceiling: int) -> tuple[list[int], int] | None:
+    """Place intervals in program order, large ones from ``ceiling`` down, small ones from 0 up (``gap``)."""
+    offsets = [-1] * len(ivs)
+    top = 0
+    for k in sorted(range(len(ivs)), key=lambda k: ivs[k].start):
+        a = ivs[k]
+        size = aligned(a.size)
+        busy = sorted(
+            (offsets[j], offsets[j] + aligned(ivs[j].size))
+            for j in range(len(ivs))
+            if offsets[j] >= 0 and ivs[j].start < a.end and a.start < ivs[j].end
+        )
+        at = gap(busy, size, ceiling)
+        if at is None:
+            return None
+        offsets[k] = at
+        top = max(top, at + size)
+    return offsets, top
+
+
 def live_peak(ivs: list[Interval], n_instrs: int) -> int:
     delta = np.zeros(n_instrs + 2, dtype=np.int64)
     for iv in ivs:
-        delta[iv.start] += _align(iv.size)
-        delta[iv.end] -= _align(iv.size)
+        delta[iv.start] += aligned(iv.size)
+        delta[iv.end] -= aligned(iv.size)
     return int(np.cumsum(delta).max(initial=0))
 
 
-def plan(prog: Program, mem: np.ndarray) -> MemPlan:
+def plan(prog: Program, mem: np.ndarray, ceiling: int | None = None) -> MemPlan:
+    """The smallest arena plan found; ``ceiling`` (the arena budget the schedule was made for) adds the
+    two-ended placement the greedy scheduler allocates with, which fits under it whenever the greedy's did."""
     ivs = intervals(prog, mem)
     n = len(ivs)
     orders = {
@@ -136,6 +180,10 @@ def plan(prog: Program, mem: np.ndarray) -> MemPlan:
             best = (top, name + (" best-fit" if fit else ""), offs)
         if best[0] <= peak:
             break  # as small as any plan can be
+    if ceiling is not None and (best is None or best[0] > peak):
+        two = _place_two_ended(ivs, ceiling)
+        if two is not None and (best is None or two[1] < best[0]):
+            best = (two[1], "two-ended", two[0])
     top, name, offs = best if best else (0, "empty", [])
     placed = tuple(Interval(iv.node, iv.start, iv.end, iv.size, o) for iv, o in zip(ivs, offs, strict=True))
     per_instr = [-1] * len(prog.instrs)

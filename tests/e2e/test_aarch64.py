@@ -17,6 +17,8 @@ import pytest
 from tests.conftest import poetc
 from tests.e2e.test_qemu import mlp_onnx
 
+from poetc.emit import builddir
+
 NATIVE = platform.machine().lower() in ("aarch64", "arm64")
 TOOLS = ("make",) if NATIVE else ("aarch64-linux-gnu-gcc", "qemu-aarch64", "make")
 _missing = [t for t in TOOLS if shutil.which(t) is None]
@@ -59,7 +61,7 @@ def test_rpi4_trains_dumps_and_verifies_under_qemu_aarch64(rpi4, tmp_path):
     for k in params:
         assert d[f"grad/{k}"].shape == d[f"param/{k}"].shape == d[f"final/{k}"].shape
     # off the board, the ticks time qemu-aarch64 on this machine: said so, and no energy is made from them
-    rec = json.loads((rpi4 / "train.json").read_text())
+    rec = json.loads(builddir.open_build(rpi4).train_record_path().read_text())  # the latest run
     if NATIVE:
         assert not rec["emulated"] and rec["counted_energy_per_step"] is not None
     else:

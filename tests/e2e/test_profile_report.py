@@ -163,7 +163,7 @@ def test_report_headline_states_fit_energy_and_accuracy(run):
     }
     energy = page.tiles["hl-energy"]
     assert float(energy["predicted"]) == pytest.approx(sched["energy_j"], rel=1e-12)
-    assert float(energy["counted"]) == pytest.approx(train["energy_per_step"]["total_j"], rel=1e-12)
+    assert float(energy["counted"]) == pytest.approx(train["counted_energy_per_step"]["total_j"], rel=1e-12)
     assert "metered" not in energy
     acc = page.tiles["hl-accuracy"]
     assert float(acc["first"]) == train["evals"][0][1] and float(acc["last"]) == train["evals"][-1][1]

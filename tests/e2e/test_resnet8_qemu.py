@@ -16,7 +16,7 @@ from tests.conftest import poetc
 from poetc.emit import builddir
 
 pytest.importorskip("torch")
-from tests.e2e.test_zoo_host import one_step_errors  # noqa: E402
+from tests.e2e.test_zoo_host import one_step_errors
 
 pytestmark = [
     pytest.mark.qemu,

@@ -130,8 +130,12 @@ def test_scip_at_its_time_limit_is_not_reported_optimal(demo):
         pytest.skip("SCIP is not installed (pip install pyscipopt)")
     # HiGHS proves this problem in a few seconds; SCIP finds schedules in 2 s but cannot prove one
     res = milp.solve(demo, milp.MilpOptions(solver="SCIP", time_limit_s=2))
-    assert res.status == "feasible", (res.status, res.extra_j, res.bound_j)
-    assert res.bound_j is not None and res.bound_j < res.extra_j and res.gap > 1e-4
+    # (on a loaded machine SCIP may not even find a schedule in 2 s: then it must say so, not "optimal")
+    assert res.status in ("feasible", "no_solution"), (res.status, res.extra_j, res.bound_j)
+    if res.status == "feasible":
+        assert res.bound_j is not None and res.bound_j < res.extra_j and res.gap > 1e-4
+    else:
+        assert res.schedule is None and res.extra_j is None
     sol = strategies.run("poet", demo, strategies.SolveOptions(solver="SCIP", time_limit_s=4))
     assert sol.ok, sol.message
     # whether SCIP proves the restart within 4 s depends on the machine; what it reports must match its bound

@@ -8,7 +8,10 @@
   overflow, the resident tensor with the lowest DTR score cost / (bytes x staleness) is evicted, by paging it
   out or by dropping it for recomputation, whichever Capuchin's rule says is cheaper in energy (a swap
   costs page-out + page-in, a drop costs the recomputation); a missing input is paged back in or recomputed.
-  A persistent tensor on storage (a load node) is dropped and re-read, never paged.
+  A persistent tensor on storage (a load node) is dropped and re-read, never paged. The greedy places every
+  tensor in the arena as it goes (large ones high, small ones low) and makes room as a contiguous window: of
+  the windows that would hold the new tensor, the one whose residents have the least summed score is emptied.
+  It runs twice, with deep drops and with drops whose recomputation needs no other, and keeps the cheaper.
 Both see the problem with the RAM homes of its persistent tensors already chosen (``Problem.with_ram_homes``;
 ``strategies`` chooses them).
 """
@@ -79,9 +82,9 @@ class _Greedy:
         self.resident: dict[int, int] = {}  # node -> last access (instruction count)
         self.stored: set[int] = set()
         self.used = 0
-        # where each resident tensor sits in the arena: the greedy allocates online, first fit, in program order,
-        # which is exactly memplan's earliest-first first-fit plan, so a schedule that fits here lays out within
-        # the budget with no fragmentation surprise
+        # where each resident tensor sits in the arena: the greedy allocates as it schedules, in program order,
+        # with memplan's two-ended placement (``memplan.gap``), so memplan.plan(..., ceiling=budget) reproduces
+        # this layout and a schedule that fits here lays out within the budget with no fragmentation surprise
         self.offset: dict[int, int] = {}
         self.ran = [0] * p.T
         self.clock = 0

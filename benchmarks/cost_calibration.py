@@ -46,7 +46,7 @@ from poetc.frontend import zoo
 from poetc.frontend.quantize import u8_input
 from poetc.graph import autodiff
 from poetc.graph.ir import Model
-from poetc.schedule import cost, problem, simulate, strategies
+from poetc.schedule import cost, simulate, strategies
 
 BIG_RAM = 4 * 1024 * 1024  # mps2-an386: 4 MB SSRAM at 0x0 (code) and at 0x20000000 (data)
 OPTS = strategies.SolveOptions(time_limit_s=20.0)
@@ -113,12 +113,12 @@ def run_steps(c: pipeline.Compiled, out: Path, steps: int = 3) -> tuple[int, tup
         return r.ticks, (r.page_in_bytes, r.page_out_bytes, r.page_ins, r.page_outs), dev.tick_hz
 
 
-def flat_energy(c: pipeline.Compiled) -> float:
-    """The schedule's energy per step under POET's flat FLOP model (the board without its calibration)."""
+def flat_energy(c: pipeline.Compiled, deadline: str | None) -> float:
+    """The schedule's energy per step under POET's flat FLOP model (the board without its calibration), on the
+    same problem (parameter homes, what trains) the build planned."""
     flat = dataclasses.replace(c.board, instructions_per_flop={}, instructions_per_run={})
-    cm = cost.build(c.tg, flat)
-    p = problem.from_training(c.tg, cm, c.problem.budget, None, flat.storage_bytes)
-    return simulate.replay(p, c.programs[0]).energy_j
+    pl = pipeline.plan(c.model, flat, c.memory.budget, deadline, training=c.training, params=c.param_homes)
+    return simulate.replay(pl.problem, c.programs[0]).energy_j
 
 
 def row(
@@ -147,8 +147,8 @@ def row(
         joules(f["energy_j"]),
         joules(e.total_j),
         f"{f['energy_j'] / e.total_j:.3f}",
-        joules(flat_energy(c)),
-        f"{flat_energy(c) / e.total_j:.2f}",
+        joules(flat := flat_energy(c, deadline)),
+        f"{flat / e.total_j:.2f}",
     ]
 
 

@@ -110,7 +110,7 @@ def run_steps(c: pipeline.Compiled, out: Path, steps: int = 3) -> tuple[int, tup
         dev.set_batch(x, y, q8)
         for _ in range(steps):
             r = dev.step(0.0).reply
-        return r.ticks, (r.page_in_bytes, r.page_out_bytes, r.page_ins, r.page_outs), dev.tick_hz
+        return r.ticks, harness.storage_traffic(r), dev.tick_hz
 
 
 def flat_energy(c: pipeline.Compiled, deadline: str | None) -> float:

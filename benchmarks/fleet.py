@@ -47,7 +47,7 @@ def centralized(spec: local.FleetSpec, build, ds, evaluator, lr: float) -> tuple
                 dev.set_batch(x, y, ds.q8)
                 out = dev.step(lr)
                 r = out.reply
-                pg = (r.page_in_bytes, r.page_out_bytes, r.page_ins, r.page_outs)
+                pg = harness.storage_traffic(r)
                 e += harness.step_energy(tgt.board, tgt, out.ticks, dev.tick_hz, pg).total_j
             energy.append(e)
             accs.append(evaluator(dev.read_params(names)).accuracy)

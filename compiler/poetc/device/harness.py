@@ -333,13 +333,7 @@ def _train(
             log.step_ticks.append(out.ticks)
             log.step_seconds.append(out.seconds)
             r = out.reply
-            # storage traffic of every kind: activations paged, parameters loaded and written back
-            log.paging = (
-                r.page_in_bytes + r.load_bytes,
-                r.page_out_bytes + r.store_bytes,
-                r.page_ins + r.loads,
-                r.page_outs + r.stores,
-            )
+            log.paging = storage_traffic(r)
             log.last_reply = r
             if (
                 s == steps
@@ -508,6 +502,17 @@ class StepEnergy:
 
 def active_power_w(board: Board) -> float:
     return board.compute_power_w
+
+
+def storage_traffic(r: RunReply) -> tuple[int, int, int, int]:
+    """(bytes read, bytes written, reads, writes) of one step's storage traffic of every kind: activations
+    paged in and out, parameters loaded and written back: what ``step_energy`` prices."""
+    return (
+        r.page_in_bytes + r.load_bytes,
+        r.page_out_bytes + r.store_bytes,
+        r.page_ins + r.loads,
+        r.page_outs + r.stores,
+    )
 
 
 def step_energy(

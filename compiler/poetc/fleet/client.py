@@ -162,7 +162,7 @@ class BoardClient:
                     r = out.reply
                     e = harness.step_energy(
                         board, self.target, out.ticks, dev.tick_hz,
-                        (r.page_in_bytes, r.page_out_bytes, r.page_ins, r.page_outs),
+                        harness.storage_traffic(r),
                     )  # fmt: skip
                     res.losses.append(out.loss)
                     res.compute_j += e.compute_j

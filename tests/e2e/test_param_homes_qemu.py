@@ -37,6 +37,8 @@ def test_a_51_kb_mlp_trains_in_16_kb_with_its_parameters_on_storage(tmp_path):
         "8",
         "--input-u8",
         "0.0625",
+        "--time-limit",
+        "10",
         "--out",
         str(out),
     )
@@ -59,7 +61,7 @@ def test_a_51_kb_mlp_trains_in_16_kb_with_its_parameters_on_storage(tmp_path):
 def test_mobilenetv2_fine_tunes_in_256_kb_with_its_backbone_in_flash(tmp_path):
     out = tmp_path / "mb"
     r = poetc(
-        "build", "mobilenetv2-tiny", "--board", "qemu-m4", "--train", "last:3", "--time-limit", "30",
+        "build", "mobilenetv2-tiny", "--board", "qemu-m4", "--train", "last:3", "--time-limit", "10",
         "--out", str(out),
     )  # fmt: skip
     man, _sj = _figures(out)

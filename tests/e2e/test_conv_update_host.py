@@ -12,11 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from tests.conftest import poetc
+from tests.trajectory import check_trajectory
 
-from poetc import data
-from poetc.device import harness
 from poetc.emit import builddir
-from poetc.graph import reference
 
 LR, STEPS, BATCH = 0.05, 5, 2
 
@@ -50,25 +48,7 @@ def test_momentum_trajectory_matches_the_reference(built):
         "--dump", str(run), "--eval-every", "0",
     )  # fmt: skip
     z = np.load(run)
-    _model, tg = harness.training_graph_of(b)
-    ds = data.load_npz(d / "d.npz", b.input_shape[1:], b.classes)
-    it = harness.batches(ds, b.batch, 0)
-    carry = {p: z[f"param/{p}"] for p in b.doc["params"]} | {s: z[f"state/{s}"] for s in b.doc["state"]}
-    init = dict(carry)
-    for s in range(STEPS):
-        x, y = next(it)
-        r = reference.train_step(tg, carry, x, y, LR)
-        carry = r.carry
-        assert abs(float(z["loss"][s]) - r.loss) <= 1e-4 * abs(r.loss), s
-        if s == 0:
-            np.testing.assert_array_equal(z["x"], x)
-            floor = reference.grad_floor(r.grads)
-            for p in b.doc["params"]:
-                assert reference.max_rel_error(z[f"grad/{p}"], r.grads[p], floor) <= 1e-4, p
-    for p in b.doc["params"]:  # judged on the distance travelled, as the sparse-update check does
-        err = reference.max_rel_error(z[f"final/{p}"] - init[p], carry[p] - init[p])
-        assert err <= 1e-4, (p, err)
-        assert np.abs(carry[p] - init[p]).max() > 0, p
+    check_trajectory(b, z, d / "d.npz", STEPS, LR, list(b.doc["params"]), loss_rtol=1e-4)
 
 
 def test_verify_passes(built):

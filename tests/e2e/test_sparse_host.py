@@ -17,11 +17,9 @@ import numpy as np
 import onnx
 import pytest
 from tests.conftest import poetc
+from tests.trajectory import check_trajectory
 
-from poetc import data
-from poetc.device import harness
 from poetc.emit import builddir
-from poetc.graph import reference
 
 TRAIN = "conv1.weight,layer2.0.conv2.weight,fc.weight"
 LR, STEPS, BATCH = 0.1, 5, 2
@@ -68,26 +66,7 @@ def test_frozen_unchanged_and_trained_follow_the_reference(built):
         assert f"grad/{p}" not in z.files
     for s in b.doc["state"]:  # every BatchNorm is frozen: no running-statistics update
         assert z[f"final/{s}"].tobytes() == z[f"state/{s}"].tobytes(), s
-    # the float64 reference over the same batches (harness.batches with the training's seed)
-    _model, tg = harness.training_graph_of(b)
-    ds = data.load_npz(d / "d.npz", b.input_shape[1:], b.classes)
-    it = harness.batches(ds, b.batch, 0)
-    carry = {p: z[f"param/{p}"] for p in b.doc["params"]} | {s: z[f"state/{s}"] for s in b.doc["state"]}
-    init = dict(carry)
-    for s in range(STEPS):
-        x, y = next(it)
-        r = reference.train_step(tg, carry, x, y, LR)
-        carry = r.carry
-        assert abs(float(z["loss"][s]) - r.loss) <= 1e-5 * abs(r.loss), s
-        if s == 0:
-            np.testing.assert_array_equal(z["x"], x)
-            floor = reference.grad_floor(r.grads)
-            for p in t["trainable"]:
-                assert reference.max_rel_error(z[f"grad/{p}"], r.grads[p], floor) <= 1e-4, p
-    for p in t["trainable"]:  # judged on the distance travelled, as the zoo's one-step check does
-        err = reference.max_rel_error(z[f"final/{p}"] - init[p], carry[p] - init[p])
-        assert err <= 1e-4, (p, err)
-        assert np.abs(carry[p] - init[p]).max() > 0, p
+    check_trajectory(b, z, d / "d.npz", STEPS, LR, list(t["trainable"]), loss_rtol=1e-5)
 
 
 def test_verify_passes_and_export_keeps_frozen_initializers(built):

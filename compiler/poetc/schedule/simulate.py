@@ -105,6 +105,14 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
     def fail(pc: int, stage: int, i: int, msg: str) -> ScheduleError:
         return ScheduleError(name, pc, stage, tname(i) if 0 <= i < T else str(i), msg)
 
+    def charge(pc: int, stage: int, i: int, total: int) -> None:
+        """``total`` bytes live at instruction ``pc``: within the budget, and the peak so far."""
+        nonlocal peak, peak_pc
+        if budget is not None and total > budget:
+            raise fail(pc, stage, i, f"RAM {total} B exceeds the budget {budget} B")
+        if total > peak:
+            peak, peak_pc = total, pc
+
     for pc, ins_ in enumerate(prog.instrs):
         i, st = ins_.node, ins_.stage
         if not 0 <= i < T:
@@ -124,10 +132,7 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
             if i in writer and ran[writer[i][0]]:
                 raise fail(pc, st, i, f"loaded after its in-place update {names[writer[i][0]]!r}")
             used += size
-            if budget is not None and used > budget:
-                raise fail(pc, st, i, f"RAM {used} B exceeds the budget {budget} B")
-            if used > peak:
-                peak, peak_pc = used, pc
+            charge(pc, st, i, used)
             resident.add(i)
             ran[i] += 1
             lj += float(p.compute_j[i])
@@ -168,11 +173,7 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
                 raise fail(pc, st, i, "RECOMPUTE of a node never computed")
             if size and i in resident:
                 raise fail(pc, st, i, "computed while already resident")
-            transient = used + size
-            if budget is not None and transient > budget:
-                raise fail(pc, st, i, f"RAM {transient} B exceeds the budget {budget} B")
-            if transient > peak:
-                peak, peak_pc = transient, pc
+            charge(pc, st, i, used + size)
             if size:
                 resident.add(i)
                 used += size
@@ -198,10 +199,7 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
             if i in resident:
                 raise fail(pc, st, i, "paged in while already resident")
             used += size
-            if budget is not None and used > budget:
-                raise fail(pc, st, i, f"RAM {used} B exceeds the budget {budget} B")
-            if used > peak:
-                peak, peak_pc = used, pc
+            charge(pc, st, i, used)
             resident.add(i)
             pij += float(p.page_in_j[i])
             ts += float(p.page_in_s[i])

@@ -443,6 +443,11 @@ def cmd_train(a: argparse.Namespace) -> int:
             print(harness.metered_report(b, tgt, log))
         if a.profile_nodes:
             print(harness.node_profile(b, tgt, log))
+    if log.link_retried or log.link_stale:
+        print(
+            f"link: {log.link_retried} requests sent again after a corrupted frame, "
+            f"{log.link_stale} late replies dropped"
+        )
     print(f"run {run}: trained weights in {run_dir / builddir.TRAINED}" + (f"; dump: {dump}" if dump else ""))
     return 0
 

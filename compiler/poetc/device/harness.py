@@ -246,6 +246,8 @@ class TrainLog:
     )  # steps that streamed gradients (their ticks include it)
     last_reply: RunReply | None = None
     metered: meter_mod.Metered | None = None  # the power meter's view of the steps (--meter)
+    link_retried: int = 0  # requests sent again after a corrupted frame
+    link_stale: int = 0  # late replies dropped
 
     @property
     def timed_ticks(self) -> list[int]:
@@ -354,6 +356,7 @@ def _train(
         if meter is not None:
             log.metered = meter_mod.attribute(meter.stop(), dev.runs, meter.bit)
         final = {**dev.params(), **dev.state()}  # trained weights and running statistics
+        log.link_retried, log.link_stale = dev.link.retried, dev.link.stale
     log.wall_s = time.perf_counter() - t0
     if dump is not None:
         dumpd["loss"] = np.asarray(log.loss, np.float32)
@@ -704,6 +707,7 @@ def train_record(build: BuildInfo, target: Target, log: TrainLog, lr: float, see
         if pred
         else None,
         "metered": log.metered.to_json() if log.metered is not None else None,
+        "link": {"retried": log.link_retried, "stale_dropped": log.link_stale},
         "wall_s": log.wall_s,
     }
 

@@ -12,6 +12,7 @@ run, x cycles_per_instruction / clock_hz seconds, at compute_power_w (schedule/c
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -103,8 +104,10 @@ def _check(path: Path, doc: dict[str, Any], check_name: bool = True) -> Board:
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise PoetcError(f"{where}: field {f.name!r} must be a non-negative integer, got {v!r}")
         elif t == "float":
-            if not isinstance(v, int | float) or isinstance(v, bool) or v < 0:
-                raise PoetcError(f"{where}: field {f.name!r} must be a non-negative number, got {v!r}")
+            if not isinstance(v, int | float) or isinstance(v, bool) or not (v >= 0 and math.isfinite(v)):
+                raise PoetcError(
+                    f"{where}: field {f.name!r} must be a non-negative, finite number, got {v!r}"
+                )
             v = float(v)
         elif t == "str":
             if not isinstance(v, str):
@@ -118,7 +121,7 @@ def _check(path: Path, doc: dict[str, Any], check_name: bool = True) -> Board:
             for k, x in v.items():
                 if not _OP_KEY.fullmatch(k):
                     raise PoetcError(f"{where}: [{f.name}] key {k!r} is not an op, op.class or family name")
-                if not isinstance(x, int | float) or isinstance(x, bool) or x < 0:
+                if not isinstance(x, int | float) or isinstance(x, bool) or not (x >= 0 and math.isfinite(x)):
                     raise PoetcError(f"{where}: [{f.name}] {k} must be a non-negative number, got {x!r}")
             if "default" not in v:
                 raise PoetcError(f"{where}: [{f.name}] needs a 'default' entry for ops it does not name")

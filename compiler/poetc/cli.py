@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 import time
@@ -372,9 +373,22 @@ def _lr(a: argparse.Namespace, b: builddir.BuildInfo) -> float:
     from .frontend import zoo
 
     lr = a.lr if a.lr is not None else zoo.default_lr(b.doc["model"]["source"])
-    if not lr > 0:
-        raise PoetcError(f"--lr must be positive, got {lr}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise PoetcError(f"--lr must be positive and finite, got {lr}")
     return lr
+
+
+def _check_writable(path: Path, what: str) -> None:
+    """An output file's folder exists and takes a new file (checked before the work that produces it)."""
+    import os
+
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise PoetcError(f"{what} {path}: is a directory")
+    if not folder.is_dir():
+        raise PoetcError(f"{what} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PoetcError(f"{what} {path}: folder {folder} is not writable")
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -387,8 +401,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     a.lr = _lr(a, b)
     ds = _dataset(b, a.data)
     dump = Path(a.dump) if a.dump else None
-    if dump is not None and dump.suffix != ".npz":
-        raise PoetcError(f"--dump {dump}: the dump file must end in .npz")
+    if dump is not None:  # checked before training, which a late failure would throw away
+        if dump.suffix != ".npz":
+            raise PoetcError(f"--dump {dump}: the dump file must end in .npz")
+        _check_writable(dump, "--dump")
     eval_every = a.eval_every if a.eval_every is not None else max(1, a.steps // 10)
     print(
         f"poetc train {b.dir} on {board.name}: {a.steps} steps, batch {b.batch}, lr {a.lr}, data {ds.name} "
@@ -443,6 +459,11 @@ def cmd_train(a: argparse.Namespace) -> int:
             print(harness.metered_report(b, tgt, log))
         if a.profile_nodes:
             print(harness.node_profile(b, tgt, log))
+    if log.link_retried or log.link_stale:
+        print(
+            f"link: {log.link_retried} requests sent again after a corrupted frame, "
+            f"{log.link_stale} late replies dropped"
+        )
     print(f"run {run}: trained weights in {run_dir / builddir.TRAINED}" + (f"; dump: {dump}" if dump else ""))
     return 0
 
@@ -544,10 +565,13 @@ def cmd_export(a: argparse.Namespace) -> int:
     out = Path(a.onnx)
     if out.suffix != ".onnx":
         raise PoetcError(f"--onnx {out}: the output must end in .onnx")
+    _check_writable(out, "--onnx")
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         frontend.export_onnx(model, trained, tmp)
         tmp.replace(out)
+    except OSError as e:
+        raise PoetcError(f"--onnx {out}: cannot write: {e.strerror or e}") from None
     finally:
         tmp.unlink(missing_ok=True)
     n_state = sum(1 for k in trained if k in b.doc.get("state", []))
@@ -1104,7 +1128,19 @@ def _data_arg(s: argparse.ArgumentParser) -> None:
 
 
 def _seed_arg(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--seed", type=int, default=0, help="seed of the batch order")
+    s.add_argument(
+        "--seed", type=_seed_type, default=0, help="seed of the batch order (a non-negative integer)"
+    )
+
+
+def _seed_type(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} must be a non-negative integer")
+    return v
 
 
 def _port_arg(s: argparse.ArgumentParser, flashed: bool = False) -> None:

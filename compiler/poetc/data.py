@@ -108,10 +108,17 @@ def load_npz(path: str | Path, shape: tuple[int, ...], classes: int) -> Dataset:
         z = np.load(p, allow_pickle=False)
     except FileNotFoundError:
         raise PoetcError(f"--data {p}: no such file") from None
-    except (OSError, ValueError) as e:
-        raise PoetcError(f"--data {p}: not a readable .npz file ({e})") from None
-    with z:
-        arrays = {k: z[k] for k in z.files}
+    except IsADirectoryError:
+        raise PoetcError(f"--data {p}: is a directory") from None
+    except Exception as e:  # OSError, ValueError, zipfile.BadZipFile, EOFError: not an .npz we can read
+        raise PoetcError(f"--data {p}: not a readable .npz file ({type(e).__name__}: {e})") from None
+    try:
+        with z:
+            arrays = {k: z[k] for k in z.files}
+    except ValueError as e:  # an object array (pickles are never loaded)
+        raise PoetcError(f"--data {p}: not a plain numeric .npz file ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # a truncated or damaged archive: zipfile, zlib and EOF errors alike
+        raise PoetcError(f"--data {p}: damaged or truncated .npz file ({type(e).__name__}: {e})") from None
     out = []
     for xk, yk in (("x", "y"), ("x_test", "y_test")):
         if xk not in arrays and xk == "x":
@@ -133,6 +140,13 @@ def load_npz(path: str | Path, shape: tuple[int, ...], classes: int) -> Dataset:
             raise PoetcError(f"--data {p}: {xk!r} has dtype {x.dtype}, expected numbers")
         if not np.all(np.isfinite(x)):
             raise PoetcError(f"--data {p}: {xk!r} holds NaN or infinite values")
+        x32 = x.astype(np.float32)
+        if not np.all(np.isfinite(x32)):  # finite here, infinite as the float32 the target computes with
+            big = float(np.max(np.abs(x.astype(np.float64))))
+            raise PoetcError(
+                f"--data {p}: {xk!r} holds values that overflow float32 (largest magnitude {big:.3g}, float32 "
+                f"holds up to {float(np.finfo(np.float32).max):.3g})"
+            )
         if y.shape != (x.shape[0],):
             raise PoetcError(f"--data {p}: {yk!r} has shape {list(y.shape)}, expected [{x.shape[0]}]")
         if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(y == np.round(y))):
@@ -145,7 +159,7 @@ def load_npz(path: str | Path, shape: tuple[int, ...], classes: int) -> Dataset:
             )
         if x.shape[0] == 0:
             raise PoetcError(f"--data {p}: {xk!r} is empty")
-        out += [x.astype(np.float32), yi]
+        out += [x32, yi]
     return Dataset(out[0], out[1], out[2], out[3], str(p), None)
 
 

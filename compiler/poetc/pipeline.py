@@ -8,6 +8,7 @@ buffers, the port's own buffers and the stack, and what is left is the arena the
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -34,7 +35,7 @@ class MemoryReport:
     budget: int  # the RAM budget (--ram, or the board's RAM)
     params: int  # parameters, optimizer and BatchNorm state homed in RAM
     io: int  # input batch, labels, loss
-    tables: int  # runtime RAM tables: tensor locations, per-node tick counters
+    tables: int  # runtime RAM tables: tensor locations and write numbers, per-node tick counters
     link: int  # frame buffers of the link
     port: int  # the port's own buffers
     stack: int
@@ -110,7 +111,7 @@ def fixed_memory(
         if t.name not in elsewhere
     )
     io = sum(t.nbytes for t in g.tensors.values() if t.role in (Role.INPUT, Role.LABEL, Role.LOSS))
-    tables = ptr * len(g.tensors) + 8 * len(g.nodes)
+    tables = (ptr + 4) * len(g.tensors) + 8 * len(g.nodes)  # loc[] and wgen[] per tensor, ticks per node
     link = 2 * board.frame_max_bytes + 8
     in_flash = sum(g.tensor(n).nbytes for n in flash)
     return MemoryReport(
@@ -182,8 +183,8 @@ def parse_bytes(text: str) -> int:
         v = float(t)
     except ValueError:
         raise PoetcError(f"bad byte size {text!r} (examples: 65536, 64K, 1.5M)") from None
-    if v <= 0:
-        raise PoetcError(f"bad byte size {text!r}: must be positive")
+    if not (v > 0 and math.isfinite(v)):  # NaN and infinity too
+        raise PoetcError(f"bad byte size {text!r}: must be a positive, finite number")
     return int(v * mult)
 
 
@@ -203,8 +204,8 @@ def parse_deadline(text: str | None, floor_s: float) -> float | None:
             raise ValueError
     except ValueError:
         raise PoetcError(f"bad deadline {text!r} (examples: 1.5x the compute time, 0.2s, 200ms)") from None
-    if v <= 0:
-        raise PoetcError(f"bad deadline {text!r}: must be positive")
+    if not (v > 0 and math.isfinite(v)):  # NaN and infinity too
+        raise PoetcError(f"bad deadline {text!r}: must be a positive, finite number")
     return v
 
 

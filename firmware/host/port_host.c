@@ -32,6 +32,7 @@ static uint8_t *pager_ram;
 static uint32_t pager_size;
 static long corrupt_write = -1; /* test-only fault injection: corrupt the data of this page-out (0-based) */
 static long data_writes;
+static long drop_from = -1; /* test-only: from this data write on (0-based), acknowledge writes but keep old data */
 
 int poet_port_getc(void) {
     if (in_pos == in_len) {
@@ -83,6 +84,12 @@ uint32_t poet_port_pager_bytes(void) { return pager_size; }
 
 poet_status poet_port_pager_write(uint32_t addr, const void *buf, uint32_t n) {
     if ((uint64_t)addr + n > pager_size) return POET_ERR_PAGER_IO;
+    static int dropping; /* a data write was dropped: so is its CRC, the 4-byte write after it */
+    if (n > 4) dropping = drop_from >= 0 && data_writes >= drop_from;
+    if (dropping) { /* a device that says yes and keeps the old bytes */
+        if (n > 4) data_writes++;
+        return POET_OK;
+    }
     if (pager_ram) {
         memcpy(pager_ram + addr, buf, n);
     } else if (fseek(pager_file, (long)addr, SEEK_SET) != 0 || fwrite(buf, 1, n, pager_file) != n) {
@@ -153,7 +160,8 @@ static void usage(const char *argv0) {
             "  --listen PORT   serve one TCP client on 127.0.0.1:PORT (0 picks a free port; printed)\n"
             "  --stdio         speak the protocol on stdin/stdout (e.g. a pty)\n"
             "  --pager FILE    page to FILE (created); default: RAM\n"
-            "  --corrupt-page-write N   test only: corrupt the stored data of the N-th page-out (0-based)\n",
+            "  --corrupt-page-write N   test only: corrupt the stored data of the N-th page-out (0-based)\n"
+            "  --drop-page-writes N     test only: from the N-th data write on, acknowledge writes, keep old data\n",
             argv0);
 }
 
@@ -173,6 +181,8 @@ int main(int argc, char **argv) {
             pager_path = NULL;
         } else if (!strcmp(argv[i], "--corrupt-page-write") && i + 1 < argc) {
             corrupt_write = atol(argv[++i]);
+        } else if (!strcmp(argv[i], "--drop-page-writes") && i + 1 < argc) {
+            drop_from = atol(argv[++i]);
         } else if (!strcmp(argv[i], "--pager-bytes") && i + 1 < argc) {
             pager_bytes = atoll(argv[++i]);
         } else {

@@ -420,6 +420,26 @@ static uint32_t get_u32(const uint8_t *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+/* A copy on storage is tensor bytes followed by CRC32(tensor id u16 LE, write number u32 LE, bytes). The write
+ * number comes from one counter for every write to storage and is remembered per tensor in m->wgen[], so the
+ * check at page-in also catches a write the device acknowledged but did not do (the old copy has an older
+ * number), and one that went to another tensor's slot (another id). */
+static uint32_t write_count;
+
+static uint32_t tag_crc(uint16_t id, uint32_t gen) {
+    uint8_t h[6];
+    h[0] = (uint8_t)id;
+    h[1] = (uint8_t)(id >> 8);
+    put_u32(h + 2, gen);
+    return poet_crc32(0, h, 6);
+}
+
+/* The CRC a new copy of tensor id starts from; its write number is recorded. */
+static uint32_t new_copy_crc(const poet_model *m, uint16_t id) {
+    m->wgen[id] = ++write_count;
+    return tag_crc(id, m->wgen[id]);
+}
+
 /* Zeros for storage-homed tensors without an initial value (optimizer state), written a block at a time. */
 static const uint8_t zero_block[64];
 
@@ -436,11 +456,12 @@ poet_status poet_model_reset(const poet_model *m) {
         } else if (t->home == POET_HOME_STORAGE) {
             uint8_t crc[4];
             poet_status s = POET_OK;
+            const uint32_t c0 = new_copy_crc(m, id);
             if (init) {
                 s = poet_port_pager_write(t->slot, init, t->bytes);
-                put_u32(crc, poet_crc32(0, init, t->bytes));
+                put_u32(crc, poet_crc32(c0, init, t->bytes));
             } else {
-                uint32_t c = 0;
+                uint32_t c = c0;
                 for (uint32_t off = 0; off < t->bytes && s == POET_OK; off += sizeof zero_block) {
                     uint32_t n = t->bytes - off < sizeof zero_block ? t->bytes - off : (uint32_t)sizeof zero_block;
                     s = poet_port_pager_write(t->slot + off, zero_block, n);
@@ -459,7 +480,7 @@ poet_status poet_storage_seal(const poet_model *m, uint16_t id) {
     if (id >= m->n_tensors || m->tensors[id].home != POET_HOME_STORAGE) return POET_ERR_RANGE;
     const poet_tensor *t = &m->tensors[id];
     uint8_t buf[64];
-    uint32_t c = 0;
+    uint32_t c = new_copy_crc(m, id);
     for (uint32_t off = 0; off < t->bytes; off += sizeof buf) {
         uint32_t n = t->bytes - off < sizeof buf ? t->bytes - off : (uint32_t)sizeof buf;
         poet_status s = poet_port_pager_read(t->slot + off, buf, n);
@@ -473,21 +494,30 @@ poet_status poet_storage_seal(const poet_model *m, uint16_t id) {
 poet_status poet_tensor_read(const poet_model *m, uint16_t id, uint32_t off, void *dst, uint32_t n) {
     if (id >= m->n_tensors) return POET_ERR_RANGE;
     const poet_tensor *t = &m->tensors[id];
-    const uint32_t limit = t->home == POET_HOME_STORAGE && m->loc[id] == NULL ? t->bytes + 4u : t->bytes;
+    const uint32_t limit = t->home == POET_HOME_STORAGE && m->loc[id] == NULL ? t->bytes + 8u : t->bytes;
     if ((uint64_t)off + n > limit) return POET_ERR_RANGE;
     if (m->loc[id] != NULL) {
         memcpy(dst, (const uint8_t *)m->loc[id] + off, n);
         return POET_OK;
     }
-    if (t->home == POET_HOME_STORAGE) return poet_port_pager_read(t->slot + off, dst, n);
-    return POET_ERR_NOT_RESIDENT;
+    if (t->home != POET_HOME_STORAGE) return POET_ERR_NOT_RESIDENT;
+    /* the slot: bytes, then the stored CRC; then the write number the CRC should cover (from RAM) */
+    const uint32_t in_slot = off >= t->bytes + 4u ? 0u : (off + n > t->bytes + 4u ? t->bytes + 4u - off : n);
+    if (in_slot) {
+        poet_status s = poet_port_pager_read(t->slot + off, dst, in_slot);
+        if (s != POET_OK) return s;
+    }
+    uint8_t gen[4];
+    put_u32(gen, m->wgen[id]);
+    for (uint32_t i = in_slot; i < n; i++) ((uint8_t *)dst)[i] = gen[off + i - (t->bytes + 4u)];
+    return POET_OK;
 }
 
 static poet_status page_out(const poet_model *m, uint16_t t) {
     const poet_tensor *d = &m->tensors[t];
     if (m->loc[t] == NULL) return POET_ERR_NOT_RESIDENT;
     uint8_t crc[4];
-    put_u32(crc, poet_crc32(0, m->loc[t], d->bytes));
+    put_u32(crc, poet_crc32(new_copy_crc(m, t), m->loc[t], d->bytes));
     poet_status s = poet_port_pager_write(d->slot, m->loc[t], d->bytes);
     if (s == POET_OK) s = poet_port_pager_write(d->slot + d->bytes, crc, 4);
     return s;
@@ -500,7 +530,7 @@ static poet_status page_in(const poet_model *m, uint16_t t, uint32_t off) {
     poet_status s = poet_port_pager_read(d->slot, dst, d->bytes);
     if (s == POET_OK) s = poet_port_pager_read(d->slot + d->bytes, crc, 4);
     if (s != POET_OK) return s;
-    if (poet_crc32(0, dst, d->bytes) != get_u32(crc)) return POET_ERR_PAGE_CHECKSUM;
+    if (poet_crc32(tag_crc(t, m->wgen[t]), dst, d->bytes) != get_u32(crc)) return POET_ERR_PAGE_CHECKSUM;
     m->loc[t] = dst;
     return POET_OK;
 }

@@ -3,8 +3,10 @@
  * frame   = 0xA5 0x5A, len (u16 LE), payload[len], crc32(len bytes + payload) (u32 LE)
  * request = cmd (u8), seq (u8), args...
  * reply   = cmd | 0x80, seq, status (u8), data...      event = 0x40, seq, data... (sent before the reply)
- * A frame with a bad CRC or a length over POET_FRAME_MAX is answered with cmd 0xFF and an error status,
- * and its contents are never used. */
+ * A frame with a bad CRC or a length over POET_FRAME_MAX is answered with cmd 0xFF, the sequence number
+ * the frame seems to carry and an error status, and its contents are never used; the host retransmits.
+ * A retransmission (the same bytes as the last request) is answered with the last reply again, from tx[],
+ * without running the command twice: a RUN whose reply was corrupted on its way is never repeated. */
 #include <string.h>
 
 #include "poet/poet.h"
@@ -17,7 +19,7 @@
 #error "POET_FRAME_MAX must be in 64..65535"
 #endif
 
-#define POET_PROTO_VERSION 2
+#define POET_PROTO_VERSION 3
 #define SOF1 0xA5
 #define SOF2 0x5A
 
@@ -38,6 +40,15 @@ enum {
 
 static uint8_t rx[POET_FRAME_MAX];
 static uint8_t tx[POET_FRAME_MAX + 8];
+static uint16_t tx_len;     /* payload length of the frame in tx[]: after a request, its reply */
+static uint32_t rx_crc;     /* CRC of the frame in rx[] */
+static uint8_t rx_seq;      /* the sequence number of the last frame read, good or bad (error replies) */
+static struct {             /* the last request answered: a byte-identical frame is a retransmission */
+    int valid;
+    uint8_t cmd, seq;
+    uint16_t len;
+    uint32_t crc;
+} last;
 
 static uint16_t get_u16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
 static uint32_t get_u32(const uint8_t *p) {
@@ -71,7 +82,16 @@ static void send_frame(uint16_t len) {
     tx[1] = SOF2;
     put_u16(tx + 2, len);
     put_u32(tx + 4 + len, poet_crc32(0, tx + 2, (size_t)len + 2));
+    tx_len = len;
     poet_port_write(tx, (size_t)len + 8);
+    poet_port_flush();
+}
+
+/* An error reply to a frame that could not be used, from its own buffer: tx[] keeps the last reply. */
+static void send_bad_frame(uint8_t seq, poet_status st) {
+    uint8_t f[11] = {SOF1, SOF2, 3, 0, CMD_BAD_FRAME, seq, (uint8_t)st};
+    put_u32(f + 7, poet_crc32(0, f + 2, 5));
+    poet_port_write(f, sizeof f);
     poet_port_flush();
 }
 
@@ -106,18 +126,20 @@ static int read_frame(void) {
         hdr[i] = (uint8_t)c;
     }
     uint16_t len = get_u16(hdr);
-    if (len > POET_FRAME_MAX) return -2 - POET_ERR_OVERSIZE; /* resync on the next SOF; never read len bytes */
+    rx_seq = 0; /* unknown: a length over the limit is never followed (resync on the next SOF) */
+    if (len > POET_FRAME_MAX) return -2 - POET_ERR_OVERSIZE;
     for (uint16_t i = 0; i < len; i++) {
         if ((c = poet_port_getc()) < 0) return -1;
         rx[i] = (uint8_t)c;
     }
+    if (len >= 2) rx_seq = rx[1];
     uint8_t crc[4];
     for (int i = 0; i < 4; i++) {
         if ((c = poet_port_getc()) < 0) return -1;
         crc[i] = (uint8_t)c;
     }
-    uint32_t got = poet_crc32(poet_crc32(0, hdr, 2), rx, len);
-    if (got != get_u32(crc)) return -2 - POET_ERR_CRC;
+    rx_crc = poet_crc32(poet_crc32(0, hdr, 2), rx, len);
+    if (rx_crc != get_u32(crc)) return -2 - POET_ERR_CRC;
     return len;
 }
 
@@ -148,10 +170,20 @@ static poet_status check_range(const poet_model *m, uint16_t t, uint64_t off, ui
 
 static void handle(const poet_model *m, int len) {
     if (len < 2) {
-        reply(CMD_BAD_FRAME, 0, POET_ERR_UNKNOWN_CMD, 0);
+        send_bad_frame(0, POET_ERR_UNKNOWN_CMD); /* no seq to echo */
         return;
     }
     uint8_t cmd = rx[0], seq = rx[1];
+    if (last.valid && cmd == last.cmd && seq == last.seq && rx_crc == last.crc && (uint16_t)len == last.len) {
+        poet_port_write(tx, (size_t)tx_len + 8); /* a retransmission: its reply again, not a second run */
+        poet_port_flush();
+        return;
+    }
+    last.valid = 1; /* every path below sends exactly one reply, the last frame it sends */
+    last.cmd = cmd;
+    last.seq = seq;
+    last.crc = rx_crc;
+    last.len = (uint16_t)len;
     const uint8_t *a = rx + 2;
     int alen = len - 2;
     uint8_t *out = reply_begin(cmd, seq, POET_OK);
@@ -278,11 +310,12 @@ static void handle(const poet_model *m, int len) {
 
 int poet_serve(const poet_model *m) {
     poet_reset_locations(m);
+    last.valid = 0;
     for (;;) {
         int len = read_frame();
         if (len == -1) return 0;
         if (len < -1) {
-            reply(CMD_BAD_FRAME, 0, (poet_status)(-2 - len), 0);
+            send_bad_frame(rx_seq, (poet_status)(-2 - len));
             continue;
         }
         handle(m, len);

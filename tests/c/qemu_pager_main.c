@@ -19,6 +19,7 @@ static float x[N], y[N];
 static float arena_words[1024 / 4];
 static void *loc[4];
 static uint64_t node_ticks[3];
+static uint32_t wgen[4];
 
 static const poet_tensor tensors[4] = {
     {4u * N, POET_F32, POET_HOME_STATIC, 1, x, 0},
@@ -51,6 +52,7 @@ static const poet_model model = {
     .eltwise = elt,
     .loc = loc,
     .node_ticks = node_ticks,
+    .wgen = wgen,
 };
 
 #define CHECK(c)                                                                                            \

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import shutil
+import struct
 import subprocess
 import zlib
 from pathlib import Path
@@ -204,10 +205,11 @@ def test_page_out_and_in_through_semihosting(tmp_path, board_name):
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "pager test passed" in out, out
-    # the page-out really went to the host file: relu(x) as float32, then its CRC32 (one byte flipped since)
+    # the page-out really went to the host file: relu(x) as float32, then its CRC32 over the tensor id (1), the
+    # write number (1: the first write to storage) and the bytes (one byte flipped since)
     stored = (tmp_path / "poet-pager.bin").read_bytes()
     x = (np.arange(64, dtype=np.float32) - 32) * np.float32(0.25)
     want = bytearray(np.maximum(x, 0).astype("<f4").tobytes())
-    want += zlib.crc32(bytes(want)).to_bytes(4, "little")
+    want += zlib.crc32(bytes(want), zlib.crc32(struct.pack("<HI", 1, 1))).to_bytes(4, "little")
     want[5] ^= 0x40
     assert stored == bytes(want)

@@ -255,3 +255,87 @@ def test_port_is_for_real_boards(tmp_path, good_onnx):
         _expect_error(
             cmd, str(out), "--port", "/dev/ttyACM0", match="--port names a real board's serial device"
         )
+
+
+def test_non_finite_numbers_are_one_line_errors(tmp_path, good_onnx):
+    """NaN and infinity: in the model's weights, --ram, --deadline and a board file (issue 15)."""
+    out = tmp_path / "o"
+    for v in (np.nan, np.inf):
+        w = np.ones((3, 6), np.float32)
+        w[1, 4] = v
+        p = _onnx(tmp_path / "nan.onnx", [helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)], {"w": w})
+        _expect_error("build", str(p), "--board", "host", "--out", str(out),
+                      match="initializer 'w' holds 1 NaN or infinite values (as float32), the first at [1, 4]")  # fmt: skip
+    base = ("build", str(good_onnx), "--board", "host", "--out", str(out), "--no-compile")
+    for v in ("nan", "inf", "1e999"):
+        _expect_error(*base, "--ram", v, match=f"bad byte size {v!r}: must be a positive, finite number")
+    _expect_error(*base, "--deadline", "nanx", match="bad deadline 'nanx': must be a positive, finite number")
+    _expect_error(*base, "--deadline", "infs", match="bad deadline 'infs'")
+    board = tmp_path / "nanboard.toml"
+    from poetc.resources import boards_dir
+
+    text = (boards_dir() / "host.toml").read_text()
+    import re
+
+    board.write_text(
+        re.sub(r"(?m)^flop_per_s\s*=.*$", "flop_per_s = nan", text).replace(
+            'name = "host"', 'name = "nanboard"'
+        )
+    )
+    _expect_error("build", str(good_onnx), "--board", str(board), "--out", str(out), "--no-compile",
+                  match="field 'flop_per_s' must be a non-negative, finite number, got nan")  # fmt: skip
+    assert not out.exists()
+
+
+def test_bad_seed_and_damaged_data_files(tmp_path, good_onnx):
+    out = tmp_path / "o"
+    poetc("build", str(good_onnx), "--board", "host", "--out", str(out))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((10, 6), np.float32), y=rng.integers(0, 3, 10))
+    d = str(tmp_path / "d.npz")
+    _expect_error(
+        "train", str(out), "--seed=-1", "--data", d, match="--seed: -1 must be a non-negative integer"
+    )
+    raw = (tmp_path / "d.npz").read_bytes()
+    (tmp_path / "t.npz").write_bytes(raw[: len(raw) // 2])
+    _expect_error(
+        "train", str(out), "--data", str(tmp_path / "t.npz"), match="t.npz: not a readable .npz file"
+    )
+    np.savez(tmp_path / "obj.npz", x=np.array([object()] * 10, dtype=object), y=np.zeros(10))
+    _expect_error(
+        "train", str(out), "--data", str(tmp_path / "obj.npz"), match="obj.npz: not a plain numeric .npz"
+    )
+    assert not (out / "runs").exists()
+
+
+def test_damaged_build_directory_and_trained_weights(tmp_path, good_onnx):
+    import shutil
+
+    out = tmp_path / "o"
+    poetc("build", str(good_onnx), "--board", "host", "--out", str(out))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((10, 6), np.float32), y=rng.integers(0, 3, 10))
+    d = str(tmp_path / "d.npz")
+    # an unwritable --dump is refused before training, not after
+    _expect_error("train", str(out), "--data", d, "--dump", str(tmp_path / "no" / "x.npz"),
+                  match="--dump " + str(tmp_path / "no" / "x.npz") + ": folder")  # fmt: skip
+    assert not (out / "runs").exists()
+    poetc("train", str(out), "--steps", "2", "--data", d)
+    _expect_error("export", str(out), "--onnx", str(tmp_path / "no" / "t.onnx"), match="t.onnx: folder")
+    assert not list(tmp_path.glob("**/.t.onnx.tmp"))
+    trained = out / "runs" / "1" / "trained.npz"
+    good = trained.read_bytes()
+    trained.write_bytes(good[: len(good) // 3])
+    _expect_error(
+        "export", str(out), "--onnx", str(tmp_path / "t.onnx"), match="trained.npz: damaged trained weights"
+    )
+    assert not (tmp_path / "t.onnx").exists()
+    # a damaged binary and manifest
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    exe = next((bad / "build").glob("poet_host*"))
+    exe.write_bytes(b"\x00garbage" * 10)
+    _expect_error("train", str(bad), "--steps", "1", "--data", d, match="cannot run")
+    for text in ('{"poetc_version": ', "[1, 2]", "\udcff"):
+        (bad / "poetc.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+        _expect_error("train", str(bad), "--steps", "1", "--data", d, match="poetc.json: ")

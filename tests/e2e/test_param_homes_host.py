@@ -57,3 +57,24 @@ def test_a_corrupt_master_copy_is_a_checksum_error(builds):
         dev.set_batch(x, y)
         r = dev.step(0.1).reply
         assert r.loads >= 4 and r.stores == 4 and np.isfinite(dev.step(0.1).loss)
+
+
+def test_a_storage_that_keeps_old_data_is_caught(builds):
+    """A device that acknowledges writes but keeps the old bytes: the stored copies still carry valid CRCs of
+    their bytes, but of an older write number, so the next page-in (and the host's read) refuses them."""
+    b = builddir.open_build(builds["storage"])
+    tgt = target.HostTarget(boards.load("host"))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(b.input_shape).astype(np.float32)
+    y = rng.integers(0, 10, b.batch)
+    n = len(
+        b.doc["params"]
+    )  # the reset writes each master copy once; the first step's write-backs are dropped
+    with tgt.launch(b.dir, pager="file", extra_args=["--drop-page-writes", str(n)]) as s:
+        dev = harness.Device(b, s)
+        dev.set_batch(x, y)
+        assert dev.step(0.1).reply.stores == n  # "written"
+        with pytest.raises(Exception, match="fails its CRC"):
+            dev.params()
+        with pytest.raises(Exception, match="checksum"):
+            dev.step(0.1)

@@ -7,6 +7,7 @@ one step against the host reference. The same code runs the host program, QEMU a
 from __future__ import annotations
 
 import json
+import struct
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -75,10 +76,12 @@ class Device:
         """A tensor's value; a storage-homed one (not resident) comes from its slot, checked against its CRC."""
         t = self.build.tensor(name)
         if t.get("home") == "storage":
-            raw = self.link.read(t["id"], t["bytes"] + 4)
-            raw, crc = raw[:-4], int.from_bytes(raw[-4:], "little")
-            if zlib.crc32(raw) != crc:
-                raise TargetError(f"target: the stored copy of {name!r} fails its CRC (storage corrupt?)")
+            raw = self.link.read(t["id"], t["bytes"] + 8)  # bytes, their CRC, the write number it covers
+            raw, crc, gen = raw[:-8], int.from_bytes(raw[-8:-4], "little"), raw[-4:]
+            if zlib.crc32(raw, zlib.crc32(struct.pack("<H", t["id"]) + gen)) != crc:
+                raise TargetError(
+                    f"target: the stored copy of {name!r} fails its CRC (storage corrupt, stale or misdirected?)"
+                )
         else:
             raw = self.link.read(t["id"], t["bytes"])
         return np.frombuffer(raw, dtype="<f4").reshape(t["shape"]).copy()
@@ -246,6 +249,8 @@ class TrainLog:
     )  # steps that streamed gradients (their ticks include it)
     last_reply: RunReply | None = None
     metered: meter_mod.Metered | None = None  # the power meter's view of the steps (--meter)
+    link_retried: int = 0  # requests sent again after a corrupted frame
+    link_stale: int = 0  # late replies dropped
 
     @property
     def timed_ticks(self) -> list[int]:
@@ -348,13 +353,27 @@ def _train(
         if meter is not None:
             log.metered = meter_mod.attribute(meter.stop(), dev.runs, meter.bit)
         final = {**dev.params(), **dev.state()}  # trained weights and running statistics
+        log.link_retried, log.link_stale = dev.link.retried, dev.link.stale
     log.wall_s = time.perf_counter() - t0
+    check_finite(final, f"after {len(log.steps)} training steps")
     if dump is not None:
         dumpd["loss"] = np.asarray(log.loss, np.float32)
         dumpd["lr"] = np.asarray(lr, np.float32)
         dumpd.update({f"final/{k}": v for k, v in final.items()})
         write_npz(dump, dumpd)
     return log, final
+
+
+def check_finite(weights: dict[str, np.ndarray], when: str) -> None:
+    """Weights read back from the target must be finite: a NaN or infinity is an error naming the parameter,
+    never a result (the target itself checks only the loss)."""
+    for name, v in weights.items():
+        bad = ~np.isfinite(v)
+        if bad.any():
+            raise PoetcError(
+                f"{name} holds {int(bad.sum())} NaN or infinite values {when} (training diverged: lower --lr, "
+                "or check the data); no trained weights were written"
+            )
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -403,12 +422,13 @@ def verify(
 ) -> VerifyResult:
     """One step on the target against the float64 host reference, from the same parameters and batch."""
     kw = port_kw(target, port)
-    _model, tg = training_graph_of(build)
+    model, tg = training_graph_of(build)
     x, y = next(batches(ds, build.batch, seed))
     with target.launch(build.dir, **kw) as sess:
         dev = Device(build, sess, target.seconds)
-        params = dev.params()
-        state = dev.state()
+        # the reference starts from the build's initial values (model.onnx), not from what the target holds: a
+        # target whose image or storage carries other values is caught here rather than verified against itself
+        params, state = initial_values(build, model, dev)
         opt = {v: dev.read_f32(v) for v in build.opt_state().values()}  # momentum buffers (zero at start)
         dev.set_batch(x, y, ds.q8)
         x_dev = dev.read_input()
@@ -424,6 +444,32 @@ def verify(
     upd = {p: reference.max_rel_error(params[p] - after[p], params[p] - ref.params[p]) for p in tg.params}
     changed = [p for p in tg.frozen if params[p].tobytes() != after[p].tobytes()]
     return VerifyResult(out.loss, ref.loss, errs, upd, changed)
+
+
+def initial_values(
+    build: BuildInfo, model: Model, dev: Device
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The build's initial parameters and running statistics (from its model.onnx), after checking that the
+    target holds exactly these (after a RESET, if it held others: a board may still hold a run's weights)."""
+    want = {**model.params, **model.state}
+
+    def differing() -> list[str]:
+        held = {**dev.params(), **dev.state()}
+        return [k for k, v in held.items() if np.asarray(want[k], np.float32).tobytes() != v.tobytes()]
+
+    if differing():
+        dev.link.reset()
+        bad = differing()
+        if bad:
+            raise PoetcError(
+                f"{build.dir}: the target's initial {bad[0]}"
+                + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+                + " differs from the build's model.onnx even after a reset: the image (or its storage) is "
+                "corrupted or from another build; rebuild or reflash"
+            )
+    params = {p: np.asarray(model.params[p], np.float32) for p in dev.pids}
+    state = {s: np.asarray(model.state[s], np.float32) for s in build.state_ids()}
+    return params, state
 
 
 # ---- energy and per-node ticks -------------------------------------------------------------------------------
@@ -709,6 +755,7 @@ def train_record(build: BuildInfo, target: Target, log: TrainLog, lr: float, see
         if pred
         else None,
         "metered": log.metered.to_json() if log.metered is not None else None,
+        "link": {"retried": log.link_retried, "stale_dropped": log.link_stale},
         "wall_s": log.wall_s,
     }
 

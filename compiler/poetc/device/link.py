@@ -3,6 +3,13 @@
 frame   = 0xA5 0x5A, len (u16 LE), payload, crc32(len bytes + payload) (u32 LE)
 request = cmd, seq, args;  reply = cmd | 0x80, seq, status, data;  event = 0x40, seq, data (before the reply)
 The spec is docs/protocol.md; the target side is runtime_c/src/link.c.
+
+A corrupted frame is retried: a reply that fails its CRC, is short or garbled, or a bad-frame error from the
+target (it could not use our request) makes the harness send the same request, byte for byte, again (at most
+``retries`` times per request, counted in ``Link.retried``). The target answers a retransmission with its last
+reply rather than running the command again, so retrying is safe for every command, RUN included. A reply or
+event carrying another sequence number is a late one for an earlier request: it is dropped, never blamed on
+the request in flight.
 """
 
 from __future__ import annotations
@@ -31,7 +38,14 @@ SOF = b"\xa5\x5a"
 )
 EVT_GRAD = 0x40
 CMD_BAD_FRAME = 0xFF
-PROTO_VERSION = 2
+PROTO_VERSION = 3
+RETRIES = 3  # retransmissions of one request after corrupted frames
+
+
+def _bad_frame_statuses() -> tuple[int, ...]:
+    """The statuses of a frame the target could not use (bad CRC, length over its buffer): retransmit."""
+    codes = {name: code for code, (name, _text) in cheaders.statuses().items()}
+    return codes["ERR_CRC"], codes["ERR_OVERSIZE"]
 
 
 def encode_frame(payload: bytes) -> bytes:
@@ -75,6 +89,10 @@ class StatusError(TargetError):
         self.status = status
 
 
+class CorruptFrame(TargetError):
+    """A frame that failed its CRC check, or is too short or too long to be a reply (a corrupted link)."""
+
+
 class Link:
     """Request/reply over a pyserial object. Not thread-safe; one outstanding request at a time."""
 
@@ -88,6 +106,10 @@ class Link:
         self.on_dead = on_dead  # asks the session why the target stopped answering
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.retries = RETRIES
+        self.retried = 0  # requests sent again after a corrupted frame, over the link's life
+        self.stale = 0  # late replies and events (another sequence number) dropped
+        self.max_reply = 0xFFFF  # a longer length field is corrupt; INFO sets it to the target's frame
 
     # ---- raw frames ------------------------------------------------------------------------------
     def _read_exact(self, n: int, deadline: float) -> bytes:
@@ -127,10 +149,14 @@ class Link:
                 break
         head = self._read_exact(2, deadline)
         (n,) = struct.unpack("<H", head)
+        if n > self.max_reply:
+            raise CorruptFrame(
+                f"target: reply frame of {n} bytes, over the target's {self.max_reply} (corrupted link)"
+            )
         payload = self._read_exact(n, deadline)
         (crc,) = struct.unpack("<I", self._read_exact(4, deadline))
         if zlib.crc32(head + payload) != crc:
-            raise TargetError("target: reply frame failed its CRC check (corrupted link)")
+            raise CorruptFrame("target: reply frame failed its CRC check (corrupted link)")
         return payload
 
     # ---- requests ----------------------------------------------------------------------------------
@@ -147,20 +173,54 @@ class Link:
             raise ValueError(
                 f"request of {len(payload)} bytes exceeds the target's frame of {self.frame_max}"
             )
-        self.send_raw(encode_frame(payload))
-        while True:
-            reply = self.read_frame(timeout_s)
-            if len(reply) < 2:
-                raise TargetError("target: short reply frame")
-            if reply[0] == EVT_GRAD and reply[1] == self.seq:
-                if on_event:
-                    on_event(reply[2:])
-                continue
-            if reply[0] == CMD_BAD_FRAME:
-                raise StatusError("a request frame", reply[2] if len(reply) > 2 else -1)
-            if reply[0] != (cmd | 0x80) or reply[1] != self.seq or len(reply) < 3:
-                raise TargetError(f"target: unexpected reply {reply[:3].hex()} to command {cmd}")
-            return reply[2], reply[3:]
+        frame = encode_frame(payload)
+        events = False  # events of this request arrived: a lost one cannot be asked for again
+        why = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.retried += 1
+            self.send_raw(frame)
+            try:
+                while True:
+                    reply = self.read_frame(timeout_s)
+                    if len(reply) < 2:
+                        raise CorruptFrame("target: short reply frame (corrupted link)")
+                    if reply[0] == EVT_GRAD:
+                        if reply[1] != self.seq:
+                            self.stale += 1
+                            continue
+                        events = True
+                        if on_event:
+                            on_event(reply[2:])
+                        continue
+                    if reply[0] == CMD_BAD_FRAME:
+                        status = reply[2] if len(reply) > 2 else -1
+                        if (
+                            status in _bad_frame_statuses()
+                        ):  # a frame the target could not use: ours, most likely
+                            raise CorruptFrame(
+                                f"target: our request frame arrived corrupted ({cheaders.status_text(status)})"
+                            )
+                        if reply[1] != self.seq:
+                            self.stale += 1
+                            continue
+                        raise StatusError("a request frame", status)
+                    if reply[1] != self.seq:  # a late reply to an earlier request
+                        self.stale += 1
+                        continue
+                    if reply[0] != (cmd | 0x80) or len(reply) < 3:
+                        raise CorruptFrame(f"target: garbled reply {reply[:3].hex()} to command {cmd}")
+                    return reply[2], reply[3:]
+            except CorruptFrame as e:
+                why = str(e).removeprefix("target: ")
+                if events:
+                    raise TargetError(
+                        f"target: a frame was corrupted during a request that streams events ({why}); "
+                        "the events cannot be sent again"
+                    ) from None
+        raise TargetError(
+            f"target: the link stays corrupted: {self.retries + 1} tries of command {cmd}, last: {why}"
+        )
 
     def check(self, what: str, cmd: int, args: bytes = b"", **kw) -> bytes:
         status, data = self.request(cmd, args, **kw)
@@ -178,6 +238,7 @@ class Link:
         if proto != PROTO_VERSION:
             raise TargetError(f"target speaks protocol {proto}, poetc speaks {PROTO_VERSION}")
         self.frame_max = fmax
+        self.max_reply = fmax
         return info
 
     def write(self, tensor: int, data: bytes, offset: int = 0) -> None:

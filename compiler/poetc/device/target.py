@@ -246,8 +246,16 @@ class HostTarget(Target):
         args = [*self.exec_prefix(), str(exe), "--listen", "0"]
         args += ["--pager", os.path.join(tmp, "pager.bin")] if pager == "file" else ["--pager-ram"]
         args += extra_args or []
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         cleanup = lambda: shutil.rmtree(tmp, ignore_errors=True)  # noqa: E731
+        try:
+            proc = subprocess.Popen(
+                args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+            )
+        except OSError as e:  # a damaged binary: exec format error, permission denied
+            cleanup()
+            raise PoetcError(
+                f"{build_dir}: cannot run {exe}: {e.strerror or e}; run poetc build again"
+            ) from None
         try:
             port = _read_port(proc, timeout_s=10.0)
             return Session(proc, f"socket://127.0.0.1:{port}", cleanup, timeout_s)

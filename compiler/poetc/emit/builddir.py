@@ -343,8 +343,18 @@ class BuildInfo:
 
     def load_trained(self, run: int | None = None) -> dict[str, np.ndarray]:
         _, d = self.run_dir(run)
-        with np.load(d / TRAINED) as z:
-            return {k: z[k] for k in z.files}
+        try:
+            with np.load(d / TRAINED, allow_pickle=False) as z:
+                out = {k: z[k] for k in z.files}
+        except Exception as e:  # truncated, not a zip, object arrays: never a traceback
+            raise PoetcError(f"{d / TRAINED}: damaged trained weights ({type(e).__name__}: {e})") from None
+        bad = [k for k, v in out.items() if v.dtype.kind != "f" or not np.all(np.isfinite(v))]
+        if bad:
+            raise PoetcError(f"{d / TRAINED}: {bad[0]!r} is not finite float data; the file is damaged")
+        return out
+
+
+MANIFEST_KEYS = ("poetc_version", "hash", "tensors", "model")  # a manifest without them is damaged
 
 
 def open_build(d: Path) -> BuildInfo:
@@ -353,8 +363,11 @@ def open_build(d: Path) -> BuildInfo:
         raise PoetcError(f"{d}: not a poetc build directory (no {MANIFEST}); run poetc build first")
     try:
         doc = json.loads(m.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise PoetcError(f"{m}: unreadable manifest: {e}") from None
+    except (OSError, ValueError) as e:  # JSON and UTF-8 decoding errors alike
+        raise PoetcError(f"{m}: unreadable manifest: {str(e).splitlines()[0]}") from None
+    missing = [k for k in MANIFEST_KEYS if not isinstance(doc, dict) or k not in doc]
+    if missing:
+        raise PoetcError(f"{m}: damaged manifest: no {missing[0]!r}; rebuild it")
     if doc.get("poetc_version") != __version__:
         raise PoetcError(f"{d}: built by poetc {doc.get('poetc_version')}, this is {__version__}; rebuild it")
     return BuildInfo(d, doc)

@@ -93,6 +93,13 @@ class _Importer:
                 self.inits[t.name] = numpy_helper.to_array(t)
             except Exception as e:
                 raise PoetcError(f"{source}: initializer {t.name!r} cannot be read: {e}") from None
+            v = self.inits[t.name]
+            if v.dtype.kind == "f" and not np.all(np.isfinite(v.astype(np.float32))):
+                bad = np.argwhere(~np.isfinite(v.astype(np.float32)))[0]
+                raise PoetcError(
+                    f"{source}: initializer {t.name!r} holds {int((~np.isfinite(v.astype(np.float32))).sum())} NaN "
+                    f"or infinite values (as float32), the first at {list(map(int, bad))}"
+                )
         # compile-time constants: integer initializers and scalar float ones (weights are the rest)
         self.known: dict[str, np.ndarray] = {
             k: v

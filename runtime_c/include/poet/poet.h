@@ -110,6 +110,10 @@ typedef struct {
     /* runtime state in RAM, sized by the generator */
     void **loc;
     uint64_t *node_ticks;
+    /* per tensor: the write number of its copy on storage (page-out, STORE, reset, SEAL), which the copy's CRC
+     * covers with the tensor id and the bytes; a page-in expects it, so a stale, dropped or misdirected write
+     * fails the check. In RAM only: after a power cycle the storage is rewritten by poet_model_reset. */
+    uint32_t *wgen;
 } poet_model;
 
 /* Sees a parameter's gradient before the update uses it, in pieces: byte offset into the parameter. */

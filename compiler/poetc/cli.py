@@ -212,13 +212,14 @@ def cmd_build(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     print(f"poetc build {a.model} for {board.name}", flush=True)
     model = _load_model(a)
+    app = _on_device(a, model)  # checked before the solve
     task, watch = _solving("scheduling", opts)
     with task:
         c = pipeline.compile_model(
             model, board, a.ram, a.strategy, _command_line(), progress=_say, opts=opts, deadline=a.deadline,
             params=a.params, watch=watch, training=training, **_profile_kw(a, model, board),
         )  # fmt: skip
-    builddir.write(c, out, _command_line(), tgt, say=_say, compile_=not a.no_compile)
+    builddir.write(c, out, _command_line(), tgt, say=_say, compile_=not a.no_compile, app=app)
     from .report import page
 
     page.record_build(
@@ -240,8 +241,56 @@ def cmd_build(a: argparse.Namespace) -> int:
             f"fragmentation: {c.repairs} re-solve(s) to fit the arena; extra energy "
             f"{joules(s.get('repair_overhead_j', 0.0))} over the first schedule"
         )
+    if app is not None:
+        _on_device_lines(out, app)
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s (build hash {c.hash_hex})")
     return 0
+
+
+def _on_device(a: argparse.Namespace, model: Model):  # -> ondevice.OnDevice | None
+    """--on-device and its options as one record (the data set loaded and checked against the model)."""
+    from .emit import ondevice
+
+    if a.on_device is None:
+        for opt in ("on_device_steps", "checkpoint_every", "data", "lr"):
+            if getattr(a, opt) is not None:
+                raise PoetcError(f"--{opt.replace('_', '-')} is an option of on-device training: add --on-device")
+        return None
+    if a.data is None:
+        raise PoetcError("--on-device needs --data FILE.npz (or digits): the data set linked into the image")
+    from .frontend import zoo
+
+    g = model.graph
+    shape, classes = tuple(g.tensor(model.input).shape[1:]), int(g.tensor(model.logits).shape[-1])
+    if a.data == "digits" or (a.data.startswith("digits:") and not Path(a.data).exists()):
+        ds = data.digits_for(shape, classes, only=data.parse_digits(a.data))
+    else:
+        ds = data.load_npz(a.data, shape, classes)
+    lr = a.lr if a.lr is not None else zoo.default_lr(model.source)
+    return ondevice.OnDevice(
+        a.on_device,
+        ds,
+        200 if a.on_device_steps is None else a.on_device_steps,
+        lr,
+        10 if a.checkpoint_every is None else a.checkpoint_every,
+        a.seed or 0,
+    )
+
+
+def _on_device_lines(out: Path, app) -> None:
+    doc = builddir.open_build(out).doc
+    ck = doc["checkpoint"]
+    wear = ck["wear"]
+    print(
+        f"on-device training ({app.kind}): {app.steps} steps at lr {app.lr:g} on {app.data.name} "
+        f"({len(app.data.x)} samples in flash); a checkpoint every {app.checkpoint_every} steps, two slots of "
+        f"{nbytes(ck['slot_bytes'])} at storage address {ck['addr']}"
+    )
+    if wear.get("erases_per_step"):
+        print(
+            f"with the internal-flash pager the checkpoints erase each slot page {wear['erases_per_step']:g} times "
+            f"per step: {wear['max_steps']} steps wear it out; make PAGER=flash refuses a longer run"
+        )
 
 
 # ---- solve / sweep ----------------------------------------------------------------------------------------
@@ -772,6 +821,7 @@ def make_parser() -> argparse.ArgumentParser:
     _schedule_args(s)
     s.add_argument("--no-compile", action="store_true", help="generate the sources only, do not compile them")
     _training_args(s)
+    _on_device_args(s)
     s.set_defaults(func=cmd_build)
 
     s = _add(sub, "solve", "schedule a model under a RAM budget and print the figures build would produce")
@@ -1111,6 +1161,32 @@ def _schedule_args(s: argparse.ArgumentParser, sweep: bool = False) -> None:
         "state) in RAM or on storage, frozen ones in flash; ram = all in RAM; storage = all on storage, loaded "
         "when needed (default: auto)",
     )
+
+
+def _on_device_args(s: argparse.ArgumentParser) -> None:
+    g = s.add_argument_group("on-device training (the board trains with no host: docs/c-api.md)")
+    g.add_argument(
+        "--on-device",
+        nargs="?",
+        const="flash",
+        choices=("flash", "sensor"),
+        help="build an application that trains on the device (firmware/examples/): flash: on the --data set "
+        "linked into flash; sensor: on samples a callback pushes into a ring buffer (a stand-in replays --data)",
+    )
+    g.add_argument(
+        "--data",
+        metavar="FILE.npz",
+        help="with --on-device: the data set linked into the image (x, y; optional x_test, y_test), or digits",
+    )
+    g.add_argument("--on-device-steps", type=int, help="with --on-device: training steps of the run (default 200)")
+    g.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="with --on-device: steps between checkpoints to storage (default 10)",
+    )
+    g.add_argument("--lr", type=float, help="with --on-device: the learning rate (default: the model's)")
+    g.add_argument("--seed", type=_seed_type, help="with --on-device: the order of the data set in flash (default 0)")
 
 
 def _dir_arg(s: argparse.ArgumentParser) -> None:

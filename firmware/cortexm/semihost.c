@@ -55,6 +55,12 @@ static poet_status pager_seek(uint32_t addr) {
 }
 
 poet_status sh_pager_write(uint32_t addr, const void *buf, uint32_t n) {
+#if defined(POET_PAGER_WRITE_DELAY) && POET_PAGER_WRITE_DELAY > 0
+    /* test only (make EXTRA_CFLAGS=-DPOET_PAGER_WRITE_DELAY=N): a slow storage device, so that a test killing
+     * QEMU lands inside multi-write operations (checkpoints) */
+    for (volatile uint32_t i = 0; i < (uint32_t)POET_PAGER_WRITE_DELAY; i++) {
+    }
+#endif
     poet_status s = pager_open();
     if (s == POET_OK) s = pager_seek(addr);
     if (s != POET_OK) return s;

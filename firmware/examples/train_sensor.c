@@ -8,7 +8,7 @@
 #include "app_util.h"
 #include "model.h"
 
-#define RING 2u * POET_APP_BATCH /* samples the ring buffer holds */
+#define RING (2u * POET_APP_BATCH) /* samples the ring buffer holds */
 
 typedef struct {
     app_sample_t x[RING][POET_DATA_SAMPLE];

@@ -254,7 +254,9 @@ def _on_device(a: argparse.Namespace, model: Model):  # -> ondevice.OnDevice | N
     if a.on_device is None:
         for opt in ("on_device_steps", "checkpoint_every", "data", "lr"):
             if getattr(a, opt) is not None:
-                raise PoetcError(f"--{opt.replace('_', '-')} is an option of on-device training: add --on-device")
+                raise PoetcError(
+                    f"--{opt.replace('_', '-')} is an option of on-device training: add --on-device"
+                )
         return None
     if a.data is None:
         raise PoetcError("--on-device needs --data FILE.npz (or digits): the data set linked into the image")
@@ -1171,14 +1173,18 @@ def _on_device_args(s: argparse.ArgumentParser) -> None:
         const="flash",
         choices=("flash", "sensor"),
         help="build an application that trains on the device (firmware/examples/): flash: on the --data set "
-        "linked into flash; sensor: on samples a callback pushes into a ring buffer (a stand-in replays --data)",
+        "linked into flash; sensor: on samples a callback pushes into a ring buffer (a stand-in replays --data) (default: off; "
+        "--on-device alone: flash)",
     )
     g.add_argument(
         "--data",
         metavar="FILE.npz",
-        help="with --on-device: the data set linked into the image (x, y; optional x_test, y_test), or digits",
+        help="with --on-device: the data set linked into the image (x, y; optional x_test, y_test), or digits "
+        "(default: none; --on-device needs it)",
     )
-    g.add_argument("--on-device-steps", type=int, help="with --on-device: training steps of the run (default 200)")
+    g.add_argument(
+        "--on-device-steps", type=int, help="with --on-device: training steps of the run (default 200)"
+    )
     g.add_argument(
         "--checkpoint-every",
         type=int,
@@ -1186,7 +1192,9 @@ def _on_device_args(s: argparse.ArgumentParser) -> None:
         help="with --on-device: steps between checkpoints to storage (default 10)",
     )
     g.add_argument("--lr", type=float, help="with --on-device: the learning rate (default: the model's)")
-    g.add_argument("--seed", type=_seed_type, help="with --on-device: the order of the data set in flash (default 0)")
+    g.add_argument(
+        "--seed", type=_seed_type, help="with --on-device: the order of the data set in flash (default 0)"
+    )
 
 
 def _dir_arg(s: argparse.ArgumentParser) -> None:

@@ -19,7 +19,9 @@ from tests.e2e.test_ondevice_qemu import digits_npz, tiny_mlp
 from poetc.device import checkpoint
 from poetc.emit import builddir
 
-pytestmark = pytest.mark.skipif(not shutil.which("make") or not shutil.which("cc"), reason="needs make and cc")
+pytestmark = pytest.mark.skipif(
+    not shutil.which("make") or not shutil.which("cc"), reason="needs make and cc"
+)
 
 STEPS, EVERY = 40, 10
 
@@ -60,7 +62,9 @@ def test_sensor_example_trains_and_resumes_under_sanitizers(build: Path, tmp_pat
     exe = d / "build" / "poet_host"  # built with ASan and UBSan
     r = run(exe, tmp_path)
     assert r.returncode == 0 and not r.stderr, r.stdout + r.stderr
-    losses = [float(m.group(1)) for ln in r.stdout.splitlines() if (m := re.match(r"step \d+ loss (\S+)", ln))]
+    losses = [
+        float(m.group(1)) for ln in r.stdout.splitlines() if (m := re.match(r"step \d+ loss (\S+)", ln))
+    ]
     assert len(losses) == STEPS and np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3, r.stdout
     assert "no checkpoint, starting at step 0" in r.stdout and f"done: {STEPS} steps" in r.stdout
     b = builddir.open_build(d)

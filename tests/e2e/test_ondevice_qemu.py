@@ -6,7 +6,6 @@ never more than one checkpoint interval of steps redone."""
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
@@ -146,7 +145,9 @@ class Boot:
 
     @property
     def restored(self) -> int:
-        m = next((re.match(r"poet-app: restored step (\d+)", ln) for ln in self.lines if "poet-app:" in ln), None)
+        m = next(
+            (re.match(r"poet-app: restored step (\d+)", ln) for ln in self.lines if "poet-app:" in ln), None
+        )
         return int(m.group(1)) if m else 0
 
     @property

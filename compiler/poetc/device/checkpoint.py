@@ -66,5 +66,7 @@ def newest(build: BuildInfo, path: Path) -> Checkpoint | None:
     if len(valid) == 1:
         return valid[0]
     a, b = valid
-    d = (b.seq - a.seq) & 0xFFFFFFFF  # sequence numbers compare as poet_checkpoint_restore does (with wrap-around)
+    d = (
+        b.seq - a.seq
+    ) & 0xFFFFFFFF  # sequence numbers compare as poet_checkpoint_restore does (with wrap-around)
     return b if 0 < d < 0x80000000 else a

@@ -218,7 +218,9 @@ def checkpoint_doc(c: Compiled, every: int | None) -> dict[str, Any]:
     return doc
 
 
-def _write_files(c: Compiled, d: Path, command: str, target: Any, app: ondevice.OnDevice | None = None) -> None:
+def _write_files(
+    c: Compiled, d: Path, command: str, target: Any, app: ondevice.OnDevice | None = None
+) -> None:
     batch = c.tg.graph.tensor(c.tg.input).shape[0]
     ckpt = checkpoint_layout(c)
     files = codegen.render(

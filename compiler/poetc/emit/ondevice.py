@@ -85,7 +85,12 @@ def _u8_table(x: np.ndarray, input_u8_scale: float | None) -> tuple[np.ndarray, 
 
 
 def data_files(
-    od: OnDevice, batch: int, sample_shape: tuple[int, ...], classes: int, input_u8_scale: float | None, header: str
+    od: OnDevice,
+    batch: int,
+    sample_shape: tuple[int, ...],
+    classes: int,
+    input_u8_scale: float | None,
+    header: str,
 ) -> dict[str, str]:
     """data.c / data.h: the training samples (shuffled once with the seed; the program goes through them in
     order, batch after batch, wrapping around) and up to MAX_TEST held-out ones."""
@@ -94,7 +99,9 @@ def data_files(
     if n < batch:
         raise PoetcError(f"--data: {n} samples, fewer than the batch size {batch}")
     if classes > 256:
-        raise PoetcError(f"--on-device: the data tables hold labels as bytes; the model has {classes} classes")
+        raise PoetcError(
+            f"--on-device: the data tables hold labels as bytes; the model has {classes} classes"
+        )
     order = np.random.default_rng(od.seed).permutation(n)
     x, y = ds.x[order].reshape(n, -1), ds.y[order]
     xt = ds.x_test[:MAX_TEST].reshape(-1, x.shape[1]) if ds.x_test is not None else x[:0]
@@ -136,7 +143,10 @@ def data_files(
         ctype = "float"
     lines_c = [
         f"/* {header} */",
-        "/* " + c_comment(f"data set {ds.name}: {n} training samples (shuffled, seed {od.seed}), {len(xt)} held out")
+        "/* "
+        + c_comment(
+            f"data set {ds.name}: {n} training samples (shuffled, seed {od.seed}), {len(xt)} held out"
+        )
         + " */",
         '#include "data.h"',
         *table(ctype, "poet_data_x", xs),

@@ -611,6 +611,14 @@ def cmd_verify(a: argparse.Namespace) -> int:
 # ---- export -----------------------------------------------------------------------------------------------
 def cmd_export(a: argparse.Namespace) -> int:
     b = builddir.open_build(Path(a.dir))
+    if a.onnx is None and a.arduino is None:
+        raise PoetcError(
+            "export needs --onnx FILE.onnx (trained weights) or --arduino DIR (a library), or both"
+        )
+    if a.arduino is not None:
+        _export_arduino(b, Path(a.arduino))
+        if a.onnx is None:
+            return 0
     trained = b.load_trained(a.run)
     model = frontend.load(b.dir / "model.onnx", batch=b.batch)
     out = Path(a.onnx)
@@ -633,6 +641,16 @@ def cmd_export(a: argparse.Namespace) -> int:
     )
     print(f"wrote {out}: {what} of {b.run_summary(a.run)} written back into {b.doc['model']['source']}")
     return 0
+
+
+def _export_arduino(b: builddir.BuildInfo, out: Path) -> None:
+    from .emit import arduino
+
+    files = arduino.export(b, out)
+    print(
+        f"wrote {out}: Arduino library {arduino.library_name(b)} ({len(files)} files: the runtime, the model of "
+        f"build {b.doc['hash']}, its data set, examples/Train/Train.ino)"
+    )
 
 
 # ---- fleet ------------------------------------------------------------------------------------------------
@@ -1036,9 +1054,21 @@ def make_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_flash)
 
-    s = _add(sub, "export", "write the trained weights of a build back into its ONNX model")
+    s = _add(
+        sub, "export", "write a build's trained weights into its ONNX model, or an Arduino library of it"
+    )
     _dir_arg(s)
-    s.add_argument("--onnx", metavar="FILE.onnx", required=True, help="the ONNX file to write")
+    s.add_argument(
+        "--onnx",
+        metavar="FILE.onnx",
+        help="the ONNX file to write (default: none; --onnx or --arduino or both)",
+    )
+    s.add_argument(
+        "--arduino",
+        metavar="DIR",
+        help="write an Arduino library of an --on-device build (runtime, model, data, examples/Train) "
+        "(default: none)",
+    )
     s.add_argument("--run", type=int, help="the training run to export (default: the latest; DIR/runs/<n>)")
     s.set_defaults(func=cmd_export)
 

@@ -118,3 +118,92 @@ def test_nonfinite_update_stops_the_run(build: Path, tmp_path: Path) -> None:
     assert r.returncode == 3, r.stdout + r.stderr
     assert "training step failed: an update made a parameter NaN or infinite" in r.stdout
     assert checkpoint.newest(builddir.open_build(d), tmp_path / "pager.bin") is None
+
+
+ARDUINO_STUB = """#pragma once
+#include <stddef.h>
+#include <stdint.h>
+struct StubSerial {
+    void begin(unsigned long) {}
+    size_t print(const char *) { return 0; }
+    size_t print(unsigned long) { return 0; }
+    size_t print(double, int = 2) { return 0; }
+    size_t println(const char *) { return 0; }
+    size_t println(unsigned long) { return 0; }
+    size_t println(double, int = 2) { return 0; }
+};
+extern StubSerial Serial;
+unsigned long micros(void);
+void delay(unsigned long);
+"""
+
+ARDUINO_MAIN = """#include "Arduino.h"
+StubSerial Serial;
+unsigned long micros(void) { return 0; }
+void delay(unsigned long) {}
+void setup();
+void loop();
+int main() { setup(); for (;;) loop(); }
+"""
+
+ARDUINO_CPUS = {  # the boards' cores as Arduino's cores compile for them
+    "nrf52840": ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"],
+    "mkr1000": ["-mcpu=cortex-m0plus", "-mthumb", "-mfloat-abi=soft"],
+}
+
+
+@pytest.mark.skipif(not shutil.which("arm-none-eabi-gcc"), reason="needs arm-none-eabi-gcc")
+@pytest.mark.parametrize("board", sorted(ARDUINO_CPUS))
+def test_arduino_library_compiles_for_the_boards(build: Path, tmp_path: Path, board: str) -> None:
+    """poetc export --arduino: the library's sources with the cross compiler as Arduino's cores would (C as gnu11,
+    the sketch as C++ against a stub Arduino.h: the core itself cannot be fetched here), -Wall -Wextra -Werror,
+    then linked with the sketch so that nothing the runtime needs is missing."""
+    lib = tmp_path / "Poet_tiny"
+    r = poetc("export", str(build), "--arduino", str(lib))
+    assert "Arduino library Poet_tiny" in r.stdout
+    props = dict(
+        ln.split("=", 1) for ln in (lib / "library.properties").read_text().splitlines() if "=" in ln
+    )
+    assert props["name"] == "Poet_tiny" and props["includes"] == "PoetTrain.h"
+    ino = (lib / "examples" / "Train" / "Train.ino").read_text()
+    assert "poet_train_step_" in ino and "poet_checkpoint_save" in ino and "poet_run" not in ino
+    assert not (lib / "src" / "runtime" / "link.c").exists()
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    (stub / "Arduino.h").write_text(ARDUINO_STUB)
+    (stub / "main.cpp").write_text(ARDUINO_MAIN)
+    cpu, objs = ARDUINO_CPUS[board], []
+    warn = ["-Os", "-Wall", "-Wextra", "-Werror", "-ffunction-sections", "-fdata-sections"]
+    for c in sorted((lib / "src").rglob("*.c")):
+        objs.append(tmp_path / f"{c.stem}.o")
+        subprocess.run(
+            [
+                "arm-none-eabi-gcc",
+                *cpu,
+                "-std=gnu11",
+                *warn,
+                "-I",
+                str(lib / "src"),
+                "-c",
+                str(c),
+                "-o",
+                str(objs[-1]),
+            ],
+            check=True,
+        )
+    cxx = shutil.which("arm-none-eabi-g++")
+    if cxx is None:
+        pytest.skip("arm-none-eabi-g++ is missing: the library's C sources compiled, the sketch not")
+    for src, name in ((lib / "examples" / "Train" / "Train.ino", "sketch.o"), (stub / "main.cpp", "main.o")):
+        objs.append(tmp_path / name)
+        subprocess.run(
+            [cxx, *cpu, "-std=gnu++11", *warn, "-fno-exceptions", "-fno-rtti", "-I", str(stub), "-I", str(lib / "src"),
+             "-x", "c++", "-c", str(src), "-o", str(objs[-1])],
+            check=True,
+        )  # fmt: skip
+    link = subprocess.run(
+        ["arm-none-eabi-gcc", *cpu, "--specs=nosys.specs", "-Wl,--gc-sections", *map(str, objs), "-lm",
+         "-o", str(tmp_path / "sketch.elf")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert link.returncode == 0 and "undefined reference" not in link.stderr, link.stderr

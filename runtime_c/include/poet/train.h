@@ -29,6 +29,10 @@
 
 #include "poet.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define POET_CKPT_MAGIC 0x504B4350u /* "PCKP" */
 #define POET_CKPT_VERSION 1u
 #define POET_CKPT_HEADER_BYTES 36u
@@ -71,10 +75,14 @@ poet_status poet_checkpoint_save(poet_trainer *tr, uint32_t data_pos);
  * parameters keep their values). */
 poet_status poet_checkpoint_restore(poet_trainer *tr, uint32_t *data_pos);
 
-/* Bytes of a checkpoint (header, payload, CRC) and of storage the two slots take, with their start address. */
+/* Bytes of one checkpoint: header, payload, CRC (a slot, m->ckpt_slot_bytes, is this rounded up). */
 uint32_t poet_checkpoint_bytes(const poet_model *m);
 
 static inline uint32_t poet_train_step_count(const poet_trainer *tr) { return tr->steps; }
 static inline float poet_train_last_loss(const poet_trainer *tr) { return tr->last_loss; }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -68,7 +68,7 @@ def checkpoint_wear(board: Board, ckpt: CheckpointLayout, every: int) -> dict[st
         "erase_page_bytes": board.flash_erase_page_bytes,
         "pages_per_slot": -(-ckpt.slot_bytes // board.flash_erase_page_bytes),
         "erases_per_step": per_step,
-        "max_steps": int(board.flash_endurance_cycles // per_step),
+        "max_steps": int(board.flash_endurance_cycles) * 2 * every,  # exact: endurance / per_step
     }
 
 

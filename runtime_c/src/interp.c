@@ -6,8 +6,6 @@
 #include "poet/port.h"
 #include "poet/step.h"
 
-volatile int poet_update_nonfinite;
-
 #define F32(i) ((float *)m->loc[nd->in[i]])
 #define I32(i) ((const int32_t *)m->loc[nd->in[i]])
 #define OUT ((float *)m->loc[nd->out])

@@ -7,6 +7,8 @@
 #include "poet/kernels.h"
 #include "poet/step.h"
 
+volatile int poet_update_nonfinite; /* the update kernels' finiteness flag (step.h); poet_run clears and reads it */
+
 poet_status poet_sgd_f32(const poet_sgd_params *p, float lr, const float *restrict g, float *restrict w,
                          float *restrict v) {
     if (!p || !g || !w || (p->momentum != 0.0f && !v)) return POET_ERR_ARG;

@@ -160,6 +160,9 @@ static inline void app_after_step(poet_trainer *tr, uint32_t pos) {
         line_f32(&l, poet_train_last_loss(tr));
         line_end(&l);
     }
+#if defined(POET_APP_STOP_AT) && POET_APP_STOP_AT > 0
+    if (k == POET_APP_STOP_AT) poet_port_exit(9); /* test knob: the power goes off right after this step */
+#endif
     if (k % POET_APP_CKPT_EVERY == 0 || k == POET_APP_STEPS) {
         poet_port_log("checkpoint begin\n");
         poet_status s = poet_checkpoint_save(tr, pos);

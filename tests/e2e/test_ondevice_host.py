@@ -207,3 +207,39 @@ def test_arduino_library_compiles_for_the_boards(build: Path, tmp_path: Path, bo
         capture_output=True, text=True,
     )  # fmt: skip
     assert link.returncode == 0 and "undefined reference" not in link.stderr, link.stderr
+
+
+def test_storage_homed_parameters_resume_bit_for_bit(tmp_path: Path) -> None:
+    """Every parameter and momentum buffer homed on storage (--params storage): a checkpoint reads their master
+    copies (checked against their own CRCs) and a restore rewrites and seals them; a run cut off after step 23
+    (checkpoint at 20) and resumed ends with the weights of an uninterrupted run, bit for bit."""
+    out = tmp_path / "b"
+    poetc(
+        "build", str(tiny_mlp(tmp_path / "tiny.onnx")), "--batch", "4", "--board", "host", "--out", str(out),
+        "--strategy", "store-all", "--params", "storage", "--optimizer", "momentum:0.9", "--on-device", "flash",
+        "--data", str(digits_npz(tmp_path / "d.npz")), "--on-device-steps", str(STEPS), "--checkpoint-every",
+        str(EVERY), "--lr", "0.05", "--no-compile",
+    )  # fmt: skip
+    b = builddir.open_build(out)
+    assert {b.tensor(t["name"])["home"] for t in b.doc["checkpoint"]["tensors"]} == {"storage"}
+    cut = copy(out, tmp_path, "cut")
+    make(cut, "EXTRA_CFLAGS=-DPOET_APP_STOP_AT=23")
+    make(out)
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    ref_dir.mkdir()
+    run_dir.mkdir()
+    assert run(out / "build" / "poet_host", ref_dir).returncode == 0
+    r = run(cut / "build" / "poet_host", run_dir)
+    assert r.returncode == 9 and "step 20" in r.stdout and "checkpoint 2 saved at step 20" in r.stdout, (
+        r.stdout
+    )
+    r = run(out / "build" / "poet_host", run_dir)
+    assert r.returncode == 0 and "restored step 20" in r.stdout, r.stdout + r.stderr
+    want = checkpoint.newest(b, ref_dir / "pager.bin")
+    got = checkpoint.newest(b, run_dir / "pager.bin")
+    assert want is not None and got is not None and want.step == got.step == STEPS
+    assert all(got.tensors[k].tobytes() == want.tensors[k].tobytes() for k in want.tensors)
+    from poetc import frontend
+
+    init = np.asarray(frontend.load(out / "model.onnx", batch=4).params["fc0.weight"], np.float32)
+    assert not np.array_equal(want.tensors["fc0.weight"], init)  # it trained

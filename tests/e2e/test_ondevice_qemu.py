@@ -134,7 +134,11 @@ class Boot:
         return not done
 
     def finish(self, timeout: float = 60) -> int:
-        code = self.proc.wait(timeout=timeout)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:  # hung: never leave a QEMU behind
+            self.kill()
+            raise
         self._t.join(timeout=10)
         return code
 

@@ -212,13 +212,14 @@ def cmd_build(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     print(f"poetc build {a.model} for {board.name}", flush=True)
     model = _load_model(a)
+    app = _on_device(a, model)  # checked before the solve
     task, watch = _solving("scheduling", opts)
     with task:
         c = pipeline.compile_model(
             model, board, a.ram, a.strategy, _command_line(), progress=_say, opts=opts, deadline=a.deadline,
             params=a.params, watch=watch, training=training, **_profile_kw(a, model, board),
         )  # fmt: skip
-    builddir.write(c, out, _command_line(), tgt, say=_say, compile_=not a.no_compile)
+    builddir.write(c, out, _command_line(), tgt, say=_say, compile_=not a.no_compile, app=app)
     from .report import page
 
     page.record_build(
@@ -240,8 +241,58 @@ def cmd_build(a: argparse.Namespace) -> int:
             f"fragmentation: {c.repairs} re-solve(s) to fit the arena; extra energy "
             f"{joules(s.get('repair_overhead_j', 0.0))} over the first schedule"
         )
+    if app is not None:
+        _on_device_lines(out, app)
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s (build hash {c.hash_hex})")
     return 0
+
+
+def _on_device(a: argparse.Namespace, model: Model):  # -> ondevice.OnDevice | None
+    """--on-device and its options as one record (the data set loaded and checked against the model)."""
+    from .emit import ondevice
+
+    if a.on_device is None:
+        for opt in ("on_device_steps", "checkpoint_every", "data", "lr"):
+            if getattr(a, opt) is not None:
+                raise PoetcError(
+                    f"--{opt.replace('_', '-')} is an option of on-device training: add --on-device"
+                )
+        return None
+    if a.data is None:
+        raise PoetcError("--on-device needs --data FILE.npz (or digits): the data set linked into the image")
+    from .frontend import zoo
+
+    g = model.graph
+    shape, classes = tuple(g.tensor(model.input).shape[1:]), int(g.tensor(model.logits).shape[-1])
+    if a.data == "digits" or (a.data.startswith("digits:") and not Path(a.data).exists()):
+        ds = data.digits_for(shape, classes, only=data.parse_digits(a.data))
+    else:
+        ds = data.load_npz(a.data, shape, classes)
+    lr = a.lr if a.lr is not None else zoo.default_lr(model.source)
+    return ondevice.OnDevice(
+        a.on_device,
+        ds,
+        200 if a.on_device_steps is None else a.on_device_steps,
+        lr,
+        10 if a.checkpoint_every is None else a.checkpoint_every,
+        a.seed or 0,
+    )
+
+
+def _on_device_lines(out: Path, app) -> None:
+    doc = builddir.open_build(out).doc
+    ck = doc["checkpoint"]
+    wear = ck["wear"]
+    print(
+        f"on-device training ({app.kind}): {app.steps} steps at lr {app.lr:g} on {app.data.name} "
+        f"({len(app.data.x)} samples in flash); a checkpoint every {app.checkpoint_every} steps, two slots of "
+        f"{nbytes(ck['slot_bytes'])} at storage address {ck['addr']}"
+    )
+    if wear.get("erases_per_step"):
+        print(
+            f"with the internal-flash pager the checkpoints erase each slot page {wear['erases_per_step']:g} times "
+            f"per step: {wear['max_steps']} steps wear it out; make PAGER=flash refuses a longer run"
+        )
 
 
 # ---- solve / sweep ----------------------------------------------------------------------------------------
@@ -560,6 +611,14 @@ def cmd_verify(a: argparse.Namespace) -> int:
 # ---- export -----------------------------------------------------------------------------------------------
 def cmd_export(a: argparse.Namespace) -> int:
     b = builddir.open_build(Path(a.dir))
+    if a.onnx is None and a.arduino is None:
+        raise PoetcError(
+            "export needs --onnx FILE.onnx (trained weights) or --arduino DIR (a library), or both"
+        )
+    if a.arduino is not None:
+        _export_arduino(b, Path(a.arduino))
+        if a.onnx is None:
+            return 0
     trained = b.load_trained(a.run)
     model = frontend.load(b.dir / "model.onnx", batch=b.batch)
     out = Path(a.onnx)
@@ -582,6 +641,16 @@ def cmd_export(a: argparse.Namespace) -> int:
     )
     print(f"wrote {out}: {what} of {b.run_summary(a.run)} written back into {b.doc['model']['source']}")
     return 0
+
+
+def _export_arduino(b: builddir.BuildInfo, out: Path) -> None:
+    from .emit import arduino
+
+    files = arduino.export(b, out)
+    print(
+        f"wrote {out}: Arduino library {arduino.library_name(b)} ({len(files)} files: the runtime, the model of "
+        f"build {b.doc['hash']}, its data set, examples/Train/Train.ino)"
+    )
 
 
 # ---- fleet ------------------------------------------------------------------------------------------------
@@ -772,6 +841,7 @@ def make_parser() -> argparse.ArgumentParser:
     _schedule_args(s)
     s.add_argument("--no-compile", action="store_true", help="generate the sources only, do not compile them")
     _training_args(s)
+    _on_device_args(s)
     s.set_defaults(func=cmd_build)
 
     s = _add(sub, "solve", "schedule a model under a RAM budget and print the figures build would produce")
@@ -984,9 +1054,21 @@ def make_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_flash)
 
-    s = _add(sub, "export", "write the trained weights of a build back into its ONNX model")
+    s = _add(
+        sub, "export", "write a build's trained weights into its ONNX model, or an Arduino library of it"
+    )
     _dir_arg(s)
-    s.add_argument("--onnx", metavar="FILE.onnx", required=True, help="the ONNX file to write")
+    s.add_argument(
+        "--onnx",
+        metavar="FILE.onnx",
+        help="the ONNX file to write (default: none; --onnx or --arduino or both)",
+    )
+    s.add_argument(
+        "--arduino",
+        metavar="DIR",
+        help="write an Arduino library of an --on-device build (runtime, model, data, examples/Train) "
+        "(default: none)",
+    )
     s.add_argument("--run", type=int, help="the training run to export (default: the latest; DIR/runs/<n>)")
     s.set_defaults(func=cmd_export)
 
@@ -1110,6 +1192,38 @@ def _schedule_args(s: argparse.ArgumentParser, sweep: bool = False) -> None:
         help="where parameters live: auto = the schedule keeps each trainable parameter (and its optimizer "
         "state) in RAM or on storage, frozen ones in flash; ram = all in RAM; storage = all on storage, loaded "
         "when needed (default: auto)",
+    )
+
+
+def _on_device_args(s: argparse.ArgumentParser) -> None:
+    g = s.add_argument_group("on-device training (the board trains with no host: docs/c-api.md)")
+    g.add_argument(
+        "--on-device",
+        nargs="?",
+        const="flash",
+        choices=("flash", "sensor"),
+        help="build an application that trains on the device (firmware/examples/): flash: on the --data set "
+        "linked into flash; sensor: on samples a callback pushes into a ring buffer (a stand-in replays --data) (default: off; "
+        "--on-device alone: flash)",
+    )
+    g.add_argument(
+        "--data",
+        metavar="FILE.npz",
+        help="with --on-device: the data set linked into the image (x, y; optional x_test, y_test), or digits "
+        "(default: none; --on-device needs it)",
+    )
+    g.add_argument(
+        "--on-device-steps", type=int, help="with --on-device: training steps of the run (default 200)"
+    )
+    g.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="with --on-device: steps between checkpoints to storage (default 10)",
+    )
+    g.add_argument("--lr", type=float, help="with --on-device: the learning rate (default: the model's)")
+    g.add_argument(
+        "--seed", type=_seed_type, help="with --on-device: the order of the data set in flash (default 0)"
     )
 
 

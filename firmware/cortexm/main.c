@@ -19,6 +19,12 @@ int main(void) {
         cm_port_log(msg);
         poet_port_exit(POET_EXIT_BAD_MODEL);
     }
+    s = poet_model_check_image(m);
+    if (s != POET_OK) {
+        cm_port_log("poet: the image is corrupted: its model tables or initial parameter values fail their "
+                    "checksum\n");
+        poet_port_exit(POET_EXIT_BAD_MODEL);
+    }
     s = poet_model_reset(m);
     if (s != POET_OK) {
         char msg[128], *p = msg;

@@ -12,6 +12,7 @@ enum {
     SYS_EXIT_EXTENDED = 0x20,
 };
 #define ADP_STOPPED_APPLICATION_EXIT 0x20026u
+#define OPEN_MODE_RPLUS_B 3 /* "r+b": an existing file, read and write */
 #define OPEN_MODE_WPLUS_B 7 /* "w+b": create or truncate, read and write */
 
 #ifndef POET_PAGER_FILE
@@ -38,8 +39,13 @@ static int32_t pager_fd = -1;
 static poet_status pager_open(void) {
     if (pager_fd >= 0) return POET_OK;
     static const char path[] = POET_PAGER_FILE;
-    uint32_t args[3] = {(uint32_t)(uintptr_t)path, OPEN_MODE_WPLUS_B, (uint32_t)(sizeof path - 1)};
+    /* an existing file is kept (checkpoints survive a restart of QEMU: poet/train.h), else created */
+    uint32_t args[3] = {(uint32_t)(uintptr_t)path, OPEN_MODE_RPLUS_B, (uint32_t)(sizeof path - 1)};
     pager_fd = sh_call(SYS_OPEN, args);
+    if (pager_fd < 0) {
+        args[1] = OPEN_MODE_WPLUS_B;
+        pager_fd = sh_call(SYS_OPEN, args);
+    }
     return pager_fd >= 0 ? POET_OK : POET_ERR_PAGER_IO;
 }
 
@@ -49,6 +55,12 @@ static poet_status pager_seek(uint32_t addr) {
 }
 
 poet_status sh_pager_write(uint32_t addr, const void *buf, uint32_t n) {
+#if defined(POET_PAGER_WRITE_DELAY) && POET_PAGER_WRITE_DELAY > 0
+    /* test only (make EXTRA_CFLAGS=-DPOET_PAGER_WRITE_DELAY=N): a slow storage device, so that a test killing
+     * QEMU lands inside multi-write operations (checkpoints) */
+    for (volatile uint32_t i = 0; i < (uint32_t)POET_PAGER_WRITE_DELAY; i++) {
+    }
+#endif
     poet_status s = pager_open();
     if (s == POET_OK) s = pager_seek(addr);
     if (s != POET_OK) return s;

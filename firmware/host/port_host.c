@@ -126,7 +126,30 @@ void poet_port_exit(int code) {
     exit(code);
 }
 
+void poet_port_log(const char *msg) {
+    fputs(msg, stdout);
+    fflush(stdout);
+}
+
+#if defined(POET_APP) && POET_APP
+/* An application (poet/train.h) owns main: the pager is the file $POET_PAGER_FILE (default poet-pager.bin in the
+ * working directory), kept when it exists, so checkpoints survive a restart as on a board's storage. */
+void poet_port_init(void) {
+    const poet_model *m = &poet_generated_model;
+    if (pager_file) return;
+    const char *path = getenv("POET_PAGER_FILE");
+    if (!path || !*path) path = "poet-pager.bin";
+    pager_size = m->ckpt_addr + 2u * m->ckpt_slot_bytes;
+    pager_file = fopen(path, "r+b");
+    if (!pager_file) pager_file = fopen(path, "w+b");
+    if (!pager_file) {
+        fprintf(stderr, "poet-host: cannot open pager file %s: %s\n", path, strerror(errno));
+        exit(2);
+    }
+}
+#else
 void poet_port_init(void) {}
+
 
 static int listen_once(int port) {
     int s = socket(AF_INET, SOCK_STREAM, 0);
@@ -218,6 +241,11 @@ int main(int argc, char **argv) {
         fprintf(stderr, "poet-host: model tables are inconsistent: %s\n", poet_status_str(s));
         poet_port_exit(4);
     }
+    s = poet_model_check_image(m);
+    if (s != POET_OK) {
+        fprintf(stderr, "poet-host: the image is corrupted: %s\n", poet_status_str(s));
+        poet_port_exit(4);
+    }
     s = poet_model_reset(m);
     if (s != POET_OK) {
         fprintf(stderr, "poet-host: cannot put the initial parameters on storage: %s\n", poet_status_str(s));
@@ -237,3 +265,4 @@ int main(int argc, char **argv) {
     poet_port_exit(code);
     return code;
 }
+#endif /* POET_APP */

@@ -6,6 +6,7 @@
 #include <math.h>
 
 #include "poet/kernels.h"
+#include "poet/step.h"
 
 typedef struct {
     float sum, carry;
@@ -115,6 +116,7 @@ poet_status poet_bn_running_f32(const poet_bn_params *p, const float *restrict s
     const float k = p->which ? p->unbias : 1.0f;
     for (uint32_t ch = 0; ch < p->c; ch++)
         state[ch] = (1.0f - p->momentum) * state[ch] + p->momentum * (batch[ch] * k);
+    note_range(state, p->c); /* finiteness check: step.h */
     return POET_OK;
 }
 

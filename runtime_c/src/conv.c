@@ -1163,6 +1163,7 @@ poet_status poet_conv2d_dw_sgd_f32(const poet_conv_params *p, float lr, const fl
     } else {
         dw_tiles_step(p, dy, x, w, v, &o);
     }
+    note_range(w, (size_t)p->c_out * (p->c_in / p->groups) * p->kh * p->kw); /* finiteness check: step.h */
     return POET_OK;
 }
 
@@ -1179,5 +1180,6 @@ poet_status poet_conv2d_db_sgd_f32(const poet_conv_params *p, float lr, const fl
         if (sink) sink(ctx, c0, g, cnt);
         for (uint32_t q = 0; q < cnt; q++) apply(b, v, c0 + q, g[q], &o, fast);
     }
+    note_range(b, p->c_out);
     return POET_OK;
 }

@@ -4,6 +4,7 @@
 
 #include "poet/poet.h"
 #include "poet/port.h"
+#include "poet/step.h"
 
 #define F32(i) ((float *)m->loc[nd->in[i]])
 #define I32(i) ((const int32_t *)m->loc[nd->in[i]])
@@ -476,6 +477,14 @@ poet_status poet_model_reset(const poet_model *m) {
     return POET_OK;
 }
 
+uint32_t poet_storage_crc_seed(const poet_model *m, uint16_t t) { return tag_crc(t, m->wgen[t]); }
+
+poet_status poet_storage_write(const poet_model *m, uint16_t id, uint32_t off, const void *src, uint32_t n) {
+    if (id >= m->n_tensors || m->tensors[id].home != POET_HOME_STORAGE) return POET_ERR_RANGE;
+    if ((uint64_t)off + n > m->tensors[id].bytes) return POET_ERR_RANGE;
+    return poet_port_pager_write(m->tensors[id].slot + off, src, n);
+}
+
 poet_status poet_storage_seal(const poet_model *m, uint16_t id) {
     if (id >= m->n_tensors || m->tensors[id].home != POET_HOME_STORAGE) return POET_ERR_RANGE;
     const poet_tensor *t = &m->tensors[id];
@@ -551,6 +560,7 @@ poet_run_result poet_run(const poet_model *m, int program, float lr, poet_grad_h
     }
     const poet_program *pr = &m->programs[program];
     if (m->train_flag) *m->train_flag = program == POET_PROG_TRAIN ? 1.0f : 0.0f;
+    poet_update_nonfinite = 0;
     poet_reset_locations(m);
     for (uint16_t n = 0; n < m->n_nodes; n++) m->node_ticks[n] = 0;
     uint64_t start = poet_port_ticks();
@@ -600,7 +610,75 @@ poet_run_result poet_run(const poet_model *m, int program, float lr, poet_grad_h
         }
     }
     r.ticks = poet_port_ticks() - start;
+    if (r.status == POET_OK && program == POET_PROG_TRAIN && poet_update_nonfinite) r.status = POET_ERR_NONFINITE_PARAM;
     if (r.status == POET_OK && program == POET_PROG_TRAIN && !isfinite(*(const float *)m->tensors[m->loss].data))
         r.status = POET_ERR_NONFINITE;
     return r;
+}
+
+/* ---- the image's checksums ---------------------------------------------------------------------------------
+ * The tables in a canonical form that poetc's codegen.image_checksums() reproduces byte for byte: per tensor
+ * bytes (u32), dtype, home, writable (u8 each), slot (u32); per node kernel, params index, n_in (u16 each), its
+ * inputs and output (u16), then its kernel's params struct as it lies in memory (every field is a 4-byte
+ * uint32_t or float: little-endian words, no padding); per program its length (u32) and per instruction op
+ * (u8), arg (u16), off (u32); then input, label, loss, logits (u16) and arena, storage, checkpoint address and
+ * slot bytes (u32). The initial values: per parameter in params[] its tensor id (u16), whether it has an
+ * initial value (u8) and that value's bytes; then the bytes of every FLASH tensor in tensor order. */
+static uint32_t crc_u8(uint32_t c, uint8_t v) { return poet_crc32(c, &v, 1); }
+static uint32_t crc_u16(uint32_t c, uint16_t v) {
+    const uint8_t b[2] = {(uint8_t)v, (uint8_t)(v >> 8)};
+    return poet_crc32(c, b, 2);
+}
+static uint32_t crc_u32(uint32_t c, uint32_t v) {
+    uint8_t b[4];
+    put_u32(b, v);
+    return poet_crc32(c, b, 4);
+}
+
+static uint32_t crc_params(uint32_t c, const poet_model *m, const poet_node *nd) {
+    switch ((poet_kernel_id)nd->kernel) {
+#define POET_PARAMS_CRC_(name, id, fam)                                                                       \
+    case POET_K_##name:                                                                                       \
+        return m->fam ? poet_crc32(c, &m->fam[nd->params], sizeof *m->fam) : c;
+        POET_KERNELS(POET_PARAMS_CRC_)
+#undef POET_PARAMS_CRC_
+    }
+    return c;
+}
+
+poet_status poet_model_check_image(const poet_model *m) {
+    uint32_t c = 0;
+    for (uint16_t i = 0; i < m->n_tensors; i++) {
+        const poet_tensor *t = &m->tensors[i];
+        c = crc_u32(c, t->bytes);
+        c = crc_u8(crc_u8(crc_u8(c, t->dtype), t->home), t->writable);
+        c = crc_u32(c, t->slot);
+    }
+    for (uint16_t i = 0; i < m->n_nodes; i++) {
+        const poet_node *nd = &m->nodes[i];
+        c = crc_u16(crc_u16(crc_u16(c, nd->kernel), nd->params), nd->n_in);
+        for (uint16_t k = 0; k < nd->n_in && k < POET_MAX_INPUTS; k++) c = crc_u16(c, nd->in[k]);
+        c = crc_params(crc_u16(c, nd->out), m, nd);
+    }
+    for (int p = 0; p < POET_N_PROGRAMS; p++) {
+        c = crc_u32(c, m->programs[p].n);
+        for (uint32_t pc = 0; pc < m->programs[p].n; pc++) {
+            const poet_instr *in = &m->programs[p].code[pc];
+            c = crc_u32(crc_u16(crc_u8(c, in->op), in->arg), in->off);
+        }
+    }
+    c = crc_u16(crc_u16(crc_u16(crc_u16(c, m->input), m->label), m->loss), m->logits);
+    c = crc_u32(crc_u32(crc_u32(crc_u32(c, m->arena_bytes), m->storage_bytes), m->ckpt_addr), m->ckpt_slot_bytes);
+    if (c != m->tables_crc) return POET_ERR_IMAGE_CHECKSUM;
+    uint32_t v = 0;
+    for (uint16_t i = 0; i < m->n_params; i++) {
+        const uint16_t id = m->params[i].tensor;
+        if (id >= m->n_tensors) return POET_ERR_PROGRAM;
+        v = crc_u8(crc_u16(v, id), m->params[i].init != NULL);
+        if (m->params[i].init) v = poet_crc32(v, m->params[i].init, m->tensors[id].bytes);
+    }
+    for (uint16_t i = 0; i < m->n_tensors; i++)
+        if (m->tensors[i].home == POET_HOME_FLASH && m->tensors[i].data)
+            v = poet_crc32(v, m->tensors[i].data, m->tensors[i].bytes);
+    return v == m->init_crc ? POET_OK : POET_ERR_IMAGE_CHECKSUM;
 }

@@ -7,15 +7,25 @@
 #include "poet/kernels.h"
 #include "poet/step.h"
 
+volatile int poet_update_nonfinite; /* the update kernels' finiteness flag (step.h); poet_run clears and reads it */
+
 poet_status poet_sgd_f32(const poet_sgd_params *p, float lr, const float *restrict g, float *restrict w,
                          float *restrict v) {
     if (!p || !g || !w || (p->momentum != 0.0f && !v)) return POET_ERR_ARG;
+    float acc = 0.0f;
     if (plain(p->momentum, p->weight_decay, v)) {
-        for (uint32_t i = 0; i < p->n; i++) w[i] -= lr * g[i];
-        return POET_OK;
+        for (uint32_t i = 0; i < p->n; i++) {
+            w[i] -= lr * g[i];
+            acc = nf(acc, w[i]);
+        }
+    } else {
+        const opt_step o = {lr, p->momentum, p->weight_decay};
+        for (uint32_t i = 0; i < p->n; i++) {
+            step(w, v, i, g[i], &o);
+            acc = nf(acc, w[i]);
+        }
     }
-    const opt_step o = {lr, p->momentum, p->weight_decay};
-    for (uint32_t i = 0; i < p->n; i++) step(w, v, i, g[i], &o);
+    note_update(acc);
     return POET_OK;
 }
 
@@ -68,9 +78,10 @@ static inline float dot_strided(const float *a, size_t sa, const float *b, size_
             step(w, v, i, g, o);                                                                              \
     } while (0)
 
-static inline __attribute__((always_inline)) void dw_sgd_blocked_t(
+static inline __attribute__((always_inline)) float dw_sgd_blocked_t(
     uint32_t m, uint32_t rows, uint32_t cols, const float *restrict a, size_t lda, const float *restrict b,
     size_t ldb, float *restrict w, float *restrict v, float alpha, float lr, const opt_step *o, const int PLAIN) {
+    float acc = 0.0f; /* the finiteness check (step.h): 0 + 0 w over the weights written */
     uint32_t r = 0;
     for (; r + 4 <= rows; r += 4) {
         uint32_t c = 0;
@@ -92,20 +103,30 @@ static inline __attribute__((always_inline)) void dw_sgd_blocked_t(
                 w1[0] -= lr * (s10 * alpha); w1[1] -= lr * (s11 * alpha); w1[2] -= lr * (s12 * alpha); w1[3] -= lr * (s13 * alpha);
                 w2[0] -= lr * (s20 * alpha); w2[1] -= lr * (s21 * alpha); w2[2] -= lr * (s22 * alpha); w2[3] -= lr * (s23 * alpha);
                 w3[0] -= lr * (s30 * alpha); w3[1] -= lr * (s31 * alpha); w3[2] -= lr * (s32 * alpha); w3[3] -= lr * (s33 * alpha);
+                acc = nf(acc, (w0[0] + w0[1] + w0[2] + w0[3]) + (w1[0] + w1[1] + w1[2] + w1[3]) +
+                                  (w2[0] + w2[1] + w2[2] + w2[3]) + (w3[0] + w3[1] + w3[2] + w3[3]));
             } else {
                 const size_t i0 = (size_t)r * cols + c, i1 = i0 + cols, i2 = i1 + cols, i3 = i2 + cols;
                 step(w, v, i0, s00 * alpha, o); step(w, v, i0 + 1, s01 * alpha, o); step(w, v, i0 + 2, s02 * alpha, o); step(w, v, i0 + 3, s03 * alpha, o);
                 step(w, v, i1, s10 * alpha, o); step(w, v, i1 + 1, s11 * alpha, o); step(w, v, i1 + 2, s12 * alpha, o); step(w, v, i1 + 3, s13 * alpha, o);
                 step(w, v, i2, s20 * alpha, o); step(w, v, i2 + 1, s21 * alpha, o); step(w, v, i2 + 2, s22 * alpha, o); step(w, v, i2 + 3, s23 * alpha, o);
                 step(w, v, i3, s30 * alpha, o); step(w, v, i3 + 1, s31 * alpha, o); step(w, v, i3 + 2, s32 * alpha, o); step(w, v, i3 + 3, s33 * alpha, o);
+                acc = nf(acc, (w[i0] + w[i0 + 1] + w[i0 + 2] + w[i0 + 3]) + (w[i1] + w[i1 + 1] + w[i1 + 2] + w[i1 + 3]) +
+                                  (w[i2] + w[i2 + 1] + w[i2 + 2] + w[i2 + 3]) + (w[i3] + w[i3 + 1] + w[i3 + 2] + w[i3 + 3]));
             }
         }
         for (; c < cols; c++)
-            for (uint32_t q = 0; q < 4; q++)
+            for (uint32_t q = 0; q < 4; q++) {
                 UPDATE((size_t)(r + q) * cols + c, dot_strided(a + r + q, lda, b + c, ldb, m, alpha));
+                acc = nf(acc, w[(size_t)(r + q) * cols + c]);
+            }
     }
     for (; r < rows; r++)
-        for (uint32_t c = 0; c < cols; c++) UPDATE((size_t)r * cols + c, dot_strided(a + r, lda, b + c, ldb, m, alpha));
+        for (uint32_t c = 0; c < cols; c++) {
+            UPDATE((size_t)r * cols + c, dot_strided(a + r, lda, b + c, ldb, m, alpha));
+            acc = nf(acc, w[(size_t)r * cols + c]);
+        }
+    return acc;
 }
 #undef UPDATE
 
@@ -113,7 +134,7 @@ static __attribute__((noinline)) void dw_sgd_blocked_plain(uint32_t m, uint32_t 
                                                            const float *restrict a, size_t lda,
                                                            const float *restrict b, size_t ldb, float *restrict w,
                                                            float alpha, float lr) {
-    dw_sgd_blocked_t(m, rows, cols, a, lda, b, ldb, w, NULL, alpha, lr, NULL, 1);
+    note_update(dw_sgd_blocked_t(m, rows, cols, a, lda, b, ldb, w, NULL, alpha, lr, NULL, 1));
 }
 
 /* Each path is a function of its own (not inlined into poet_linear_dw_sgd_f32): the plain path keeps the registers
@@ -123,7 +144,7 @@ static __attribute__((noinline)) void dw_sgd_blocked_step(uint32_t m, uint32_t r
                                                           const float *restrict a, size_t lda, const float *restrict b,
                                                           size_t ldb, float *restrict w, float *restrict v,
                                                           float alpha, const opt_step *o) {
-    dw_sgd_blocked_t(m, rows, cols, a, lda, b, ldb, w, v, alpha, o->lr, o, 0);
+    note_update(dw_sgd_blocked_t(m, rows, cols, a, lda, b, ldb, w, v, alpha, o->lr, o, 0));
 }
 
 poet_status poet_linear_dw_sgd_f32(const poet_linear_params *p, float lr, const float *restrict dy,
@@ -134,8 +155,10 @@ poet_status poet_linear_dw_sgd_f32(const poet_linear_params *p, float lr, const 
     const float *a = p->trans_w ? dy : x, *b = p->trans_w ? x : dy;
     const size_t lda = p->trans_w ? p->n : p->k, ldb = p->trans_w ? p->k : p->n;
     const opt_step o = {lr, p->momentum, p->weight_decay};
-    if (sink)
+    if (sink) {
         dw_sgd_chunked(p->m, rows, cols, a, lda, b, ldb, w, v, p->alpha, &o, sink, ctx);
+        note_range(w, (size_t)rows * cols);
+    }
     else if (plain(p->momentum, p->weight_decay, v))
         dw_sgd_blocked_plain(p->m, rows, cols, a, lda, b, ldb, w, p->alpha, lr);
     else
@@ -163,5 +186,6 @@ poet_status poet_bias_grad_sgd_f32(const poet_linear_params *p, float lr, const 
         else
             for (uint32_t q = 0; q < c; q++) step(b, v, j0 + q, g[q], &o);
     }
+    note_range(b, p->n);
     return POET_OK;
 }

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from poetc.resources import runtime_dir
 
-# everything but the interpreter and the link, which need a port
+# everything but the interpreter, the link and the training API, which need a port
 KERNEL_SOURCES = sorted(
-    p for p in (runtime_dir() / "src").glob("*.c") if p.name not in ("interp.c", "link.c")
+    p for p in (runtime_dir() / "src").glob("*.c") if p.name not in ("interp.c", "link.c", "train.c")
 )
 
 

@@ -208,3 +208,37 @@ def test_fused_weight_gradient_sgd(lib, m, k, n, trans, alpha, beta):
         fn.argtypes = [*fn.argtypes[:-2], ctypes.c_void_p, ctypes.c_void_p]
         assert fn(ctypes.addressof(p), lr, *[ptr(v) for v in args], ptr(again), None, None, None) == 0
         np.testing.assert_array_equal(again, param)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("bad_at", [None, 0, 5, 37])
+def test_update_kernels_flag_nonfinite_parameters(lib, momentum, bad_at):
+    """The finiteness flag (step.h): set by SGD and the fused linear update (4x4 blocks, edges, chunked path with a
+    sink) when a weight they wrote became infinite, and only then."""
+    flag = ctypes.c_int.in_dll(lib, "poet_update_nonfinite")
+    rng = np.random.default_rng(7)
+    m, k, n = 3, 9, 6  # 9 x 6: full 4x4 blocks and both edges
+    x, dy = f32(rng.standard_normal((m, k))), f32(rng.standard_normal((m, n)))
+    if bad_at is not None:  # a huge gradient in one weight's sum: w - lr g overflows to -inf there
+        dy[0, bad_at % n] = 3e38
+        x[0, bad_at % k] = 3e38
+    lr = 1.0
+    for use_sink in (False, True):
+        w, v = f32(rng.standard_normal((k, n))), f32(np.zeros((k, n)))
+        p = Linear(m, k, n, 0, 1.0, 1.0, momentum, 0.0)
+        fn = lib.poet_linear_dw_sgd_f32
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_float] + [ctypes.c_void_p] * 4 + [SINK, ctypes.c_void_p]
+        sink = SINK(lambda ctx, off, g, cnt: None)
+        flag.value = 0
+        assert fn(ctypes.addressof(p), lr, ptr(dy), ptr(x), ptr(w), ptr(v) if momentum else None,
+                  sink if use_sink else SINK(), None) == 0  # fmt: skip
+        assert flag.value == int(not np.all(np.isfinite(w))) == int(bad_at is not None), (use_sink, bad_at)
+    g = f32(rng.standard_normal(40))
+    if bad_at is not None:
+        g[bad_at] = np.inf
+    w, v = f32(rng.standard_normal(40)), f32(np.zeros(40))
+    flag.value = 0
+    lib.poet_sgd_f32.argtypes = [ctypes.c_void_p, ctypes.c_float] + [ctypes.c_void_p] * 3
+    sgd = Sgd(40, momentum, 0.0)
+    assert lib.poet_sgd_f32(ctypes.addressof(sgd), 0.5, ptr(g), ptr(w), ptr(v) if momentum else None) == 0
+    assert flag.value == int(bad_at is not None)

@@ -72,7 +72,12 @@ def test_shared_options_mean_the_same_everywhere():
     assert all(a.metavar == "DIR" for a in by_opt["--out"].values())
     assert {"train", "verify", "profile", "flash"} <= set(by_opt["--port"])
     # the scheduling options of build are sweep's too (sweep: --strategies, a list, in place of --strategy)
-    build = {o for a in _options(subs["build"]) for o in a.option_strings} - {"--out", "--no-compile"}
+    on_device = {"--on-device", "--data", "--on-device-steps", "--checkpoint-every", "--lr", "--seed"}
+    build = {o for a in _options(subs["build"]) for o in a.option_strings} - {
+        "--out",
+        "--no-compile",
+        *on_device,
+    }
     sweep = {o for a in _options(subs["sweep"]) for o in a.option_strings}
     assert build - sweep == {"--strategy"} and "--strategies" in sweep
     for o in ("--deadline", "--profile", "--ram", "--time-limit", "--solver", "--gap"):

@@ -517,8 +517,10 @@ class QemuSession(Session):
         if code == FAULT_EXIT or fault:
             return "the firmware took a HardFault" + (f" ({fault.removeprefix('poet: ')})" if fault else "")
         if code == BAD_MODEL_EXIT:
-            detail = next((ln for ln in lines if "inconsistent" in ln), "")
-            return "the firmware rejected the model tables" + (f" ({detail})" if detail else "")
+            detail = next((ln for ln in lines if "inconsistent" in ln or "corrupted" in ln), "")
+            return "the firmware rejected the model tables" + (
+                f" ({detail.removeprefix('poet: ')})" if detail else ""
+            )
         if "Lockup" in text:
             return "the core locked up (a fault while handling a fault: a stack overflow?)"
         if code < 0:

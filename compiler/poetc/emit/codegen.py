@@ -8,6 +8,8 @@ header: tool version, command, model hash.
 from __future__ import annotations
 
 import re
+import struct
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
@@ -93,10 +95,64 @@ class CodegenInput:
     homes: dict[str, str] = field(
         default_factory=dict
     )  # parameter/optimizer tensor -> "flash" | "storage" | "ram"
+    ckpt_align: int = 256  # checkpoint slots start on this boundary (a flash erase page where there is one)
 
 
 def tensor_ids(tg: TrainingGraph) -> dict[str, int]:
     return {name: i for i, name in enumerate(tg.graph.tensors)}
+
+
+CKPT_HEADER_BYTES = 36  # poet/train.h
+CKPT_MAGIC = 0x504B4350
+CKPT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """Where poet/train.h's checkpoints go: two slots of ``slot_bytes`` from ``addr`` on the port's storage (after
+    the programs' storage, aligned to ``align``: a flash erase page where the board has one); a slot holds the
+    header, the tensors of the model's params[] table in ``tensors`` order and a CRC."""
+
+    addr: int
+    slot_bytes: int
+    align: int
+    tensors: tuple[tuple[str, int], ...]  # (name, bytes), the params[] table's order
+
+    @property
+    def payload_bytes(self) -> int:
+        return sum(b for _, b in self.tensors)
+
+    @property
+    def end(self) -> int:
+        return self.addr + 2 * self.slot_bytes
+
+
+def _align(n: int, a: int) -> int:
+    return -(-n // a) * a
+
+
+def persistent_tensors(tg: TrainingGraph, homes: dict[str, str]) -> list[str]:
+    """The params[] table: parameters, running statistics and optimizer state the device keeps (not in flash),
+    in tensor order; poet_model_reset gives them their initial values and checkpoints save them."""
+    return [
+        n
+        for n, t in tg.graph.tensors.items()
+        if not t.in_arena
+        and t.nbytes
+        and t.role in (Role.PARAM, Role.STATE, Role.OPT_STATE)
+        and homes.get(n, "ram") != "flash"
+    ]
+
+
+def checkpoint_layout(
+    tg: TrainingGraph, homes: dict[str, str], storage_bytes: int, align: int = 256
+) -> CheckpointLayout:
+    names = persistent_tensors(tg, homes)
+    tensors = tuple((n, tg.graph.tensor(n).nbytes) for n in names)
+    payload = sum(b for _, b in tensors)
+    return CheckpointLayout(
+        _align(max(storage_bytes, 0), align), _align(CKPT_HEADER_BYTES + payload + 4, align), align, tensors
+    )
 
 
 def render(inp: CodegenInput) -> dict[str, str]:
@@ -115,6 +171,8 @@ def render(inp: CodegenInput) -> dict[str, str]:
 
     statics = []
     tensors = []
+    crc_tensors: list[tuple[int, int, int, int, int]] = []
+    g_names = list(g.tensors)
     param_inits = []
     for name, t in g.tensors.items():
         i = tid[name]
@@ -144,6 +202,15 @@ def render(inp: CodegenInput) -> dict[str, str]:
         writable = int(
             t.role in (Role.INPUT, Role.LABEL, Role.PARAM, Role.STATE, Role.OPT_STATE) and home != "flash"
         )
+        crc_tensors.append(
+            (
+                t.nbytes if t.role != Role.UPDATE else 0,
+                {"i32": 1, "u8": 2}.get(t.dtype, 0),
+                {"arena": 0, "ram": 1, "flash": 2, "storage": 3}[home],
+                writable,
+                inp.slots.get(name, 0),
+            )
+        )
         tensors.append(
             {
                 "id": i,
@@ -163,6 +230,7 @@ def render(inp: CodegenInput) -> dict[str, str]:
         )
 
     fam_items: dict[str, list[str]] = {f: [] for f in cheaders.families()}
+    crc_nodes: list[tuple[int, int, list[int], int, bytes]] = []
     nodes = []
     for k, n in enumerate(g.nodes):
         op = ops.get(n.op)
@@ -173,6 +241,10 @@ def render(inp: CodegenInput) -> dict[str, str]:
             raise RuntimeError(f"op {n.op}: family {op.family} but the runtime says {fam}")
         fields = op.c_params(n.attrs, [g.tensor(x).shape for x in n.inputs], g.tensor(n.output).shape)
         fam_items[fam].append(c_struct_init(fields))
+        crc_nodes.append(
+            (kinfo[op.kernel].id, len(fam_items[fam]) - 1, [tid[x] for x in n.inputs], tid[n.output],
+             struct_bytes(fam, fields))
+        )  # fmt: skip
         ins = [str(tid[x]) for x in n.inputs] or ["0"]
         nodes.append(
             {
@@ -191,14 +263,17 @@ def render(inp: CodegenInput) -> dict[str, str]:
     enum = {"train": "POET_PROG_TRAIN", "infer": "POET_PROG_INFER"}
     ir_node = inp.ir_node or tuple(range(len(g.nodes)))
     tensor_of = inp.tensor_of or tuple(n.output for n in g.nodes)
+    crc_progs: list[list[tuple[int, int, int]]] = []
     for prog, mp in zip(inp.programs, inp.plans, strict=True):
         code = []
+        crc_progs.append([])
         for pc, ins_ in enumerate(prog.instrs):
             if ins_.op in (Op.RUN, Op.RECOMPUTE):
                 arg, what = ir_node[ins_.node], g.nodes[ir_node[ins_.node]].name
             else:
                 arg, what = tid[tensor_of[ins_.node]], tensor_of[ins_.node]
             off = max(mp.offsets[pc], 0)
+            crc_progs[-1].append((ins_.op.value, arg, off))
             code.append(
                 {
                     "op": f"POET_OP_{ins_.op.name}",
@@ -210,8 +285,27 @@ def render(inp: CodegenInput) -> dict[str, str]:
             )
         progs.append({"name": prog.name, "enum": enum[prog.name], "code": code})
 
+    ckpt = checkpoint_layout(tg, inp.homes, inp.storage_bytes, inp.ckpt_align)
+    if [n for n, _ in ckpt.tensors] != [g_names[p["tensor"]] for p in param_inits]:
+        raise RuntimeError("the checkpoint's tensors are not the params[] table")
+    ids = (tid[tg.input], tid[tg.label], tid[tg.loss], tid[tg.logits])
+    sizes = (inp.arena_bytes, inp.storage_bytes, ckpt.addr, ckpt.slot_bytes)
+    tables_crc = tables_checksum(crc_tensors, crc_nodes, crc_progs, ids, sizes)
+    init_crc = 0
+    for p in param_inits:
+        name = g_names[p["tensor"]]
+        init_crc = zlib.crc32(struct.pack("<HB", p["tensor"], p["init"] != "NULL"), init_crc)
+        if p["init"] != "NULL":
+            init_crc = zlib.crc32(_init_bytes(inp.params, name, g.tensor(name).numel), init_crc)
+    for name, t in g.tensors.items():
+        if inp.homes.get(name) == "flash" and not t.in_arena and t.nbytes:
+            init_crc = zlib.crc32(_init_bytes(inp.params, name, t.numel), init_crc)
     ctx = {
         "header": header,
+        "ckpt_addr": ckpt.addr,
+        "ckpt_slot_bytes": ckpt.slot_bytes,
+        "tables_crc": f"0x{tables_crc:08x}u",
+        "init_crc": f"0x{init_crc:08x}u",
         "n_tensors": len(tensors),
         "n_nodes": len(nodes),
         "statics": statics,
@@ -231,6 +325,43 @@ def render(inp: CodegenInput) -> dict[str, str]:
         "train_flag": f"t{tid[tg.train_flag]}" if tg.train_flag is not None else "NULL",
     }
     return {name: render_template(f"{name}.j2", **ctx) for name in ("model.c", "model.h")}
+
+
+def _init_bytes(params: dict[str, np.ndarray], name: str, numel: int) -> bytes:
+    """A parameter's initial value as the image holds it (float32, little-endian)."""
+    return np.asarray(params.get(name, np.zeros(numel)), "<f4").reshape(-1).tobytes()
+
+
+def struct_bytes(family: str, fields: dict[str, Any]) -> bytes:
+    """A kernel's params struct as it lies in memory: its fields (absent ones 0) as little-endian 4-byte words."""
+    out = bytearray()
+    for f in cheaders.param_struct(family):
+        v = fields.get(f.name, 0)
+        vals = list(v) if isinstance(v, tuple | list) else [v]
+        vals += [0] * (f.count - len(vals))
+        for x in vals[: f.count]:
+            out += struct.pack("<f", np.float32(x)) if f.ctype == "float" else struct.pack("<I", int(x))
+    return bytes(out)
+
+
+def tables_checksum(
+    tensors: list[tuple[int, int, int, int, int]],
+    nodes: list[tuple[int, int, list[int], int, bytes]],
+    programs: list[list[tuple[int, int, int]]],
+    ids: tuple[int, int, int, int],
+    sizes: tuple[int, int, int, int],
+) -> int:
+    """CRC32 of the tables in the canonical form poet_model_check_image (runtime_c/src/interp.c) hashes."""
+    c = 0
+    for nbytes_, dtype, home, writable, slot in tensors:
+        c = zlib.crc32(struct.pack("<IBBBI", nbytes_, dtype, home, writable, slot), c)
+    for kernel, params, ins, out, raw in nodes:
+        c = zlib.crc32(struct.pack(f"<HHH{len(ins)}HH", kernel, params, len(ins), *ins, out) + raw, c)
+    for code in programs:
+        c = zlib.crc32(struct.pack("<I", len(code)), c)
+        for op, arg, off in code:
+            c = zlib.crc32(struct.pack("<BHI", op, arg, off), c)
+    return zlib.crc32(struct.pack("<4H4I", *ids, *sizes), c)
 
 
 @cache

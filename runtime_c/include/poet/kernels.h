@@ -9,6 +9,10 @@
 
 #include "status.h"
 
+#if defined(__cplusplus) && !defined(restrict) /* C++ (an Arduino sketch) includes these prototypes too */
+#define restrict __restrict__
+#endif
+
 /*  X(NAME, id, params family) */
 #define POET_KERNELS(X)                 \
     X(LINEAR_FWD, 1, linear)            \

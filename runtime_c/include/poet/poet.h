@@ -88,6 +88,11 @@ typedef struct {
     uint8_t *arena;
     uint32_t arena_bytes;
     uint32_t storage_bytes; /* bytes of pager storage the programs use */
+    /* checkpoints (poet/train.h): two slots of ckpt_slot_bytes from ckpt_addr on storage, after the programs' */
+    uint32_t ckpt_addr, ckpt_slot_bytes;
+    /* CRC32s the generator computed: of the tables in their canonical form and of the parameters' initial
+     * values in flash (poet_model_check_image) */
+    uint32_t tables_crc, init_crc;
     uint16_t input, label, loss, logits;
     const poet_linear_params *linear;
     const poet_eltwise_params *eltwise;
@@ -132,6 +137,10 @@ typedef struct {
 /* Check tables against each other: every kernel's expected sizes against the tensor table, offsets inside the
  * arena, indices in range. Run once at start-up; a mismatch means poetc and the runtime disagree. */
 poet_status poet_model_validate(const poet_model *m);
+/* Check the image against the checksums poetc put in it: the tables (tensors, nodes and their kernel
+ * parameters, programs) and the parameters' initial values. POET_ERR_IMAGE_CHECKSUM: the image is corrupted
+ * (or its tables were edited by hand); nothing may train on it. */
+poet_status poet_model_check_image(const poet_model *m);
 /* Initial parameter values (and zeroed optimizer state) into their homes: RAM, or the storage slot with its
  * CRC. FLASH tensors are their initial values. */
 poet_status poet_model_reset(const poet_model *m);
@@ -148,6 +157,12 @@ poet_run_result poet_run(const poet_model *m, int program, float lr, poet_grad_h
 poet_status poet_dispatch(const poet_model *m, uint16_t node, float lr, poet_grad_hook hook, void *hook_ctx);
 
 uint32_t poet_crc32(uint32_t crc, const void *data, size_t n);
+/* The CRC a storage copy of tensor t starts from (its id and its current write number); the copy's CRC is
+ * poet_crc32(poet_storage_crc_seed(m, t), bytes, n). */
+uint32_t poet_storage_crc_seed(const poet_model *m, uint16_t t);
+/* Write bytes [off, off + n) of a storage-homed tensor's slot (not its CRC: poet_storage_seal after the last). */
+poet_status poet_storage_write(const poet_model *m, uint16_t t, uint32_t off, const void *src, uint32_t n);
+
 
 /* The link: a framed protocol on the port's byte stream (see docs/protocol.md). Returns the exit code. */
 int poet_serve(const poet_model *m);

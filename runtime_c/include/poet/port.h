@@ -24,6 +24,10 @@ uint32_t poet_port_pager_bytes(void);
 poet_status poet_port_pager_write(uint32_t addr, const void *buf, uint32_t n);
 poet_status poet_port_pager_read(uint32_t addr, void *buf, uint32_t n);
 
+/* A line of text for a person (diagnostics, an application's progress): QEMU's console through semihosting, the
+ * UART on a board, stdout on the host. Not for use while the link serves the harness on the same UART. */
+void poet_port_log(const char *msg);
+
 /* Leave the program (return to the OS, stop QEMU, or park the core). */
 void poet_port_exit(int code);
 

@@ -16,7 +16,10 @@
     X(ERR_UNKNOWN_CMD, 9, "unknown command")                                 \
     X(ERR_RANGE, 10, "tensor id, offset or length out of range")             \
     X(ERR_READONLY, 11, "tensor cannot be written")                          \
-    X(ERR_NONFINITE, 12, "loss is not finite")
+    X(ERR_NONFINITE, 12, "loss is not finite")                              \
+    X(ERR_IMAGE_CHECKSUM, 13, "the image's model tables or initial parameter values fail their checksum") \
+    X(ERR_NO_CHECKPOINT, 14, "no valid checkpoint on storage")              \
+    X(ERR_NONFINITE_PARAM, 15, "an update made a parameter NaN or infinite")
 
 typedef enum {
 #define POET_STATUS_ENUM_(name, value, text) POET_##name = value,

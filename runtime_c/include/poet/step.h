@@ -23,6 +23,22 @@ static inline void step(float *restrict w, float *restrict v, size_t i, float g,
     }
 }
 
+/* The finiteness check of every update (the train program fails with POET_ERR_NONFINITE_PARAM when it is set):
+ * a kernel keeps acc = 0 and adds 0 * w for each value it wrote (nf(acc, w)), which stays 0 for finite values
+ * and becomes NaN for a NaN or an infinity; one multiply-add per value, and one test per kernel call. */
+extern volatile int poet_update_nonfinite;
+static inline float nf(float acc, float w) { return acc + 0.0f * w; }
+static inline void note_update(float acc) {
+    if (acc != 0.0f) poet_update_nonfinite = 1;
+}
+/* The same over n values a kernel just wrote (where the update is not the cost that matters: convolutions,
+ * whose weights see many multiply-adds each, biases, running statistics). */
+static inline void note_range(const float *w, size_t n) {
+    float acc = 0.0f;
+    for (size_t i = 0; i < n; i++) acc = nf(acc, w[i]);
+    note_update(acc);
+}
+
 /* Plain SGD without weight decay (w -= lr g): the kernels' fast paths. */
 static inline int plain(float mu, float wd, const float *v) { return !v && mu == 0.0f && wd == 0.0f; }
 

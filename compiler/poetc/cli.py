@@ -88,6 +88,8 @@ def _load_model(a: argparse.Namespace) -> Model:
         from .frontend.quantize import u8_input
 
         model = u8_input(model, a.input_u8)
+    for note in model.notes:
+        print(f"note: {note}", flush=True)
     _say(
         f"model {model.source}: {len(model.graph.nodes)} layers, "
         f"{sum(v.size for v in model.params.values())} parameters, "

@@ -74,3 +74,13 @@ def torch_mod():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def host_digits8(tmp_path_factory) -> Path:
+    """digits-mlp built for the host board at batch 8 (store-all: no solve), shared by the tests that train it."""
+    out = tmp_path_factory.mktemp("host-digits8") / "b"
+    poetc(
+        "build", "digits-mlp", "--board", "host", "--out", str(out), "--batch", "8", "--strategy", "store-all"
+    )
+    return out

@@ -35,22 +35,8 @@ def _main(*args: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def build(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("keep") / "b"
-    args = (
-        "build",
-        "digits-mlp",
-        "--board",
-        "host",
-        "--out",
-        str(out),
-        "--batch",
-        "8",
-        "--strategy",
-        "store-all",
-    )
-    assert _main(*args)[0] == 0
-    return out
+def build(host_digits8) -> Path:
+    return host_digits8
 
 
 @pytest.fixture(scope="module")

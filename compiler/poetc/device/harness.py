@@ -480,11 +480,15 @@ def _train(
             done = log.steps[-1] if log.steps else first - 1
             final_saved = _checkpoint(dev, done)  # trained weights and running statistics
             log.link_retried, log.link_stale = dev.link.retried, dev.link.stale
-            log.link_resent = getattr(dev.link, "resent", 0)
+            log.link_resent = dev.link.resent
     except BaseException as e:
         log.wall_s = time.perf_counter() - t0
         if dev is not None:
-            log.link_retried, log.link_stale = dev.link.retried, dev.link.stale
+            log.link_retried, log.link_stale, log.link_resent = (
+                dev.link.retried,
+                dev.link.stale,
+                dev.link.resent,
+            )
         if isinstance(e, KeyboardInterrupt):
             raise RunStopped("interrupted", log, 130, e) from None
         if isinstance(e, PoetcError):

@@ -113,7 +113,8 @@ class Session:
         self.url = url
         self._cleanup = cleanup
         kw: dict[str, Any] = {"baudrate": baudrate} if baudrate else {}
-        self.ser = serial.serial_for_url(url, timeout=0.2, write_timeout=timeout_s, **kw)
+        # reads return within 20 ms: the link notices a silent target quickly (link.QUIET_MIN_S)
+        self.ser = serial.serial_for_url(url, timeout=0.02, write_timeout=timeout_s, **kw)
         self.link = _Link(self.ser, timeout_s=timeout_s, on_dead=self.why_dead)
 
     def _exit_code(self) -> int | None:

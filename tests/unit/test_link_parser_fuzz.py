@@ -81,7 +81,7 @@ def test_a_good_frame_after_noise_is_found(noise, payload, sizes):
                 st.integers(0, 3),
                 st.integers(0, 12),
                 st.binary(max_size=20),
-            ),  # fmt: skip
+            ),
         ),
         max_size=6,
     ).map(b"".join),

@@ -427,8 +427,10 @@ def _run_stopped(
         )
     elif saved is not None:
         kept = f"; no step beyond {start.source if start else 'the start'} to save"
+    elif log.steps:
+        kept = f"; {len(log.steps)} steps ran but no checkpoint was taken yet (--save-every), nothing saved"
     else:
-        kept = "; no checkpoint was taken yet, nothing saved"
+        kept = ""
     print(f"poetc: error: {what}{kept}", file=sys.stderr)
     if isinstance(e.cause, Terminated):
         return 143

@@ -35,7 +35,7 @@ def run(*args: str) -> tuple[int | str, str]:
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = cli.main(list(args))
-    except BaseException as e:  # noqa: BLE001 -- the table shows it
+    except BaseException as e:
         return "TRACEBACK", f"{type(e).__name__}: {e}".splitlines()[0] + " | " + traceback.format_exc(
             limit=-1
         )
@@ -155,32 +155,32 @@ def cases(d: Path) -> list[tuple[str, Callable[[], tuple[int | str, str]], int]]
             "--resume with no saved run",
             lambda: run("train", damaged(lambda p: shutil.rmtree(p / "runs")), "--resume"),
             2,
-        ),  # fmt: skip
+        ),
         ("manifest edited (checksum)", lambda: run(*t[:1], damaged(manifest_edit), *t[2:]), 2),
         (
             "manifest not JSON",
             lambda: run(*t[:1], damaged(lambda p: (p / "poetc.json").write_text("[1, 2")), *t[2:]),
             2,
-        ),  # fmt: skip
+        ),
         ("damaged binary", lambda: run(*t[:1], damaged(binary_garbage), *t[2:]), 2),
         (
             "corrupted initial weights in the image: verify",
             lambda: run("verify", damaged(image_weights), "--data", data),
             2,
-        ),  # fmt: skip
+        ),
         ("a second command on a build directory in use", locked, 2),
         (
             "build into a folder poetc did not write",
             lambda: run("build", str(good), "--board", "host", "--out", str(foreign)),
             2,
-        ),  # fmt: skip
+        ),
         (
             "a model ending in Softmax (a note, then it builds)",
             lambda: run(
                 "build", str(soft), "--board", "host", "--out", str(d / "soft"), "--strategy", "store-all"
             ),
             0,
-        ),  # fmt: skip
+        ),
     ]
 
 
@@ -191,7 +191,7 @@ def main() -> int:
         for what, how, due in cases(Path(tmp)):
             code, line = how()
             line = line.replace(tmp, "$TMP")
-            mark = "" if code == due else "  <-- expected exit %d" % due
+            mark = "" if code == due else f"  <-- expected exit {due}"
             rows.append((what, str(code), line + mark))
     w0 = max(len(r[0]) for r in rows)
     print(f"{'bad input':<{w0}}  exit  what poetc says")

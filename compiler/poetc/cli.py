@@ -1036,7 +1036,7 @@ def make_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="read the weights back and save them every N steps (default: 0, every 10 s of training)",
+        help="read the weights back and save them every N steps; 0: every 10 s of training",
     )
     s.add_argument(
         "--dump",

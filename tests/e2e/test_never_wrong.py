@@ -88,3 +88,16 @@ def test_verify_takes_its_reference_from_the_build_and_catches_a_corrupted_image
     exe.write_bytes(bytes(blob))
     r = poetc("verify", str(bad), "--data", str(build / "d.npz"), check=False)
     _one_line(r, "the target's initial w differs from the build's model.onnx even after a reset")
+
+
+def test_an_edited_manifest_fails_its_checksum(build, tmp_path):
+    import json
+
+    bad = tmp_path / "edited"
+    shutil.copytree(build / "b", bad)
+    doc = json.loads((bad / "poetc.json").read_text())
+    doc["batch"] = doc["batch"] + 1  # still valid JSON with every key: only the checksum tells
+    (bad / "poetc.json").write_text(json.dumps(doc, indent=1))
+    r = poetc("train", str(bad), "--steps", "1", "--data", str(build / "d.npz"), check=False)
+    _one_line(r, "poetc.json: damaged manifest: its checksum does not match its contents")
+    assert not (bad / "runs").exists()

@@ -567,7 +567,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 def _train(a: argparse.Namespace, b: builddir.BuildInfo) -> int:
     _check_batch(b, a.batch)
     start = _resume_point(b, a)
-    rec = b.run_record(int(start.source.split()[1])) if start is not None else {}
+    rec = b.run_record(start.run) if start is not None and start.run is not None else {}
     if a.steps is None:
         a.steps = int(rec.get("steps_planned") or 200) if start is not None else 200
     if a.steps < 0:

@@ -286,6 +286,7 @@ class StartPoint:
 
     saved: Saved
     source: str
+    run: int | None = None  # the run it came from (None: another source)
 
     @staticmethod
     def from_run(build: BuildInfo, run: int) -> StartPoint:
@@ -304,7 +305,7 @@ class StartPoint:
             raise PoetcError(
                 f"{build.run_summary(run)}: no saved momentum buffer {sorted(missing)[0]!r} (optimizer.npz)"
             )
-        return StartPoint(saved, build.run_summary(run))
+        return StartPoint(saved, build.run_summary(run), run)
 
 
 class RunStopped(PoetcError):

@@ -84,3 +84,31 @@ def host_digits8(tmp_path_factory) -> Path:
         "build", "digits-mlp", "--board", "host", "--out", str(out), "--batch", "8", "--strategy", "store-all"
     )
     return out
+
+
+# ---- longest files first -------------------------------------------------------------------------------------------
+# CI runs the suite on 2 xdist workers, a test file at a time (``--dist loadfile``: a file's module fixtures are built
+# once), in collection order; a long file that starts last makes one worker finish minutes after the other.
+# tests/durations.txt lists the slow tests with their measured seconds (scripts/update_durations.py writes it from a
+# run's ``--durations=0`` report): files are collected in decreasing order of their listed seconds, each file's
+# tests in their own order; files with nothing listed keep their order after them.
+
+
+def _durations() -> dict[str, float]:
+    path = Path(__file__).with_name("durations.txt")
+    out: dict[str, float] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            seconds, _, nodeid = line.strip().partition(" ")
+            if nodeid and not line.startswith("#"):
+                out[nodeid] = float(seconds)
+    return out
+
+
+def pytest_collection_modifyitems(config, items):
+    known = _durations()
+    per_file: dict[str, float] = {}
+    for item in items:
+        f = item.nodeid.partition("::")[0]
+        per_file[f] = per_file.get(f, 0.0) + known.get(item.nodeid, 0.0)
+    items.sort(key=lambda item: -per_file[item.nodeid.partition("::")[0]])  # stable

@@ -78,7 +78,9 @@ def _monotone(records: list[milp.Progress]) -> None:
 def test_progress_records_from_the_solver_are_monotone(demo):
     records: list[milp.Progress] = []
     res = milp.solve(demo, milp.MilpOptions(time_limit_s=30), watch=records.append)
-    assert res.status == "optimal" and records
+    # optimal in about 10 s on an idle 2-core machine; a loaded one may stop at the limit with a proven gap
+    assert res.status in ("optimal", "feasible") and records
+    assert res.status == "optimal" or res.bound_j <= res.extra_j
     _monotone(records)
     assert all(r.what == "HIGHS" for r in records)
     assert records[-1].best_j == pytest.approx(res.extra_j) and records[-1].bound_j == pytest.approx(

@@ -139,3 +139,18 @@ def test_forward_program_keeps_logits(mlp):
     assert r.runs == tg.n_forward
     logits = tg.graph.producer[tg.logits]
     assert fp.keep == (logits,)
+
+
+def test_two_ended_placement_stays_aligned_under_an_unaligned_ceiling(mlp):
+    # a RAM budget is any byte count: large blocks placed down from it must still start on ALIGN boundaries
+    # (resnet8 on qemu-m4 at 256K once got an arena plan with a block at 166948, rejected by memplan.check)
+    big = memplan.BIG_BYTES
+    assert memplan.gap([], big, 10 * big + 4) == 9 * big
+    assert memplan.gap([(9 * big, 10 * big)], big, 10 * big + 4) == 8 * big
+    _tg, cm = mlp
+    prog = program.lower(cm, program.store_all(cm))
+    peak = memplan.plan(prog, cm.mem).arena_bytes
+    for ceiling in (2 * peak + 1, 2 * peak + 3, 2 * peak + 5, 2 * peak + 4099):
+        two = memplan._place_two_ended(memplan.intervals(prog, cm.mem), ceiling)
+        assert two is not None and max(two[0]) > 0
+        assert all(o % memplan.ALIGN == 0 for o in two[0]), ceiling

@@ -108,7 +108,9 @@ def _place(ivs: list[Interval], order: list[int], best_fit: bool = False) -> tup
 
 def gap(busy: list[tuple[int, int]], size: int, ceiling: int | None) -> int | None:
     """Where ``size`` bytes go among the ``busy`` spans (sorted by start): a large block as high under
-    ``ceiling`` as it fits, anything else at the lowest fit; None when a large block fits nowhere under it."""
+    ``ceiling`` as it fits, anything else at the lowest fit; None when a large block fits nowhere under it.
+    Offsets are multiples of ALIGN when ``size`` and the spans are (a ceiling that is not counts as the multiple
+    below it)."""
     if ceiling is None or size < BIG_BYTES:
         off = 0
         for lo, hi in busy:
@@ -116,7 +118,7 @@ def gap(busy: list[tuple[int, int]], size: int, ceiling: int | None) -> int | No
                 break
             off = max(off, hi)
         return off if ceiling is None or off + size <= ceiling else None
-    top = ceiling
+    top = ceiling // ALIGN * ALIGN
     for lo, hi in sorted(busy, key=lambda b: -b[1]):
         if hi + size <= top:
             return top - size

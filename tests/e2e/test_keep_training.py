@@ -159,3 +159,21 @@ def test_sigterm_saves_and_leaves_no_temporary_files(build, tmp_path):
     assert list(tmp.iterdir()) == []  # the pager directory went with the target
     assert not builddir.lock_path(build).exists()
     assert not list(build.glob("runs/*/.*tmp*"))
+
+
+def test_sigterm_during_a_build_leaves_neither_its_temporary_directory_nor_its_lock(tmp_path):
+    out = tmp_path / "b"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "poetc.cli", "build", "digits-mlp", "--board", "host", "--out", str(out),
+         "--strategy", "store-all"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert p.stdout is not None
+    for line in p.stdout:
+        if "compiling for" in line:  # the temporary directory exists and the compiler runs
+            assert list(tmp_path.glob(".b.poetc-tmp-*"))
+            p.send_signal(signal.SIGTERM)
+            break
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 143 and "stopped by SIGTERM" in err and "Traceback" not in err, err
+    assert sorted(e.name for e in tmp_path.iterdir()) == []  # no build, no temporary directory, no lock

@@ -427,8 +427,9 @@ def _run_stopped(
         )
     elif saved is not None:
         kept = f"; no step beyond {start.source if start else 'the start'} to save"
-    elif log.steps:
-        kept = f"; {len(log.steps)} steps ran but no checkpoint was taken yet (--save-every), nothing saved"
+    elif log.steps:  # recorded (train.json alone), so that export does not quietly take an older run
+        runw.record(log, status, what)
+        kept = f"; {len(log.steps)} steps ran but no checkpoint was taken yet (--save-every): no weights kept"
     else:
         kept = ""
     print(f"poetc: error: {what}{kept}", file=sys.stderr)
@@ -535,6 +536,16 @@ class _RunWriter:
         rec = harness.train_record(self.b, self.tgt, log, self.a.lr, self.a.seed)
         rec.update(self.extra)
         rec.update({"status": status, "steps": saved.steps, "steps_planned": self.a.steps,
+                    "steps_this_run": len(log.steps), "error": error})  # fmt: skip
+        harness.write_train_record(self.dir, rec)
+
+    def record(self, log: harness.TrainLog, status: str, error: str) -> None:
+        """A run that kept no weights: its train.json alone (export then refuses to take an older run quietly)."""
+        if self.dir is None:
+            self.run, self.dir = self.b.new_run()
+        rec = harness.train_record(self.b, self.tgt, log, self.a.lr, self.a.seed)
+        rec.update(self.extra)
+        rec.update({"status": status, "steps": 0, "steps_planned": self.a.steps,
                     "steps_this_run": len(log.steps), "error": error})  # fmt: skip
         harness.write_train_record(self.dir, rec)
 

@@ -436,6 +436,19 @@ class BuildInfo:
     def exportable_run(self, run: int | None) -> int:
         """The run export writes: ``run`` as asked, or the latest, which must have completed (an interrupted or
         failed latest run is named, with how to export it anyway or finish it)."""
+        d = self.dir / RUNS
+        newest = max((int(e.name) for e in d.iterdir() if e.name.isdigit()), default=0) if d.is_dir() else 0
+        if run is None and newest and newest not in self.runs():  # the newest run kept no weights at all
+            try:
+                doc = json.loads((d / str(newest) / "train.json").read_text())
+                why = f": {doc.get('error')}" if isinstance(doc, dict) and doc.get("error") else ""
+            except (OSError, ValueError):
+                why = ""
+            have = self.runs()
+            raise PoetcError(
+                f"the latest run {newest} ({d / str(newest)}) failed and kept no weights{why}"
+                + (f"; --run {have[-1]} exports the run before it" if have else "")
+            )
         n, _ = self.run_dir(run)
         if run is not None or self.run_complete(n):
             return n

@@ -49,7 +49,17 @@ def run_make(
     if shutil.which("make") is None:
         raise PoetcError("'make' is not installed (Debian: apt-get install make)")
     cmd = ["make", "-C", str(build_dir), "--no-print-directory", *(args or [])]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # make and its compilers in their own process group: stopped together if poetc is (Ctrl-C, SIGTERM), so no
+    # compiler writes into a build's temporary directory after it was removed
+    p = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = p.communicate()
+    except BaseException:
+        stop_process(p, grace_s=0.5)
+        raise
+    proc = subprocess.CompletedProcess(cmd, p.returncode, out, err)
     if proc.returncode != 0:
         if board is not None:
             overflow = overflow_message(proc.stdout + proc.stderr, board)

@@ -371,6 +371,8 @@ class Link:
             CMD_RUN, struct.pack("<BBf", program, 1 if capture else 0, lr), on_event=ev, timeout_s=timeout_s
         )
         if len(d) < 48:
+            if status == 0:
+                raise TargetError(f"target: short RUN reply ({len(d)} bytes of data, 48 expected)")
             raise StatusError("RUN", status)
         return RunReply(status, *struct.unpack_from("<IfQIIIIIIII", d, 0))
 

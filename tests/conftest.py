@@ -76,6 +76,16 @@ def rng():
     return np.random.default_rng(1234)
 
 
+@pytest.fixture(scope="session")
+def host_digits8(tmp_path_factory) -> Path:
+    """digits-mlp built for the host board at batch 8 (store-all: no solve), shared by the tests that train it."""
+    out = tmp_path_factory.mktemp("host-digits8") / "b"
+    poetc(
+        "build", "digits-mlp", "--board", "host", "--out", str(out), "--batch", "8", "--strategy", "store-all"
+    )
+    return out
+
+
 # ---- longest files first -------------------------------------------------------------------------------------------
 # CI runs the suite on 2 xdist workers, a test file at a time (``--dist loadfile``: a file's module fixtures are built
 # once), in collection order; a long file that starts last makes one worker finish minutes after the other.

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -87,6 +88,8 @@ def _load_model(a: argparse.Namespace) -> Model:
         from .frontend.quantize import u8_input
 
         model = u8_input(model, a.input_u8)
+    for note in model.notes:
+        print(f"note: {note}", flush=True)
     _say(
         f"model {model.source}: {len(model.graph.nodes)} layers, "
         f"{sum(v.size for v in model.params.values())} parameters, "
@@ -208,6 +211,18 @@ def cmd_build(a: argparse.Namespace) -> int:
     training = _training(a)
     out = Path(a.out) if a.out else _default_out("build", a.model, board)
     builddir.check_out_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with builddir.locked(out, "build"):
+        return _build(a, board, opts, training, out)
+
+
+def _build(
+    a: argparse.Namespace,
+    board: boards.Board,
+    opts: strategies.SolveOptions,
+    training: TrainingOptions,
+    out: Path,
+) -> int:
     tgt = target.for_board(board)
     t0 = time.perf_counter()
     print(f"poetc build {a.model} for {board.name}", flush=True)
@@ -442,50 +457,45 @@ def _check_writable(path: Path, what: str) -> None:
         raise PoetcError(f"{what} {path}: folder {folder} is not writable")
 
 
-def cmd_train(a: argparse.Namespace) -> int:
-    b = builddir.open_build(Path(a.dir))
-    _check_batch(b, a.batch)
-    if a.steps < 0:
-        raise PoetcError(f"--steps must be >= 0, got {a.steps}")
-    board = b.board()
-    tgt = target.for_board(board, port=a.port)
-    a.lr = _lr(a, b)
-    ds = _dataset(b, a.data)
-    dump = Path(a.dump) if a.dump else None
-    if dump is not None:  # checked before training, which a late failure would throw away
-        if dump.suffix != ".npz":
-            raise PoetcError(f"--dump {dump}: the dump file must end in .npz")
-        _check_writable(dump, "--dump")
-    eval_every = a.eval_every if a.eval_every is not None else max(1, a.steps // 10)
-    print(
-        f"poetc train {b.dir} on {board.name}: {a.steps} steps, batch {b.batch}, lr {a.lr}, data {ds.name} "
-        f"({len(ds.x)} train" + (f", {len(ds.x_test)} held out)" if ds.x_test is not None else ")"),
-        flush=True,
+def _run_stopped(
+    e: harness.RunStopped, runw: _RunWriter, b: builddir.BuildInfo, start: harness.StartPoint | None
+) -> int:
+    """A run that ended early: its last checkpoint saved as an interrupted or failed run, then one line."""
+    log = e.log
+    saved = log.saved
+    interrupted = isinstance(e.cause, KeyboardInterrupt)
+    status = "interrupted" if interrupted else "failed"
+    what = (
+        ("stopped by SIGTERM" if isinstance(e.cause, Terminated) else "interrupted")
+        if interrupted
+        else str(e)
     )
-    tm = harness.timing(tgt)
-    header = ["step", "loss", "held-out acc" if ds.x_test is not None else "train acc", f"{tm.label} ms/step"]
-    print(table(header, []), flush=True)
-    widths = [len(h) for h in header]
+    if saved is not None and (start is None or saved.steps > start.saved.steps or runw.dir is not None):
+        runw.write(saved, log, status, what)
+        kept = (
+            f"; the weights of step {saved.steps} are saved in {runw.where()}: "
+            f"poetc train {b.dir} --resume continues"
+        )
+    elif saved is not None:
+        kept = f"; no step beyond {start.source if start else 'the start'} to save"
+    elif log.steps:  # recorded (train.json alone), so that export does not quietly take an older run
+        runw.record(log, status, what)
+        kept = f"; {len(log.steps)} steps ran but no checkpoint was taken yet (--save-every): no weights kept"
+    else:
+        kept = ""
+    print(f"poetc: error: {what}{kept}", file=sys.stderr)
+    if isinstance(e.cause, Terminated):
+        return 143
+    return e.exit_code
 
-    def on_step(s: int, loss: float, acc: float | None, out: harness.StepOut) -> None:
-        bar.update(done=s)
-        if acc is None and s % max(1, a.steps // 20) and s != a.steps:
-            return
-        ms = out.seconds * 1e3
-        cells = [str(s), f"{loss:.4f}", f"{acc:.3f}" if acc is not None else "", f"{ms:.3f}"]
-        print("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)), flush=True)
 
-    meter = None
-    if a.meter:
-        from .device import meter as meter_mod
-
-        meter = meter_mod.parse(a.meter)
-        print(f"metering with the {meter.name}", flush=True)
-    with _display().task("training", total=a.steps, unit="steps", plain=False) as bar:
-        log, final = harness.train(b, tgt, ds, a.steps, a.lr, a.seed, eval_every, dump, on_step, meter=meter)
-    run, run_dir = b.new_run()  # every run is kept: runs/<n>/ (export and report take the latest, or --run)
-    harness.write_npz(run_dir / builddir.TRAINED, final)
-    harness.write_train_record(run_dir, harness.train_record(b, tgt, log, a.lr, a.seed))
+def _train_summary(
+    a: argparse.Namespace,
+    b: builddir.BuildInfo,
+    tgt: target.Target,
+    tm: harness.Timing,
+    log: harness.TrainLog,
+) -> None:
     if log.loss:
         first, last = log.loss[0], float(np.mean(log.loss[-max(1, len(log.loss) // 10) :]))
         mean_ms = log.mean_step_s * 1e3  # on the board's clock (QEMU: instructions x CPI / clock)
@@ -510,11 +520,206 @@ def cmd_train(a: argparse.Namespace) -> int:
             print(harness.metered_report(b, tgt, log))
         if a.profile_nodes:
             print(harness.node_profile(b, tgt, log))
-    if log.link_retried or log.link_stale:
+    if log.link_retried or log.link_stale or log.link_resent:
         print(
             f"link: {log.link_retried} requests sent again after a corrupted frame, "
-            f"{log.link_stale} late replies dropped"
+            f"{log.link_resent} after the target fell silent, {log.link_stale} late replies dropped"
         )
+
+
+class _StopOnSignal:
+    """While training: the first Ctrl-C (SIGINT) or SIGTERM asks the loop to stop at the next step boundary, with
+    the weights read back and saved; a second one interrupts at once (the last checkpoint is then saved)."""
+
+    def __init__(self) -> None:
+        self.why: str | None = None
+        self.signum = 0
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        import signal
+
+        if self.why is not None:  # the second one: stop now
+            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
+        self.signum = signum
+        self.why = "interrupted (Ctrl-C)" if signum == signal.SIGINT else "stopped by SIGTERM"
+        print(
+            f"\npoetc: {self.why}: stopping after this step and saving the weights",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __call__(self) -> str | None:
+        return self.why
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class _RunWriter:
+    """A training run's directory (runs/<n>/), made at its first checkpoint; every file written atomically."""
+
+    def __init__(self, b: builddir.BuildInfo, tgt: target.Target, a: argparse.Namespace, extra: dict) -> None:
+        self.b, self.tgt, self.a, self.extra = b, tgt, a, extra
+        self.run: int | None = None
+        self.dir: Path | None = None
+
+    def write(
+        self, saved: harness.Saved, log: harness.TrainLog, status: str, error: str | None = None
+    ) -> None:
+        if self.dir is None:
+            self.run, self.dir = self.b.new_run()
+        harness.write_npz(self.dir / builddir.TRAINED, saved.weights)
+        if saved.opt:
+            harness.write_npz(self.dir / builddir.OPTIMIZER, saved.opt)
+        rec = harness.train_record(self.b, self.tgt, log, self.a.lr, self.a.seed)
+        rec.update(self.extra)
+        rec.update({"status": status, "steps": saved.steps, "steps_planned": self.a.steps,
+                    "steps_this_run": len(log.steps), "error": error})  # fmt: skip
+        harness.write_train_record(self.dir, rec)
+
+    def record(self, log: harness.TrainLog, status: str, error: str) -> None:
+        """A run that kept no weights: its train.json alone (export then refuses to take an older run quietly)."""
+        if self.dir is None:
+            self.run, self.dir = self.b.new_run()
+        rec = harness.train_record(self.b, self.tgt, log, self.a.lr, self.a.seed)
+        rec.update(self.extra)
+        rec.update({"status": status, "steps": 0, "steps_planned": self.a.steps,
+                    "steps_this_run": len(log.steps), "error": error})  # fmt: skip
+        harness.write_train_record(self.dir, rec)
+
+    def where(self) -> str:
+        return f"run {self.run} ({self.dir})"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every cleanup (finally, with) runs; exit code 143."""
+
+
+def _resume_point(b: builddir.BuildInfo, a: argparse.Namespace) -> harness.StartPoint | None:
+    if a.resume is None:
+        return None
+    have = b.runs()
+    if not have:
+        raise PoetcError(f"--resume: {b.dir} has no saved run to continue (poetc train {b.dir} first)")
+    run = have[-1] if a.resume == "latest" else int(a.resume)
+    if run not in have:
+        raise PoetcError(f"--resume {run}: {b.dir} has no run {run} (runs: {', '.join(map(str, have))})")
+    return harness.StartPoint.from_run(b, run)
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    b = builddir.open_build(Path(a.dir))
+    with builddir.locked(b.dir, "train"):
+        return _train(a, b)
+
+
+def _train(a: argparse.Namespace, b: builddir.BuildInfo) -> int:
+    _check_batch(b, a.batch)
+    start = _resume_point(b, a)
+    rec = b.run_record(start.run) if start is not None and start.run is not None else {}
+    if a.steps is None:
+        a.steps = int(rec.get("steps_planned") or 200) if start is not None else 200
+    if a.steps < 0:
+        raise PoetcError(f"--steps must be >= 0, got {a.steps}")
+    if a.save_every < 0:
+        raise PoetcError(f"--save-every must be >= 0, got {a.save_every}")
+    if start is not None:  # the same run continued: its learning rate, seed and data unless told otherwise
+        if a.lr is None and isinstance(rec.get("lr"), int | float):
+            a.lr = float(rec["lr"])
+        if a.seed is None and isinstance(rec.get("seed"), int):
+            a.seed = rec["seed"]
+        if a.data is None and isinstance(rec.get("data"), str):
+            a.data = rec["data"]
+        if start.saved.steps >= a.steps:
+            raise PoetcError(
+                f"--resume: {start.source} already did {start.saved.steps} steps; give --steps more than that"
+            )
+    if a.seed is None:
+        a.seed = 0
+    board = b.board()
+    tgt = target.for_board(board, port=a.port)
+    a.lr = _lr(a, b)
+    ds = _dataset(b, a.data)
+    dump = Path(a.dump) if a.dump else None
+    if dump is not None:  # checked before training, which a late failure would throw away
+        if dump.suffix != ".npz":
+            raise PoetcError(f"--dump {dump}: the dump file must end in .npz")
+        _check_writable(dump, "--dump")
+    todo = a.steps - (start.saved.steps if start else 0)
+    eval_every = a.eval_every if a.eval_every is not None else max(1, todo // 10)
+    print(
+        f"poetc train {b.dir} on {board.name}: {a.steps} steps, batch {b.batch}, lr {a.lr}, data {ds.name} "
+        f"({len(ds.x)} train" + (f", {len(ds.x_test)} held out)" if ds.x_test is not None else ")"),
+        flush=True,
+    )
+    if start is not None:
+        print(f"resuming from {start.source}: {todo} steps to go", flush=True)
+    tm = harness.timing(tgt)
+    header = ["step", "loss", "held-out acc" if ds.x_test is not None else "train acc", f"{tm.label} ms/step"]
+    print(table(header, []), flush=True)
+    widths = [len(h) for h in header]
+
+    def on_step(s: int, loss: float, acc: float | None, out: harness.StepOut) -> None:
+        bar.update(done=s - (a.steps - todo))
+        if acc is None and s % max(1, todo // 20) and s != a.steps:
+            return
+        ms = out.seconds * 1e3
+        cells = [str(s), f"{loss:.4f}", f"{acc:.3f}" if acc is not None else "", f"{ms:.3f}"]
+        print("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)), flush=True)
+
+    meter = None
+    if a.meter:
+        from .device import meter as meter_mod
+
+        meter = meter_mod.parse(a.meter)
+        print(f"metering with the {meter.name}", flush=True)
+    extra = {"data": a.data or "digits"}
+    if start is not None:
+        extra["resumed_from"] = start.source
+    runw = _RunWriter(b, tgt, a, extra)
+
+    def on_save(saved: harness.Saved, log: harness.TrainLog) -> None:  # on disk at once: kill -9 keeps it too
+        runw.write(saved, log, "interrupted", "the run did not finish (a checkpoint)")
+
+    try:
+        with (
+            _StopOnSignal() as stop,
+            _display().task("training", total=todo, unit="steps", plain=False) as bar,
+        ):
+            log, _final = harness.train(
+                b, tgt, ds, a.steps, a.lr, a.seed, eval_every, dump, on_step, meter=meter, start=start,
+                stop=stop, save_every=a.save_every, on_save=on_save,
+            )  # fmt: skip
+    except harness.RunStopped as e:
+        return _run_stopped(e, runw, b, start)
+    assert log.saved is not None
+    if log.stopped:
+        runw.write(log.saved, log, "interrupted", log.stopped)
+        print(
+            f"poetc: {log.stopped} after {log.saved.steps} of {a.steps} steps: weights saved in {runw.where()}; "
+            f"poetc train {b.dir} --resume continues",
+            file=sys.stderr,
+        )
+        return 143 if "SIGTERM" in log.stopped else 130
+    runw.write(log.saved, log, "complete")  # the weights first: a failing dump must not lose them
+    run, run_dir = runw.run, runw.dir
+    assert run_dir is not None
+    if dump is not None and log.dump is not None:
+        harness.write_npz(dump, log.dump)
+    _train_summary(a, b, tgt, tm, log)
     print(f"run {run}: trained weights in {run_dir / builddir.TRAINED}" + (f"; dump: {dump}" if dump else ""))
     return 0
 
@@ -559,7 +764,10 @@ def cmd_report(a: argparse.Namespace) -> int:
 
     b = builddir.open_build(Path(a.dir))
     out = Path(a.html) if a.html else b.dir / "report.html"
-    path, notes = page.write(b, out, profile_path=_profile_path(a.profile) if a.profile else None, run=a.run)
+    with builddir.locked(b.dir, "report"):
+        path, notes = page.write(
+            b, out, profile_path=_profile_path(a.profile) if a.profile else None, run=a.run
+        )
     if b.runs():
         print(f"training {b.run_summary(a.run)}")
     for n in notes:
@@ -577,7 +785,8 @@ def cmd_flash(a: argparse.Namespace) -> int:
     board = b.board()
     cmd = target.flash(board, b.dir, port=a.port, env=a.env)
     print(f"poetc flash {b.dir} to {board.name}: {' '.join(cmd)}", flush=True)
-    rc = subprocess.run(cmd, env={**os.environ, **target.PIO_ENV}).returncode
+    with builddir.locked(b.dir, "flash"):
+        rc = subprocess.run(cmd, env={**os.environ, **target.PIO_ENV}).returncode
     if rc != 0:
         raise PoetcError(f"pio run -t upload failed (exit {rc}); its output is above")
     return 0
@@ -588,7 +797,8 @@ def cmd_verify(a: argparse.Namespace) -> int:
     b = builddir.open_build(Path(a.dir))
     tgt = target.for_board(b.board(), port=a.port)
     ds = _dataset(b, a.data)
-    r = harness.verify(b, tgt, ds, _lr(a, b), a.seed)
+    with builddir.locked(b.dir, "verify"):
+        r = harness.verify(b, tgt, ds, _lr(a, b), a.seed, say=_say)
     rows = [[p, f"{r.errors[p]:.2e}", f"{r.update_errors[p]:.2e}"] for p in r.errors]
     print(table(["parameter", "grad rel. error", "update rel. error"], rows, "lrr"))
     worst_name, worst = r.worst
@@ -611,6 +821,11 @@ def cmd_verify(a: argparse.Namespace) -> int:
 # ---- export -----------------------------------------------------------------------------------------------
 def cmd_export(a: argparse.Namespace) -> int:
     b = builddir.open_build(Path(a.dir))
+    with builddir.locked(b.dir, "export"):
+        return _export(a, b)
+
+
+def _export(a: argparse.Namespace, b: builddir.BuildInfo) -> int:
     if a.onnx is None and a.arduino is None:
         raise PoetcError(
             "export needs --onnx FILE.onnx (trained weights) or --arduino DIR (a library), or both"
@@ -619,6 +834,7 @@ def cmd_export(a: argparse.Namespace) -> int:
         _export_arduino(b, Path(a.arduino))
         if a.onnx is None:
             return 0
+    a.run = b.exportable_run(a.run)
     trained = b.load_trained(a.run)
     model = frontend.load(b.dir / "model.onnx", batch=b.batch)
     out = Path(a.onnx)
@@ -879,9 +1095,30 @@ def make_parser() -> argparse.ArgumentParser:
 
     s = _add(sub, "train", "train a built model on its target and report loss, accuracy, time and energy")
     _dir_arg(s)
-    s.add_argument("--steps", type=int, default=200, help="training steps")
-    s.add_argument("--lr", type=float, help=_LR_HELP)
+    s.add_argument(
+        "--steps",
+        type=int,
+        help="training steps, counted from the image's initial weights (default: 200; with --resume, the "
+        "resumed run's)",
+    )
+    s.add_argument("--lr", type=float, help=_LR_HELP + "; with --resume, the resumed run's")
     _data_arg(s)
+    s.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="RUN",
+        type=_resume_arg,
+        help="continue a run that stopped (Ctrl-C, SIGTERM, a target error) from its saved weights, step count, "
+        "momentum buffers and data position, as a new run (default RUN: the latest run)",
+    )
+    s.add_argument(
+        "--save-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="read the weights back and save them every N steps; 0: every 10 s of training",
+    )
     s.add_argument(
         "--dump",
         metavar="FILE.npz",
@@ -890,7 +1127,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--batch", type=int, help="check that the build has this batch size (default: the build's batch)"
     )
-    _seed_arg(s)
+    _seed_arg(s, default=None, extra="; with --resume, the resumed run's; otherwise 0")
     s.add_argument(
         "--eval-every",
         type=int,
@@ -1241,10 +1478,19 @@ def _data_arg(s: argparse.ArgumentParser) -> None:
     )
 
 
-def _seed_arg(s: argparse.ArgumentParser) -> None:
+def _seed_arg(s: argparse.ArgumentParser, default: int | None = 0, extra: str = "") -> None:
     s.add_argument(
-        "--seed", type=_seed_type, default=0, help="seed of the batch order (a non-negative integer)"
+        "--seed",
+        type=_seed_type,
+        default=default,
+        help="seed of the batch order (a non-negative integer)" + (f" (default{extra})" if extra else ""),
     )
+
+
+def _resume_arg(text: str) -> str:
+    if text != "latest" and not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a run number")
+    return text
 
 
 def _seed_type(text: str) -> int:
@@ -1273,18 +1519,36 @@ def _zoo_names() -> list[str]:
     return list(zoo.NAMES)
 
 
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C: every finally and with-block runs, so temporary files (pager files, the
+        # QEMU directory, a build's temporary directory), child processes and locks go with it
+        old_term = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         args = make_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except PoetcError as e:
         print(f"poetc: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Terminated:
+        print("poetc: stopped by SIGTERM", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("poetc: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 1
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
 
 
 if __name__ == "__main__":

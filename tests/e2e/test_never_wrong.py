@@ -58,7 +58,11 @@ def test_non_finite_trained_weights_are_an_error_and_nothing_is_written(build, m
                      "--dump", str(dump)])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "w holds 1 NaN or infinite values after 2 training steps" in err, err
-    assert not (out / "runs").exists() and not dump.exists()
+    assert not list(out.glob("runs/*/*.npz")) and not dump.exists()  # no weights, no dump
+    # the failed run is on record, so that export does not quietly take an earlier run's weights instead
+    monkeypatch.setattr(harness.Device, "params", real)
+    code = cli.main(["export", str(out), "--onnx", str(build / "t.onnx")])
+    assert code == 2 and "failed and kept no weights" in capsys.readouterr().err
 
 
 def test_lr_must_be_finite(build):
@@ -71,9 +75,10 @@ def test_data_that_overflows_float32_is_refused_before_the_cast(build):
     x = np.random.default_rng(1).standard_normal((16, 6))
     x[3, 4] = 1e39  # finite in float64, infinite as float32
     np.savez(build / "big.npz", x=x, y=np.zeros(16, np.int64))
+    runs = sorted((build / "b").glob("runs/*"))
     r = poetc("train", str(build / "b"), "--steps", "1", "--data", str(build / "big.npz"), check=False)
     _one_line(r, "big.npz: 'x' holds values that overflow float32 (largest magnitude 1e+39")
-    assert not (build / "b" / "runs").exists()
+    assert sorted((build / "b").glob("runs/*")) == runs  # no run
 
 
 def test_verify_takes_its_reference_from_the_build_and_catches_a_corrupted_image(build, tmp_path):
@@ -91,3 +96,17 @@ def test_verify_takes_its_reference_from_the_build_and_catches_a_corrupted_image
     _one_line(
         r, "poet-host: the image is corrupted: the image's model tables or initial parameter values", code=3
     )
+
+
+def test_an_edited_manifest_fails_its_checksum(build, tmp_path):
+    import json
+
+    bad = tmp_path / "edited"
+    shutil.copytree(build / "b", bad)
+    doc = json.loads((bad / "poetc.json").read_text())
+    doc["batch"] = doc["batch"] + 1  # still valid JSON with every key: only the checksum tells
+    (bad / "poetc.json").write_text(json.dumps(doc, indent=1))
+    runs = sorted(bad.glob("runs/*"))
+    r = poetc("train", str(bad), "--steps", "1", "--data", str(build / "d.npz"), check=False)
+    _one_line(r, "poetc.json: damaged manifest: its checksum does not match its contents")
+    assert sorted(bad.glob("runs/*")) == runs  # no run

@@ -19,7 +19,7 @@ import numpy as np
 from .. import frontend
 from ..boards import Board
 from ..data import Dataset, q8_params
-from ..emit.builddir import BuildInfo
+from ..emit.builddir import BuildInfo, write_atomic
 from ..errors import PoetcError, TargetError
 from ..fmt import joules, nbytes, seconds, table
 from ..frontend.quantize import from_u8, to_u8, u8_input
@@ -157,7 +157,7 @@ class Device:
         """Overwrite a parameter or state tensor of the running target by its ONNX name (a fleet's global
         weights); the shape must be the build's."""
         t = next((t for t in self.build.doc["tensors"] if t["name"] == name), None)
-        if t is None or t["role"] not in ("param", "state"):
+        if t is None or t["role"] not in ("param", "state", "opt_state"):
             raise PoetcError(f"{self.build.dir}: the build has no parameter or state tensor {name!r}")
         arr = np.asarray(value, np.float32)
         if arr.shape != tuple(t["shape"]):
@@ -251,6 +251,10 @@ class TrainLog:
     metered: meter_mod.Metered | None = None  # the power meter's view of the steps (--meter)
     link_retried: int = 0  # requests sent again after a corrupted frame
     link_stale: int = 0  # late replies dropped
+    link_resent: int = 0  # requests sent again after the target fell silent (a lost byte or reply)
+    saved: Saved | None = None  # the last checkpoint (at the end: the trained weights)
+    stopped: str | None = None  # why the run ended at a step boundary before its last step (Ctrl-C, SIGTERM)
+    dump: dict[str, np.ndarray] | None = None  # --dump: the arrays the caller writes, after the weights
 
     @property
     def timed_ticks(self) -> list[int]:
@@ -262,6 +266,57 @@ class TrainLog:
     @property
     def mean_step_s(self) -> float:
         return float(np.mean(self.step_seconds)) if self.step_seconds else 0.0
+
+
+@dataclass(frozen=True)
+class Saved:
+    """A checkpoint the host holds, taken at a step boundary: parameters and running statistics (``weights``),
+    momentum buffers (``opt``) and the steps done. What ``poetc train`` keeps of a run however it ends."""
+
+    steps: int
+    weights: dict[str, np.ndarray]
+    opt: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """Where a run starts when it is not the image's initial weights: a saved checkpoint and where it came from
+    (``source``, for messages). ``poetc train --resume`` makes one from a run's files (``from_run``); a
+    checkpoint the device keeps would be another source of the same record."""
+
+    saved: Saved
+    source: str
+    run: int | None = None  # the run it came from (None: another source)
+
+    @staticmethod
+    def from_run(build: BuildInfo, run: int) -> StartPoint:
+        rec = build.run_record(run)
+        steps = rec.get("steps")
+        if not isinstance(steps, int) or steps < 0:
+            raise PoetcError(f"{build.run_summary(run)}: its train.json does not say how many steps it did")
+        saved = Saved(steps, build.load_trained(run), build.load_optimizer(run))
+        want = set(build.doc["params"]) | set(build.doc.get("state", []))
+        if set(saved.weights) != want:
+            raise PoetcError(
+                f"{build.run_summary(run)}: its trained.npz does not hold this build's parameters"
+            )
+        missing = set(build.opt_state().values()) - set(saved.opt)
+        if missing:
+            raise PoetcError(
+                f"{build.run_summary(run)}: no saved momentum buffer {sorted(missing)[0]!r} (optimizer.npz)"
+            )
+        return StartPoint(saved, build.run_summary(run), run)
+
+
+class RunStopped(PoetcError):
+    """Training ended before its last step: interrupted (Ctrl-C, SIGTERM) or failed (a target error, weights
+    that stopped being finite). ``log`` is what ran; ``log.saved`` the last checkpoint (None: nothing to keep)."""
+
+    def __init__(self, message: str, log: TrainLog, exit_code: int = 2, cause: BaseException | None = None):
+        super().__init__(message)
+        self.log = log
+        self.exit_code = exit_code
+        self.cause = cause
 
 
 def train(
@@ -277,18 +332,55 @@ def train(
     timeout_s: float = 120.0,
     meter: meter_mod.Ppk2Meter | None = None,
     port: str | None = None,
+    start: StartPoint | None = None,
+    stop: Callable[[], str | None] | None = None,
+    save_every: int = 0,
+    save_every_s: float = 10.0,
+    on_save: Callable[[Saved, TrainLog], None] | None = None,
 ) -> tuple[TrainLog, dict[str, np.ndarray]]:
-    """Train on the target; returns the log and the trained parameters (also written by the caller). With a
-    ``meter``, the board's current is sampled from the first step to the last and every step's energy metered.
-    ``port``: a real board's serial device (default: found by USB id)."""
+    """Train on the target up to step ``steps`` (counted from the image's initial weights, or from ``start``);
+    returns the log and the trained parameters (also written by the caller). With a ``meter``, the board's
+    current is sampled from the first step to the last and every step's energy metered. ``port``: a real board's
+    serial device (default: found by USB id).
+
+    Nothing trained is thrown away: the weights are read back (``on_save``) every ``save_every`` steps, or
+    every ``save_every_s`` seconds when 0; ``stop()`` is asked before each step and a reason ends the run at that
+    step boundary with its weights read back; any failure (a target error, a second Ctrl-C) raises
+    ``RunStopped`` carrying the last checkpoint in ``log.saved``."""
     kw = port_kw(target, port)
+    args = (build, target, ds, steps, lr, seed, eval_every, dump, on_step, timeout_s)
+    more = dict(launch_kw=kw, start=start, stop=stop, save_every=save_every, save_every_s=save_every_s,
+                on_save=on_save)  # fmt: skip
     if meter is not None:
         meter.open()  # as a source meter this powers the board: before the harness connects
         try:
-            return _train(build, target, ds, steps, lr, seed, eval_every, dump, on_step, timeout_s, meter, kw)
+            return _train(*args, meter=meter, **more)
         finally:
             meter.close()
-    return _train(build, target, ds, steps, lr, seed, eval_every, dump, on_step, timeout_s, None, kw)
+    return _train(*args, meter=None, **more)
+
+
+def _checkpoint(dev: Device, steps: int) -> Saved:
+    build = dev.build
+    return Saved(
+        steps,
+        {**dev.params(), **dev.state()},
+        {v: dev.read_f32(v) for v in build.opt_state().values()},
+    )
+
+
+def _restore(dev: Device, saved: Saved) -> None:
+    """Put a checkpoint's weights, running statistics and momentum buffers on the target (frozen parameters in
+    flash cannot be written: they must equal the image's)."""
+    for name, value in {**saved.weights, **saved.opt}.items():
+        t = dev.build.tensor(name)
+        if t.get("home") == "flash":
+            if dev.read_f32(name).tobytes() != np.asarray(value, np.float32).tobytes():
+                raise PoetcError(
+                    f"{name}: the checkpoint's value differs from the image's frozen one (in flash)"
+                )
+            continue
+        dev.write_param(name, value)
 
 
 def _train(
@@ -304,63 +396,119 @@ def _train(
     timeout_s: float,
     meter: meter_mod.Ppk2Meter | None,
     launch_kw: dict[str, str],
+    start: StartPoint | None,
+    stop: Callable[[], str | None] | None,
+    save_every: int,
+    save_every_s: float,
+    on_save: Callable[[Saved, TrainLog], None] | None,
 ) -> tuple[TrainLog, dict[str, np.ndarray]]:
     batch = build.batch
     log = TrainLog()
+    first = start.saved.steps + 1 if start is not None else 1
+    log.saved = start.saved if start is not None else None
     it = batches(ds, batch, seed)
+    for _ in range(first - 1):  # the same data order as an uninterrupted run
+        next(it)
     eval_x, eval_y = (ds.x_test, ds.y_test) if ds.x_test is not None else (ds.x[:256], ds.y[:256])
     t0 = time.perf_counter()
-    with target.launch(build.dir, timeout_s=timeout_s, **launch_kw) as sess:
-        dev = Device(build, sess, target.seconds)
-        check_flash_wear(build, dev.info.port, steps)
-        log.tick_hz = dev.tick_hz
-        dumpd: dict[str, np.ndarray] = {}
-        if dump is not None:
-            dumpd.update({f"param/{k}": v for k, v in dev.params().items()})
-            dumpd.update({f"state/{k}": v for k, v in dev.state().items()})
-        if eval_every:  # accuracy before any step: what the model knew (a fine-tuning starts from it)
-            log.evals.append((0, accuracy(dev, eval_x, eval_y, batch)))
-        if meter is not None:
-            meter.start()
-            dev.runs.clear()
-        for s in range(1, steps + 1):
-            x, y = next(it)
-            dev.set_batch(x, y, ds.q8)
-            if s == 1 and dump is not None:
-                dumpd["x"] = dev.read_input()
-                dumpd["y"] = y.astype(np.int64)
-            out = dev.step(lr, capture=(s == 1 and dump is not None))
-            if s == 1 and dump is not None:
-                dumpd.update({f"grad/{k}": v for k, v in out.grads.items()})
-                log.captured.append(s)
-            log.steps.append(s)
-            log.loss.append(out.loss)
-            log.step_ticks.append(out.ticks)
-            log.step_seconds.append(out.seconds)
-            r = out.reply
-            log.paging = storage_traffic(r)
-            log.last_reply = r
-            if (
-                s == steps
-            ):  # the last training step's per-node ticks, before an evaluation's RUN replaces them
-                log.node_ticks = dev.node_ticks()
-            acc = None
-            if eval_every and (s % eval_every == 0 or s == steps or s == 1):
-                acc = accuracy(dev, eval_x, eval_y, batch)
-                log.evals.append((s, acc))
-            if on_step:
-                on_step(s, out.loss, acc, out)
-        if meter is not None:
-            log.metered = meter_mod.attribute(meter.stop(), dev.runs, meter.bit)
-        final = {**dev.params(), **dev.state()}  # trained weights and running statistics
-        log.link_retried, log.link_stale = dev.link.retried, dev.link.stale
+    dev: Device | None = None
+
+    def save(s: int) -> None:
+        assert dev is not None
+        saved = _checkpoint(dev, s)
+        check_finite({**saved.weights, **saved.opt}, f"after {s} training steps")
+        log.saved = saved
+        if on_save:
+            on_save(saved, log)
+
+    try:
+        with target.launch(build.dir, timeout_s=timeout_s, **launch_kw) as sess:
+            dev = Device(build, sess, target.seconds)
+            check_flash_wear(build, dev.info.port, steps - first + 1)
+            log.tick_hz = dev.tick_hz
+            if start is not None:
+                _restore(dev, start.saved)
+            dumpd: dict[str, np.ndarray] = {}
+            if dump is not None:
+                dumpd.update({f"param/{k}": v for k, v in dev.params().items()})
+                dumpd.update({f"state/{k}": v for k, v in dev.state().items()})
+            if eval_every:  # accuracy before any step: what the model knew (a fine-tuning starts from it)
+                log.evals.append((first - 1, accuracy(dev, eval_x, eval_y, batch)))
+            if meter is not None:
+                meter.start()
+                dev.runs.clear()
+            last_save = time.monotonic()
+            for s in range(first, steps + 1):
+                why = stop() if stop else None
+                if why:
+                    log.stopped = why
+                    break
+                x, y = next(it)
+                dev.set_batch(x, y, ds.q8)
+                capture = s == first and dump is not None
+                if capture:
+                    dumpd["x"] = dev.read_input()
+                    dumpd["y"] = y.astype(np.int64)
+                out = dev.step(lr, capture=capture)
+                if capture:
+                    dumpd.update({f"grad/{k}": v for k, v in out.grads.items()})
+                    log.captured.append(s)
+                log.steps.append(s)
+                log.loss.append(out.loss)
+                log.step_ticks.append(out.ticks)
+                log.step_seconds.append(out.seconds)
+                r = out.reply
+                log.paging = storage_traffic(r)
+                log.last_reply = r
+                if (
+                    s == steps
+                ):  # the last training step's per-node ticks, before an evaluation's RUN replaces them
+                    log.node_ticks = dev.node_ticks()
+                acc = None
+                if eval_every and (s % eval_every == 0 or s == steps or s == first):
+                    acc = accuracy(dev, eval_x, eval_y, batch)
+                    log.evals.append((s, acc))
+                if on_step:
+                    on_step(s, out.loss, acc, out)
+                due = (save_every and s % save_every == 0) or (
+                    not save_every and time.monotonic() - last_save >= save_every_s
+                )
+                if due and s < steps:
+                    save(s)
+                    last_save = time.monotonic()
+            if meter is not None:
+                log.metered = meter_mod.attribute(meter.stop(), dev.runs, meter.bit)
+            done = log.steps[-1] if log.steps else first - 1
+            final_saved = _checkpoint(dev, done)  # trained weights and running statistics
+            log.link_retried, log.link_stale = dev.link.retried, dev.link.stale
+            log.link_resent = dev.link.resent
+    except BaseException as e:
+        log.wall_s = time.perf_counter() - t0
+        if dev is not None:
+            log.link_retried, log.link_stale, log.link_resent = (
+                dev.link.retried,
+                dev.link.stale,
+                dev.link.resent,
+            )
+        if isinstance(e, KeyboardInterrupt):
+            raise RunStopped("interrupted", log, 130, e) from None
+        if isinstance(e, PoetcError):
+            raise RunStopped(str(e), log, e.exit_code, e) from None
+        raise
     log.wall_s = time.perf_counter() - t0
-    check_finite(final, f"after {len(log.steps)} training steps")
+    final = final_saved.weights
+    try:
+        check_finite({**final, **final_saved.opt}, f"after {final_saved.steps} training steps")
+    except PoetcError as e:
+        raise RunStopped(str(e), log, e.exit_code, e) from None
+    log.saved = final_saved
+    if log.stopped:
+        return log, final
     if dump is not None:
         dumpd["loss"] = np.asarray(log.loss, np.float32)
         dumpd["lr"] = np.asarray(lr, np.float32)
         dumpd.update({f"final/{k}": v for k, v in final.items()})
-        write_npz(dump, dumpd)
+        log.dump = dumpd
     return log, final
 
 
@@ -389,6 +537,9 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise PoetcError(f"{path}: cannot write: {e.strerror}") from None
+    except BaseException:  # interrupted while writing: no half-written file left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @dataclass
@@ -418,7 +569,13 @@ def training_graph_of(build: BuildInfo) -> tuple[Model, autodiff.TrainingGraph]:
 
 
 def verify(
-    build: BuildInfo, target: Target, ds: Dataset, lr: float, seed: int = 0, port: str | None = None
+    build: BuildInfo,
+    target: Target,
+    ds: Dataset,
+    lr: float,
+    seed: int = 0,
+    port: str | None = None,
+    say: Callable[[str], None] = lambda s: None,
 ) -> VerifyResult:
     """One step on the target against the float64 host reference, from the same parameters and batch."""
     kw = port_kw(target, port)
@@ -428,7 +585,7 @@ def verify(
         dev = Device(build, sess, target.seconds)
         # the reference starts from the build's initial values (model.onnx), not from what the target holds: a
         # target whose image or storage carries other values is caught here rather than verified against itself
-        params, state = initial_values(build, model, dev)
+        params, state = initial_values(build, model, dev, say)
         opt = {v: dev.read_f32(v) for v in build.opt_state().values()}  # momentum buffers (zero at start)
         dev.set_batch(x, y, ds.q8)
         x_dev = dev.read_input()
@@ -447,17 +604,26 @@ def verify(
 
 
 def initial_values(
-    build: BuildInfo, model: Model, dev: Device
+    build: BuildInfo, model: Model, dev: Device, say: Callable[[str], None] = lambda s: None
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The build's initial parameters and running statistics (from its model.onnx), after checking that the
-    target holds exactly these (after a RESET, if it held others: a board may still hold a run's weights)."""
+    target holds exactly these. A target holding others gets a RESET (said through ``say``), which copies the
+    image's initial values again: a real board keeps running between commands and may still hold the weights of
+    a run (saved on the host by poetc train; verify's own step changes them anyway). Values that still differ
+    after the reset come from the image itself or its storage: corrupted, or another build's."""
     want = {**model.params, **model.state}
 
     def differing() -> list[str]:
         held = {**dev.params(), **dev.state()}
         return [k for k, v in held.items() if np.asarray(want[k], np.float32).tobytes() != v.tobytes()]
 
-    if differing():
+    before = differing()
+    if before:
+        say(
+            f"the target holds weights other than the image's initial ones ({before[0]}"
+            + (f" and {len(before) - 1} more" if len(before) > 1 else "")
+            + ": a previous run's?); resetting it to the image's initial values"
+        )
         dev.link.reset()
         bad = differing()
         if bad:
@@ -755,7 +921,7 @@ def train_record(build: BuildInfo, target: Target, log: TrainLog, lr: float, see
         if pred
         else None,
         "metered": log.metered.to_json() if log.metered is not None else None,
-        "link": {"retried": log.link_retried, "stale_dropped": log.link_stale},
+        "link": {"retried": log.link_retried, "stale_dropped": log.link_stale, "resent": log.link_resent},
         "wall_s": log.wall_s,
     }
 
@@ -763,13 +929,7 @@ def train_record(build: BuildInfo, target: Target, log: TrainLog, lr: float, see
 def write_train_record(run_dir: Path, record: dict) -> Path:
     """The run's train.json (poetc train writes one per run: runs/<n>/)."""
     path = Path(run_dir) / TRAIN_RECORD
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise PoetcError(f"{path}: cannot write: {e.strerror}") from None
+    write_atomic(path, json.dumps(record, indent=1) + "\n")
     return path
 
 

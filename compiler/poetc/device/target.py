@@ -49,7 +49,17 @@ def run_make(
     if shutil.which("make") is None:
         raise PoetcError("'make' is not installed (Debian: apt-get install make)")
     cmd = ["make", "-C", str(build_dir), "--no-print-directory", *(args or [])]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # make and its compilers in their own process group: stopped together if poetc is (Ctrl-C, SIGTERM), so no
+    # compiler writes into a build's temporary directory after it was removed
+    p = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = p.communicate()
+    except BaseException:
+        stop_process(p, grace_s=0.5)
+        raise
+    proc = subprocess.CompletedProcess(cmd, p.returncode, out, err)
     if proc.returncode != 0:
         if board is not None:
             overflow = overflow_message(proc.stdout + proc.stderr, board)
@@ -113,7 +123,8 @@ class Session:
         self.url = url
         self._cleanup = cleanup
         kw: dict[str, Any] = {"baudrate": baudrate} if baudrate else {}
-        self.ser = serial.serial_for_url(url, timeout=0.2, write_timeout=timeout_s, **kw)
+        # reads return within 20 ms: the link notices a silent target quickly (link.QUIET_MIN_S)
+        self.ser = serial.serial_for_url(url, timeout=0.02, write_timeout=timeout_s, **kw)
         self.link = _Link(self.ser, timeout_s=timeout_s, on_dead=self.why_dead)
 
     def _exit_code(self) -> int | None:

@@ -2,7 +2,9 @@
 
 Written all-or-nothing: everything goes to a sibling temporary directory that replaces ``--out`` only when the
 generation and the compilation succeeded. An existing ``--out`` is replaced only if poetc wrote it (it lists
-its files in ``.poetc-files``); a directory holding anything else is refused.
+its files in ``.poetc-files``); a directory holding anything else is refused. The manifest carries a SHA-256 of
+its own contents (``manifest_sha256``): a damaged or edited one is refused when the build is opened. A command
+holds the directory's lock (``locked``) while it uses it.
 
 Layout:
   poetc.json       manifest: model, board, tensors with ids, parameters, training options (trainable, frozen,
@@ -11,7 +13,8 @@ Layout:
   schedule.json    the schedule's figures (strategy, energy, time, peak RAM, arena, paging counts)
   model.c/.h       generated tables;   model.onnx   the source model (for export)
   runtime/ port/   copies of runtime_c and firmware/<port>;  Makefile;  build/  the compiled program
-  runs/<n>/        each poetc train: trained.npz (weights) and train.json (its record); never replaced
+  runs/<n>/        each poetc train: trained.npz (weights), optimizer.npz (momentum buffers, if any) and
+                   train.json (its record: status complete | interrupted | failed, steps done); never replaced
   cortexm/ memory.ld   Cortex-M boards: the shared start-up and sections, the board's RAM/flash/stack sizes
   platformio.ini pio_link.py   Cortex-M boards: the PlatformIO project (``poetc flash``); QEMU boards also get
                    pio/ (the local platform, toolchain and tool-scons packages that let it build offline)
@@ -19,10 +22,13 @@ Layout:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +49,80 @@ MANIFEST = "poetc.json"
 FILE_LIST = ".poetc-files"
 RUNS = "runs"  # training runs: runs/<n>/trained.npz and train.json
 TRAINED = "trained.npz"
+OPTIMIZER = "optimizer.npz"  # a run's momentum buffers (resume continues with them)
+CHECKSUM_KEY = "manifest_sha256"
+
+
+def manifest_checksum(doc: dict[str, Any]) -> str:
+    """SHA-256 of the manifest's canonical JSON without its own checksum field."""
+    body = {k: v for k, v in doc.items() if k != CHECKSUM_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write a file all-or-nothing: a temporary sibling renamed into place (never a half-written file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise PoetcError(f"{path}: cannot write: {e.strerror or e}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# ---- one command at a time per build directory -------------------------------------------------------------
+def lock_path(d: Path) -> Path:
+    """The lock of build directory ``d``: a sibling file, so it also guards a build that replaces ``d``."""
+    d = Path(d).resolve()
+    return d.parent / f".{d.name}.poetc-lock"
+
+
+@contextlib.contextmanager
+def locked(d: Path, what: str) -> Iterator[None]:
+    """Hold build directory ``d`` for one command (``what``). A second poetc on the same directory is refused
+    with the holder's PID (exit 2); the lock is an flock on a file holding the PID, so a holder that died
+    (killed, crashed) leaves nothing that blocks: its stale file is taken over."""
+    import fcntl
+
+    path = lock_path(d)
+    if not path.parent.is_dir():  # nothing to guard yet (build makes the parent)
+        yield
+        return
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise PoetcError(f"{d}: cannot lock ({path}: {e.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode(errors="replace").split()
+            os.close(fd)
+            pid = holder[0] if holder else "?"
+            cmd = " ".join(holder[1:2])
+            raise PoetcError(
+                f"{d}: in use by another poetc{' ' + cmd if cmd else ''} (PID {pid}); wait for it to finish "
+                f"or stop it"
+            ) from None
+        try:  # the file we locked must still be the lock (a releasing holder unlinks it)
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {what}\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
 
 
 def check_out_dir(out: Path) -> None:
@@ -279,6 +359,7 @@ def _write_files(
     (d / "arena.txt").write_text("".join(memplan.timeline(mp, names) for mp in c.plans))
     if c.board.path:  # the board as built, so train/verify find it even when it came from a file
         shutil.copyfile(c.board.path, d / "board.toml")
+    doc[CHECKSUM_KEY] = manifest_checksum(doc)
     (d / MANIFEST).write_text(json.dumps(doc, indent=1) + "\n")
     (d / "schedule.json").write_text(json.dumps(schedule_summary(c), indent=1) + "\n")
 
@@ -332,7 +413,7 @@ class BuildInfo:
         listed = self.dir / FILE_LIST
         names = set(listed.read_text().split()) if listed.is_file() else set()
         if name not in names:
-            listed.write_text("\n".join(sorted(names | {name})) + "\n")
+            write_atomic(listed, "\n".join(sorted(names | {name})) + "\n")
         return self.dir / name
 
     def board(self):  # -> boards.Board
@@ -343,6 +424,9 @@ class BuildInfo:
         return boards.load_file(copy, check_name=False) if copy.is_file() else boards.load(self.doc["board"])
 
     # ---- training runs: poetc train writes runs/<n>/ (trained.npz, train.json) and never replaces one ----
+    # A run that stopped early (Ctrl-C, SIGTERM, a target error) keeps the weights of its last saved step; its
+    # train.json says so ("status": interrupted | failed, "steps" done of "steps_planned") and names it for
+    # poetc train --resume; export takes the latest run only when it completed.
     def runs(self) -> list[int]:
         """The training runs kept in this build, oldest first."""
         d = self.dir / RUNS
@@ -369,18 +453,57 @@ class BuildInfo:
             raise PoetcError(f"--run {run}: {self.dir} has no run {run} (runs: {', '.join(map(str, have))})")
         return run, self.dir / RUNS / str(run)
 
+    def run_record(self, run: int | None = None) -> dict[str, Any]:
+        """The run's train.json (empty when it has none, e.g. a fleet's run, or it is unreadable)."""
+        _, d = self.run_dir(run)
+        try:
+            doc = json.loads((d / "train.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def run_complete(self, run: int) -> bool:
+        return self.run_record(run).get("status", "complete") == "complete"
+
     def run_summary(self, run: int | None = None) -> str:
-        """'run 2 (build/m/runs/2: 200 steps, lr 0.4)' for messages."""
+        """'run 2 (build/m/runs/2: 200 steps, lr 0.4)' for messages; a run that stopped early says so."""
         n, d = self.run_dir(run)
-        rec = d / "train.json"
+        doc = self.run_record(n)
         what = ""
-        if rec.is_file():
-            try:
-                doc = json.loads(rec.read_text())
-                what = f": {doc['steps']} steps, lr {doc['lr']:g}"
-            except (OSError, ValueError, KeyError, TypeError):
-                what = ""
+        try:
+            what = f": {doc['steps']} steps, lr {doc['lr']:g}"
+            status = doc.get("status", "complete")
+            if status != "complete":
+                what = f": {status} after {doc['steps']} of {doc.get('steps_planned', '?')} steps, lr {doc['lr']:g}"
+        except (KeyError, TypeError, ValueError):
+            what = ""
         return f"run {n} ({d}{what})"
+
+    def exportable_run(self, run: int | None) -> int:
+        """The run export writes: ``run`` as asked, or the latest, which must have completed (an interrupted or
+        failed latest run is named, with how to export it anyway or finish it)."""
+        d = self.dir / RUNS
+        newest = max((int(e.name) for e in d.iterdir() if e.name.isdigit()), default=0) if d.is_dir() else 0
+        if run is None and newest and newest not in self.runs():  # the newest run kept no weights at all
+            try:
+                doc = json.loads((d / str(newest) / "train.json").read_text())
+                why = f": {doc.get('error')}" if isinstance(doc, dict) and doc.get("error") else ""
+            except (OSError, ValueError):
+                why = ""
+            have = self.runs()
+            raise PoetcError(
+                f"the latest run {newest} ({d / str(newest)}) failed and kept no weights{why}"
+                + (f"; --run {have[-1]} exports the run before it" if have else "")
+            )
+        n, _ = self.run_dir(run)
+        if run is not None or self.run_complete(n):
+            return n
+        done = [r for r in self.runs() if self.run_complete(r)]
+        raise PoetcError(
+            f"the latest {self.run_summary(n)} did not complete; poetc train {self.dir} --resume finishes it, "
+            f"--run {n} exports its saved weights as they are"
+            + (f", --run {done[-1]} exports the latest complete run" if done else "")
+        )
 
     def train_record_path(self, run: int | None = None) -> Path | None:
         """train.json of ``run`` (default: the latest run); None when nothing was trained yet and no run named."""
@@ -390,15 +513,25 @@ class BuildInfo:
 
     def load_trained(self, run: int | None = None) -> dict[str, np.ndarray]:
         _, d = self.run_dir(run)
-        try:
-            with np.load(d / TRAINED, allow_pickle=False) as z:
-                out = {k: z[k] for k in z.files}
-        except Exception as e:  # truncated, not a zip, object arrays: never a traceback
-            raise PoetcError(f"{d / TRAINED}: damaged trained weights ({type(e).__name__}: {e})") from None
-        bad = [k for k, v in out.items() if v.dtype.kind != "f" or not np.all(np.isfinite(v))]
-        if bad:
-            raise PoetcError(f"{d / TRAINED}: {bad[0]!r} is not finite float data; the file is damaged")
-        return out
+        return load_weights(d / TRAINED)
+
+    def load_optimizer(self, run: int | None = None) -> dict[str, np.ndarray]:
+        """The run's momentum buffers (optimizer.npz); empty for plain SGD."""
+        _, d = self.run_dir(run)
+        return load_weights(d / OPTIMIZER) if (d / OPTIMIZER).is_file() else {}
+
+
+def load_weights(path: Path) -> dict[str, np.ndarray]:
+    """Float arrays by name from a .npz poetc wrote; a damaged file is one error, never a traceback."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {k: z[k] for k in z.files}
+    except Exception as e:  # truncated, not a zip, object arrays: never a traceback
+        raise PoetcError(f"{path}: damaged trained weights ({type(e).__name__}: {e})") from None
+    bad = [k for k, v in out.items() if v.dtype.kind != "f" or not np.all(np.isfinite(v))]
+    if bad:
+        raise PoetcError(f"{path}: {bad[0]!r} is not finite float data; the file is damaged")
+    return out
 
 
 MANIFEST_KEYS = ("poetc_version", "hash", "tensors", "model")  # a manifest without them is damaged
@@ -417,4 +550,8 @@ def open_build(d: Path) -> BuildInfo:
         raise PoetcError(f"{m}: damaged manifest: no {missing[0]!r}; rebuild it")
     if doc.get("poetc_version") != __version__:
         raise PoetcError(f"{d}: built by poetc {doc.get('poetc_version')}, this is {__version__}; rebuild it")
+    if doc.get(CHECKSUM_KEY) != manifest_checksum(doc):
+        raise PoetcError(
+            f"{m}: damaged manifest: its checksum does not match its contents (edited or corrupted); rebuild it"
+        )
     return BuildInfo(d, doc)

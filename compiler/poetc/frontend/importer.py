@@ -115,6 +115,8 @@ class _Importer:
         self.state: dict[str, np.ndarray] = {}
         self.names: set[str] = set()
         self.flag: str | None = None
+        self.notes: list[str] = []  # said to the user when the model loads (a folded final Softmax)
+        self.folded: set[int] = set()  # ONNX nodes left out: a final Softmax / LogSoftmax (the loss has it)
         self.seqs: dict[
             str, tuple[str, int, list[int], bool]
         ] = {}  # SplitToSequence: source, axis, sizes, squeeze
@@ -139,12 +141,14 @@ class _Importer:
                 f"expected one output (the logits), found {len(g.output)}: "
                 + ", ".join(o.name for o in g.output)
             )
+        self.folded = self._fold_final_softmax()
         self._check_supported()
         inp = data_inputs[0]
         self.tensors[inp.name] = Tensor(inp.name, self._input_shape(inp), Role.INPUT)
         self.input = inp.name
 
         fused, skip = self._fusions()
+        skip |= self.folded
         for i, n in enumerate(self.onnx_nodes):
             if i in skip:
                 continue
@@ -171,13 +175,47 @@ class _Importer:
             outputs=(out,),
         )
         sha = hashlib.sha256(self.proto.SerializeToString()).hexdigest()
-        return Model(graph, self.params, self.proto, self.src, sha, self.input, out, self.state, self.flag)
+        return Model(
+            graph,
+            self.params,
+            self.proto,
+            self.src,
+            sha,
+            self.input,
+            out,
+            self.state,
+            self.flag,
+            tuple(self.notes),
+        )
+
+    def _fold_final_softmax(self) -> set[int]:
+        """A model whose output is a Softmax or LogSoftmax over the classes already ends in what the loss
+        computes (softmax cross-entropy on logits): training through it would apply softmax twice (flat
+        gradients, poorer accuracy). The node is left out of the training graph, its input taken as the logits,
+        with a note; inference's argmax is the same, and an exported model keeps the node."""
+        out = self.proto.graph.output[0].name
+        i = next((k for k, n in enumerate(self.onnx_nodes) if out in n.output), None)
+        if i is None or self.onnx_nodes[i].op_type not in ("Softmax", "LogSoftmax"):
+            return set()
+        n = self.onnx_nodes[i]
+        axis = next((int(onnx.helper.get_attribute_value(x)) for x in n.attribute if x.name == "axis"), None)
+        if axis is None:
+            axis = -1 if self.opset >= 13 else 1
+        rank = len(self.proto.graph.output[0].type.tensor_type.shape.dim) or 2
+        if (axis + rank if axis < 0 else axis) != rank - 1 or len(self.users.get(n.input[0], ())) != 1:
+            return set()
+        self.alias[out] = n.input[0]
+        self.notes.append(
+            f"the model ends in {n.op_type} ({_label(n, i)}); training uses softmax cross-entropy on its input "
+            f"(the logits), so the {n.op_type} is folded into the loss rather than applied twice"
+        )
+        return {i}
 
     def _check_supported(self) -> None:
         bad = [
             f"{_label(n, i)} ({n.op_type})"
             for i, n in enumerate(self.proto.graph.node)
-            if n.op_type not in SUPPORTED_OPS or n.domain not in ("", "ai.onnx")
+            if (n.op_type not in SUPPORTED_OPS or n.domain not in ("", "ai.onnx")) and i not in self.folded
         ]
         if bad:
             raise self.err(

@@ -254,6 +254,7 @@ class Model:
     logits: str  # the graph output fed to the loss
     state: dict[str, np.ndarray] = field(default_factory=dict, hash=False)  # running statistics, by name
     train_flag: str | None = None  # the training-flag input tensor (models with BatchNormalization)
+    notes: tuple[str, ...] = ()  # what the import changed that the user should know (a folded final Softmax)
 
 
 TRAIN_FLAG = "poet:training"

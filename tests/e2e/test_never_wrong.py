@@ -94,7 +94,9 @@ def test_verify_takes_its_reference_from_the_build_and_catches_a_corrupted_image
     r = poetc("verify", str(bad), "--data", str(build / "d.npz"), check=False)
     # the image's own checksum of its initial values refuses it at boot, before verify compares any value
     _one_line(
-        r, "poet-host: the image is corrupted: the image's model tables or initial parameter values", code=3
+        r,
+        "the build's image is damaged (poet-host: the image is corrupted: the image's model tables or initial",
+        code=2,
     )
 
 

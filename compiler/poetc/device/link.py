@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import serial
 
 from ..emit import cheaders
-from ..errors import TargetError
+from ..errors import PoetcError, TargetError
 
 try:
     import termios
@@ -160,8 +160,10 @@ class Link:
         self.bytes_received += n
         return bytes(buf)
 
-    def _dead(self, msg: str) -> TargetError:
+    def _dead(self, msg: str) -> PoetcError:
         why = self.on_dead() if self.on_dead else None
+        if why and "image is corrupted" in why:  # the build directory's program, not the target, is bad input
+            return PoetcError(f"the build's image is damaged ({why}); run poetc build again")
         return TargetError(f"target: {why}" if why else f"target: {msg}")
 
     def send_raw(self, data: bytes) -> None:

@@ -291,6 +291,12 @@ def _read_port(proc: subprocess.Popen, timeout_s: float) -> int:
                 return int(m.group(1))
         if proc.poll() is not None:
             err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+            if (
+                "image is corrupted" in err
+            ):  # the build directory's program is damaged: bad input, not a target fault
+                raise PoetcError(
+                    f"the build's image is damaged ({err.splitlines()[-1]}); run poetc build again"
+                )
             raise TargetError(f"target: the host program exited with code {proc.returncode}: {err}")
         time.sleep(0.01)
     raise TargetError("target: the host program did not start listening within 10 s")

@@ -46,6 +46,10 @@ class Board:
     flash_pager: bool = False
     flash_erase_page_bytes: int = 0  # the erase unit
     flash_endurance_cycles: int = 0  # erase/write cycles a flash page is rated for
+    # the pager moves data while the core computes (DMA): the schedule's time model overlaps transfers with
+    # computation (one bus: transfers serialize among themselves). False: the core waits for every transfer.
+    pager_overlap: bool = False
+    pager_queue: int = 1  # transfers the port accepts in flight at once (the runtime keeps at most 4)
     sources: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     path: str = ""
 
@@ -61,6 +65,8 @@ _OPTIONAL_DEFAULTS = (
     "flash_pager",
     "flash_erase_page_bytes",
     "flash_endurance_cycles",
+    "pager_overlap",
+    "pager_queue",
     "sources",
 )
 
@@ -120,6 +126,8 @@ def _check(path: Path, doc: dict[str, Any], check_name: bool = True) -> Board:
         for k in ("flash_erase_page_bytes", "flash_endurance_cycles"):
             if not vals.get(k):
                 raise PoetcError(f"{where}: flash_pager = true needs a positive {k!r}")
+    if not 1 <= vals.get("pager_queue", 1) <= 4:
+        raise PoetcError(f"{where}: field 'pager_queue' must be in 1..4 (the runtime's transfer slots)")
     if not 64 <= vals["frame_max_bytes"] <= 65535:
         raise PoetcError(f"{where}: field 'frame_max_bytes' must be in 64..65535")
     return Board(**vals, path=where)

@@ -214,7 +214,8 @@ def cmd_build(a: argparse.Namespace) -> int:
     with task:
         c = pipeline.compile_model(
             model, board, ram, a.strategy, _command_line(), progress=_say, opts=opts, deadline=a.deadline,
-            params=a.params, watch=watch, training=training, **_profile_kw(a, model, board),
+            params=a.params, watch=watch, training=training, overlap=not a.no_overlap,
+            **_profile_kw(a, model, board),
         )  # fmt: skip
     builddir.write(c, out, _command_line(), tgt, say=_say, compile_=not a.no_compile)
     from .report import page
@@ -270,6 +271,7 @@ def cmd_solve(a: argparse.Namespace) -> int:
             _say,
             params=a.params,
             training=_training(a),
+            overlap=not a.no_overlap,
             **_profile_kw(a, model, board),
         )
         names = list(strategies.NAMES) if a.compare else [a.strategy]
@@ -312,7 +314,16 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     opts = _solve_options(a)
     print(f"poetc sweep {a.model} for {board.name}", flush=True)
     model = _load_model(a)
-    pl = pipeline.plan(model, board, None, a.deadline, _say, training=_training(a), params=a.params)
+    pl = pipeline.plan(
+        model,
+        board,
+        None,
+        a.deadline,
+        _say,
+        training=_training(a),
+        params=a.params,
+        overlap=not a.no_overlap,
+    )
     names = a.strategies.split(",") if a.strategies else list(strategies.NAMES)
     for n in names:
         if n not in strategies.NAMES:
@@ -848,6 +859,12 @@ def _schedule_args(s: argparse.ArgumentParser, strategy: bool = True) -> None:
     s.add_argument("--formulation", default="poet", choices=["poet", "poet2022"])
     s.add_argument("--no-remat", action="store_true", help="POET without recomputation")
     s.add_argument("--no-paging", action="store_true", help="POET without paging")
+    s.add_argument(
+        "--no-overlap",
+        action="store_true",
+        help="time paging as if the core waited for every transfer (the default overlaps transfers with "
+        "computation on boards whose pager can: pager_overlap in the board file)",
+    )
     s.add_argument("--verbose-solver", action="store_true", help="show the solver's log")
     s.add_argument(
         "--params",

@@ -255,6 +255,16 @@ poet_status poet_port_pager_read(uint32_t addr, void *buf, uint32_t n) {
     return s == POET_OK ? sd_pager_read(&sd, addr, buf, n) : s;
 }
 
+/* SERCOM1 SPI is driven byte by byte by the core (no DMA in this port): transfers are synchronous behind the
+ * asynchronous interface (boards/mkr1000.toml: pager_overlap false). */
+poet_status poet_port_pager_start(poet_xfer *x) {
+    if ((uint64_t)x->addr + x->n + 4u > POET_PAGER_BYTES) return POET_ERR_PAGER_IO;
+    poet_pager_now(x);
+    return POET_OK;
+}
+
+void poet_port_pager_poll(poet_xfer *x) { (void)x; }
+
 /* ---- start, ticks, diagnostics, exit ------------------------------------------------------------------- */
 void poet_port_init(void) {
     clock_init();

@@ -295,6 +295,14 @@ poet_status poet_port_pager_read(uint32_t addr, void *buf, uint32_t n) {
     return s == POET_OK ? sd_pager_read(&sd, addr, buf, n) : s;
 }
 
+poet_status poet_port_pager_start(poet_xfer *x) {
+    if ((uint64_t)x->addr + x->n + 4u > POET_PAGER_BYTES) return POET_ERR_PAGER_IO;
+    poet_pager_now(x);
+    return POET_OK;
+}
+
+void poet_port_pager_poll(poet_xfer *x) { (void)x; }
+
 /* ---- pager: internal flash (NVMC) ----------------------------------------------------------------------- */
 #else
 extern uint8_t __poet_pager_start[], __poet_pager_end[]; /* port/link.ld */
@@ -347,6 +355,14 @@ poet_status poet_port_pager_read(uint32_t addr, void *buf, uint32_t n) {
     poet_status s = pager_ready();
     return s == POET_OK ? fp_read(&fpager, addr, buf, n) : s;
 }
+
+/* The NVMC stalls the core while it erases and programs: flash transfers are synchronous. */
+poet_status poet_port_pager_start(poet_xfer *x) {
+    poet_pager_now(x);
+    return POET_OK;
+}
+
+void poet_port_pager_poll(poet_xfer *x) { (void)x; }
 #endif
 
 /* ---- start, diagnostics, exit -------------------------------------------------------------------------- */

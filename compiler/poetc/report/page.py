@@ -133,6 +133,7 @@ def replan(b: builddir.BuildInfo, board: Board) -> Problem:
         None,
         params=b.doc.get("param_homes", "ram"),
         training=b.training(),
+        overlap=bool(sched.get("overlap", False)),
         **kw,
     )
     return pl.problem

@@ -132,7 +132,8 @@ class _Greedy:
         tensors builds chains that pin the whole chain at once when it is finally recomputed."""
         p = self.p
         return all(
-            p.mem[u] == 0 or u in self.resident or u in self.stored or not p.pageable[u] for u in set(p.inputs[i])
+            p.mem[u] == 0 or u in self.resident or u in self.stored or not p.pageable[u]
+            for u in set(p.inputs[i])
         )
 
     def recompute_cost(self, i: int) -> float:
@@ -163,7 +164,11 @@ class _Greedy:
                     swap = (0.0 if v in self.stored else float(p.page_out_j[v])) + float(p.page_in_j[v])
                 else:  # a persistent tensor: dropped and re-read from its master copy, never paged
                     swap = math.inf
-                drop = self.recompute_cost(v) if self.can_recompute(v, nu) and (not self.shallow_only or self.shallow(v)) else math.inf
+                drop = (
+                    self.recompute_cost(v)
+                    if self.can_recompute(v, nu) and (not self.shallow_only or self.shallow(v))
+                    else math.inf
+                )
                 cost = min(swap, drop)
                 if cost == math.inf:
                     continue  # can be neither paged nor recomputed

@@ -21,8 +21,8 @@ Time. ``time_s`` is the schedule's time model, the one the MILP and the baseline
 (RUN, RECOMPUTE) and its transfers (PAGE_IN, PAGE_OUT, LOAD, STORE) summed, or with ``Problem.overlap`` the
 larger of the two (``problem.stage_time``). ``event_time_s`` plays the program itself on one core and one bus:
 a transfer starts when the bus is free and the core has reached it, the core stalls at a WAIT until the
-transfer completes (a program without wait points waits for every transfer as it starts), so it shows what
-the stage model leaves out (a kernel that needs a page-in issued just before it).
+transfer completes (a program without wait points, or a pager that cannot overlap, waits for every transfer as
+it starts), so it shows what the stage model leaves out (a kernel that needs a page-in issued just before it).
 """
 
 from __future__ import annotations
@@ -144,6 +144,8 @@ def replay(
         stage_x[st] = stage_x.get(st, 0.0) + s_
         start = max(cpu, bus)
         bus = start + s_
+        if not p.overlap:  # the core moves the bytes itself: it waits for every transfer
+            cpu = bus
         if not asynchronous:
             cpu = bus
             return

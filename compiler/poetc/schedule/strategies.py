@@ -465,6 +465,9 @@ def figures(p: Problem, sol: Solution, fixed_bytes: int, arena_bytes: int | None
             compute_energy_j=None,
             paging_energy_j=None,
             time_s=None,
+            compute_time_s=None,
+            transfer_time_s=None,
+            event_time_s=None,
             peak_ram_bytes=None,
             arena_bytes=None,
             recomputes=None,
@@ -480,7 +483,10 @@ def figures(p: Problem, sol: Solution, fixed_bytes: int, arena_bytes: int | None
             energy_j=r.energy_j,
             compute_energy_j=r.compute_j,
             paging_energy_j=r.paging_j,
-            time_s=r.time_s,
+            time_s=r.time_s,  # the time model (overlap or not): what the deadline bounds
+            compute_time_s=r.compute_s,
+            transfer_time_s=r.transfer_s,
+            event_time_s=r.event_time_s,  # the program played on one core and one bus
             peak_ram_bytes=fixed_bytes + r.peak_bytes,
             arena_bytes=arena_bytes,
             recomputes=r.recomputes,
@@ -499,5 +505,6 @@ def figures(p: Problem, sol: Solution, fixed_bytes: int, arena_bytes: int | None
         bound_extra_j=sol.bound_j,
         ram_budget_bytes=fixed_bytes + p.budget,
         deadline_s=p.deadline_s,
+        overlap=p.overlap,  # transfers overlap computation in the time model
     )
     return out

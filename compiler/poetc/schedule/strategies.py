@@ -265,6 +265,21 @@ def _candidates(
         )
         if sub.ok:
             seeds.append(sub)
+    if opt.warm_start and p.overlap and p.deadline_s is not None and opt.formulation == "poet":
+        # The schedule made as if transfers did not overlap meets the deadline with overlap too (a stage's
+        # max(compute, transfers) never exceeds their sum): a seed the overlapping MILP must beat (its TAU rows
+        # can make the solver slower to find as much within its time limit).
+        name = next((k for k, v in MILP_STRATEGIES.items() if v == (remat, paging)), "poet")
+        sub = run(
+            name,
+            replace(p, overlap=False),
+            replace(opt, time_limit_s=max(1.0, 0.3 * opt.time_limit_s), trace=False),
+            watch=track.incumbents("no-overlap MILP"),
+        )
+        if sub.ok and sub.schedule is not None:
+            sol = _check(p, "no-overlap MILP", lower(p, trim(p, sub.schedule)), t0, "heuristic")
+            if sol.ok:
+                seeds.append(sol)
     if warm is not None and _allowed(p, warm, remat, paging):
         sol = _check(p, "warm", lower(p, trim(p, warm)), t0, "heuristic")
         if sol.ok:

@@ -273,7 +273,7 @@ def _candidates(
         sub = run(
             name,
             replace(p, overlap=False),
-            replace(opt, time_limit_s=max(1.0, 0.3 * opt.time_limit_s), trace=False),
+            replace(opt, time_limit_s=max(1.0, 0.15 * opt.time_limit_s), trace=False),
             watch=track.incumbents("no-overlap MILP"),
         )
         if sub.ok and sub.schedule is not None:

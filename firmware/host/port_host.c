@@ -33,6 +33,7 @@ static uint32_t pager_size;
 static long corrupt_write = -1; /* test-only fault injection: corrupt the data of this page-out (0-based) */
 static long data_writes;
 static long drop_from = -1; /* test-only: from this data write on (0-based), acknowledge writes but keep old data */
+static uint32_t pager_late; /* test pager: a transfer completes at its N-th poll (0: at once) */
 
 int poet_port_getc(void) {
     if (in_pos == in_len) {
@@ -118,6 +119,19 @@ poet_status poet_port_pager_read(uint32_t addr, void *buf, uint32_t n) {
     return POET_OK;
 }
 
+/* The file (or RAM) pager is synchronous; with --pager-late N it is the runtime's late-completion test pager. */
+poet_status poet_port_pager_start(poet_xfer *x) {
+    if ((uint64_t)x->addr + x->n + 4u > pager_size) return POET_ERR_PAGER_IO;
+    if (pager_late) {
+        poet_pager_late_start(x, pager_late);
+        return POET_OK;
+    }
+    poet_pager_now(x);
+    return POET_OK;
+}
+
+void poet_port_pager_poll(poet_xfer *x) { poet_pager_late_poll(x); }
+
 void poet_port_exit(int code) {
     if (pager_file) fclose(pager_file);
     free(pager_ram);
@@ -161,7 +175,8 @@ static void usage(const char *argv0) {
             "  --stdio         speak the protocol on stdin/stdout (e.g. a pty)\n"
             "  --pager FILE    page to FILE (created); default: RAM\n"
             "  --corrupt-page-write N   test only: corrupt the stored data of the N-th page-out (0-based)\n"
-            "  --drop-page-writes N     test only: from the N-th data write on, acknowledge writes, keep old data\n",
+            "  --drop-page-writes N     test only: from the N-th data write on, acknowledge writes, keep old data\n"
+            "  --pager-late N  test only: a transfer completes at its N-th poll, not when it starts\n",
             argv0);
 }
 
@@ -183,6 +198,8 @@ int main(int argc, char **argv) {
             corrupt_write = atol(argv[++i]);
         } else if (!strcmp(argv[i], "--drop-page-writes") && i + 1 < argc) {
             drop_from = atol(argv[++i]);
+        } else if (!strcmp(argv[i], "--pager-late") && i + 1 < argc) {
+            pager_late = (uint32_t)atol(argv[++i]);
         } else if (!strcmp(argv[i], "--pager-bytes") && i + 1 < argc) {
             pager_bytes = atoll(argv[++i]);
         } else {

@@ -16,7 +16,8 @@
     X(ERR_UNKNOWN_CMD, 9, "unknown command")                                 \
     X(ERR_RANGE, 10, "tensor id, offset or length out of range")             \
     X(ERR_READONLY, 11, "tensor cannot be written")                          \
-    X(ERR_NONFINITE, 12, "loss is not finite")
+    X(ERR_NONFINITE, 12, "loss is not finite")                              \
+    X(ERR_IN_FLIGHT, 13, "a tensor or its bytes were used while a transfer was in flight (a missing WAIT)")
 
 typedef enum {
 #define POET_STATUS_ENUM_(name, value, text) POET_##name = value,

@@ -4,7 +4,9 @@
  *            hardware flow control, 115200 baud (POET_UART_BAUD), EasyDMA one byte at a time on receive
  *   ticks    DWT cycle counter (core cycles at 64 MHz), extended to 64 bits on every SysTick wrap
  *   pager    SD card over SPIM2 on the DK's Arduino header (SCK P1.15 = D13, MISO P1.14 = D12,
- *            MOSI P1.13 = D11, CS P1.12 = D10), raw 512-byte blocks from block POET_SD_FIRST_BLOCK; or, built
+ *            MOSI P1.13 = D11, CS P1.12 = D10), raw 512-byte blocks from block POET_SD_FIRST_BLOCK; the
+ *            programs' transfers run in the background, each data block moved by SPIM2's EasyDMA while the
+ *            core computes (sdcard.c's sd_async_*, polled by the runtime between instructions); or, built
  *            with -DPOET_PAGER_FLASH=1 (make PAGER=flash), internal flash through the NVMC, in the pages the
  *            linker script reserves after the image (cortexm/flashpager.h)
  *   marker   P1.10 (Arduino D8) is high from a RUN's first tick reading until its reply starts: wired to a
@@ -209,14 +211,26 @@ const char *poet_port_name(void) { return "nrf52840"; }
 #if !(defined(POET_PAGER_FLASH) && POET_PAGER_FLASH)
 static uint8_t spi_one[2];
 
-static void spim_run(const uint8_t *tx, uint32_t ntx, uint8_t *rx, uint32_t nrx) {
+/* One SPIM2 EasyDMA transaction (docs/overlap.md, "The nRF52840's SD pager"):
+ *   TXD.PTR (+0x544) = tx, TXD.MAXCNT (+0x548) = ntx   bytes sent; after them ORC (+0x5C0, 0xFF) is clocked out
+ *   RXD.PTR (+0x534) = rx, RXD.MAXCNT (+0x538) = nrx   bytes received (MAXCNT 0: none kept)
+ *   EVENTS_END (+0x118) = 0, then TASKS_START (+0x010) = 1: the SPIM clocks max(ntx, nrx) bytes on its own,
+ *   reading tx and writing rx in RAM by EasyDMA (both must be in RAM: flash is not reachable by EasyDMA),
+ *   and sets EVENTS_END when both buffers are done. The core is free meanwhile. */
+static void spim_dma_start(const uint8_t *tx, uint32_t ntx, uint8_t *rx, uint32_t nrx) {
     SPIM_TXD_PTR = (uint32_t)(uintptr_t)tx;
     SPIM_TXD_MAXCNT = ntx;
     SPIM_RXD_PTR = (uint32_t)(uintptr_t)rx;
     SPIM_RXD_MAXCNT = nrx;
     SPIM_EVENTS_END = 0;
     SPIM_TASKS_START = 1u;
-    while (!SPIM_EVENTS_END) {
+}
+
+static int spim_dma_done(void) { return SPIM_EVENTS_END != 0; }
+
+static void spim_run(const uint8_t *tx, uint32_t ntx, uint8_t *rx, uint32_t nrx) {
+    spim_dma_start(tx, ntx, rx, nrx);
+    while (!spim_dma_done()) {
     }
 }
 
@@ -257,7 +271,7 @@ static void spi_select(int on) {
 
 static void spi_set_fast(int fast) { SPIM_FREQUENCY = fast ? SPIM_M4 : SPIM_K250; }
 
-static const sd_spi sd_bus = {spi_xfer, spi_select, spi_set_fast, spi_write, spi_read};
+static const sd_spi sd_bus = {spi_xfer, spi_select, spi_set_fast, spi_write, spi_read, spim_dma_start, spim_dma_done};
 static sd_card sd;
 
 static void spi_init(void) {
@@ -294,6 +308,17 @@ poet_status poet_port_pager_read(uint32_t addr, void *buf, uint32_t n) {
     poet_status s = pager_ready();
     return s == POET_OK ? sd_pager_read(&sd, addr, buf, n) : s;
 }
+
+/* Programs' transfers run in the background (sdcard.c's state machine over spim_dma_start/spim_dma_done):
+ * poet_port_pager_start issues the first command and returns once the first data block's DMA is running (or
+ * the card is still answering), the runtime's polls between instructions move it on. */
+poet_status poet_port_pager_start(poet_xfer *x) {
+    if ((uint64_t)x->addr + x->n + 4u > POET_PAGER_BYTES) return POET_ERR_PAGER_IO;
+    poet_status s = pager_ready();
+    return s == POET_OK ? sd_async_start(&sd, x) : s;
+}
+
+void poet_port_pager_poll(poet_xfer *x) { sd_async_poll(&sd, x); }
 
 /* ---- pager: internal flash (NVMC) ----------------------------------------------------------------------- */
 #else
@@ -347,6 +372,14 @@ poet_status poet_port_pager_read(uint32_t addr, void *buf, uint32_t n) {
     poet_status s = pager_ready();
     return s == POET_OK ? fp_read(&fpager, addr, buf, n) : s;
 }
+
+/* The NVMC stalls the core while it erases and programs: flash transfers are synchronous. */
+poet_status poet_port_pager_start(poet_xfer *x) {
+    poet_pager_now(x);
+    return POET_OK;
+}
+
+void poet_port_pager_poll(poet_xfer *x) { (void)x; }
 #endif
 
 /* ---- start, diagnostics, exit -------------------------------------------------------------------------- */

@@ -78,7 +78,10 @@ def figures(a: argparse.Namespace) -> None:
                     if isinstance(g, str):
                         row += [g, "-", "-", "-", "-"]
                     else:
-                        row += [joules(g["energy"]), g["re"], g["pages"], g["params"], f"{g['time']:.4g} s"]
+                        row += [
+                            joules(g["energy"]) + ("" if g["status"] == "optimal" else "*"),
+                            g["re"], g["pages"], g["params"], f"{g['time']:.4g} s",
+                        ]  # fmt: skip
                 a_, b_ = got[True], got[False]
                 if isinstance(a_, dict) and isinstance(b_, dict):
                     row.append(f"{100 * (b_['energy'] - a_['energy']) / b_['energy']:.1f}%")
@@ -93,7 +96,7 @@ def figures(a: argparse.Namespace) -> None:
         heads += ["saved", "solves"]
         print(f"\n{board.name}: POET's schedule with and without overlapping transfers{what_if}\n")
         print(table(heads, rows))
-        print()
+        print("* not proven optimal within the time limit (a longer --time-limit may find less energy)\n")
 
 
 def run_on_qemu(a: argparse.Namespace) -> None:

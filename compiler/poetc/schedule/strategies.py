@@ -19,8 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
-
 from ..errors import PoetcError
 from . import baselines, milp
 from .milp import Progress
@@ -282,61 +280,12 @@ def _candidates(
             sol = _check(p, "no-overlap MILP", lower(p, trim(p, sub.schedule)), t0, "heuristic")
             if sol.ok:
                 seeds.append(sol)
-        seeds += _transfer_free_seed(p, opt, name, track, t0)
     if warm is not None and _allowed(p, warm, remat, paging):
         sol = _check(p, "warm", lower(p, trim(p, warm)), t0, "heuristic")
         if sol.ok:
             seeds.append(sol)
             track.record(sol.replay.energy_j - p.floor_j, None, "warm start")
     return seeds
-
-
-def transfers_free(p: Problem) -> Problem:
-    """``p`` timed as if transfers took no time (page-ins, page-outs, loads, write-backs), without overlap: the
-    deadline bounds the computation alone. A relaxation of the overlapping problem (a stage's max(compute,
-    transfers) is at least its compute) with the same energies, so its bounds hold for ``p``."""
-    cs = np.array(p.compute_s, dtype=float)
-    cs[list(p.loads)] = 0.0
-    return replace(
-        p,
-        overlap=False,
-        compute_s=cs,
-        page_in_s=np.zeros_like(p.page_in_s),
-        page_out_s=np.zeros_like(p.page_out_s),
-        store_s=tuple(0.0 for _ in p.store_s),
-    )
-
-
-def _transfer_free_seed(p: Problem, opt: SolveOptions, name: str, track: _Track, t0: float) -> list[Solution]:
-    """For an overlapping problem with a deadline: the MILP of ``transfers_free(p)``, which is smaller in effect
-    (no TAU rows) and finds the schedules that spend the deadline's slack on recomputation while the transfers
-    hide behind it -- what the overlapping MILP may take long to find. Its bound holds for ``p``. Its schedule
-    is a candidate when its transfers fit the overlap time model; if they overrun the deadline, once more with
-    the deadline tightened by the overrun."""
-    free = transfers_free(p)
-    deadline = float(p.deadline_s)  # type: ignore[arg-type]
-    sub_opt = replace(opt, time_limit_s=max(1.0, 0.15 * opt.time_limit_s), trace=False)
-    for k in range(2):
-        sub = run(
-            name, replace(free, deadline_s=deadline), sub_opt
-        )  # its incumbents may not fit p: unwatched
-        if k == 0 and sub.bound_j is not None:
-            track.record(None, sub.bound_j, "transfer-free MILP")
-        if not sub.ok or sub.schedule is None:
-            return []
-        prog = lower(p, trim(p, sub.schedule))
-        sol = _check(p, "transfer-free MILP", prog, t0, "heuristic")
-        if sol.ok:
-            track.record(sol.replay.energy_j - p.floor_j, None, "transfer-free MILP")
-            return [sol]
-        try:
-            over = replay(p, prog, budget=p.budget).time_s - float(p.deadline_s)  # type: ignore[arg-type]
-        except ScheduleError:
-            return []
-        if over <= 0.0 or deadline - over <= 0.0:
-            return []
-        deadline -= over
-    return []
 
 
 def _solve_milp(

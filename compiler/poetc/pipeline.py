@@ -112,6 +112,10 @@ def fixed_memory(
     )
     io = sum(t.nbytes for t in g.tensors.values() if t.role in (Role.INPUT, Role.LABEL, Role.LOSS))
     tables = (ptr + 4) * len(g.tensors) + 8 * len(g.nodes)  # loc[] and wgen[] per tensor, ticks per node
+    # interp.c's transfers in flight: POET_MAX_XFERS slots of a poet_xfer (address, buffer pointer, length,
+    # trailer, flags, status, port state) + tensor id and busy flag, aligned: 28 B each as arm-none-eabi-gcc lays
+    # them out (the nRF52840 image's `xfers` is 112 B), 48 B with 8-byte pointers; and its write counter
+    tables += waits.MAX_QUEUE * (28 if ptr == 4 else 48) + 4
     link = 2 * board.frame_max_bytes + 8
     in_flash = sum(g.tensor(n).nbytes for n in flash)
     return MemoryReport(

@@ -264,6 +264,27 @@ static int start_write(sd_card *sd, const uint8_t *from) {
     return 1;
 }
 
+/* With irq: n bytes read by DMA into op.peek. 0 while that DMA runs (started now, or earlier and not ended),
+ * 1 once they are there (and counted as polls). */
+static int peek(sd_card *sd, uint32_t n) {
+    sd_async *a = &sd->op;
+    if (!a->polling) {
+        sd->spi->dma_start(0, 0, a->peek, n);
+        a->polling = 1;
+        return 0;
+    }
+    if (!sd->spi->dma_done()) return 0;
+    a->polling = 0;
+    a->polls += n;
+    return 1;
+}
+
+int sd_async_irq(sd_card *sd) {
+    if (!sd->op.x) return 0;
+    sd_async_poll(sd, sd->op.x);
+    return sd->op.x != NULL;
+}
+
 poet_status sd_async_start(sd_card *sd, poet_xfer *x) {
     if (!sd->ready || !sd->spi->dma_start || sd->op.x) return POET_ERR_PAGER_IO;
     sd->op = (sd_async){0};
@@ -317,10 +338,16 @@ void sd_async_poll(sd_card *sd, poet_xfer *x) {
             }
             break;
         }
-        case A_RTOKEN: { /* the data token, a few bytes per poll */
+        case A_RTOKEN: { /* the data token, a few bytes per poll (with irq: one byte per DMA read) */
             uint8_t t = 0xFF;
-            for (uint32_t i = 0; i < POLL_BYTES && t == 0xFF; i++, a->polls++) t = xfer(sd, 0xFF);
+            if (sd->irq) {
+                if (!peek(sd, 1)) return;
+                t = a->peek[0];
+            } else {
+                for (uint32_t i = 0; i < POLL_BYTES && t == 0xFF; i++, a->polls++) t = xfer(sd, 0xFF);
+            }
             if (t == 0xFF) {
+                if (sd->irq && a->polls < WAIT_BYTES) continue; /* the next byte's DMA */
                 if (a->polls >= WAIT_BYTES) async_end(sd, POET_ERR_PAGER_IO);
                 return;
             }
@@ -370,10 +397,17 @@ void sd_async_poll(sd_card *sd, poet_xfer *x) {
             a->step = A_WBUSY;
             break;
         }
-        case A_WBUSY: { /* the card programs the block: MISO low until it is done */
+        case A_WBUSY: { /* the card programs the block: MISO low until it is done (with irq: DMA reads of 8
+                         * bytes, done when the last is 0xFF; the card ignores clocks after busy) */
             uint8_t r = 0;
-            for (uint32_t i = 0; i < POLL_BYTES && r != 0xFF; i++, a->polls++) r = xfer(sd, 0xFF);
+            if (sd->irq) {
+                if (!peek(sd, POLL_BYTES)) return;
+                r = a->peek[POLL_BYTES - 1];
+            } else {
+                for (uint32_t i = 0; i < POLL_BYTES && r != 0xFF; i++, a->polls++) r = xfer(sd, 0xFF);
+            }
             if (r != 0xFF) {
+                if (sd->irq && a->polls < WAIT_BYTES) continue; /* the next DMA read */
                 if (a->polls >= WAIT_BYTES) async_end(sd, POET_ERR_PAGER_IO);
                 return;
             }

@@ -37,6 +37,8 @@ typedef struct {
     uint8_t *data;   /* the 512 bytes the DMA moves: in x->buf (a whole block of tensor bytes) or sd->buf */
     uint32_t polls;  /* bytes exchanged waiting for a token or the end of busy */
     uint8_t step;    /* sdcard.c's state machine */
+    uint8_t polling; /* with irq: a short DMA read of the token or busy bytes is running into peek */
+    uint8_t peek[8];
 } sd_async;
 
 /* Card state: the SPI, its addressing mode and the pager's block buffer. */
@@ -48,6 +50,9 @@ typedef struct {
     uint32_t cached;      /* block held in buf, when cache_valid */
     int cache_valid;
     sd_async op;
+    /* set by a port whose DMA-end interrupt calls sd_async_irq: every step of a transfer then ends with a DMA
+     * running (the token and busy polls become short DMA reads), so each DMA end runs the next step */
+    int irq;
     uint8_t buf[SD_BLOCK];
 } sd_card;
 
@@ -68,5 +73,9 @@ poet_status sd_pager_write(sd_card *sd, uint32_t addr, const void *src, uint32_t
  * runs (POET_ERR_PAGER_IO). */
 poet_status sd_async_start(sd_card *sd, poet_xfer *x);
 void sd_async_poll(sd_card *sd, poet_xfer *x);
+/* The DMA-end interrupt's work (sd->irq set): advance the transfer in progress, if any. Returns 1 while a
+ * transfer is in progress (a DMA of it is running: its end interrupts again), 0 when none is (the port
+ * disables the interrupt: a synchronous exchange's end must not re-enter). */
+int sd_async_irq(sd_card *sd);
 
 #endif

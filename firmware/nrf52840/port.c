@@ -77,6 +77,13 @@
 #define SPIM_RXD_MAXCNT CM_REG(SPIM2_BASE + 0x538u)
 #define SPIM_TXD_PTR CM_REG(SPIM2_BASE + 0x544u)
 #define SPIM_TXD_MAXCNT CM_REG(SPIM2_BASE + 0x548u)
+#define SPIM_INTENSET CM_REG(SPIM2_BASE + 0x304u)
+#define SPIM_INTENCLR CM_REG(SPIM2_BASE + 0x308u)
+#define SPIM_INT_END (1u << 6) /* INTEN bit of EVENTS_END */
+#define SPIM2_IRQ 35u          /* SPIM2_SPIS2_SPI2: peripheral ID 0x23, the NVIC's IRQ 35 */
+#define NVIC_ISER1 CM_REG(0xE000E104u)
+#define NVIC_ICER1 CM_REG(0xE000E184u)
+#define SPIM2_NVIC_BIT (1u << (SPIM2_IRQ - 32u))
 #define SPIM_CONFIG CM_REG(SPIM2_BASE + 0x554u)
 #define SPIM_ORC CM_REG(SPIM2_BASE + 0x5C0u)
 #define SPIM_K250 0x04000000u
@@ -309,16 +316,43 @@ poet_status poet_port_pager_read(uint32_t addr, void *buf, uint32_t n) {
     return s == POET_OK ? sd_pager_read(&sd, addr, buf, n) : s;
 }
 
-/* Programs' transfers run in the background (sdcard.c's state machine over spim_dma_start/spim_dma_done):
- * poet_port_pager_start issues the first command and returns once the first data block's DMA is running (or
- * the card is still answering), the runtime's polls between instructions move it on. */
+/* Programs' transfers run in the background, chained by SPIM2's END interrupt (docs/overlap.md):
+ * poet_port_pager_start issues the first command, leaves a DMA running (a data block, or a short read of the
+ * token or busy bytes: sd.irq) and enables the interrupt (INTENSET bit 6, NVIC IRQ 35); every EVENTS_END then
+ * runs the next step in the handler, so the blocks move while kernels run. The handler disables the interrupt
+ * when the transfer is done (the synchronous calls' byte exchanges also end in EVENTS_END, and the interrupt is
+ * level-triggered). The runtime's polls run the same state machine with IRQ 35 masked in the NVIC, so the two
+ * never interleave. */
+static void spim2_irq(void) {
+    if (!sd_async_irq(&sd)) SPIM_INTENCLR = SPIM_INT_END;
+}
+
+__attribute__((section(".vectors.irq"), used)) void (*const nrf52840_irq_vectors[SPIM2_IRQ + 1])(void) = {
+    [SPIM2_IRQ] = spim2_irq,
+};
+
 poet_status poet_port_pager_start(poet_xfer *x) {
     if ((uint64_t)x->addr + x->n + 4u > POET_PAGER_BYTES) return POET_ERR_PAGER_IO;
     poet_status s = pager_ready();
-    return s == POET_OK ? sd_async_start(&sd, x) : s;
+    if (s != POET_OK) return s;
+    sd.irq = 1;
+    s = sd_async_start(&sd, x);
+    if (s == POET_OK && !x->done) {
+        SPIM_INTENSET = SPIM_INT_END;
+        NVIC_ISER1 = SPIM2_NVIC_BIT;
+    }
+    return s;
 }
 
-void poet_port_pager_poll(poet_xfer *x) { sd_async_poll(&sd, x); }
+void poet_port_pager_poll(poet_xfer *x) {
+    if (x->done) return;
+    NVIC_ICER1 = SPIM2_NVIC_BIT; /* the handler must not run the state machine while this does */
+    cm_dsb();
+    cm_isb();
+    sd_async_poll(&sd, x);
+    if (sd.op.x == NULL) SPIM_INTENCLR = SPIM_INT_END;
+    NVIC_ISER1 = SPIM2_NVIC_BIT;
+}
 
 /* ---- pager: internal flash (NVMC) ----------------------------------------------------------------------- */
 #else

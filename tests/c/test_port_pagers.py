@@ -66,7 +66,17 @@ def lib(tmp_path_factory) -> ctypes.CDLL:
         ctypes.c_int, ctypes.c_uint32, u8p, ctypes.c_uint32, u8p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_long)
     ]  # fmt: skip
     lp = ctypes.POINTER(ctypes.c_long)
-    lib.t_sd_async_irq.argtypes = [ctypes.c_int, ctypes.c_uint32, u8p, ctypes.c_uint32, u8p, ctypes.c_uint32, lp, lp, lp]
+    lib.t_sd_async_irq.argtypes = [
+        ctypes.c_int,
+        ctypes.c_uint32,
+        u8p,
+        ctypes.c_uint32,
+        u8p,
+        ctypes.c_uint32,
+        lp,
+        lp,
+        lp,
+    ]
     return lib
 
 

@@ -56,6 +56,10 @@ class Board:
     # the calibrated compute model (module doc): op key -> instructions per FLOP, instructions per run
     instructions_per_flop: dict[str, float] = field(default_factory=dict, hash=False)
     instructions_per_run: dict[str, float] = field(default_factory=dict, hash=False)
+    # the pager moves data while the core computes (DMA): the schedule's time model overlaps transfers with
+    # computation (one bus: transfers serialize among themselves). False: the core waits for every transfer.
+    pager_overlap: bool = False
+    pager_queue: int = 1  # transfers the port accepts in flight at once (the runtime keeps at most 4)
     sources: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     path: str = ""
 
@@ -78,6 +82,8 @@ _OPTIONAL_DEFAULTS = (
     "flash_endurance_cycles",
     "instructions_per_flop",
     "instructions_per_run",
+    "pager_overlap",
+    "pager_queue",
     "sources",
 )
 _CALIBRATION = ("instructions_per_flop", "instructions_per_run")
@@ -156,6 +162,8 @@ def _check(path: Path, doc: dict[str, Any], check_name: bool = True) -> Board:
         raise PoetcError(f"{where}: [instructions_per_flop] and [instructions_per_run] come together")
     if "instructions_per_flop" in vals and "cycles_per_instruction" not in vals:
         raise PoetcError(f"{where}: [instructions_per_flop] needs the field 'cycles_per_instruction'")
+    if not 1 <= vals.get("pager_queue", 1) <= 4:
+        raise PoetcError(f"{where}: field 'pager_queue' must be in 1..4 (the runtime's transfer slots)")
     if not 64 <= vals["frame_max_bytes"] <= 65535:
         raise PoetcError(f"{where}: field 'frame_max_bytes' must be in 64..65535")
     return Board(**vals, path=where)

@@ -232,7 +232,8 @@ def _build(
     with task:
         c = pipeline.compile_model(
             model, board, a.ram, a.strategy, _command_line(), progress=_say, opts=opts, deadline=a.deadline,
-            params=a.params, watch=watch, training=training, **_profile_kw(a, model, board),
+            params=a.params, watch=watch, training=training, overlap=not a.no_overlap,
+            **_profile_kw(a, model, board),
         )  # fmt: skip
     builddir.write(c, out, _command_line(), tgt, say=_say, compile_=not a.no_compile, app=app)
     from .report import page
@@ -347,6 +348,7 @@ def cmd_solve(a: argparse.Namespace) -> int:
             _say,
             params=a.params,
             training=_training(a),
+            overlap=not a.no_overlap,
             **_profile_kw(a, model, board),
         )
         names = list(strategies.NAMES) if a.compare else [a.strategy]
@@ -398,7 +400,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     model = _load_model(a)
     pl = pipeline.plan(
         model, board, a.ram, a.deadline, _say, training=_training(a), params=a.params,
-        **_profile_kw(a, model, board),
+        overlap=not a.no_overlap, **_profile_kw(a, model, board),
     )  # fmt: skip
     with _display().task("sweep", total=None, unit="solves") as task:
         res = sweep.run(
@@ -1421,6 +1423,12 @@ def _schedule_args(s: argparse.ArgumentParser, sweep: bool = False) -> None:
     )
     s.add_argument("--no-remat", action="store_true", help="POET without recomputation")
     s.add_argument("--no-paging", action="store_true", help="POET without paging")
+    s.add_argument(
+        "--no-overlap",
+        action="store_true",
+        help="time paging as if the core waited for every transfer (the default overlaps transfers with "
+        "computation on boards whose pager can: pager_overlap in the board file)",
+    )
     s.add_argument("--verbose-solver", action="store_true", help="show the solver's log")
     s.add_argument(
         "--params",

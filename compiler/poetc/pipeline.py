@@ -19,7 +19,7 @@ from .graph import autodiff
 from .graph.autodiff import TrainingGraph
 from .graph.ir import Model, Role
 from .graph.options import TrainingOptions, layers_with_params, select_trainable
-from .schedule import cost, memplan, problem, program, simulate, strategies
+from .schedule import cost, memplan, problem, program, simulate, strategies, waits
 from .schedule.cost import CostModel
 from .schedule.memplan import MemPlan
 from .schedule.problem import Problem
@@ -112,6 +112,10 @@ def fixed_memory(
     )
     io = sum(t.nbytes for t in g.tensors.values() if t.role in (Role.INPUT, Role.LABEL, Role.LOSS))
     tables = (ptr + 4) * len(g.tensors) + 8 * len(g.nodes)  # loc[] and wgen[] per tensor, ticks per node
+    # interp.c's transfers in flight: POET_MAX_XFERS slots of a poet_xfer (address, buffer pointer, length,
+    # trailer, flags, status, port state) + tensor id and busy flag, aligned: 28 B each as arm-none-eabi-gcc lays
+    # them out (the nRF52840 image's `xfers` is 112 B), 48 B with 8-byte pointers; and its write counter
+    tables += waits.MAX_QUEUE * (28 if ptr == 4 else 48) + 4
     link = 2 * board.frame_max_bytes + 8
     in_flash = sum(g.tensor(n).nbytes for n in flash)
     return MemoryReport(
@@ -232,8 +236,11 @@ def plan(
     profile_source: str = "",
     training: TrainingOptions = TrainingOptions(),
     params: str = "auto",
+    overlap: bool = True,
 ) -> Planned:
     """``profile``: measured seconds per node name (``poetc profile``) replacing the FLOP estimates.
+    ``overlap``: use the board's overlapping pager in the time model (False: ``--no-overlap``, the core waits for
+    every transfer).
     ``training``: what trains and how (``--train``, ``--bn``, ``--optimizer``, ``--weight-decay``);
     ``params``: where parameters may live (``param_homes``). ``--train auto`` is resolved here
     (``resolve_train_auto``); the plan records the parameters it chose."""
@@ -243,9 +250,9 @@ def plan(
         raise PoetcError(f"--ram {budget} exceeds the RAM of board {board.name} ({board.ram_bytes} bytes)")
     if training.train == "auto":
         training = resolve_train_auto(
-            model, board, budget, deadline, say, profile, profile_source, training, params
+            model, board, budget, deadline, say, profile, profile_source, training, params, overlap=overlap
         )
-    return _plan(model, board, budget, deadline, say, profile, profile_source, training, params)
+    return _plan(model, board, budget, deadline, say, profile, profile_source, training, params, overlap)
 
 
 def resolve_train_auto(
@@ -259,6 +266,7 @@ def resolve_train_auto(
     training: TrainingOptions,
     params: str,
     time_limit_s: float = 20.0,
+    overlap: bool = True,
 ) -> TrainingOptions:
     """``--train auto``: the largest K such that training the last K layers with parameters fits the RAM budget
     (and the deadline), by bisection on K (more layers never need less RAM). A K fits when a heuristic finds a
@@ -271,7 +279,7 @@ def resolve_train_auto(
     def fits(k: int) -> TrainingOptions | None:
         opts = replace(training, train=select_trainable(model, f"last:{k}"))
         try:
-            pl = _plan(model, board, budget, deadline, quiet, profile, profile_source, opts, params)
+            pl = _plan(model, board, budget, deadline, quiet, profile, profile_source, opts, params, overlap)
         except PoetcError:
             return None
         p = pl.problem
@@ -314,6 +322,7 @@ def _plan(
     profile_source: str,
     training: TrainingOptions,
     params: str,
+    overlap: bool = True,
 ) -> Planned:
     tg = autodiff.build(model, training)
     say(
@@ -338,6 +347,7 @@ def _plan(
         board.storage_bytes,
         persistent=scheduled,
         storage_only=params == "storage",
+        overlap=board.pager_overlap and overlap,
     )
     if fixed.arena_budget < p.min_budget():
         need = fixed.fixed + p.min_budget()
@@ -394,10 +404,12 @@ def compile_model(
     params: str = "auto",
     watch: Callable[[strategies.Progress], None] | None = None,
     training: TrainingOptions = TrainingOptions(),
+    overlap: bool = True,
 ) -> Compiled:
-    """``progress`` gets one-line messages, ``watch`` the solver's progress records (see ``strategies.run``)."""
+    """``progress`` gets one-line messages, ``watch`` the solver's progress records (see ``strategies.run``).
+    ``overlap``: False times paging as if the core waited for every transfer (``--no-overlap``)."""
     say = progress or (lambda s: None)
-    pl = plan(model, board, ram, deadline, say, profile, profile_source, training, params)
+    pl = plan(model, board, ram, deadline, say, profile, profile_source, training, params, overlap)
     return compile_planned(pl, model, board, strategy, opts, say, watch=watch)
 
 
@@ -415,7 +427,8 @@ def compile_planned(
     every ``poetc solve`` row shows. Raises NoSchedule when the strategy's schedule does not fit (the budget,
     the deadline, the arena after fragmentation, the storage); ``smallest`` also searches the smallest RAM
     budget that would fit for the message (a bisection: slow for MILP strategies). ``progress`` gets one-line
-    messages, ``watch`` the solver's progress records (see ``strategies.run``)."""
+    messages, ``watch`` the solver's progress records (see ``strategies.run``). The programs come back with
+    their wait points for the board's pager (``waits.insert``), replayed with their arena offsets."""
     say = progress or (lambda s: None)
     tg, cm, fixed, p = pl.tg, pl.cost, pl.fixed, pl.problem
     t0 = time.perf_counter()
@@ -487,7 +500,12 @@ def compile_planned(
             )
         q, sol = q.with_budget(b), trial
     solve_s = time.perf_counter() - t0
-    replays = (simulate.replay(p, train, budget=p.budget), simulate.replay(p, infer, budget=p.budget))
+    train, train_plan = waits.insert(p, train, train_plan, board.pager_queue)
+    infer, infer_plan = waits.insert(p, infer, infer_plan, board.pager_queue)
+    replays = (
+        simulate.replay(p, train, budget=p.budget, offsets=train_plan.offsets),
+        simulate.replay(p, infer, budget=p.budget, offsets=infer_plan.offsets),
+    )
     plans = (train_plan, infer_plan)
     homes = _homes_summary(p, ram_homes)
     say(

@@ -160,6 +160,7 @@ static poet_status load(sd_card *sd, uint32_t b) {
 
 poet_status sd_pager_read(sd_card *sd, uint32_t addr, void *dst, uint32_t n) {
     uint8_t *out = (uint8_t *)dst;
+    if (sd->op.x) return POET_ERR_PAGER_IO; /* an asynchronous transfer owns the bus */
     while (n) {
         uint32_t b = sd->first_block + addr / SD_BLOCK, off = addr % SD_BLOCK;
         uint32_t k = SD_BLOCK - off < n ? SD_BLOCK - off : n;
@@ -180,6 +181,7 @@ poet_status sd_pager_read(sd_card *sd, uint32_t addr, void *dst, uint32_t n) {
 
 poet_status sd_pager_write(sd_card *sd, uint32_t addr, const void *src, uint32_t n) {
     const uint8_t *in = (const uint8_t *)src;
+    if (sd->op.x) return POET_ERR_PAGER_IO;
     while (n) {
         uint32_t b = sd->first_block + addr / SD_BLOCK, off = addr % SD_BLOCK;
         uint32_t k = SD_BLOCK - off < n ? SD_BLOCK - off : n;
@@ -201,4 +203,222 @@ poet_status sd_pager_write(sd_card *sd, uint32_t addr, const void *src, uint32_t
         n -= k;
     }
     return POET_OK;
+}
+
+/* ---- asynchronous transfers (sdcard.h) -------------------------------------------------------------------
+ * Per card block the stream touches, one of:
+ *   read   CMD17 (at once) -> RTOKEN: poll for the data token -> RDMA: 512 bytes by DMA -> CRC, deselect
+ *   write  CMD24, 0xFF 0xFE (at once) -> WDMA: 512 bytes by DMA -> CRC, data response -> WBUSY: poll until the
+ *          card has programmed the block (MISO 0xFF), deselect
+ * A partial block of a write is read first (unless cached) and merged, then written. */
+enum { A_BLOCK, A_RTOKEN, A_RDMA, A_WDMA, A_WBUSY };
+#define POLL_BYTES 8u /* bytes exchanged per poll while waiting for a token or the end of busy */
+
+static uint8_t stream_byte(const poet_xfer *x, uint32_t j) { return j < x->n ? x->buf[j] : x->trailer[j - x->n]; }
+
+static void async_end(sd_card *sd, poet_status s) {
+    sd_async *a = &sd->op;
+    if (s != POET_OK) {
+        sd->cache_valid = 0; /* whatever the block buffer held may be half-written */
+        deselect(sd);
+    }
+    a->x->status = s;
+    a->x->done = 1;
+    a->x = NULL;
+}
+
+/* The stream bytes of this step copied into (to_card) or out of sd->buf. */
+static void merge(sd_card *sd, int to_card) {
+    sd_async *a = &sd->op;
+    poet_xfer *x = a->x;
+    for (uint32_t i = 0; i < a->k; i++) {
+        uint32_t j = a->pos + i;
+        if (to_card)
+            sd->buf[a->off + i] = stream_byte(x, j);
+        else if (j < x->n)
+            x->buf[j] = sd->buf[a->off + i];
+        else
+            x->trailer[j - x->n] = sd->buf[a->off + i];
+    }
+}
+
+static int start_read(sd_card *sd, uint8_t *into) {
+    sd_async *a = &sd->op;
+    sd->spi->select(1);
+    if (command(sd, CMD17, card_addr(sd, a->block)) != 0) return 0;
+    a->data = into;
+    a->polls = 0;
+    a->step = A_RTOKEN;
+    return 1;
+}
+
+static int start_write(sd_card *sd, const uint8_t *from) {
+    sd_async *a = &sd->op;
+    sd->spi->select(1);
+    if (command(sd, CMD24, card_addr(sd, a->block)) != 0) return 0;
+    uint8_t pre[2] = {0xFF, TOKEN_START};
+    send_buf(sd, pre, 2);
+    a->data = (uint8_t *)(uintptr_t)from;
+    sd->spi->dma_start(from, SD_BLOCK, 0, 0);
+    a->step = A_WDMA;
+    return 1;
+}
+
+/* With irq: n bytes read by DMA into op.peek. 0 while that DMA runs (started now, or earlier and not ended),
+ * 1 once they are there (and counted as polls). */
+static int peek(sd_card *sd, uint32_t n) {
+    sd_async *a = &sd->op;
+    if (!a->polling) {
+        sd->spi->dma_start(0, 0, a->peek, n);
+        a->polling = 1;
+        return 0;
+    }
+    if (!sd->spi->dma_done()) return 0;
+    a->polling = 0;
+    a->polls += n;
+    return 1;
+}
+
+int sd_async_irq(sd_card *sd) {
+    if (!sd->op.x) return 0;
+    sd_async_poll(sd, sd->op.x);
+    return sd->op.x != NULL;
+}
+
+poet_status sd_async_start(sd_card *sd, poet_xfer *x) {
+    if (!sd->ready || !sd->spi->dma_start || sd->op.x) return POET_ERR_PAGER_IO;
+    sd->op = (sd_async){0};
+    sd->op.x = x;
+    x->done = 0;
+    x->status = POET_OK;
+    sd_async_poll(sd, x);
+    return POET_OK;
+}
+
+void sd_async_poll(sd_card *sd, poet_xfer *x) {
+    sd_async *a = &sd->op;
+    if (x->done || a->x != x) return;
+    for (;;) {
+        switch (a->step) {
+        case A_BLOCK: { /* the next block of the stream, or the end */
+            const uint32_t total = x->n + 4u;
+            if (a->pos == total) {
+                async_end(sd, POET_OK);
+                return;
+            }
+            const uint32_t at = x->addr + a->pos;
+            a->block = sd->first_block + at / SD_BLOCK;
+            a->off = at % SD_BLOCK;
+            a->k = SD_BLOCK - a->off < total - a->pos ? SD_BLOCK - a->off : total - a->pos;
+            const int whole = a->k == SD_BLOCK && a->pos + SD_BLOCK <= x->n; /* straight from/to x->buf */
+            const int cached = sd->cache_valid && sd->cached == a->block;
+            int ok = 1;
+            if (x->write) {
+                if (whole) {
+                    if (cached) sd->cache_valid = 0;
+                    ok = start_write(sd, x->buf + a->pos);
+                } else if (cached) {
+                    merge(sd, 1);
+                    ok = start_write(sd, sd->buf);
+                } else {
+                    sd->cache_valid = 0;
+                    ok = start_read(sd, sd->buf); /* then merge and write */
+                }
+            } else if (cached) {
+                merge(sd, 0);
+                a->pos += a->k;
+                continue;
+            } else {
+                if (!whole) sd->cache_valid = 0;
+                ok = start_read(sd, whole ? x->buf + a->pos : sd->buf);
+            }
+            if (!ok) {
+                async_end(sd, POET_ERR_PAGER_IO);
+                return;
+            }
+            break;
+        }
+        case A_RTOKEN: { /* the data token, a few bytes per poll (with irq: one byte per DMA read) */
+            uint8_t t = 0xFF;
+            if (sd->irq) {
+                if (!peek(sd, 1)) return;
+                t = a->peek[0];
+            } else {
+                for (uint32_t i = 0; i < POLL_BYTES && t == 0xFF; i++, a->polls++) t = xfer(sd, 0xFF);
+            }
+            if (t == 0xFF) {
+                if (sd->irq && a->polls < WAIT_BYTES) continue; /* the next byte's DMA */
+                if (a->polls >= WAIT_BYTES) async_end(sd, POET_ERR_PAGER_IO);
+                return;
+            }
+            if (t != TOKEN_START) {
+                async_end(sd, POET_ERR_PAGER_IO);
+                return;
+            }
+            sd->spi->dma_start(0, 0, a->data, SD_BLOCK);
+            a->step = A_RDMA;
+            return;
+        }
+        case A_RDMA: {
+            if (!sd->spi->dma_done()) return;
+            uint8_t crc[2];
+            recv_buf(sd, crc, 2);
+            deselect(sd);
+            if (a->data == sd->buf) {
+                sd->cached = a->block;
+                sd->cache_valid = 1;
+                if (x->write) { /* the read half of a read-modify-write */
+                    merge(sd, 1);
+                    if (!start_write(sd, sd->buf)) {
+                        async_end(sd, POET_ERR_PAGER_IO);
+                        return;
+                    }
+                    break;
+                }
+                merge(sd, 0);
+            }
+            a->pos += a->k;
+            a->step = A_BLOCK;
+            break;
+        }
+        case A_WDMA: {
+            if (!sd->spi->dma_done()) return;
+            uint8_t tail[2] = {0xFF, 0xFF};
+            send_buf(sd, tail, 2);
+            if ((xfer(sd, 0xFF) & 0x1Fu) != 0x05u) { /* data not accepted */
+                async_end(sd, POET_ERR_PAGER_IO);
+                return;
+            }
+            if (a->data == sd->buf) {
+                sd->cached = a->block;
+                sd->cache_valid = 1;
+            }
+            a->polls = 0;
+            a->step = A_WBUSY;
+            break;
+        }
+        case A_WBUSY: { /* the card programs the block: MISO low until it is done (with irq: DMA reads of 8
+                         * bytes, done when the last is 0xFF; the card ignores clocks after busy) */
+            uint8_t r = 0;
+            if (sd->irq) {
+                if (!peek(sd, POLL_BYTES)) return;
+                r = a->peek[POLL_BYTES - 1];
+            } else {
+                for (uint32_t i = 0; i < POLL_BYTES && r != 0xFF; i++, a->polls++) r = xfer(sd, 0xFF);
+            }
+            if (r != 0xFF) {
+                if (sd->irq && a->polls < WAIT_BYTES) continue; /* the next DMA read */
+                if (a->polls >= WAIT_BYTES) async_end(sd, POET_ERR_PAGER_IO);
+                return;
+            }
+            deselect(sd);
+            a->pos += a->k;
+            a->step = A_BLOCK;
+            break;
+        }
+        default:
+            async_end(sd, POET_ERR_PAGER_IO);
+            return;
+        }
+    }
 }

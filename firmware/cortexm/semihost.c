@@ -106,6 +106,24 @@ poet_status poet_port_pager_read(uint32_t addr, void *buf, uint32_t n) {
     return sh_pager_read(addr, buf, n);
 }
 
+/* The host file is read and written at once (semihosting is synchronous); a test build with
+ * -DPOET_PAGER_LATE=N makes it the runtime's late-completion test pager instead. */
+#ifndef POET_PAGER_LATE
+#define POET_PAGER_LATE 0
+#endif
+
+poet_status poet_port_pager_start(poet_xfer *x) {
+    if ((uint64_t)x->addr + x->n + 4u > POET_PAGER_BYTES) return POET_ERR_PAGER_IO;
+    if (POET_PAGER_LATE) {
+        poet_pager_late_start(x, POET_PAGER_LATE);
+        return POET_OK;
+    }
+    poet_pager_now(x);
+    return POET_OK;
+}
+
+void poet_port_pager_poll(poet_xfer *x) { poet_pager_late_poll(x); }
+
 void cm_port_log(const char *msg) { sh_write0(msg); }
 
 void cm_port_fault_exit(void) { sh_exit(POET_EXIT_FAULT); }

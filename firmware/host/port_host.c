@@ -1,9 +1,12 @@
 /* Host port: the generated program as an ordinary process. The byte stream is a TCP connection (one client,
- * reached by the harness as socket://127.0.0.1:PORT) or stdin/stdout (for a pty). The pager is a file, or RAM. */
+ * reached by the harness as socket://127.0.0.1:PORT) or stdin/stdout (for a pty). The pager is a file, or RAM,
+ * and a program's transfers move on a worker thread while the interpreter runs kernels (pager_overlap). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +36,7 @@ static uint32_t pager_size;
 static long corrupt_write = -1; /* test-only fault injection: corrupt the data of this page-out (0-based) */
 static long data_writes;
 static long drop_from = -1; /* test-only: from this data write on (0-based), acknowledge writes but keep old data */
+static uint32_t pager_late; /* test pager: a transfer completes at its N-th poll (0: at once) */
 
 int poet_port_getc(void) {
     if (in_pos == in_len) {
@@ -82,7 +86,7 @@ const char *poet_port_name(void) { return "host"; }
 
 uint32_t poet_port_pager_bytes(void) { return pager_size; }
 
-poet_status poet_port_pager_write(uint32_t addr, const void *buf, uint32_t n) {
+static poet_status pager_write(uint32_t addr, const void *buf, uint32_t n) {
     if ((uint64_t)addr + n > pager_size) return POET_ERR_PAGER_IO;
     static int dropping; /* a data write was dropped: so is its CRC, the 4-byte write after it */
     if (n > 4) dropping = drop_from >= 0 && data_writes >= drop_from;
@@ -106,7 +110,7 @@ poet_status poet_port_pager_write(uint32_t addr, const void *buf, uint32_t n) {
     return POET_OK;
 }
 
-poet_status poet_port_pager_read(uint32_t addr, void *buf, uint32_t n) {
+static poet_status pager_read(uint32_t addr, void *buf, uint32_t n) {
     if ((uint64_t)addr + n > pager_size) return POET_ERR_PAGER_IO;
     if (pager_ram) {
         memcpy(buf, pager_ram + addr, n);
@@ -118,7 +122,130 @@ poet_status poet_port_pager_read(uint32_t addr, void *buf, uint32_t n) {
     return POET_OK;
 }
 
+/* The file and the RAM are reached by the worker and by the synchronous calls (start-up, the link): one at a time. */
+static pthread_mutex_t io_lock = PTHREAD_MUTEX_INITIALIZER;
+
+poet_status poet_port_pager_write(uint32_t addr, const void *buf, uint32_t n) {
+    pthread_mutex_lock(&io_lock);
+    poet_status s = pager_write(addr, buf, n);
+    pthread_mutex_unlock(&io_lock);
+    return s;
+}
+
+poet_status poet_port_pager_read(uint32_t addr, void *buf, uint32_t n) {
+    pthread_mutex_lock(&io_lock);
+    poet_status s = pager_read(addr, buf, n);
+    pthread_mutex_unlock(&io_lock);
+    return s;
+}
+
+/* ---- the worker: a program's transfers, one queue, in the order started ----------------------------------------
+ * poet_port_pager_start queues the record and returns; the worker moves the data and the trailer through the
+ * file (or RAM) and marks the record finished in port_state (XFER_FINISHED | status), under the lock. Only
+ * poet_port_pager_poll, on the interpreter's thread, turns that into x->done and x->status, so the runtime's
+ * fields are written by one thread and the lock orders the worker's bytes before the interpreter reads them.
+ * The runtime keeps at most POET_MAX_XFERS records in flight (the board's pager_queue). */
+#define XFER_QUEUED 0u
+#define XFER_FINISHED 0x80000000u
+#define QUEUE_LEN 8
+
+static pthread_mutex_t q_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t q_work = PTHREAD_COND_INITIALIZER;
+static pthread_t worker;
+static int worker_running, worker_stop;
+static poet_xfer *queue[QUEUE_LEN];
+static unsigned q_head, q_len;
+
+static void *pager_worker(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&q_lock);
+    for (;;) {
+        while (q_len == 0 && !worker_stop) pthread_cond_wait(&q_work, &q_lock);
+        if (q_len == 0) break; /* stopping, and nothing left to move */
+        poet_xfer *x = queue[q_head];
+        const uint32_t addr = x->addr, n = x->n;
+        uint8_t *buf = x->buf;
+        const int write = x->write;
+        uint8_t trailer[4];
+        if (write) memcpy(trailer, x->trailer, 4);
+        pthread_mutex_unlock(&q_lock);
+        poet_status s;
+        if (write) {
+            s = poet_port_pager_write(addr, buf, n);
+            if (s == POET_OK) s = poet_port_pager_write(addr + n, trailer, 4);
+        } else {
+            s = poet_port_pager_read(addr, buf, n);
+            if (s == POET_OK) s = poet_port_pager_read(addr + n, trailer, 4);
+        }
+        pthread_mutex_lock(&q_lock);
+        if (!write) memcpy(x->trailer, trailer, 4);
+        x->port_state = XFER_FINISHED | (uint32_t)s;
+        q_head = (q_head + 1) % QUEUE_LEN;
+        q_len--;
+    }
+    pthread_mutex_unlock(&q_lock);
+    return NULL;
+}
+
+static void worker_join(void) {
+    if (!worker_running) return;
+    pthread_mutex_lock(&q_lock);
+    worker_stop = 1;
+    pthread_cond_signal(&q_work);
+    pthread_mutex_unlock(&q_lock);
+    pthread_join(worker, NULL);
+    worker_running = 0;
+}
+
+/* With --pager-late N the runtime's late-completion test pager replaces the worker (transfers complete at
+ * their N-th poll, in the order they are waited for). */
+poet_status poet_port_pager_start(poet_xfer *x) {
+    if ((uint64_t)x->addr + x->n + 4u > pager_size) return POET_ERR_PAGER_IO;
+    if (pager_late) {
+        poet_pager_late_start(x, pager_late);
+        return POET_OK;
+    }
+    pthread_mutex_lock(&q_lock);
+    if (!worker_running) {
+        worker_stop = 0;
+        if (pthread_create(&worker, NULL, pager_worker, NULL) != 0) {
+            pthread_mutex_unlock(&q_lock);
+            return poet_pager_now(x); /* no thread: move it here, synchronously */
+        }
+        worker_running = 1;
+    }
+    if (q_len == QUEUE_LEN) {
+        pthread_mutex_unlock(&q_lock);
+        return POET_ERR_IN_FLIGHT;
+    }
+    x->done = 0;
+    x->port_state = XFER_QUEUED;
+    queue[(q_head + q_len) % QUEUE_LEN] = x;
+    q_len++;
+    pthread_cond_signal(&q_work);
+    pthread_mutex_unlock(&q_lock);
+    return POET_OK;
+}
+
+void poet_port_pager_poll(poet_xfer *x) {
+    if (pager_late) {
+        poet_pager_late_poll(x);
+        return;
+    }
+    if (x->done) return;
+    pthread_mutex_lock(&q_lock);
+    const uint32_t st = x->port_state;
+    pthread_mutex_unlock(&q_lock);
+    if (st & XFER_FINISHED) {
+        x->status = (poet_status)(st & ~XFER_FINISHED);
+        x->done = 1;
+    } else {
+        sched_yield(); /* the runtime polls in a loop to wait: let the worker have the core */
+    }
+}
+
 void poet_port_exit(int code) {
+    worker_join(); /* the runtime drains its transfers after every step: the queue is empty here */
     if (pager_file) fclose(pager_file);
     free(pager_ram);
     pager_file = NULL;
@@ -184,7 +311,8 @@ static void usage(const char *argv0) {
             "  --stdio         speak the protocol on stdin/stdout (e.g. a pty)\n"
             "  --pager FILE    page to FILE (created); default: RAM\n"
             "  --corrupt-page-write N   test only: corrupt the stored data of the N-th page-out (0-based)\n"
-            "  --drop-page-writes N     test only: from the N-th data write on, acknowledge writes, keep old data\n",
+            "  --drop-page-writes N     test only: from the N-th data write on, acknowledge writes, keep old data\n"
+            "  --pager-late N  test only: a transfer completes at its N-th poll, not when it starts\n",
             argv0);
 }
 
@@ -206,6 +334,8 @@ int main(int argc, char **argv) {
             corrupt_write = atol(argv[++i]);
         } else if (!strcmp(argv[i], "--drop-page-writes") && i + 1 < argc) {
             drop_from = atol(argv[++i]);
+        } else if (!strcmp(argv[i], "--pager-late") && i + 1 < argc) {
+            pager_late = (uint32_t)atol(argv[++i]);
         } else if (!strcmp(argv[i], "--pager-bytes") && i + 1 < argc) {
             pager_bytes = atoll(argv[++i]);
         } else {

@@ -215,7 +215,7 @@ static void spi_select(int on) {
         PORT_OUTSET(PORT_B) = 1u << SD_CS_PIN;
 }
 
-static const sd_spi sd_bus = {spi_xfer, spi_select, spi_set_fast, 0, 0};
+static const sd_spi sd_bus = {spi_xfer, spi_select, spi_set_fast, 0, 0, 0, 0}; /* no DMA: synchronous paging */
 static sd_card sd;
 
 static void spi_init(void) {
@@ -254,6 +254,16 @@ poet_status poet_port_pager_read(uint32_t addr, void *buf, uint32_t n) {
     poet_status s = pager_ready();
     return s == POET_OK ? sd_pager_read(&sd, addr, buf, n) : s;
 }
+
+/* SERCOM1 SPI is driven byte by byte by the core (no DMA in this port): transfers are synchronous behind the
+ * asynchronous interface (boards/mkr1000.toml: pager_overlap false). */
+poet_status poet_port_pager_start(poet_xfer *x) {
+    if ((uint64_t)x->addr + x->n + 4u > POET_PAGER_BYTES) return POET_ERR_PAGER_IO;
+    poet_pager_now(x);
+    return POET_OK;
+}
+
+void poet_port_pager_poll(poet_xfer *x) { (void)x; }
 
 /* ---- start, ticks, diagnostics, exit ------------------------------------------------------------------- */
 void poet_port_init(void) {

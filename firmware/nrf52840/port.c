@@ -4,7 +4,9 @@
  *            hardware flow control, 115200 baud (POET_UART_BAUD), EasyDMA one byte at a time on receive
  *   ticks    DWT cycle counter (core cycles at 64 MHz), extended to 64 bits on every SysTick wrap
  *   pager    SD card over SPIM2 on the DK's Arduino header (SCK P1.15 = D13, MISO P1.14 = D12,
- *            MOSI P1.13 = D11, CS P1.12 = D10), raw 512-byte blocks from block POET_SD_FIRST_BLOCK; or, built
+ *            MOSI P1.13 = D11, CS P1.12 = D10), raw 512-byte blocks from block POET_SD_FIRST_BLOCK; the
+ *            programs' transfers run in the background, each data block moved by SPIM2's EasyDMA while the
+ *            core computes (sdcard.c's sd_async_*, polled by the runtime between instructions); or, built
  *            with -DPOET_PAGER_FLASH=1 (make PAGER=flash), internal flash through the NVMC, in the pages the
  *            linker script reserves after the image (cortexm/flashpager.h)
  *   marker   P1.10 (Arduino D8) is high from a RUN's first tick reading until its reply starts: wired to a
@@ -75,6 +77,13 @@
 #define SPIM_RXD_MAXCNT CM_REG(SPIM2_BASE + 0x538u)
 #define SPIM_TXD_PTR CM_REG(SPIM2_BASE + 0x544u)
 #define SPIM_TXD_MAXCNT CM_REG(SPIM2_BASE + 0x548u)
+#define SPIM_INTENSET CM_REG(SPIM2_BASE + 0x304u)
+#define SPIM_INTENCLR CM_REG(SPIM2_BASE + 0x308u)
+#define SPIM_INT_END (1u << 6) /* INTEN bit of EVENTS_END */
+#define SPIM2_IRQ 35u          /* SPIM2_SPIS2_SPI2: peripheral ID 0x23, the NVIC's IRQ 35 */
+#define NVIC_ISER1 CM_REG(0xE000E104u)
+#define NVIC_ICER1 CM_REG(0xE000E184u)
+#define SPIM2_NVIC_BIT (1u << (SPIM2_IRQ - 32u))
 #define SPIM_CONFIG CM_REG(SPIM2_BASE + 0x554u)
 #define SPIM_ORC CM_REG(SPIM2_BASE + 0x5C0u)
 #define SPIM_K250 0x04000000u
@@ -209,14 +218,26 @@ const char *poet_port_name(void) { return "nrf52840"; }
 #if !(defined(POET_PAGER_FLASH) && POET_PAGER_FLASH)
 static uint8_t spi_one[2];
 
-static void spim_run(const uint8_t *tx, uint32_t ntx, uint8_t *rx, uint32_t nrx) {
+/* One SPIM2 EasyDMA transaction (docs/overlap.md, "The nRF52840's SD pager"):
+ *   TXD.PTR (+0x544) = tx, TXD.MAXCNT (+0x548) = ntx   bytes sent; after them ORC (+0x5C0, 0xFF) is clocked out
+ *   RXD.PTR (+0x534) = rx, RXD.MAXCNT (+0x538) = nrx   bytes received (MAXCNT 0: none kept)
+ *   EVENTS_END (+0x118) = 0, then TASKS_START (+0x010) = 1: the SPIM clocks max(ntx, nrx) bytes on its own,
+ *   reading tx and writing rx in RAM by EasyDMA (both must be in RAM: flash is not reachable by EasyDMA),
+ *   and sets EVENTS_END when both buffers are done. The core is free meanwhile. */
+static void spim_dma_start(const uint8_t *tx, uint32_t ntx, uint8_t *rx, uint32_t nrx) {
     SPIM_TXD_PTR = (uint32_t)(uintptr_t)tx;
     SPIM_TXD_MAXCNT = ntx;
     SPIM_RXD_PTR = (uint32_t)(uintptr_t)rx;
     SPIM_RXD_MAXCNT = nrx;
     SPIM_EVENTS_END = 0;
     SPIM_TASKS_START = 1u;
-    while (!SPIM_EVENTS_END) {
+}
+
+static int spim_dma_done(void) { return SPIM_EVENTS_END != 0; }
+
+static void spim_run(const uint8_t *tx, uint32_t ntx, uint8_t *rx, uint32_t nrx) {
+    spim_dma_start(tx, ntx, rx, nrx);
+    while (!spim_dma_done()) {
     }
 }
 
@@ -257,7 +278,7 @@ static void spi_select(int on) {
 
 static void spi_set_fast(int fast) { SPIM_FREQUENCY = fast ? SPIM_M4 : SPIM_K250; }
 
-static const sd_spi sd_bus = {spi_xfer, spi_select, spi_set_fast, spi_write, spi_read};
+static const sd_spi sd_bus = {spi_xfer, spi_select, spi_set_fast, spi_write, spi_read, spim_dma_start, spim_dma_done};
 static sd_card sd;
 
 static void spi_init(void) {
@@ -293,6 +314,44 @@ poet_status poet_port_pager_read(uint32_t addr, void *buf, uint32_t n) {
     if ((uint64_t)addr + n > POET_PAGER_BYTES) return POET_ERR_PAGER_IO;
     poet_status s = pager_ready();
     return s == POET_OK ? sd_pager_read(&sd, addr, buf, n) : s;
+}
+
+/* Programs' transfers run in the background, chained by SPIM2's END interrupt (docs/overlap.md):
+ * poet_port_pager_start issues the first command, leaves a DMA running (a data block, or a short read of the
+ * token or busy bytes: sd.irq) and enables the interrupt (INTENSET bit 6, NVIC IRQ 35); every EVENTS_END then
+ * runs the next step in the handler, so the blocks move while kernels run. The handler disables the interrupt
+ * when the transfer is done (the synchronous calls' byte exchanges also end in EVENTS_END, and the interrupt is
+ * level-triggered). The runtime's polls run the same state machine with IRQ 35 masked in the NVIC, so the two
+ * never interleave. */
+static void spim2_irq(void) {
+    if (!sd_async_irq(&sd)) SPIM_INTENCLR = SPIM_INT_END;
+}
+
+__attribute__((section(".vectors.irq"), used)) void (*const nrf52840_irq_vectors[SPIM2_IRQ + 1])(void) = {
+    [SPIM2_IRQ] = spim2_irq,
+};
+
+poet_status poet_port_pager_start(poet_xfer *x) {
+    if ((uint64_t)x->addr + x->n + 4u > POET_PAGER_BYTES) return POET_ERR_PAGER_IO;
+    poet_status s = pager_ready();
+    if (s != POET_OK) return s;
+    sd.irq = 1;
+    s = sd_async_start(&sd, x);
+    if (s == POET_OK && !x->done) {
+        SPIM_INTENSET = SPIM_INT_END;
+        NVIC_ISER1 = SPIM2_NVIC_BIT;
+    }
+    return s;
+}
+
+void poet_port_pager_poll(poet_xfer *x) {
+    if (x->done) return;
+    NVIC_ICER1 = SPIM2_NVIC_BIT; /* the handler must not run the state machine while this does */
+    cm_dsb();
+    cm_isb();
+    sd_async_poll(&sd, x);
+    if (sd.op.x == NULL) SPIM_INTENCLR = SPIM_INT_END;
+    NVIC_ISER1 = SPIM2_NVIC_BIT;
 }
 
 /* ---- pager: internal flash (NVMC) ----------------------------------------------------------------------- */
@@ -347,6 +406,14 @@ poet_status poet_port_pager_read(uint32_t addr, void *buf, uint32_t n) {
     poet_status s = pager_ready();
     return s == POET_OK ? fp_read(&fpager, addr, buf, n) : s;
 }
+
+/* The NVMC stalls the core while it erases and programs: flash transfers are synchronous. */
+poet_status poet_port_pager_start(poet_xfer *x) {
+    poet_pager_now(x);
+    return POET_OK;
+}
+
+void poet_port_pager_poll(poet_xfer *x) { (void)x; }
 #endif
 
 /* ---- start, diagnostics, exit -------------------------------------------------------------------------- */

@@ -356,6 +356,7 @@ static poet_status expected_sizes(const poet_model *m, const poet_node *nd, uint
 static uint32_t elem_bytes(const poet_tensor *t) { return t->dtype == POET_U8 ? 1u : 4u; }
 
 poet_status poet_model_validate(const poet_model *m) {
+    if (m->pager_queue < 1 || m->pager_queue > POET_MAX_XFERS) return POET_ERR_PROGRAM;
     for (uint16_t i = 0; i < m->n_nodes; i++) {
         const poet_node *nd = &m->nodes[i];
         uint32_t in[POET_MAX_INPUTS] = {0}, out = 0;
@@ -379,6 +380,9 @@ poet_status poet_model_validate(const poet_model *m) {
                 if (in->arg >= m->n_nodes) return POET_ERR_PROGRAM;
                 t = m->nodes[in->arg].out;
                 break;
+            case POET_OP_WAIT:
+                if (in->arg >= m->n_tensors) return POET_ERR_PROGRAM;
+                continue;
             case POET_OP_PAGE_OUT:
             case POET_OP_PAGE_IN:
             case POET_OP_FREE:
@@ -522,26 +526,107 @@ poet_status poet_tensor_read(const poet_model *m, uint16_t id, uint32_t off, voi
     return POET_OK;
 }
 
-static poet_status page_out(const poet_model *m, uint16_t t) {
-    const poet_tensor *d = &m->tensors[t];
-    if (m->loc[t] == NULL) return POET_ERR_NOT_RESIDENT;
-    uint8_t crc[4];
-    put_u32(crc, poet_crc32(new_copy_crc(m, t), m->loc[t], d->bytes));
-    poet_status s = poet_port_pager_write(d->slot, m->loc[t], d->bytes);
-    if (s == POET_OK) s = poet_port_pager_write(d->slot + d->bytes, crc, 4);
-    return s;
+/* ---- transfers in flight ---------------------------------------------------------------------------------
+ * A slot per transfer started and not yet waited for. PAGE_OUT/STORE compute the CRC from RAM and start the
+ * write of data + CRC; PAGE_IN/LOAD start the read into the arena (the tensor's location is set, but no kernel
+ * may read it before its WAIT checks the CRC). */
+typedef struct {
+    poet_xfer x;
+    uint16_t tensor;
+    uint8_t busy;
+} xfer_slot;
+
+static xfer_slot xfers[POET_MAX_XFERS];
+
+static int ranges_overlap(const uint8_t *a, uint32_t na, const uint8_t *b, uint32_t nb) {
+    return a < b + nb && b < a + na;
 }
 
-static poet_status page_in(const poet_model *m, uint16_t t, uint32_t off) {
-    const poet_tensor *d = &m->tensors[t];
-    void *dst = m->arena + off;
-    uint8_t crc[4];
-    poet_status s = poet_port_pager_read(d->slot, dst, d->bytes);
-    if (s == POET_OK) s = poet_port_pager_read(d->slot + d->bytes, crc, 4);
-    if (s != POET_OK) return s;
-    if (poet_crc32(tag_crc(t, m->wgen[t]), dst, d->bytes) != get_u32(crc)) return POET_ERR_PAGE_CHECKSUM;
-    m->loc[t] = dst;
+static xfer_slot *in_flight(uint16_t t) {
+    for (int k = 0; k < POET_MAX_XFERS; k++)
+        if (xfers[k].busy && xfers[k].tensor == t) return &xfers[k];
+    return NULL;
+}
+
+/* Bytes [p, p + n) are about to be written: no transfer in flight may still read or write them. */
+static poet_status check_reuse(const uint8_t *p, uint32_t n) {
+    for (int k = 0; k < POET_MAX_XFERS; k++)
+        if (xfers[k].busy && ranges_overlap(p, n, xfers[k].x.buf, xfers[k].x.n)) return POET_ERR_IN_FLIGHT;
     return POET_OK;
+}
+
+static void progress(void) {
+    for (int k = 0; k < POET_MAX_XFERS; k++)
+        if (xfers[k].busy && !xfers[k].x.done) poet_port_pager_poll(&xfers[k].x);
+}
+
+static poet_status start_xfer(const poet_model *m, uint8_t op, uint16_t t, uint32_t off) {
+    const poet_tensor *d = &m->tensors[t];
+    const int write = op == POET_OP_PAGE_OUT || op == POET_OP_STORE;
+    xfer_slot *slot = NULL;
+    int busy = 0;
+    if (in_flight(t)) return POET_ERR_IN_FLIGHT;
+    for (int k = 0; k < POET_MAX_XFERS; k++) {
+        if (xfers[k].busy)
+            busy++;
+        else if (!slot)
+            slot = &xfers[k];
+    }
+    if (busy >= m->pager_queue || !slot) return POET_ERR_IN_FLIGHT;
+    uint8_t *buf;
+    if (write) {
+        if (m->loc[t] == NULL) return POET_ERR_NOT_RESIDENT;
+        buf = (uint8_t *)m->loc[t];
+        put_u32(slot->x.trailer, poet_crc32(new_copy_crc(m, t), buf, d->bytes));
+    } else {
+        buf = m->arena + off;
+        poet_status s = check_reuse(buf, d->bytes);
+        if (s != POET_OK) return s;
+    }
+    slot->x.addr = d->slot;
+    slot->x.buf = buf;
+    slot->x.n = d->bytes;
+    slot->x.write = (uint8_t)write;
+    slot->x.done = 0;
+    slot->x.status = POET_OK;
+    slot->x.port_state = 0;
+    poet_status s = poet_port_pager_start(&slot->x);
+    if (s != POET_OK) return s;
+    slot->tensor = t;
+    slot->busy = 1;
+    if (!write) m->loc[t] = buf;
+    return POET_OK;
+}
+
+static poet_status finish(const poet_model *m, xfer_slot *slot) {
+    while (!slot->x.done) poet_port_pager_poll(&slot->x);
+    slot->busy = 0;
+    if (slot->x.status != POET_OK) return slot->x.status;
+    if (!slot->x.write &&
+        poet_crc32(tag_crc(slot->tensor, m->wgen[slot->tensor]), slot->x.buf, slot->x.n) != get_u32(slot->x.trailer))
+        return POET_ERR_PAGE_CHECKSUM;
+    return POET_OK;
+}
+
+/* Wait for every transfer in flight (after an error, or at the end of a step); the first failure counts. */
+static poet_status drain(const poet_model *m) {
+    poet_status first = POET_OK;
+    for (int k = 0; k < POET_MAX_XFERS; k++) {
+        if (!xfers[k].busy) continue;
+        poet_status s = finish(m, &xfers[k]);
+        if (first == POET_OK) first = s;
+    }
+    return first;
+}
+
+/* A kernel may run when none of its inputs is still being read in and its output's bytes are free. */
+static poet_status check_node(const poet_model *m, uint16_t node, uint8_t *out) {
+    const poet_node *nd = &m->nodes[node];
+    for (uint16_t i = 0; i < nd->n_in; i++) {
+        const xfer_slot *x = in_flight(nd->in[i]);
+        if (x && !x->x.write) return POET_ERR_IN_FLIGHT;
+    }
+    return out ? check_reuse(out, m->tensors[nd->out].bytes) : POET_OK;
 }
 
 void poet_reset_locations(const poet_model *m) {
@@ -571,29 +656,32 @@ poet_run_result poet_run(const poet_model *m, int program, float lr, poet_grad_h
         case POET_OP_RUN:
         case POET_OP_RECOMPUTE: {
             uint16_t out = m->nodes[in->arg].out;
-            if (m->tensors[out].home == POET_HOME_ARENA) m->loc[out] = m->arena + in->off;
+            const int arena_out = m->tensors[out].home == POET_HOME_ARENA;
+            s = check_node(m, in->arg, arena_out ? m->arena + in->off : NULL);
+            if (s != POET_OK) break;
+            if (arena_out) m->loc[out] = m->arena + in->off;
             uint64_t t0 = poet_port_ticks();
             s = poet_dispatch(m, in->arg, lr, hook, hook_ctx);
             m->node_ticks[in->arg] += poet_port_ticks() - t0;
             break;
         }
         case POET_OP_PAGE_OUT:
-            s = page_out(m, in->arg);
+            s = start_xfer(m, in->op, in->arg, 0);
             r.page_out_bytes += m->tensors[in->arg].bytes + 4u;
             r.page_outs++;
             break;
         case POET_OP_PAGE_IN:
-            s = page_in(m, in->arg, in->off);
+            s = start_xfer(m, in->op, in->arg, in->off);
             r.page_in_bytes += m->tensors[in->arg].bytes + 4u;
             r.page_ins++;
             break;
         case POET_OP_LOAD:
-            s = page_in(m, in->arg, in->off);
+            s = start_xfer(m, in->op, in->arg, in->off);
             r.load_bytes += m->tensors[in->arg].bytes + 4u;
             r.loads++;
             break;
         case POET_OP_STORE:
-            s = page_out(m, in->arg);
+            s = start_xfer(m, in->op, in->arg, 0);
             r.store_bytes += m->tensors[in->arg].bytes + 4u;
             r.stores++;
             break;
@@ -601,6 +689,18 @@ poet_run_result poet_run(const poet_model *m, int program, float lr, poet_grad_h
             if (m->tensors[in->arg].home == POET_HOME_ARENA || m->tensors[in->arg].home == POET_HOME_STORAGE)
                 m->loc[in->arg] = NULL;
             break;
+        case POET_OP_WAIT: {
+            xfer_slot *x = in_flight(in->arg);
+            if (!x) {
+                s = POET_ERR_PROGRAM;
+                break;
+            }
+            uint64_t t0 = poet_port_ticks();
+            s = finish(m, x);
+            r.wait_ticks += poet_port_ticks() - t0;
+            r.waits++;
+            break;
+        }
         default:
             s = POET_ERR_PROGRAM;
         }
@@ -608,7 +708,14 @@ poet_run_result poet_run(const poet_model *m, int program, float lr, poet_grad_h
             r.status = s;
             break;
         }
+        progress();
     }
+    /* nothing may stay in flight after a step: on an error the DMA must not write into the arena later */
+    poet_status left = POET_OK;
+    for (int k = 0; k < POET_MAX_XFERS; k++)
+        if (xfers[k].busy) left = POET_ERR_IN_FLIGHT;
+    poet_status drained = drain(m);
+    if (r.status == POET_OK) r.status = left != POET_OK ? left : drained;
     r.ticks = poet_port_ticks() - start;
     if (r.status == POET_OK && program == POET_PROG_TRAIN && poet_update_nonfinite) r.status = POET_ERR_NONFINITE_PARAM;
     if (r.status == POET_OK && program == POET_PROG_TRAIN && !isfinite(*(const float *)m->tensors[m->loss].data))

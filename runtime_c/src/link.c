@@ -19,7 +19,7 @@
 #error "POET_FRAME_MAX must be in 64..65535"
 #endif
 
-#define POET_PROTO_VERSION 3
+#define POET_PROTO_VERSION 4
 #define SOF1 0xA5
 #define SOF2 0x5A
 
@@ -275,7 +275,9 @@ static void handle(const poet_model *m, int len) {
         put_u32(out + 36, r.store_bytes);
         put_u32(out + 40, r.loads);
         put_u32(out + 44, r.stores);
-        reply(cmd, seq, r.status, 48);
+        put_u64(out + 48, r.wait_ticks);
+        put_u32(out + 56, r.waits);
+        reply(cmd, seq, r.status, 60);
         return;
     }
     case CMD_TICKS: {

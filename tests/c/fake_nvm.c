@@ -121,7 +121,53 @@ static void fake_select(int on) {
 
 static void fake_fast(int fast) { sd_fake.fast = fast; }
 
-static const sd_spi fake_spi = {fake_xfer, fake_select, fake_fast, 0, 0};
+/* A DMA engine on the fake SPI: the exchange happens only after `dma_late` polls of dma_done (the bytes to send
+ * are read from RAM then, as a DMA engine reads them while it runs). */
+static struct {
+    const uint8_t *tx;
+    uint8_t *rx;
+    uint32_t ntx, nrx, left;
+    int busy;
+    long starts, bytes;
+} dma;
+static uint32_t dma_late;
+
+static void fake_dma_start(const uint8_t *tx, uint32_t ntx, uint8_t *rx, uint32_t nrx) {
+    dma.tx = tx;
+    dma.rx = rx;
+    dma.ntx = ntx;
+    dma.nrx = nrx;
+    dma.left = dma_late;
+    dma.busy = 1;
+    dma.starts++;
+}
+
+static int dma_by_time; /* the DMA advances with the simulated clock (t_sd_async_irq), not with dma_done calls */
+
+static void dma_complete(void);
+
+static int fake_dma_done(void) {
+    if (!dma.busy) return 1;
+    if (dma_by_time) return 0;
+    if (dma.left) {
+        dma.left--;
+        return 0;
+    }
+    dma_complete();
+    return 1;
+}
+
+static void dma_complete(void) {
+    uint32_t n = dma.ntx > dma.nrx ? dma.ntx : dma.nrx;
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t in = fake_xfer(i < dma.ntx ? dma.tx[i] : 0xFF);
+        if (i < dma.nrx) dma.rx[i] = in;
+    }
+    dma.bytes += n;
+    dma.busy = 0;
+}
+
+static const sd_spi fake_spi = {fake_xfer, fake_select, fake_fast, 0, 0, fake_dma_start, fake_dma_done};
 static sd_card card;
 
 int t_sd_init(int sdhc, uint32_t first_block) {
@@ -139,6 +185,83 @@ const uint8_t *t_sd_card(void) { return sd_fake.mem; }
 long t_sd_block_reads(void) { return sd_fake.block_reads; }
 long t_sd_block_writes(void) { return sd_fake.block_writes; }
 long t_sd_bad_frames(void) { return sd_fake.bad_frames; }
+
+/* One asynchronous transfer of n bytes + the 4-byte trailer, the DMA completing each block `late` polls after
+ * it starts; returns the status, or -1 if it finished without a poll while `late` > 0 (not in the background).
+ * *polls gets the number of polls it took. */
+int t_sd_async(int write, uint32_t addr, uint8_t *buf, uint32_t n, uint8_t *trailer, uint32_t late, long *polls) {
+    poet_xfer x;
+    memset(&x, 0, sizeof x);
+    x.addr = addr;
+    x.buf = buf;
+    x.n = n;
+    x.write = (uint8_t)write;
+    if (write) memcpy(x.trailer, trailer, 4);
+    dma_late = late;
+    poet_status s = sd_async_start(&card, &x);
+    if (s != POET_OK) return (int)s;
+    long k = 0;
+    while (!x.done) {
+        if (sd_pager_read(&card, 0, trailer, 1) != POET_ERR_PAGER_IO) return -2; /* the bus is taken */
+        sd_async_poll(&card, &x);
+        k++;
+    }
+    *polls = k;
+    if (!write) memcpy(trailer, x.trailer, 4);
+    return late && !k ? -1 : (int)x.status;
+}
+/* The same transfer driven by the DMA's end interrupt alone (card.irq: the nRF52840's SPIM2 END, IRQ 35): the
+ * core never polls; each tick of the simulated clock advances the running DMA, which ends `late` ticks after it
+ * started and then raises the interrupt (sd_async_irq). Returns the status, -2 if a synchronous call got the bus
+ * meanwhile, -3 if the chain broke (no DMA running, transfer not done). *ticks: the ticks it took, *irqs: the
+ * interrupts, *blocks: the 512-byte DMAs among them. */
+int t_sd_async_irq(int write, uint32_t addr, uint8_t *buf, uint32_t n, uint8_t *trailer, uint32_t late,
+                   long *ticks, long *irqs, long *blocks) {
+    poet_xfer x;
+    memset(&x, 0, sizeof x);
+    x.addr = addr;
+    x.buf = buf;
+    x.n = n;
+    x.write = (uint8_t)write;
+    if (write) memcpy(x.trailer, trailer, 4);
+    dma_late = late;
+    dma_by_time = 1;
+    card.irq = 1;
+    poet_status s = sd_async_start(&card, &x);
+    long k = 0, i = 0, b = 0;
+    int rc = 0, enabled = s == POET_OK && !x.done; /* the port enables the interrupt after start */
+    while (s == POET_OK && !x.done) {
+        if (sd_pager_read(&card, 0, trailer, 1) != POET_ERR_PAGER_IO) {
+            rc = -2;
+            break;
+        }
+        k++;
+        if (!dma.busy || !enabled) {
+            rc = -3;
+            break;
+        }
+        if (dma.left) {
+            dma.left--;
+            continue;
+        }
+        if (dma.ntx == SD_BLOCK || dma.nrx == SD_BLOCK) b++;
+        dma_complete();
+        i++;
+        enabled = sd_async_irq(&card); /* the END interrupt; 0: the handler disables it */
+    }
+    dma_by_time = 0;
+    card.irq = 0;
+    *ticks = k;
+    *irqs = i;
+    *blocks = b;
+    if (rc) return rc;
+    if (s != POET_OK) return (int)s;
+    if (enabled) return -4; /* done, but the interrupt was left enabled */
+    if (!write) memcpy(trailer, x.trailer, 4);
+    return (int)x.status;
+}
+long t_sd_dma_starts(void) { return dma.starts; }
+long t_sd_dma_bytes(void) { return dma.bytes; }
 
 /* ---- fake NOR flash -------------------------------------------------------------------------------------- */
 #define PAGE 4096u

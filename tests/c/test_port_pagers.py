@@ -55,11 +55,28 @@ def lib(tmp_path_factory) -> ctypes.CDLL:
         "t_sd_block_reads",
         "t_sd_block_writes",
         "t_sd_bad_frames",
+        "t_sd_dma_starts",
+        "t_sd_dma_bytes",
         "t_fp_erases",
         "t_fp_bad_programs",
     ):
         getattr(lib, name).restype = ctypes.c_long
     lib.t_fp_capacity.restype = ctypes.c_uint32
+    lib.t_sd_async.argtypes = [
+        ctypes.c_int, ctypes.c_uint32, u8p, ctypes.c_uint32, u8p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_long)
+    ]  # fmt: skip
+    lp = ctypes.POINTER(ctypes.c_long)
+    lib.t_sd_async_irq.argtypes = [
+        ctypes.c_int,
+        ctypes.c_uint32,
+        u8p,
+        ctypes.c_uint32,
+        u8p,
+        ctypes.c_uint32,
+        lp,
+        lp,
+        lp,
+    ]
     return lib
 
 
@@ -106,6 +123,121 @@ def test_sd_whole_blocks_are_not_read_first(lib):
     assert lib.t_sd_block_reads() == reads0 and lib.t_sd_block_writes() == writes0 + 4
     assert lib.t_sd_write(512 + 100, _buf(data), 10) == 0  # part of a block: read, merge, write
     assert lib.t_sd_block_reads() == reads0 + 1 and lib.t_sd_block_writes() == writes0 + 5
+
+
+def _async(lib, write: bool, addr: int, data: np.ndarray, trailer: np.ndarray, late: int) -> int:
+    polls = ctypes.c_long(0)
+    s = lib.t_sd_async(int(write), addr, _buf(data), len(data), _buf(trailer), late, ctypes.byref(polls))
+    assert s == 0, f"asynchronous {'write' if write else 'read'} of {len(data)} B at {addr}: status {s}"
+    return polls.value
+
+
+@pytest.mark.parametrize("sdhc", [1, 0])
+def test_sd_async_transfers_move_blocks_by_dma_in_the_background(lib, sdhc):
+    """The nRF52840's pager path (sd_async_*, a DMA engine on the SPI) against the same fake card: random
+    asynchronous writes and reads of data + trailer mixed with synchronous ones behave like one flat byte array,
+    the DMA moves only whole 512-byte blocks, and a transfer whose DMA completes late takes polls (the core
+    is free meanwhile) and keeps the bus from the synchronous calls until it is done."""
+    assert lib.t_sd_init(sdhc, 100) == 0
+    rng = np.random.default_rng(10 + sdhc)
+    size = 48 * 1024
+    model = np.zeros(size, np.uint8)
+    written = np.zeros(size, bool)
+    for _ in range(120):
+        addr = int(rng.integers(0, size - 4000))
+        n = int(rng.integers(1, 3000))
+        late = int(rng.choice([0, 1, 4]))
+        kind = rng.random()
+        if kind < 0.35:  # asynchronous write: data, then its trailer
+            data = rng.integers(0, 256, n, dtype=np.uint8)
+            tr = rng.integers(0, 256, 4, dtype=np.uint8)
+            polls = _async(lib, True, addr, data, tr, late)
+            model[addr : addr + n], model[addr + n : addr + n + 4] = data, tr
+            written[addr : addr + n + 4] = True
+        elif kind < 0.5:  # synchronous write (the link's WRITE, the reset's copies)
+            data = rng.integers(0, 256, n, dtype=np.uint8)
+            assert lib.t_sd_write(addr, _buf(data), n) == 0
+            model[addr : addr + n] = data
+            written[addr : addr + n] = True
+            continue
+        else:  # asynchronous read into RAM filled with garbage
+            data = np.full(n, 0xA5, np.uint8)
+            tr = np.zeros(4, np.uint8)
+            polls = _async(lib, False, addr, data, tr, late)
+            got = np.concatenate([data, tr])
+            mask = written[addr : addr + n + 4]
+            np.testing.assert_array_equal(got[mask], model[addr : addr + n + 4][mask])
+        if late:
+            assert polls >= late  # it ran in the background: the core polled while the DMA moved a block
+    assert lib.t_sd_dma_bytes() == 512 * lib.t_sd_dma_starts()  # the DMA moves data blocks only
+    # an aligned write of 4 whole blocks: straight from RAM (no read); the trailer's block is read, merged, written
+    r0, w0, d0 = lib.t_sd_block_reads(), lib.t_sd_block_writes(), lib.t_sd_dma_starts()
+    data = rng.integers(0, 256, 2048, dtype=np.uint8)
+    _async(lib, True, 512 * 3, data, np.arange(4, dtype=np.uint8), 2)
+    assert (lib.t_sd_block_reads() - r0, lib.t_sd_block_writes() - w0) == (1, 5)
+    assert lib.t_sd_dma_starts() - d0 == 6
+    card = np.ctypeslib.as_array(lib.t_sd_card(), shape=(16 << 20,))
+    base = 100 * 512 + 512 * 3
+    np.testing.assert_array_equal(card[base : base + 2048], data)
+    np.testing.assert_array_equal(card[base + 2048 : base + 2052], np.arange(4))
+
+
+@pytest.mark.parametrize("sdhc", [1, 0])
+def test_sd_async_transfers_chained_by_the_dma_end_interrupt(lib, sdhc):
+    """The nRF52840's END-interrupt path (sd->irq, sd_async_irq from SPIM2's IRQ 35): the core never polls; a
+    simulated clock advances the DMA and each DMA end raises the interrupt, whose handler runs the next step.
+    Random asynchronous writes and reads (mixed with synchronous writes) still behave like one flat byte array,
+    the transfer finishes through interrupts alone (the chain never breaks: every step ends with a DMA running),
+    the interrupt is disabled when it is done, and the bus stays taken from the synchronous calls meanwhile."""
+    assert lib.t_sd_init(sdhc, 100) == 0
+    rng = np.random.default_rng(20 + sdhc)
+    size = 32 * 1024
+    model = np.zeros(size, np.uint8)
+    written = np.zeros(size, bool)
+    ticks, irqs, blocks = ctypes.c_long(), ctypes.c_long(), ctypes.c_long()
+    moved = 0
+
+    def run(write, addr, data, tr, late):
+        args = (int(write), addr, _buf(data), len(data), _buf(tr), late)
+        s = lib.t_sd_async_irq(*args, ctypes.byref(ticks), ctypes.byref(irqs), ctypes.byref(blocks))
+        assert s == 0, f"interrupt-driven {'write' if write else 'read'} of {len(data)} B at {addr}: {s}"
+
+    for _ in range(60):
+        addr = int(rng.integers(0, size - 3000))
+        n = int(rng.integers(1, 2500))
+        late = int(rng.choice([0, 2, 5]))
+        kind = rng.random()
+        if kind < 0.4:
+            data = rng.integers(0, 256, n, dtype=np.uint8)
+            tr = rng.integers(0, 256, 4, dtype=np.uint8)
+            run(True, addr, data, tr, late)
+            model[addr : addr + n], model[addr + n : addr + n + 4] = data, tr
+            written[addr : addr + n + 4] = True
+        elif kind < 0.5:
+            data = rng.integers(0, 256, n, dtype=np.uint8)
+            assert lib.t_sd_write(addr, _buf(data), n) == 0
+            model[addr : addr + n] = data
+            written[addr : addr + n] = True
+            continue
+        else:
+            data = np.full(n, 0xA5, np.uint8)
+            tr = np.zeros(4, np.uint8)
+            run(False, addr, data, tr, late)
+            got = np.concatenate([data, tr])
+            mask = written[addr : addr + n + 4]
+            np.testing.assert_array_equal(got[mask], model[addr : addr + n + 4][mask])
+        moved += blocks.value
+        # every block's data moved by DMA, each DMA ended in an interrupt, each took `late` ticks of the clock
+        assert irqs.value >= blocks.value and ticks.value >= irqs.value * (late + 1)
+    assert moved > 0
+    # an aligned write of 4 whole blocks: 4 straight from RAM, the trailer's block read, merged and written
+    data = rng.integers(0, 256, 2048, dtype=np.uint8)
+    run(True, 512 * 3, data, np.arange(4, dtype=np.uint8), 3)
+    assert blocks.value == 6
+    card = np.ctypeslib.as_array(lib.t_sd_card(), shape=(16 << 20,))
+    base = 100 * 512 + 512 * 3
+    np.testing.assert_array_equal(card[base : base + 2048], data)
+    np.testing.assert_array_equal(card[base + 2048 : base + 2052], np.arange(4))
 
 
 def test_flash_pager_is_a_flat_byte_array_on_nor_flash(lib):

@@ -50,6 +50,14 @@ def test_board_images_build_offline_and_fit(board_build):
     nm = subprocess.run(["arm-none-eabi-nm", str(elf)], capture_output=True, text=True, check=True).stdout
     vec = int(next(ln.split()[0] for ln in nm.splitlines() if ln.endswith(" cm_vectors")), 16)
     assert vec == (0x2000 if name == "mkr1000" else 0)
+    if name == "nrf52840":  # its SD pager moves data blocks by SPIM EasyDMA while kernels run
+        syms = {ln.split()[-1] for ln in nm.splitlines()}
+        assert {"sd_async_start", "sd_async_poll", "spim_dma_start", "spim_dma_done", "sd_async_irq"} <= syms
+        # SPIM2's END interrupt (IRQ 35) chains the blocks: its vector, right after the 16 core ones, is the handler
+        addr = {ln.split()[-1]: int(ln.split()[0], 16) for ln in nm.splitlines() if len(ln.split()) == 3}
+        assert addr["nrf52840_irq_vectors"] == vec + 16 * 4
+        image = (out / "build" / "poet.bin").read_bytes()
+        assert int.from_bytes(image[(16 + 35) * 4 : (16 + 36) * 4], "little") == addr["spim2_irq"] | 1
 
 
 @needs_arm

@@ -13,9 +13,12 @@ from poetc.schedule import milp, poetgraphs, program, strategies
 
 @pytest.fixture(scope="module")
 def demo() -> pipeline.Planned:
-    """poetc demo's problem: digits-deep-mlp on qemu-m4, 200 KB, 1.2x deadline (it recomputes and pages)."""
+    """poetc demo's problem: digits-deep-mlp on qemu-m4, 200 KB, 1.2x deadline (it recomputes and pages), timed
+    without overlap (the overlap model's TAU rows: tests/e2e/test_overlap_deadline_host.py, test_overlap_host.py)."""
     model = frontend.load("digits-deep-mlp")
-    return pipeline.plan(model, boards.load("qemu-m4"), pipeline.parse_bytes("200K"), "1.2x").problem
+    return pipeline.plan(
+        model, boards.load("qemu-m4"), pipeline.parse_bytes("200K"), "1.2x", overlap=False
+    ).problem
 
 
 # (formulation, remat, paging, storage-limited) -> (binaries, continuous, <= rows, = rows, nonzeros), as built

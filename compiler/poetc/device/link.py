@@ -46,7 +46,7 @@ SOF = b"\xa5\x5a"
 )
 EVT_GRAD = 0x40
 CMD_BAD_FRAME = 0xFF
-PROTO_VERSION = 3
+PROTO_VERSION = 4
 RETRIES = (
     16  # retransmissions of one request after corrupted frames (at a 1% byte error rate half the frames of
 )
@@ -96,6 +96,8 @@ class RunReply:
     store_bytes: int = 0
     loads: int = 0
     stores: int = 0
+    wait_ticks: int = 0  # ticks blocked in WAIT: transfers the computation did not hide
+    waits: int = 0
 
 
 class StatusError(TargetError):
@@ -372,11 +374,11 @@ class Link:
         status, d = self.request(
             CMD_RUN, struct.pack("<BBf", program, 1 if capture else 0, lr), on_event=ev, timeout_s=timeout_s
         )
-        if len(d) < 48:
+        if len(d) < 60:
             if status == 0:
-                raise TargetError(f"target: short RUN reply ({len(d)} bytes of data, 48 expected)")
+                raise TargetError(f"target: short RUN reply ({len(d)} bytes of data, 60 expected)")
             raise StatusError("RUN", status)
-        return RunReply(status, *struct.unpack_from("<IfQIIIIIIII", d, 0))
+        return RunReply(status, *struct.unpack_from("<IfQIIIIIIIIQI", d, 0))
 
     def ticks(self, n_nodes: int) -> list[int]:
         out: list[int] = []

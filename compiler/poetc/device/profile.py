@@ -44,7 +44,7 @@ from ..errors import PoetcError
 from ..fmt import nbytes, seconds, table
 from ..graph.ir import Model
 from ..graph.options import TrainingOptions
-from ..schedule import memplan, simulate, strategies
+from ..schedule import memplan, simulate, strategies, waits
 from ..schedule.program import Instr, Op, Program
 from . import harness, target
 
@@ -204,6 +204,8 @@ def with_pager_probe(
     reps = min(PROBE_MAX_REPEATS, max(1, -(-PROBE_MIN_BYTES // moved)))
     code: list[Instr] = []
     for ins in infer.instrs:
+        if ins.op == Op.WAIT:
+            continue  # the probe gets its own wait points below
         code.append(ins)
         if ins.op == Op.RUN and ins.node == k:
             for _ in range(reps):
@@ -213,8 +215,10 @@ def with_pager_probe(
                     Instr(Op.PAGE_IN, k, ins.stage),
                 ]
     probe = Program("infer", tuple(code), infer.required, infer.keep, infer.ram_homes)
-    replay = simulate.replay(p, probe, budget=p.budget)
+    simulate.replay(p, probe, budget=p.budget)
     plan = memplan.plan(probe, p.mem)
+    probe, plan = waits.insert(p, probe, plan, c.board.pager_queue)
+    replay = simulate.replay(p, probe, budget=p.budget, offsets=plan.offsets)
     if plan.arena_bytes > p.budget:
         say(f"pager probe: its arena ({plan.arena_bytes} B) exceeds the budget; the pager is not measured")
         return c, None

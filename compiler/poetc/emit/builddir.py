@@ -145,6 +145,9 @@ def check_out_dir(out: Path) -> None:
 def schedule_summary(c: Compiled) -> dict[str, Any]:
     out = strategies.figures(c.problem, c.solution, c.fixed_bytes, c.arena_bytes)
     out["fragmentation_repairs"] = c.repairs
+    # the program the device runs, with its wait points (the solution's replay has none)
+    out["waits"] = c.replays[0].waits
+    out["event_time_s"] = c.replays[0].event_time_s
     if c.repairs and c.first_extra_j is not None and out["extra_energy_j"] is not None:
         out["repair_overhead_j"] = out["extra_energy_j"] - c.first_extra_j
     return out

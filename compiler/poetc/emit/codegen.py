@@ -98,6 +98,18 @@ class CodegenInput:
     ckpt_align: int = 256  # checkpoint slots start on this boundary (a flash erase page where there is one)
 
 
+def pager_queue(programs: Iterable[Program]) -> int:
+    """The transfers the device keeps in flight: every program must carry its wait points for it."""
+    progs = list(programs)
+    queues = {p.queue for p in progs}
+    if 0 in queues:
+        bad = next(p.name for p in progs if not p.queue)
+        raise ValueError(f"{bad} program has no wait points (schedule.waits.insert before code generation)")
+    if len(queues) > 1:
+        raise ValueError(f"programs compiled for different pager queues: {sorted(queues)}")
+    return queues.pop() if queues else 1
+
+
 def tensor_ids(tg: TrainingGraph) -> dict[str, int]:
     return {name: i for i, name in enumerate(tg.graph.tensors)}
 
@@ -317,6 +329,7 @@ def render(inp: CodegenInput) -> dict[str, str]:
         "arena_bytes": inp.arena_bytes,
         "arena_words": max(1, (inp.arena_bytes + 3) // 4),
         "storage_bytes": inp.storage_bytes,
+        "pager_queue": pager_queue(inp.programs),
         "hash_bytes": ", ".join(f"0x{inp.hash_hex[i : i + 2]}" for i in range(0, 16, 2)),
         "input": tid[tg.input],
         "label": tid[tg.label],

@@ -85,6 +85,7 @@ def _prog_json(prog: Program, offsets: Sequence[int]) -> dict[str, Any]:
         "required": list(prog.required),
         "keep": list(prog.keep),
         "ram_homes": sorted(prog.ram_homes),
+        "queue": prog.queue,
         "instrs": [[i.op.name, i.node, i.stage, int(o)] for i, o in zip(prog.instrs, offsets, strict=True)],
     }
 
@@ -132,6 +133,7 @@ def replan(b: builddir.BuildInfo, board: Board) -> Problem:
         None,
         params=b.doc.get("param_homes", "ram"),
         training=b.training(),
+        overlap=bool(sched.get("overlap", False)),
         **kw,
     )
     return pl.problem

@@ -28,7 +28,11 @@ Constraint groups, one method of ``Formulation`` each, in the order of the rows:
   _frees              FREE[t,i,k] <= R[t,k];  <= 1 - S_RAM[t+1,i];  <= 1 - R[t,j] for readers j > k
   _stage_start_frees  FREE0[t,i] <= S_RAM[t,i];  <= 1 - S_RAM[t+1,i];  <= 1 - R[t,j] for readers j
   _memory             U[t,k] = U[t,k-] + M_k R[t,k] - sum_i M_i FREE[t,i,k];   U[t,k-] + M_k R[t,k] <= budget
-  _deadline           sum R tau + M_in tau_in + M_out tau_out <= deadline
+  _deadline           sum R tau + M_in tau_in + M_out tau_out <= deadline        (no overlap), or with overlap
+                      C_t = sum_i R[t,i] tau_i   (i not a load node: computation)
+                      X_t = sum_i M_in[t,i] tau_in_i + M_out[t,i] tau_out_i + sum_l R[t,l] tau_l
+                            + sum_{(t,l) in writes} R[l,l] tau_store_l   (transfers on the one bus)
+                      C_t <= TAU[t],  X_t <= TAU[t],  sum_t TAU[t] <= deadline   (TAU continuous, one per stage)
   _storage_capacity   sum_i (M_i + CRC) sum_t M_out[t,i] <= storage
   _homes              R[t,l], S_RAM[t,l], FREE[t,l,k] <= R[l,l]              for every load node l (below)
 
@@ -51,7 +55,9 @@ checks each one independently anyway.
 Two formulations:
   "poet"      (default) the exact per-hazard free rows above, with FREE continuous (freeing only ever helps, so
               it needs no integrality); a page-in serves the stage it happens in; page-outs may follow a
-              computation in the same stage; paging time counts against the deadline.
+              computation in the same stage; paging time counts against the deadline: added to the compute
+              time, or, when the pager overlaps computation (``Problem.overlap``), per stage the larger of the
+              compute and the transfers (T continuous TAU and 2T + 1 rows; the simulator's ``stage_time``).
   "poet2022"  POET's original: binary FREE tied to its hazards by one aggregated big-M pair of rows (whose
               LP relaxation is weak), page-ins only serve the next stage, page-outs only of tensors resident
               at the stage start, page-ins not counted in RAM during their stage. Kept as an ablation.
@@ -291,6 +297,11 @@ class Formulation:
         for t in range(T):
             for k in self.runnable[t]:
                 m.continuous(("U", t, k), float(p.budget))
+        # TAU[t]: the time of stage t when the pager overlaps computation (deadline rows)
+        self.overlap = bool(p.overlap and p.deadline_s is not None and not self.orig)
+        if self.overlap:
+            for t in range(T):
+                m.continuous(("TAU", t), float(p.deadline_s))
         # P[i]: i is ever written to storage (for the capacity row)
         self.storage_row = bool(
             opt.paging
@@ -505,9 +516,40 @@ class Formulation:
                 first = False
 
     def _deadline(self) -> None:
-        """sum R tau + M_in tau_in + M_out tau_out <= deadline   (paging time counts, unlike POET's row)"""
+        """sum R tau + M_in tau_in + M_out tau_out <= deadline   (paging time counts, unlike POET's row); with
+        overlap: C_t <= TAU[t], X_t <= TAU[t], sum_t TAU[t] <= deadline (see the module docstring)"""
         p = self.p
-        self.m.le(self._cost_terms(p.compute_s, p.page_in_s, p.page_out_s, self.store_s), float(p.deadline_s))
+        terms = self._cost_terms(p.compute_s, p.page_in_s, p.page_out_s, self.store_s)
+        if not self.overlap:
+            self.m.le(terms, float(p.deadline_s))
+            return
+        comp, xfer = self.stage_terms(terms)
+        for t in range(p.T):
+            self.m.le([*comp[t], (("TAU", t), -1.0)], 0.0)
+            self.m.le([*xfer[t], (("TAU", t), -1.0)], 0.0)
+        self.m.le([(("TAU", t), 1.0) for t in range(p.T)], float(p.deadline_s))
+
+    def stage_terms(
+        self, terms: list[tuple[Key, float]]
+    ) -> tuple[list[list[tuple[Key, float]]], list[list[tuple[Key, float]]]]:
+        """The time terms of ``_cost_terms`` split per stage into computation and transfers. A load node's
+        computation is a transfer (it reads the master copy), and so is the write-back its R[l,l] pays for,
+        which happens in the stage of the update that changes the tensor."""
+        T = self.p.T
+        comp: list[list[tuple[Key, float]]] = [[] for _ in range(T)]
+        xfer: list[list[tuple[Key, float]]] = [[] for _ in range(T)]
+        writer = self.p.written_by
+        for key, coef in terms:
+            t, i = key[1], key[2]
+            if key[0] == "R" and self.is_load[i]:
+                xfer[t].append((key, float(self.p.compute_s[i])))
+                if t == i and i in writer:
+                    xfer[writer[i][0]].append((key, float(writer[i][2])))
+            elif key[0] == "R":
+                comp[t].append((key, coef))
+            else:
+                xfer[t].append((key, coef))
+        return comp, xfer
 
     def _storage_capacity(self) -> None:
         """sum_i (M_i + CRC) [i is ever paged out] <= storage   ([.] is P[i] in POET 2022, sum_t M_out[t,i]
@@ -662,6 +704,20 @@ class Formulation:
                 z[nb + col] = free[key[1:]]
             elif key[0] == "FREE0":
                 z[nb + col] = free0.get(key[1:], 0.0)
+        if self.overlap:  # TAU[t] = max(C_t, X_t) of the schedule
+            comp, xfer = self.stage_terms(
+                self._cost_terms(p.compute_s, p.page_in_s, p.page_out_s, self.store_s)
+            )
+
+            def value(key: Key) -> float:
+                if key[0] in mats:
+                    return float(mats[key[0]][key[1], key[2]])
+                return 0.0
+
+            for t in range(T):
+                c = sum(coef * value(k) for k, coef in comp[t])
+                x = sum(coef * value(k) for k, coef in xfer[t])
+                z[nb + m.cont[("TAU", t)]] = max(c, x)
         return z
 
 

@@ -40,7 +40,7 @@ class Problem:
     page_out_s: np.ndarray = field(compare=False)
     last_stage: tuple[int, ...]  # node i may only run in stages i..last_stage[i]
     budget: int  # arena bytes
-    deadline_s: float | None = None  # compute + paging time of one step
+    deadline_s: float | None = None  # time of one step (see ``overlap``)
     storage_bytes: int | None = None  # pager capacity (None: unlimited)
     page_overhead: int = 4  # storage bytes added to each paged tensor (its CRC)
     # in-place updates: (update node, nodes that read the updated tensor); the update runs exactly once and
@@ -55,6 +55,10 @@ class Problem:
     store_j: tuple[float, ...] = ()  # per entry of ``writes``: writing l's new value back to storage
     store_s: tuple[float, ...] = ()
     ir_node: tuple[int, ...] = ()  # training-graph node of each node (-1: a load node); () = the identity
+    # the time model: False, a step takes its compute plus its transfers (the core waits for each transfer);
+    # True (a pager with DMA), a stage takes max(its compute, its transfers): transfers serialize on one bus
+    # and the core computes meanwhile (``stage_time``)
+    overlap: bool = False
 
     @property
     def tensor_names(self) -> tuple[str, ...]:
@@ -174,6 +178,12 @@ class Problem:
         return replace(self, budget=int(budget))
 
 
+def stage_time(compute_s: float, transfer_s: float, overlap: bool) -> float:
+    """One stage's time: compute + transfers, or with ``overlap`` the larger of the two (one bus moves the
+    stage's transfers one after the other while the core computes)."""
+    return max(compute_s, transfer_s) if overlap else compute_s + transfer_s
+
+
 def _targets(v: object) -> tuple[str, ...]:
     """``TrainingGraph.in_place`` values: one tensor name, or a tuple of them."""
     return v if isinstance(v, tuple) else (str(v),)
@@ -187,6 +197,7 @@ def from_training(
     storage_bytes: int | None = None,
     persistent: Sequence[str] = (),
     storage_only: bool = False,
+    overlap: bool = False,
 ) -> Problem:
     """The problem of a training graph. ``persistent``: parameters and optimizer state whose home the schedule
     chooses (each becomes a load node right before its first reader); ``storage_only``: none may stay in RAM."""
@@ -281,4 +292,5 @@ def from_training(
         store_j=tuple(store_j),
         store_s=tuple(store_s),
         ir_node=tuple(key if kind == "node" else -1 for kind, key in order),  # type: ignore[misc]
+        overlap=overlap,
     )

@@ -15,6 +15,10 @@ Lowering fixes what a stage does, in this order (the MILP's memory accounting is
      RUN (first time) or RECOMPUTE k, page k out right away if M_out[t, k], then free every tensor whose last
      reader in this stage was k and that the next stage does not keep;
   4. page in what M_in asks for and nothing in the stage read (kept for later stages).
+When the pager overlaps computation (``Problem.overlap``), every page-in of the stage starts right after the
+stage-start frees instead (step 2), so that it moves while the stage's earlier nodes compute; the MILP's memory
+rows count page-ins from the stage start anyway. Where the device waits for a transfer is decided later, on the
+program with its arena offsets (``waits.insert``).
 Then ``finalize`` turns the computations of load nodes into LOADs (a read of a persistent tensor's master
 copy), drops everything about load nodes homed in RAM (their tensors are static), and writes every
 storage-homed tensor that an update changed back to storage (STORE) right after the update.
@@ -43,6 +47,10 @@ class Op(IntEnum):
     RECOMPUTE = 5
     LOAD = 6  # read a storage-homed persistent tensor (a load node's output) from its master copy
     STORE = 7  # write a storage-homed tensor's new value back to its master copy, after its update
+    WAIT = 8  # wait until the transfer in flight of a tensor (PAGE_OUT, PAGE_IN, LOAD, STORE) has completed
+
+
+TRANSFERS = (Op.PAGE_OUT, Op.PAGE_IN, Op.LOAD, Op.STORE)  # the instructions that start a pager transfer
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,10 @@ class Program:
     required: tuple[int, ...]  # nodes that must have run by the end
     keep: tuple[int, ...] = ()  # nodes whose outputs must be resident at the end (e.g. logits)
     ram_homes: frozenset[int] = frozenset()  # load nodes whose tensors stay in RAM (static) the whole step
+    # > 0: transfers are asynchronous and the program carries its wait points for a port that accepts this
+    # many in flight (``waits.insert``): a transfer only starts, a WAIT completes it. 0: not yet compiled for
+    # the device; every transfer is taken to complete as it starts (and there is no WAIT).
+    queue: int = 0
 
     def count(self, op: Op) -> int:
         return sum(1 for i in self.instrs if i.op == op)
@@ -82,6 +94,7 @@ class Program:
             tuple(doc["required"]),
             tuple(doc["keep"]),
             frozenset(int(x) for x in doc.get("ram_homes", ())),
+            int(doc.get("queue", 0)),
         )
 
 
@@ -136,6 +149,12 @@ def lower(p: Problem, s: Schedule) -> Program:
                 code.append(Instr(Op.FREE, i, t))
                 resident.discard(i)
         pending_in = {int(i) for i in np.flatnonzero(s.M_in[t])}
+        if p.overlap:
+            needed = [u for k in runs for u in ins[k] if u in pending_in]
+            for u in dict.fromkeys(needed):
+                code.append(Instr(Op.PAGE_IN, u, t))
+                pending_in.discard(u)
+                resident.add(u)
         for pos, k in enumerate(runs):
             for u in ins[k]:
                 if u in pending_in:
@@ -185,7 +204,7 @@ def finalize(p: Problem, prog: Program, ram_homes: frozenset[int] | set[int] = f
         if ins.op in (Op.RUN, Op.RECOMPUTE):
             code += [Instr(Op.STORE, l, ins.stage) for l in stores.get(ins.node, ())]
     required = tuple(i for i in prog.required if not is_load[i])
-    return Program(prog.name, tuple(code), required, prog.keep, ram)
+    return Program(prog.name, tuple(code), required, prog.keep, ram, prog.queue)
 
 
 def store_all(p: Problem) -> Schedule:

@@ -9,8 +9,20 @@ It knows nothing of the solver or of the lowering's intent; it walks the instruc
   stored; on storage they are only ever LOADed (never computed or paged), never loaded after their in-place
   update, never freed between their update and its write-back (STORE), stored only after the update and only
   once; a step that ends with an updated tensor not written back is rejected;
-- at the end every node has run and the program's ``keep`` tensors are resident.
+- at the end every node has run and the program's ``keep`` tensors are resident;
+- in a program with wait points (``Program.queue`` > 0, ``waits.insert``), where a transfer only starts and
+  ``WAIT t`` completes it: no kernel reads a tensor before its page-in or load completed, no page-out starts
+  before the tensor's page-in completed, at most ``queue`` transfers are in flight, a WAIT names a transfer in
+  flight, the step ends with none in flight, and (given the arena ``offsets``) no kernel output or page-in is
+  placed over bytes a transfer in flight still reads or writes.
 A violation raises ``ScheduleError`` naming the instruction index, the stage and the tensor.
+
+Time. ``time_s`` is the schedule's time model, the one the MILP and the baselines use: per stage, its compute
+(RUN, RECOMPUTE) and its transfers (PAGE_IN, PAGE_OUT, LOAD, STORE) summed, or with ``Problem.overlap`` the
+larger of the two (``problem.stage_time``). ``event_time_s`` plays the program itself on one core and one bus:
+a transfer starts when the bus is free and the core has reached it, the core stalls at a WAIT until the
+transfer completes (a program without wait points, or a pager that cannot overlap, waits for every transfer as
+it starts), so it shows what the stage model leaves out (a kernel that needs a page-in issued just before it).
 """
 
 from __future__ import annotations
@@ -18,8 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import PoetcError
-from .problem import Problem
-from .program import Op, Program
+from .problem import Problem, stage_time
+from .program import TRANSFERS, Op, Program
 
 
 class ScheduleError(PoetcError):
@@ -54,6 +66,10 @@ class Replay:
     param_load_bytes: int = 0
     param_store_bytes: int = 0
     param_ram_bytes: int = 0  # persistent tensors homed in RAM (included in peak_bytes)
+    compute_s: float = 0.0  # the step's computation (RUN, RECOMPUTE)
+    transfer_s: float = 0.0  # the step's transfers (page-ins and -outs, loads, write-backs)
+    event_time_s: float = 0.0  # the program played on one core and one bus (see the module doc)
+    waits: int = 0  # WAIT instructions
 
     @property
     def energy_j(self) -> float:
@@ -69,8 +85,11 @@ class Replay:
         return self.param_load_j + self.param_store_j
 
 
-def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
-    """Walk ``prog`` over problem ``p`` (graph, sizes, costs); raise ScheduleError at the first violation."""
+def replay(
+    p: Problem, prog: Program, budget: int | None = None, offsets: tuple[int, ...] | None = None
+) -> Replay:
+    """Walk ``prog`` over problem ``p`` (graph, sizes, costs); raise ScheduleError at the first violation.
+    ``offsets`` (``MemPlan.offsets``) lets a program with wait points be checked for arena reuse too."""
     name = prog.name
     T = p.T
     names = p.names
@@ -93,7 +112,7 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
     param_ram = used
     peak = used
     peak_pc = 0
-    cj = pij = poj = ts = lj = sj = 0.0
+    cj = pij = poj = lj = sj = 0.0
     n_run = n_re = n_in = n_out = b_in = b_out = 0
     n_ld = n_st = b_ld = b_st = 0
     dirty: set[int] = set()  # storage-homed tensors updated and not yet written back
@@ -101,6 +120,64 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
 
     def tname(i: int) -> str:
         return p.tensor_names[i]
+
+    # time: per stage compute and transfers; the event model's core and bus clocks
+    stage_c: dict[int, float] = {}
+    stage_x: dict[int, float] = {}
+    cpu = bus = 0.0
+    asynchronous = prog.queue > 0
+    if offsets is not None and len(offsets) != len(prog.instrs):
+        raise ValueError(f"{len(offsets)} offsets for {len(prog.instrs)} instructions")
+    where: dict[int, tuple[int, int]] = {}  # arena range of each resident tensor (with offsets)
+    flight: dict[
+        int, tuple[bool, tuple[int, int] | None, float, int]
+    ] = {}  # tensor -> (read, range, done, pc)
+    n_wait = 0
+
+    def compute(st: int, s_: float) -> None:
+        nonlocal cpu
+        stage_c[st] = stage_c.get(st, 0.0) + s_
+        cpu += s_
+
+    def transfer(pc: int, st: int, i: int, s_: float, read: bool) -> None:
+        nonlocal cpu, bus
+        stage_x[st] = stage_x.get(st, 0.0) + s_
+        start = max(cpu, bus)
+        bus = start + s_
+        if not p.overlap:  # the core moves the bytes itself: it waits for every transfer
+            cpu = bus
+        if not asynchronous:
+            cpu = bus
+            return
+        if i in flight:
+            raise fail(
+                pc, st, i, "a transfer starts while another of the same tensor is in flight (missing WAIT)"
+            )
+        if len(flight) >= prog.queue:
+            raise fail(
+                pc,
+                st,
+                i,
+                f"a transfer starts while {len(flight)} are in flight, the port's limit (missing WAIT)",
+            )
+        flight[i] = (read, where.get(i), bus, pc)
+
+    def reuse(pc: int, st: int, i: int, what: str) -> None:
+        """``what`` places tensor i at its offset: no transfer in flight may still use those bytes."""
+        if not asynchronous or offsets is None or not p.mem[i] or i in ram:
+            return
+        rng = (offsets[pc], offsets[pc] + int(p.mem[i]))
+        where[i] = rng
+        for t, (rd, r, _d, tpc) in flight.items():
+            if r is not None and r[0] < rng[1] and rng[0] < r[1]:
+                kind = "page-in" if rd else "page-out"
+                if is_load[t]:
+                    kind = "load" if rd else "write-back"
+                raise fail(
+                    pc, st, t,
+                    f"{what} is placed over arena bytes [{r[0]}, {r[1]}) of this tensor while its {kind} "
+                    f"(instruction {tpc}) is in flight (missing WAIT)",
+                )  # fmt: skip
 
     def fail(pc: int, stage: int, i: int, msg: str) -> ScheduleError:
         return ScheduleError(name, pc, stage, tname(i) if 0 <= i < T else str(i), msg)
@@ -117,6 +194,19 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
         i, st = ins_.node, ins_.stage
         if not 0 <= i < T:
             raise ScheduleError(name, pc, st, str(i), "node index out of range")
+        if ins_.op == Op.WAIT:
+            if not asynchronous:
+                raise fail(pc, st, i, "WAIT in a program without asynchronous transfers")
+            if i not in flight:
+                raise fail(pc, st, i, "WAIT for a tensor with no transfer in flight")
+            cpu = max(cpu, flight.pop(i)[2])
+            n_wait += 1
+            continue
+        if ins_.op in TRANSFERS and i in flight and flight[i][0]:
+            raise fail(
+                pc, st, i, f"{ins_.op.name} reads the tensor before its transfer (instruction "
+                f"{flight[i][3]}) completed (missing WAIT)",
+            )  # fmt: skip
         size = int(p.mem[i])
         if i in ram:
             raise fail(pc, st, i, f"{ins_.op.name} of a tensor homed in RAM")
@@ -133,10 +223,11 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
                 raise fail(pc, st, i, f"loaded after its in-place update {names[writer[i][0]]!r}")
             used += size
             charge(pc, st, i, used)
+            reuse(pc, st, i, "the load")
             resident.add(i)
             ran[i] += 1
             lj += float(p.compute_j[i])
-            ts += float(p.compute_s[i])
+            transfer(pc, st, i, float(p.compute_s[i]), True)
             n_ld += 1
             b_ld += size
             continue
@@ -150,7 +241,7 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
             dirty.discard(i)
             written.add(i)
             sj += writer[i][1]
-            ts += writer[i][2]
+            transfer(pc, st, i, writer[i][2], False)
             n_st += 1
             b_st += size
             continue
@@ -165,6 +256,12 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
             for u in ins[i]:
                 if p.mem[u] > 0 and u not in resident:
                     raise fail(pc, st, u, f"input of node {names[i]!r} is not resident")
+                if u in flight and flight[u][0]:
+                    raise fail(
+                        pc, st, u, f"node {names[i]!r} reads this tensor before its "
+                        f"{'load' if is_load[u] else 'page-in'} (instruction {flight[u][3]}) completed "
+                        "(missing WAIT)",
+                    )  # fmt: skip
             if ran[i] and st > p.last_stage[i]:
                 raise fail(pc, st, i, f"node {names[i]!r} may not run after stage {p.last_stage[i]}")
             if ins_.op == Op.RUN and ran[i]:
@@ -175,12 +272,13 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
                 raise fail(pc, st, i, "computed while already resident")
             charge(pc, st, i, used + size)
             if size:
+                reuse(pc, st, i, f"the output of {names[i]!r}")
                 resident.add(i)
                 used += size
             ran[i] += 1
             dirty.update(l for l in updated_by.get(i, ()) if l not in ram)
             cj += float(p.compute_j[i])
-            ts += float(p.compute_s[i])
+            compute(st, float(p.compute_s[i]))
             n_run += ins_.op == Op.RUN
             n_re += ins_.op == Op.RECOMPUTE
         elif ins_.op == Op.PAGE_OUT:
@@ -190,7 +288,7 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
                 raise fail(pc, st, i, "paged out while not resident")
             stored.add(i)
             poj += float(p.page_out_j[i])
-            ts += float(p.page_out_s[i])
+            transfer(pc, st, i, float(p.page_out_s[i]), False)
             n_out += 1
             b_out += size
         elif ins_.op == Op.PAGE_IN:
@@ -200,9 +298,10 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
                 raise fail(pc, st, i, "paged in while already resident")
             used += size
             charge(pc, st, i, used)
+            reuse(pc, st, i, "the page-in")
             resident.add(i)
             pij += float(p.page_in_j[i])
-            ts += float(p.page_in_s[i])
+            transfer(pc, st, i, float(p.page_in_s[i]), True)
             n_in += 1
             b_in += size
         elif ins_.op == Op.FREE:
@@ -211,6 +310,7 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
             if i in dirty:
                 raise fail(pc, st, i, "freed after its update before its new value was written back")
             resident.discard(i)
+            where.pop(i, None)
             used -= size
         else:
             raise ScheduleError(name, pc, st, tname(i), f"unknown opcode {ins_.op}")
@@ -224,7 +324,15 @@ def replay(p: Problem, prog: Program, budget: int | None = None) -> Replay:
             raise fail(n_prog, -1, k, "must be resident at the end of the program")
     for i in sorted(dirty):
         raise fail(n_prog, -1, i, "the step ends with its new value not written back to storage")
+    for i, (_rd, _r, _d, tpc) in flight.items():
+        raise fail(
+            n_prog, -1, i, f"the step ends with the transfer of instruction {tpc} in flight (missing WAIT)"
+        )
+    c_s, x_s = sum(stage_c.values()), sum(stage_x.values())
+    time_s = sum(
+        stage_time(stage_c.get(t, 0.0), stage_x.get(t, 0.0), p.overlap) for t in {*stage_c, *stage_x}
+    )
     return Replay(
-        peak, peak_pc, cj, pij, poj, ts, n_run, n_re, n_in, n_out, b_in, b_out,
-        lj, sj, n_ld, n_st, b_ld, b_st, param_ram,
+        peak, peak_pc, cj, pij, poj, time_s, n_run, n_re, n_in, n_out, b_in, b_out,
+        lj, sj, n_ld, n_st, b_ld, b_st, param_ram, c_s, x_s, max(cpu, bus), n_wait,
     )  # fmt: skip

@@ -9,6 +9,11 @@
  *   LOAD t @off       read a storage-homed tensor (a parameter or optimizer state whose master copy lives on
  *                     storage) from its slot into arena + off; the CRC must match
  *   STORE t           write a storage-homed tensor's new value back to its slot (+ CRC), after its update
+ *   WAIT t            wait until the transfer of tensor t has completed (a read: its CRC must match)
+ * PAGE_OUT, PAGE_IN, LOAD and STORE only start a transfer (the port's pager may move it by DMA while kernels
+ * run); the program carries its wait points (poetc's waits.insert): before a kernel reads a tensor being read
+ * in, before bytes a transfer still uses are reused, before a transfer beyond the port's queue, at the end.
+ * The interpreter checks each of those and fails with POET_ERR_IN_FLIGHT on a missing wait.
  * The interpreter tracks where each tensor lives now (loc[]), so a tensor may come back at another offset.
  *
  * Homes: ARENA (placed by the program), STATIC (RAM, fixed), FLASH (const, read in place: frozen
@@ -40,8 +45,10 @@ enum {
     POET_OP_FREE = 4,
     POET_OP_RECOMPUTE = 5,
     POET_OP_LOAD = 6,
-    POET_OP_STORE = 7
+    POET_OP_STORE = 7,
+    POET_OP_WAIT = 8
 };
+#define POET_MAX_XFERS 4 /* transfers in flight at once (the runtime's slots; a board's pager_queue is <= this) */
 enum { POET_PROG_TRAIN = 0, POET_PROG_INFER = 1, POET_N_PROGRAMS = 2 };
 enum { POET_FLAG_CAPTURE_GRADS = 1 };
 
@@ -93,6 +100,7 @@ typedef struct {
     /* CRC32s the generator computed: of the tables in their canonical form and of the parameters' initial
      * values in flash (poet_model_check_image) */
     uint32_t tables_crc, init_crc;
+    uint8_t pager_queue;    /* transfers the programs keep in flight at most (1..POET_MAX_XFERS) */
     uint16_t input, label, loss, logits;
     const poet_linear_params *linear;
     const poet_eltwise_params *eltwise;
@@ -132,6 +140,8 @@ typedef struct {
     uint32_t page_ins, page_outs;
     uint32_t load_bytes, store_bytes; /* storage-homed parameters read (LOAD) and written back (STORE) */
     uint32_t loads, stores;
+    uint64_t wait_ticks; /* ticks spent blocked in WAIT (transfers the computation did not hide) */
+    uint32_t waits;
 } poet_run_result;
 
 /* Check tables against each other: every kernel's expected sizes against the tensor table, offsets inside the

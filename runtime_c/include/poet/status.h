@@ -19,7 +19,8 @@
     X(ERR_NONFINITE, 12, "loss is not finite")                              \
     X(ERR_IMAGE_CHECKSUM, 13, "the image's model tables or initial parameter values fail their checksum") \
     X(ERR_NO_CHECKPOINT, 14, "no valid checkpoint on storage")              \
-    X(ERR_NONFINITE_PARAM, 15, "an update made a parameter NaN or infinite")
+    X(ERR_NONFINITE_PARAM, 15, "an update made a parameter NaN or infinite") \
+    X(ERR_IN_FLIGHT, 16, "a tensor or its bytes were used while a transfer was in flight (a missing WAIT)")
 
 typedef enum {
 #define POET_STATUS_ENUM_(name, value, text) POET_##name = value,

@@ -11,7 +11,9 @@ from poetc.resources import runtime_dir
 
 # everything but the interpreter, the link and the training API, which need a port
 KERNEL_SOURCES = sorted(
-    p for p in (runtime_dir() / "src").glob("*.c") if p.name not in ("interp.c", "link.c", "train.c", "pager.c")
+    p
+    for p in (runtime_dir() / "src").glob("*.c")
+    if p.name not in ("interp.c", "link.c", "train.c", "pager.c")
 )
 
 

@@ -264,6 +264,12 @@ def _solve_one(
 
 
 def cmd_solve(a: argparse.Namespace) -> int:
+    if a.graph is not None:
+        return _solve_graph(a)
+    if a.model is None:
+        raise PoetcError("solve: give a MODEL (an ONNX file or a zoo name), or --graph FILE.json")
+    if a.board is None:
+        raise PoetcError("solve: --board is required with a MODEL")
     board = boards.load(a.board)
     opts = _solve_options(a)
     quiet = a.json
@@ -283,6 +289,20 @@ def cmd_solve(a: argparse.Namespace) -> int:
             training=_training(a),
             **_profile_kw(a, model, board),
         )
+        if a.export_graph:
+            from .schedule import graphfile
+
+            graphfile.write(
+                pl.problem,
+                a.export_graph,
+                source=_command_line(),
+                model=a.model,
+                platform=board.name,
+                batch=int(model.graph.tensor(model.input).shape[0]),
+                notes="budget_bytes is the arena: the board's RAM less what poetc fixes outside it "
+                f"({pl.fixed.fixed} B)",
+            )
+            _say(f"wrote the scheduling problem to {a.export_graph}")
         names = list(strategies.NAMES) if a.compare else [a.strategy]
         figs, sols = [], []
         for name in names:
@@ -313,6 +333,45 @@ def cmd_solve(a: argparse.Namespace) -> int:
         print(table(_FIG_HEADERS, _figure_rows(figs), _FIG_ALIGN))
         if a.plot:
             print(f"plots in {a.plot}")
+    return 0 if all(f["feasible"] for f in figs) or a.compare else 1
+
+
+def _solve_graph(a: argparse.Namespace) -> int:
+    """poetc solve --graph FILE.json: the problem as data, every strategy's schedule replayed on it."""
+    from .schedule import graphfile
+
+    for opt, what in ((a.model, "a MODEL"), (a.export_graph, "--export-graph"), (a.profile, "--profile")):
+        if opt is not None:
+            raise PoetcError(f"solve --graph: {what} cannot be given with --graph")
+    opts = _solve_options(a)
+    p = graphfile.read(a.graph, budget=a.ram)
+    if a.deadline is not None:
+        from dataclasses import replace
+
+        p = replace(p, deadline_s=pipeline.parse_deadline(a.deadline, p.floor_s))
+    global _QUIET
+    _QUIET = a.json
+    try:
+        if not a.json:
+            print(f"poetc solve --graph {a.graph}: {p.T} nodes, {len(p.edges)} edges", flush=True)
+        names = list(strategies.NAMES) if a.compare else [a.strategy]
+        figs = []
+        for name in names:
+            task, watch = _solving(f"solving {name}", opts)
+            with task:
+                sol = strategies.run(name, p, opts, progress=_say, watch=watch)
+            # no arena plan here (no tensor layout): the arena is the replay's peak
+            figs.append(strategies.figures(p, sol, 0, sol.replay.peak_bytes if sol.ok else None))
+    finally:
+        _QUIET = False
+    if a.json:
+        print(json.dumps(figs if a.compare else figs[0], indent=1))
+    else:
+        print(
+            f"arena budget {nbytes(p.budget)}; floor energy {joules(p.floor_j)}"
+            + (f"; deadline {seconds(p.deadline_s)}" if p.deadline_s else "")
+        )
+        print(table(_FIG_HEADERS, _figure_rows(figs), _FIG_ALIGN))
     return 0 if all(f["feasible"] for f in figs) or a.compare else 1
 
 
@@ -775,7 +834,18 @@ def make_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_build)
 
     s = _add(sub, "solve", "schedule a model under a RAM budget and print the figures build would produce")
-    _model_args(s)
+    _model_args(s, optional=True)
+    s.add_argument(
+        "--graph",
+        metavar="FILE.json",
+        help="solve a scheduling problem given as data (docs/graph-format.md) instead of a MODEL; --ram "
+        "(the arena budget) and --deadline override the file's",
+    )
+    s.add_argument(
+        "--export-graph",
+        metavar="FILE.json",
+        help="also write MODEL's scheduling problem as data (docs/graph-format.md) for other schedulers",
+    )
     _schedule_args(s)
     s.add_argument(
         "--compare",
@@ -1010,11 +1080,16 @@ def _lr_help() -> str:
 _LR_HELP = _lr_help()
 
 
-def _model_args(s: argparse.ArgumentParser) -> None:
-    s.add_argument("model", help="an ONNX file or a zoo name (" + ", ".join(_zoo_names()) + ")")
+def _model_args(s: argparse.ArgumentParser, optional: bool = False) -> None:
+    """MODEL and --board; ``optional``: both may be left out (poetc solve --graph)."""
+    s.add_argument(
+        "model",
+        nargs="?" if optional else None,
+        help="an ONNX file or a zoo name (" + ", ".join(_zoo_names()) + ")",
+    )
     s.add_argument(
         "--board",
-        required=True,
+        required=not optional,
         type=_board_arg,
         metavar=_choices(boards.names()),
         help="the target board (poetc boards lists them), or a board .toml file",

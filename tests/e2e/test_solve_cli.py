@@ -100,3 +100,18 @@ def test_deadline_too_tight_is_infeasible():
     )
     doc = json.loads(r.stdout)
     assert not doc["feasible"] and r.returncode == 1
+
+
+def test_export_graph_and_solve_it(tmp_path):
+    """poetc solve MODEL --export-graph writes the problem; poetc solve --graph solves it to the same energy,
+    with the short JSON fields (extra_j, bound_j, floor_j); --ram and --deadline override the file's."""
+    g = tmp_path / "mlp.json"
+    args = ["--strategy", "greedy", "--json"]
+    r = poetc("solve", *MLP, "--ram", "232K", "--deadline", "1.5x", "--export-graph", str(g), *args)
+    a = json.loads(r.stdout)
+    b = json.loads(poetc("solve", "--graph", str(g), *args).stdout)
+    assert a["status"] == b["status"] == "heuristic"
+    assert a["extra_j"] > 0 and abs(a["extra_j"] - b["extra_j"]) <= 1e-12 * a["extra_j"]
+    assert a["floor_j"] == b["floor_j"] == json.loads(g.read_text())["floor_j"]
+    bad = poetc("solve", "--graph", str(tmp_path / "none.json"), check=False)
+    assert bad.returncode == 2 and "none.json: no such file" in bad.stderr and "Traceback" not in bad.stderr

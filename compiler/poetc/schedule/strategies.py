@@ -502,6 +502,11 @@ def figures(p: Problem, sol: Solution, fixed_bytes: int, arena_bytes: int | None
         floor_energy_j=p.floor_j,
         extra_energy_j=None if r is None else r.energy_j - p.floor_j,
         bound_extra_j=sol.bound_j,
+        # the same three under short names (poetc solve --json): energy above the floor, the proven lower bound
+        # on it (None: no bound), the floor (one computation of every node, nothing paged)
+        extra_j=None if r is None else r.energy_j - p.floor_j,
+        bound_j=sol.bound_j,
+        floor_j=p.floor_j,
         ram_budget_bytes=fixed_bytes + p.budget,
         deadline_s=p.deadline_s,
     )

@@ -160,10 +160,17 @@ class MilpResult:
         return [(r.elapsed_s, inf if r.best_j is None else r.best_j, r.bound_j or 0.0) for r in self.log]
 
 
-class _Model:
-    """Columns and sparse rows; variables fixed to a constant are substituted away."""
+class OutOfTime(Exception):
+    """The deadline passed while the model was being built (``Milp(deadline=...)``)."""
 
-    def __init__(self) -> None:
+
+class _Model:
+    """Columns and sparse rows; variables fixed to a constant are substituted away. With a ``deadline``
+    (``time.perf_counter()`` seconds), adding rows after it raises ``OutOfTime`` (checked every 4096 rows)."""
+
+    def __init__(self, deadline: float | None = None) -> None:
+        self.deadline = deadline
+        self.n_added = 0
         self.bin: dict[Key, int] = {}
         self.cont: dict[Key, int] = {}
         self.cont_ub: list[float] = []
@@ -188,9 +195,20 @@ class _Model:
     def le(self, terms: Iterable[tuple[Key, float]], rhs: float) -> None:
         """sum(coef * var) <= rhs; unknown keys are zero."""
         self.rows_le.append((list(terms), rhs))
+        self._tick()
 
     def eq(self, terms: Iterable[tuple[Key, float]], rhs: float) -> None:
         self.rows_eq.append((list(terms), rhs))
+        self._tick()
+
+    def _tick(self) -> None:
+        self.n_added += 1
+        if not self.n_added & 4095:
+            self.check()
+
+    def check(self) -> None:
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            raise OutOfTime
 
     def matrix(self, rows: list[tuple[list[tuple[Key, float]], float]]) -> tuple[sp.csr_matrix, np.ndarray]:
         """Rows over the columns [binaries, continuous] and their right-hand sides (constants moved there)."""
@@ -213,12 +231,12 @@ class _Model:
 class Formulation:
     """Builds the MILP of one problem (see the module docstring for the symbols)."""
 
-    def __init__(self, p: Problem, opt: MilpOptions) -> None:
+    def __init__(self, p: Problem, opt: MilpOptions, deadline: float | None = None) -> None:
         if opt.formulation not in ("poet", "poet2022"):
             raise PoetcError(f"unknown formulation {opt.formulation!r} (poet, poet2022)")
         self.p = p
         self.opt = opt
-        self.m = _Model()
+        self.m = _Model(deadline)
         self.orig = opt.formulation == "poet2022"
         if self.orig and p.loads:
             raise PoetcError(
@@ -240,6 +258,7 @@ class Formulation:
         self.store_s = {l: t for l, (_u, _j, t) in p.written_by.items()}
         homeable = set(self.homeable)
         for t in range(T):
+            m.check()
             for i in range(t + 1):
                 if i == t:
                     if i in homeable:
@@ -257,6 +276,7 @@ class Formulation:
                     self.m.binary(("R", t, i))
                     self.runnable[t].append(i)
         for i in range(T):
+            m.check()
             if not self.arena[i]:
                 continue
             for t in range(i + 1, p.horizon[i] + 1):
@@ -271,6 +291,7 @@ class Formulation:
         # FREE[t,i,k]: i's output freed right after node k (k = i or a reader of i) runs in stage t
         self.free_pairs: list[list[tuple[int, int]]] = [[] for _ in range(T)]
         for t in range(T):
+            m.check()
             run = set(self.runnable[t])
             for i in range(t + 1):
                 if not self.arena[i] or (t > p.horizon[i] and i != t):
@@ -285,10 +306,12 @@ class Formulation:
         # FREE0[t,i]: i, resident at the start of stage t, is freed at the stage start (lowering step 2)
         if not self.orig:
             for i in range(T):
+                m.check()
                 if self.arena[i]:
                     for t in range(i + 1, p.horizon[i] + 1):
                         m.continuous(("FREE0", t, i), 1.0)
         for t in range(T):
+            m.check()
             for k in self.runnable[t]:
                 m.continuous(("U", t, k), float(p.budget))
         # P[i]: i is ever written to storage (for the capacity row)
@@ -299,6 +322,7 @@ class Formulation:
         )
         if self.storage_row and self.orig:
             for i in range(T):
+                m.check()
                 if self.arena[i]:
                     m.binary(("P", i))
 
@@ -709,12 +733,22 @@ class Milp:
     """One problem's MILP, built once and solved once or more: ``solve(time_limit_s, start=...)``. With HiGHS
     the same highspy instance is solved again (from a given schedule, without presolve, by ``strategies``)."""
 
-    def __init__(self, p: Problem, opt: MilpOptions = MilpOptions(), strategy: str = "poet") -> None:
+    def __init__(
+        self,
+        p: Problem,
+        opt: MilpOptions = MilpOptions(),
+        strategy: str = "poet",
+        deadline: float | None = None,
+    ) -> None:
+        """``deadline`` (``time.perf_counter()`` seconds): building stops with ``OutOfTime`` after it, and no
+        solve runs past it."""
         self.solver = opt.solver.upper()
         _check_installed(self.solver)
         t0 = time.perf_counter()
-        self.p, self.opt, self.strategy = p, opt, strategy
-        self.f = Formulation(p, opt)
+        self.p, self.opt, self.strategy, self.deadline = p, opt, strategy, deadline
+        self.f = Formulation(p, opt, deadline)
+        if deadline is not None and time.perf_counter() > deadline:
+            raise OutOfTime
         self.lp = self.f.lp()
         self.build_s = time.perf_counter() - t0
         self._highs: _Highs | None = None
@@ -746,10 +780,22 @@ class Milp:
         if self.solver == "HIGHS":
             if self._highs is None:
                 self._highs = _Highs(self.lp, self.opt.verbose)
-            out = self._highs.solve(limit, self.opt.gap, z0, presolve, watch)
+            limit = self._left(limit, t0)
+            out = (
+                self._highs.solve(limit, self.opt.gap, z0, presolve, watch)
+                if limit > 0
+                else _Outcome("no_solution", message="time limit reached before the solver started")
+            )
         else:
             out = self._solve_cvxpy(limit, z0, watch)
         return self._result(out, time.perf_counter() - t0)
+
+    def _left(self, limit: float, t0: float) -> float:
+        """What is left of ``limit`` (counted from ``t0``) and of the deadline."""
+        left = limit - (time.perf_counter() - t0)
+        if self.deadline is not None:
+            left = min(left, self.deadline - time.perf_counter())
+        return left
 
     def _result(self, out: _Outcome, solve_s: float) -> MilpResult:
         m = self.f.m
@@ -823,9 +869,15 @@ class Milp:
     def _solve_cvxpy(self, limit: float, z0: np.ndarray | None, watch: Callable[[Progress], None] | None):
         import cvxpy as cp
 
+        t_build = time.perf_counter()
         prob, x, y = self._cvxpy_problem()
         lp, solver, opt = self.lp, self.solver, self.opt
         nb = lp.n_bin
+        # cvxpy's canonicalization inside solve() takes about as long again as building the problem did
+        spent = time.perf_counter() - t_build
+        limit = self._left(limit - spent, t_build)
+        if limit <= 0.1:
+            return _Outcome("no_solution", message="time limit reached before the solver started")
         kwargs: dict[str, Any] = {"verbose": opt.verbose, **_cvxpy_limits(solver, limit, opt.gap)}
         note, start_j = "", None
         if z0 is not None and solver in CVXPY_WARM_START:
@@ -1007,11 +1059,13 @@ class _Highs:
         run = self.run
         try:
             now = time.perf_counter()
+            if now - run.t0 > run.limit + 0.5:  # HiGHS's own clock missed its time limit: stop it now
+                run.late = True
             if now - run.last_emit >= 0.5:
                 run.emit(run.best, self._bound(run, e.data_out))
         except BaseException as ex:  # re-raised by solve()
             run.error = ex
-        if run.error is not None or run.stop:
+        if run.error is not None or run.stop or run.late:
             e.interrupt()
 
     def _bound(self, run: _HighsRun, d: Any) -> float | None:
@@ -1033,6 +1087,7 @@ class _HighsRun:
         self.start_obj = float("nan")
         self.error: BaseException | None = None
         self.stop = False  # Ctrl-C: HiGHS is asked to stop at its next interrupt check
+        self.late = False  # past the time limit: HiGHS is asked to stop (ends like a time limit)
         self.log: list[Progress] = []
 
     def emit(self, best: float | None, bound: float | None) -> None:

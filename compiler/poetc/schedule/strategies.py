@@ -236,6 +236,10 @@ class _Track:
         if self.watch is not None:
             self.watch(rec)
 
+    def left(self) -> float:
+        """Seconds left of the time limit (the whole run's: model builds and heuristics count)."""
+        return self.t0 + self.limit - time.perf_counter()
+
     def solver(self, rec: Progress) -> None:
         """A record of the MILP of this very problem: its incumbent and its bound both count."""
         self.record(rec.best_j, rec.bound_j, rec.what)
@@ -256,11 +260,12 @@ def _candidates(
         seeds += [h for h in feasible_heuristics(p) if _allowed(p, h.schedule, remat, paging)]
         for h in seeds:
             track.record(h.replay.energy_j - p.floor_j, None, h.strategy)
-    if opt.warm_start and remat and paging:
+    left = track.left()
+    if opt.warm_start and remat and paging and left > 1.0:
         sub = run(
             "paging-only",
             p,
-            replace(opt, time_limit_s=max(1.0, 0.2 * opt.time_limit_s), trace=False),
+            replace(opt, time_limit_s=min(max(1.0, 0.2 * opt.time_limit_s), 0.5 * left), trace=False),
             watch=track.incumbents("paging-only MILP"),
         )
         if sub.ok:
@@ -287,27 +292,34 @@ def _solve_milp(
     is always valid) for half of the time limit, then, if it did not prove optimality, a solve started from
     the best schedule so far, without presolve, for the time left. Other solvers run once, for the whole time
     limit, given the best schedule as cvxpy's warm start. Returns (the MILP's replayed schedule or None, the
-    last solver result, meta)."""
+    last solver result, meta). Everything (the model's build too) ends by the run's time limit."""
     t0 = track.t0
-    model = milp.Milp(
-        p,
-        milp.MilpOptions(
-            solver=opt.solver,
-            time_limit_s=opt.time_limit_s,
-            gap=opt.gap,
-            remat=remat,
-            paging=paging,
-            formulation=opt.formulation,
-            verbose=opt.verbose,
-        ),
-        strategy=name,
+    mopt = milp.MilpOptions(
+        solver=opt.solver,
+        time_limit_s=opt.time_limit_s,
+        gap=opt.gap,
+        remat=remat,
+        paging=paging,
+        formulation=opt.formulation,
+        verbose=opt.verbose,
     )
+    meta: dict[str, Any] = {"formulation": opt.formulation, "remat": remat, "paging": paging}
+    try:
+        model = milp.Milp(p, mopt, strategy=name, deadline=t0 + opt.time_limit_s)
+    except milp.OutOfTime:
+        why = f"time limit reached while building the MILP ({time.perf_counter() - t0:.3g} s)"
+        if progress:
+            progress(f"MILP ({opt.formulation}): {why}")
+        meta["milp_status"] = "no_solution"
+        res = milp.MilpResult("no_solution", None, None, None, 0.0, 0.0, 0, 0, 0, mopt.solver.upper(), why)
+        return None, res, meta
     highs = model.solver == "HIGHS"
     start = trim(p, best_seed.schedule) if best_seed is not None and opt.mip_start and not highs else None
+    left = track.left()
     if not highs:
-        first_s = max(1.0, opt.time_limit_s - (time.perf_counter() - t0))
+        first_s = left
     else:
-        first_s = opt.time_limit_s if best_seed is None or not opt.mip_start else 0.5 * opt.time_limit_s
+        first_s = left if best_seed is None or not opt.mip_start else 0.5 * left
     if progress and highs and first_s < opt.time_limit_s:
         progress(
             f"{name}: time limit {opt.time_limit_s:g} s in two solves: up to {first_s:g} s from scratch, then "
@@ -316,15 +328,12 @@ def _solve_milp(
     if progress:
         progress(model.describe(first_s))
     res = model.solve(first_s, start=start, watch=track.solver)
-    meta: dict[str, Any] = {
-        "formulation": opt.formulation,
+    meta |= {
         "solver": res.solver,
         "n_binary": res.n_binary,
         "n_rows": res.n_rows,
         "build_s": model.build_s,
         "milp_status": res.status,
-        "remat": remat,
-        "paging": paging,
     }
     if res.start_j is not None:
         meta["warm_start"] = best_seed.strategy
@@ -333,7 +342,7 @@ def _solve_milp(
         inc = min(
             [c for c in (milp_sol, best_seed) if c is not None], key=lambda c: c.replay.energy_j, default=None
         )
-        left = opt.time_limit_s - (time.perf_counter() - t0)
+        left = track.left()
         if inc is not None and left > 1.0:
             if progress:
                 whose = "the first HIGHS run's" if inc is milp_sol else inc.strategy
@@ -366,6 +375,9 @@ def _choose(
     """The best of the MILP's schedule and the best candidate, with an honest status: "optimal" only if the
     bound (the solver's, over all its runs) proves it within the requested gap."""
     cands = [c for c in (milp_sol, best_seed) if c is not None]
+    trivial = bound is None
+    if trivial:  # the solver proved nothing: what every schedule pays for sure
+        bound = trivial_bound(p)
     if not cands:
         why = {
             "infeasible": "the solver proved that no schedule fits the budget"
@@ -389,14 +401,21 @@ def _choose(
     msg = (
         f"proven optimal ({how})"
         if proven
-        else f"not proven optimal, gap {100 * gap:.2f}% ({how})"
-        if gap is not None
-        else f"no bound ({how})"
+        else f"not proven optimal, gap {100 * gap:.2f}% ({how}"
+        + ("; the solver gave no bound: the trivial one" if trivial else "")
+        + ")"
     )
     sched = best.schedule if best is milp_sol else from_program(p, best.program, name)
     return Solution(
         name, status, best.program, sched, best.replay, time.perf_counter() - t0, gap, bound, msg, meta
     )
+
+
+def trivial_bound(p: Problem) -> float:
+    """A lower bound on the extra energy of every schedule: the loads (and write-backs) of the persistent
+    tensors that must live on storage (each is loaded at least once); 0 without them."""
+    wb = {l: j for l, (_u, j, _s) in p.written_by.items()}
+    return float(sum(p.compute_j[l] + wb.get(l, 0.0) for l in p.storage_only))
 
 
 def _milp_solution(p: Problem, name: str, res: milp.MilpResult, t0: float, meta: dict) -> Solution | None:

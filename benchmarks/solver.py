@@ -47,7 +47,7 @@ def load(name: str, folder: Path) -> tuple[str, Problem]:
     f = Path(name) if name.endswith(".json") else folder / f"{name}.json"
     if f.exists():
         return f.stem, graphfile.read(f)
-    net, _, plat = f.stem.partition("-")
+    net = f.stem.partition("-")[0]
     board = boards.load("nrf52840")  # POET's Cortex-M4F figures
     p = poetgraphs.build(net, board, batch=1)
     if net == "linear":
@@ -63,6 +63,23 @@ def verdict(graph: str, extra: float | None, gap: float | None, wall: float) -> 
     ok = (most is None or extra <= most * (1 + 1e-6)) and gap is not None and gap <= gap_most
     ok = ok and wall <= s_most
     return "met" if ok else "missed"
+
+
+def row(graph: str, method: str, status: str, extra: float | None, bound: float | None, wall: float) -> list:
+    """One line of the table, printed as it comes."""
+    gap = None if extra is None or bound is None else max(0.0, extra - bound) / max(extra, 1e-30)
+    out = [
+        graph,
+        method,
+        status,
+        "none" if extra is None else f"{extra:.6g}",
+        "-" if bound is None else f"{bound:.6g}",
+        "-" if gap is None else f"{100 * gap:.2f}%",
+        f"{wall:.1f}",
+        verdict(graph, extra, gap, wall) if method == "poet" else "",
+    ]
+    print("  " + "  ".join(str(x) for x in out[1:]), flush=True)
+    return out
 
 
 def main() -> None:
@@ -81,38 +98,21 @@ def main() -> None:
             f"floor {p.floor_j:.6g} J, deadline {p.deadline_s:.4g} s",
             flush=True,
         )
-        found: list[list[object]] = []
-
-        def row(method: str, status: str, extra: float | None, bound: float | None, wall: float) -> None:
-            gap = None if extra is None or bound is None else max(0.0, extra - bound) / max(extra, 1e-30)
-            found.append(
-                [
-                    graph,
-                    method,
-                    status,
-                    "none" if extra is None else f"{extra:.6g}",
-                    "-" if bound is None else f"{bound:.6g}",
-                    "-" if gap is None else f"{100 * gap:.2f}%",
-                    f"{wall:.1f}",
-                    verdict(graph, extra, gap, wall) if method == "poet" else "",
-                ]
-            )
-            print("  " + "  ".join(str(x) for x in found[-1][1:]), flush=True)
-
+        found: list[list] = []
         t0 = time.perf_counter()
         s = strategies.run("greedy", p)
-        row("greedy", s.status, s.extra_j(p), None, time.perf_counter() - t0)
+        found.append(row(graph, "greedy", s.status, s.extra_j(p), None, time.perf_counter() - t0))
         t0 = time.perf_counter()
         s = strategies.run("poet", p, strategies.SolveOptions(solver=a.solver, time_limit_s=a.time_limit))
-        row("poet", s.status, s.extra_j(p), s.bound_j, time.perf_counter() - t0)
+        found.append(row(graph, "poet", s.status, s.extra_j(p), s.bound_j, time.perf_counter() - t0))
         t0 = time.perf_counter()
         try:
             r = milp.solve(
                 p, milp.MilpOptions(solver=a.solver, time_limit_s=a.time_limit, formulation="poet2022")
             )
-            row("poet2022", r.status, r.extra_j, r.bound_j, time.perf_counter() - t0)
+            found.append(row(graph, "poet2022", r.status, r.extra_j, r.bound_j, time.perf_counter() - t0))
         except milp.OutOfTime:
-            row("poet2022", "no_solution", None, None, time.perf_counter() - t0)
+            found.append(row(graph, "poet2022", "no_solution", None, None, time.perf_counter() - t0))
         rows += found
     print()
     print(

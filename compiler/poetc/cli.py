@@ -839,12 +839,13 @@ def make_parser() -> argparse.ArgumentParser:
         "--graph",
         metavar="FILE.json",
         help="solve a scheduling problem given as data (docs/graph-format.md) instead of a MODEL; --ram "
-        "(the arena budget) and --deadline override the file's",
+        "(the arena budget) and --deadline override the file's (default: none, solve MODEL)",
     )
     s.add_argument(
         "--export-graph",
         metavar="FILE.json",
-        help="also write MODEL's scheduling problem as data (docs/graph-format.md) for other schedulers",
+        help="also write MODEL's scheduling problem as data (docs/graph-format.md) for other schedulers "
+        "(default: none)",
     )
     _schedule_args(s)
     s.add_argument(
@@ -1092,7 +1093,8 @@ def _model_args(s: argparse.ArgumentParser, optional: bool = False) -> None:
         required=not optional,
         type=_board_arg,
         metavar=_choices(boards.names()),
-        help="the target board (poetc boards lists them), or a board .toml file",
+        help="the target board (poetc boards lists them), or a board .toml file"
+        + (" (default: none; required with a MODEL)" if optional else ""),
     )
     s.add_argument(
         "--batch", type=int, help="batch size (default: the model input's first dimension; zoo: its own)"

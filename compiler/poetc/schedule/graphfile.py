@@ -81,7 +81,7 @@ def read(path: str | Path, budget: int | None = None, deadline_s: float | None =
         raise PoetcError(f"--graph {path}: cannot read: {getattr(e, 'strerror', None) or e}") from None
     except json.JSONDecodeError as e:
         raise PoetcError(f"--graph {path}: not JSON: {e.msg} at line {e.lineno}") from None
-    return from_dict(d, str(path), budget, deadline_s)
+    return from_dict(d, f"--graph {path}", budget, deadline_s)
 
 
 def from_dict(

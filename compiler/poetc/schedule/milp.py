@@ -771,9 +771,11 @@ class Milp:
         start: Schedule | None = None,
         presolve: bool = True,
         watch: Callable[[Progress], None] | None = None,
+        give_up: tuple[float, float] | None = None,
     ) -> MilpResult:
         """Solve for ``time_limit_s`` (default: the options'), from the schedule ``start`` if given; ``watch``
-        gets ``Progress`` records as the solver finds schedules and raises its bound (HiGHS)."""
+        gets ``Progress`` records as the solver finds schedules and raises its bound (HiGHS). ``give_up``
+        (HiGHS): (seconds, J): stop after that long if no schedule of less extra energy than that was found."""
         limit = self.opt.time_limit_s if time_limit_s is None else time_limit_s
         z0 = self.f.start_values(start) if start is not None else None
         t0 = time.perf_counter()
@@ -782,7 +784,7 @@ class Milp:
                 self._highs = _Highs(self.lp, self.opt.verbose)
             limit = self._left(limit, t0)
             out = (
-                self._highs.solve(limit, self.opt.gap, z0, presolve, watch)
+                self._highs.solve(limit, self.opt.gap, z0, presolve, watch, give_up)
                 if limit > 0
                 else _Outcome("no_solution", message="time limit reached before the solver started")
             )
@@ -966,6 +968,9 @@ class _Highs:
             raise PoetcError("internal error: HiGHS rejected the MILP")
         h.cbMipImprovingSolution.subscribe(self._on_solution)
         h.cbMipInterrupt.subscribe(self._on_interrupt)
+        # inside a long LP (the root's, a node's) the MIP callback is not called: the LP solvers' checks stop it
+        h.cbSimplexInterrupt.subscribe(self._on_lp_interrupt)
+        h.cbIpmInterrupt.subscribe(self._on_lp_interrupt)
         self.run: _HighsRun | None = None
 
     def solve(
@@ -975,6 +980,7 @@ class _Highs:
         z0: np.ndarray | None,
         presolve: bool,
         watch: Callable[[Progress], None] | None,
+        give_up: tuple[float, float] | None = None,
     ) -> _Outcome:
         import highspy
 
@@ -987,6 +993,7 @@ class _Highs:
         ):
             h.setOptionValue(name, value)
         self.run = run = _HighsRun(limit, watch)
+        run.give_up = give_up
         if z0 is not None:
             sol = highspy.HighsSolution()
             sol.col_value = list(z0)
@@ -1061,11 +1068,20 @@ class _Highs:
             now = time.perf_counter()
             if now - run.t0 > run.limit + 0.5:  # HiGHS's own clock missed its time limit: stop it now
                 run.late = True
+            if run.give_up is not None and now - run.t0 > run.give_up[0]:
+                if run.best is None or run.best >= run.give_up[1]:  # nothing better than that in time
+                    run.late = run.gave_up = True
             if now - run.last_emit >= 0.5:
                 run.emit(run.best, self._bound(run, e.data_out))
         except BaseException as ex:  # re-raised by solve()
             run.error = ex
         if run.error is not None or run.stop or run.late:
+            e.interrupt()
+
+    def _on_lp_interrupt(self, e: Any) -> None:
+        run = self.run
+        if run is not None and (run.late or run.stop or time.perf_counter() - run.t0 > run.limit + 0.5):
+            run.late = True
             e.interrupt()
 
     def _bound(self, run: _HighsRun, d: Any) -> float | None:
@@ -1088,6 +1104,10 @@ class _HighsRun:
         self.error: BaseException | None = None
         self.stop = False  # Ctrl-C: HiGHS is asked to stop at its next interrupt check
         self.late = False  # past the time limit: HiGHS is asked to stop (ends like a time limit)
+        self.give_up: tuple[float, float] | None = (
+            None  # (s, J): stop then unless a schedule below J was found
+        )
+        self.gave_up = False
         self.log: list[Progress] = []
 
     def emit(self, best: float | None, bound: float | None) -> None:

@@ -316,18 +316,20 @@ def _solve_milp(
     highs = model.solver == "HIGHS"
     start = trim(p, best_seed.schedule) if best_seed is not None and opt.mip_start and not highs else None
     left = track.left()
-    if not highs:
-        first_s = left
-    else:
-        first_s = left if best_seed is None or not opt.mip_start else 0.5 * left
-    if progress and highs and first_s < opt.time_limit_s:
+    first_s = left
+    # HiGHS: the cold solve may take all the time if it finds schedules better than the best seed; if it has
+    # none by half of it (large graphs), it stops and HiGHS restarts from the best seed
+    give_up = None
+    if highs and best_seed is not None and opt.mip_start:
+        give_up = (0.5 * left, best_seed.replay.energy_j - p.floor_j)
+    if progress and give_up is not None:
         progress(
-            f"{name}: time limit {opt.time_limit_s:g} s in two solves: up to {first_s:g} s from scratch, then "
-            "the rest from the best schedule so far (only if the first does not prove optimality)"
+            f"{name}: {first_s:.3g} s left: a solve from scratch, and if it finds nothing better than the best "
+            f"schedule so far within {give_up[0]:.3g} s, a solve from that schedule for the rest"
         )
     if progress:
         progress(model.describe(first_s))
-    res = model.solve(first_s, start=start, watch=track.solver)
+    res = model.solve(first_s, start=start, watch=track.solver, give_up=give_up)
     meta |= {
         "solver": res.solver,
         "n_binary": res.n_binary,

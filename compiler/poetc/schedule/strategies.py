@@ -288,9 +288,10 @@ def _solve_milp(
     track: _Track,
     progress: Callable[[str], None] | None,
 ) -> tuple[Solution | None, milp.MilpResult, dict[str, Any]]:
-    """The MILP, built once. HiGHS runs twice: a cold solve with presolve (fast on small models, and its bound
-    is always valid) for half of the time limit, then, if it did not prove optimality, a solve started from
-    the best schedule so far, without presolve, for the time left. Other solvers run once, for the whole time
+    """The MILP, built once. HiGHS: a cold solve with presolve (fast on small models, and its bound is always
+    valid) for the time left, given up at half of it if it has nothing better than the best seed by then; then,
+    if it did not prove optimality and time is left, a solve started from the best schedule so far, without
+    presolve, for the rest. Other solvers run once, for the whole time
     limit, given the best schedule as cvxpy's warm start. Returns (the MILP's replayed schedule or None, the
     last solver result, meta). Everything (the model's build too) ends by the run's time limit."""
     t0 = track.t0

@@ -1156,10 +1156,18 @@ def solve(
 ) -> MilpResult:
     """Build and solve once: cold, or from ``opt.warm_start`` (HiGHS: then without presolve, which HiGHS 1.16
     mishandles with a MIP start whose objective presolve shifts: it prunes with a shifted cutoff)."""
-    m = Milp(p, opt, strategy)
+    t0 = time.perf_counter()
+    try:  # the build counts against the time limit
+        m = Milp(p, opt, strategy, deadline=t0 + opt.time_limit_s)
+    except OutOfTime:
+        why = f"time limit reached while building the MILP ({time.perf_counter() - t0:.3g} s)"
+        return MilpResult(
+            "no_solution", None, None, None, 0.0, time.perf_counter() - t0, 0, 0, 0, opt.solver, why
+        )
     if on_progress:
         on_progress(m.describe(opt.time_limit_s))
-    return m.solve(opt.time_limit_s, opt.warm_start, presolve=opt.warm_start is None, watch=watch)
+    left = opt.time_limit_s - (time.perf_counter() - t0)
+    return m.solve(left, opt.warm_start, presolve=opt.warm_start is None, watch=watch)
 
 
 def _check_installed(solver: str) -> None:

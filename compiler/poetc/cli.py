@@ -9,18 +9,25 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import __version__, boards, data, frontend, pipeline, progress
-from .device import harness, target
-from .emit import builddir
+from . import __version__, boards, pipeline, progress
 from .errors import PoetcError
 from .fmt import joules, nbytes, seconds, table
-from .graph.ir import Model
 from .graph.options import TrainingOptions, parse_optimizer
 from .schedule import strategies
+
+if TYPE_CHECKING:
+    from .data import Dataset
+    from .emit.builddir import BuildInfo
+    from .graph.ir import Model
+
+# The frontend (onnx), the device harness and the build directory are imported where they are used: together
+# they take seconds to import, which ``poetc solve --graph`` and its time limit should not pay.
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,7 +86,21 @@ def _solve_options(a: argparse.Namespace) -> strategies.SolveOptions:
     )
 
 
+def _process_age() -> float:
+    """Seconds since this process started (Linux: /proc; elsewhere 0)."""
+    try:
+        start_ticks = float(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        import os
+
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _load_model(a: argparse.Namespace) -> Model:
+    from . import frontend
+
     if a.batch is not None and a.batch <= 0:
         raise PoetcError(f"--batch must be positive, got {a.batch}")
     model = frontend.load(a.model, batch=a.batch)
@@ -203,6 +224,9 @@ def _trainable_line(c: pipeline.Compiled) -> str:
 
 
 def cmd_build(a: argparse.Namespace) -> int:
+    from .device import target
+    from .emit import builddir
+
     board = boards.load(a.board)
     opts = _solve_options(a)
     training = _training(a)
@@ -251,6 +275,8 @@ def _solve_one(
     """What ``poetc build --strategy name`` would produce at this budget (the same pipeline: schedule, arena
     plan, fragmentation re-solves, storage), as figures; or, when it would fail, why, with the strategy's own
     answer. The smallest feasible budget is left to build (its search re-solves many times)."""
+    from .emit import builddir
+
     task, watch = _solving(f"solving {name}", opts)
     try:
         with task:
@@ -346,8 +372,6 @@ def _solve_graph(a: argparse.Namespace) -> int:
     opts = _solve_options(a)
     p = graphfile.read(a.graph, budget=a.ram)
     if a.deadline is not None:
-        from dataclasses import replace
-
         p = replace(p, deadline_s=pipeline.parse_deadline(a.deadline, p.floor_s))
     global _QUIET
     _QUIET = a.json
@@ -356,10 +380,13 @@ def _solve_graph(a: argparse.Namespace) -> int:
             print(f"poetc solve --graph {a.graph}: {p.T} nodes, {len(p.edges)} edges", flush=True)
         names = list(strategies.NAMES) if a.compare else [a.strategy]
         figs = []
-        for name in names:
+        # the time limit is a promise on the process: the first solve gets what the start-up (imports, the
+        # file) left of it
+        first = replace(opts, time_limit_s=max(0.5, opts.time_limit_s - _process_age()))
+        for k, name in enumerate(names):
             task, watch = _solving(f"solving {name}", opts)
             with task:
-                sol = strategies.run(name, p, opts, progress=_say, watch=watch)
+                sol = strategies.run(name, p, first if k == 0 else opts, progress=_say, watch=watch)
             # no arena plan here (no tensor layout): the arena is the replay's peak
             figs.append(strategies.figures(p, sol, 0, sol.replay.peak_bytes if sol.ok else None))
     finally:
@@ -410,7 +437,9 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 
 
 # ---- train ------------------------------------------------------------------------------------------------
-def _dataset(b: builddir.BuildInfo, path: str | None) -> data.Dataset:
+def _dataset(b: BuildInfo, path: str | None) -> Dataset:
+    from . import data
+
     shape = b.input_shape[1:]
     if path and (path == "digits" or path.startswith("digits:")) and not Path(path).exists():
         return data.digits_for(shape, b.classes, only=data.parse_digits(path))
@@ -419,7 +448,7 @@ def _dataset(b: builddir.BuildInfo, path: str | None) -> data.Dataset:
     return data.digits_for(shape, b.classes)
 
 
-def _check_batch(b: builddir.BuildInfo, batch: int | None) -> None:
+def _check_batch(b: BuildInfo, batch: int | None) -> None:
     if batch is not None and batch != b.batch:
         raise PoetcError(
             f"--batch {batch}: {b.dir} was built for batch {b.batch}; "
@@ -427,7 +456,7 @@ def _check_batch(b: builddir.BuildInfo, batch: int | None) -> None:
         )
 
 
-def _lr(a: argparse.Namespace, b: builddir.BuildInfo) -> float:
+def _lr(a: argparse.Namespace, b: BuildInfo) -> float:
     """--lr, or the model's default (zoo.default_lr: measured per zoo model)."""
     from .frontend import zoo
 
@@ -451,6 +480,9 @@ def _check_writable(path: Path, what: str) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from .device import harness, target
+    from .emit import builddir
+
     b = builddir.open_build(Path(a.dir))
     _check_batch(b, a.batch)
     if a.steps < 0:
@@ -563,6 +595,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
+    from .emit import builddir
     from .report import page
 
     b = builddir.open_build(Path(a.dir))
@@ -581,6 +614,9 @@ def cmd_flash(a: argparse.Namespace) -> int:
     import os
     import subprocess
 
+    from .device import target
+    from .emit import builddir
+
     b = builddir.open_build(Path(a.dir))
     board = b.board()
     cmd = target.flash(board, b.dir, port=a.port, env=a.env)
@@ -593,6 +629,9 @@ def cmd_flash(a: argparse.Namespace) -> int:
 
 # ---- verify -----------------------------------------------------------------------------------------------
 def cmd_verify(a: argparse.Namespace) -> int:
+    from .device import harness, target
+    from .emit import builddir
+
     b = builddir.open_build(Path(a.dir))
     tgt = target.for_board(b.board(), port=a.port)
     ds = _dataset(b, a.data)
@@ -618,6 +657,9 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 # ---- export -----------------------------------------------------------------------------------------------
 def cmd_export(a: argparse.Namespace) -> int:
+    from . import frontend
+    from .emit import builddir
+
     b = builddir.open_build(Path(a.dir))
     trained = b.load_trained(a.run)
     model = frontend.load(b.dir / "model.onnx", batch=b.batch)
@@ -653,6 +695,7 @@ def _record_build(c: pipeline.Compiled, out: Path) -> None:
 def cmd_fleet(a: argparse.Namespace) -> int:
     """A local fleet in Flower's simulation (MODEL), or one board joining a real SuperLink (--connect)."""
     from . import fleet
+    from .emit import builddir
 
     fleet.require_flower()
     from .fleet import local, partition
@@ -1078,7 +1121,20 @@ def _lr_help() -> str:
     return f"SGD learning rate (default: the model's: {rates}; ONNX files {zoo.ONNX_LR:g})"
 
 
-_LR_HELP = _lr_help()
+class _LateHelp(str):
+    """A help text made only when argparse shows it (``_expand_help`` formats it with ``%``): the zoo's names and
+    learning rates need the frontend, whose import (onnx) takes seconds that ``solve --graph`` should not pay."""
+
+    def __new__(cls, make: Callable[[], str]) -> _LateHelp:
+        s = super().__new__(cls, "(made when shown)")
+        s.make = make  # type: ignore[attr-defined]
+        return s
+
+    def __mod__(self, params: object) -> str:
+        return self.make() % params  # type: ignore[attr-defined]
+
+
+_LR_HELP = _LateHelp(_lr_help)
 
 
 def _model_args(s: argparse.ArgumentParser, optional: bool = False) -> None:
@@ -1086,7 +1142,7 @@ def _model_args(s: argparse.ArgumentParser, optional: bool = False) -> None:
     s.add_argument(
         "model",
         nargs="?" if optional else None,
-        help="an ONNX file or a zoo name (" + ", ".join(_zoo_names()) + ")",
+        help=_LateHelp(lambda: "an ONNX file or a zoo name (" + ", ".join(_zoo_names()) + ")"),
     )
     s.add_argument(
         "--board",

@@ -93,6 +93,9 @@ from .program import Schedule
 
 Key = tuple  # ("R", t, i) and friends
 
+FORMULATIONS = ("poet", "compact", "poet2022")  # and "relaxed", the bound model of strategies
+COMPACT_C = 3  # computations of one output the compact formulation allows (Moccasin's C)
+
 MILP_SOLVERS = ("HIGHS", "SCIP", "GUROBI", "CPLEX", "MOSEK", "CBC", "GLPK_MI", "XPRESS", "COPT")
 CVXPY_WARM_START = ("GUROBI", "XPRESS", "COPT")  # MILP solvers whose cvxpy interface passes a warm start on
 
@@ -234,12 +237,15 @@ class Formulation:
     """Builds the MILP of one problem (see the module docstring for the symbols)."""
 
     def __init__(self, p: Problem, opt: MilpOptions, deadline: float | None = None) -> None:
-        if opt.formulation not in ("poet", "poet2022"):
-            raise PoetcError(f"unknown formulation {opt.formulation!r} (poet, poet2022)")
+        if opt.formulation not in (*FORMULATIONS, "relaxed"):
+            raise PoetcError(f"unknown formulation {opt.formulation!r} ({', '.join(FORMULATIONS)})")
         self.p = p
         self.opt = opt
         self.m = _Model(deadline)
         self.orig = opt.formulation == "poet2022"
+        # compact: one memory row per stage, no FREE/U columns; relaxed: its lower-bound twin (see module doc)
+        self.compact = opt.formulation in ("compact", "relaxed")
+        self.relaxed = opt.formulation == "relaxed"
         if self.orig and p.loads:
             raise PoetcError(
                 "formulation poet2022 keeps every parameter in RAM: build with --params ram to use it"
@@ -292,7 +298,7 @@ class Formulation:
                     self.m.binary(("M_out", t, i))
         # FREE[t,i,k]: i's output freed right after node k (k = i or a reader of i) runs in stage t
         self.free_pairs: list[list[tuple[int, int]]] = [[] for _ in range(T)]
-        for t in range(T):
+        for t in range(T if not self.compact else 0):
             m.check()
             run = set(self.runnable[t])
             for i in range(t + 1):
@@ -306,16 +312,22 @@ class Formulation:
                             m.continuous(("FREE", t, i, k), 1.0)
                         self.free_pairs[t].append((i, k))
         # FREE0[t,i]: i, resident at the start of stage t, is freed at the stage start (lowering step 2)
-        if not self.orig:
+        if not self.orig and not self.compact:
             for i in range(T):
                 m.check()
                 if self.arena[i]:
                     for t in range(i + 1, p.horizon[i] + 1):
                         m.continuous(("FREE0", t, i), 1.0)
-        for t in range(T):
+        for t in range(T if not self.compact else 0):
             m.check()
             for k in self.runnable[t]:
                 m.continuous(("U", t, k), float(p.budget))
+        # relaxed: K[t,i] >= S_RAM[t+1,i] - M_in[t,i], i is in RAM while the frontier node t runs
+        if self.relaxed:
+            for t in range(T):
+                m.check()
+                for i in self._kept(t):
+                    m.continuous(("K", t, i), 1.0)
         # P[i]: i is ever written to storage (for the capacity row)
         self.storage_row = bool(
             opt.paging
@@ -335,10 +347,17 @@ class Formulation:
         self._residency()
         if not self.orig:
             self._usefulness()
-        self._frees()
-        if not self.orig:
-            self._stage_start_frees()
-        self._memory()
+        if self.compact:
+            if self.relaxed:
+                self._frontier_memory()
+            else:
+                self._stage_memory()
+                self._computations()
+        else:
+            self._frees()
+            if not self.orig:
+                self._stage_start_frees()
+            self._memory()
         if self.p.deadline_s is not None:
             self._deadline()
         if self.storage_row:
@@ -529,6 +548,70 @@ class Formulation:
                 m.eq([(("U", t, k), -1.0), *prev, *run, *frees], -held if first else 0.0)
                 prev = [(("U", t, k), 1.0)]
                 first = False
+
+    def _held(self) -> tuple[list[tuple[Key, float]], float]:
+        """The persistent tensors homed in RAM, in every memory row: sum_l M_l (1 - R[l,l]) as (terms, held)."""
+        mem = self.p.mem
+        return [(("R", l, l), -float(mem[l])) for l in self.homeable], float(sum(mem[l] for l in self.homeable))
+
+    def _stage_memory(self) -> None:
+        """(compact) One row per stage, everything the stage touches counted at once:
+        sum_i M_i (S_RAM[t,i] + R[t,i] + M_in[t,i])  <=  budget   (+ the RAM homes)
+        The lowering never holds more than that in stage t (what is resident at its start, computed or paged
+        in during it), so every solution fits; it forgoes the reuse of memory freed inside a stage."""
+        p, m = self.p, self.m
+        mem = p.mem.astype(float)
+        homes, held = self._held()
+        for t in range(p.T):
+            m.check()
+            row = [*homes]
+            for i in range(t + 1):
+                if self.arena[i] and (t <= p.horizon[i] or i == t):
+                    row += [((kind, t, i), mem[i]) for kind in ("S_RAM", "R", "M_in") if m.has((kind, t, i))]
+            m.le(row, float(p.budget) - held)
+
+    def _computations(self) -> None:
+        """(compact) At most C computations and C page-ins of each output (Moccasin's bounded recomputation):
+        sum_{t>i} R[t,i] <= C - 1,   sum_t M_in[t,i] <= C"""
+        p, m = self.p, self.m
+        c = COMPACT_C
+        for i in range(p.T):
+            recs = [(("R", t, i), 1.0) for t in range(i + 1, p.T) if m.has(("R", t, i)) and ("R", t, i) in m.bin]
+            if len(recs) > c - 1:
+                m.le(recs, float(c - 1))
+            ins = [(("M_in", t, i), 1.0) for t in range(i, p.T) if ("M_in", t, i) in m.bin]
+            if len(ins) > c:
+                m.le(ins, float(c))
+
+    def _kept(self, t: int) -> list[int]:
+        """(relaxed) Outputs other than the frontier node's and its inputs that may be resident while it runs."""
+        p = self.p
+        ins = set(p.inputs[t])
+        return [i for i in range(t) if self.arena[i] and i not in ins and t + 1 <= p.horizon[i]]
+
+    def _frontier_memory(self) -> None:
+        """(relaxed) What must be in RAM while the frontier node t runs: its output, its inputs, and every
+        output kept into stage t+1 that was not paged in after it (a page-in in stage t of a tensor no node of
+        the stage reads comes at its end):
+        M_t R[t,t] + sum_{u in(t)} M_u (R[t,u] + S_RAM[t,u] + M_in[t,u]) + sum_i M_i K[t,i] <= budget,
+        K[t,i] >= S_RAM[t+1,i] - M_in[t,i] (continuous, >= 0), + the RAM homes.
+        Every schedule satisfies these rows, so this model's bound is a bound of the true problem's
+        (it is no schedule: its rows miss the rest of each stage)."""
+        p, m = self.p, self.m
+        mem = p.mem.astype(float)
+        homes, held = self._held()
+        for t in range(p.T):
+            m.check()
+            row = [*homes]
+            if self.arena[t]:
+                row.append((("R", t, t), mem[t]))
+            for u in set(p.inputs[t]):
+                if self.arena[u]:
+                    row += [((kind, t, u), mem[u]) for kind in ("R", "S_RAM", "M_in")]
+            for i in self._kept(t):
+                m.le([(("K", t, i), -1.0), (("S_RAM", t + 1, i), 1.0), (("M_in", t, i), -1.0)], 0.0)
+                row.append((("K", t, i), mem[i]))
+            m.le(row, float(p.budget) - held)
 
     def _deadline(self) -> None:
         """sum R tau + M_in tau_in + M_out tau_out <= deadline   (paging time counts, unlike POET's row)"""

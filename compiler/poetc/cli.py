@@ -19,7 +19,7 @@ from . import __version__, boards, pipeline, progress
 from .errors import PoetcError
 from .fmt import joules, nbytes, seconds, table
 from .graph.options import TrainingOptions, parse_optimizer
-from .schedule import strategies
+from .schedule import milp, strategies
 
 if TYPE_CHECKING:
     from .data import Dataset
@@ -1230,8 +1230,9 @@ def _schedule_args(s: argparse.ArgumentParser, sweep: bool = False) -> None:
     s.add_argument(
         "--formulation",
         default="poet",
-        choices=["poet", "poet2022"],
-        help="the MILP: poetc's, or POET's original (an ablation)",
+        choices=list(milp.FORMULATIONS),
+        help="the MILP: poetc's; compact (one memory row per stage, at most 3 computations per output; its bound "
+        "from a relaxed model solved in a second process); or POET's original (an ablation)",
     )
     s.add_argument("--no-remat", action="store_true", help="POET without recomputation")
     s.add_argument("--no-paging", action="store_true", help="POET without paging")

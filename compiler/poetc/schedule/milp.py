@@ -552,7 +552,9 @@ class Formulation:
     def _held(self) -> tuple[list[tuple[Key, float]], float]:
         """The persistent tensors homed in RAM, in every memory row: sum_l M_l (1 - R[l,l]) as (terms, held)."""
         mem = self.p.mem
-        return [(("R", l, l), -float(mem[l])) for l in self.homeable], float(sum(mem[l] for l in self.homeable))
+        return [(("R", l, l), -float(mem[l])) for l in self.homeable], float(
+            sum(mem[l] for l in self.homeable)
+        )
 
     def _stage_memory(self) -> None:
         """(compact) One row per stage, everything the stage touches counted at once:
@@ -576,7 +578,9 @@ class Formulation:
         p, m = self.p, self.m
         c = COMPACT_C
         for i in range(p.T):
-            recs = [(("R", t, i), 1.0) for t in range(i + 1, p.T) if m.has(("R", t, i)) and ("R", t, i) in m.bin]
+            recs = [
+                (("R", t, i), 1.0) for t in range(i + 1, p.T) if m.has(("R", t, i)) and ("R", t, i) in m.bin
+            ]
             if len(recs) > c - 1:
                 m.le(recs, float(c - 1))
             ins = [(("M_in", t, i), 1.0) for t in range(i, p.T) if ("M_in", t, i) in m.bin]

@@ -305,9 +305,13 @@ def _solve_milp(
         verbose=opt.verbose,
     )
     meta: dict[str, Any] = {"formulation": opt.formulation, "remat": remat, "paging": paging}
+    compact = opt.formulation == "compact"
+    bounder = _Bounder(p, mopt, t0 + opt.time_limit_s) if compact else None
     try:
         model = milp.Milp(p, mopt, strategy=name, deadline=t0 + opt.time_limit_s)
     except milp.OutOfTime:
+        if bounder is not None:
+            bounder.collect(track)
         why = f"time limit reached while building the MILP ({time.perf_counter() - t0:.3g} s)"
         if progress:
             progress(f"MILP ({opt.formulation}): {why}")
@@ -330,7 +334,10 @@ def _solve_milp(
         )
     if progress:
         progress(model.describe(first_s))
-    res = model.solve(first_s, start=start, watch=track.solver, give_up=give_up)
+    # compact: its schedules are schedules of the problem, its bound is not (it forgoes memory freed inside a
+    # stage); the bound comes from the relaxed model, solved meanwhile in another process
+    watch = track.incumbents("compact MILP") if compact else track.solver
+    res = model.solve(first_s, start=start, watch=watch, give_up=give_up)
     meta |= {
         "solver": res.solver,
         "n_binary": res.n_binary,
@@ -353,7 +360,7 @@ def _solve_milp(
                     f"MILP ({opt.formulation}): restarting HIGHS from the best schedule so far ({whose}) for "
                     f"{left:.3g} s, presolve off"
                 )
-            res2 = model.solve(left, start=trim(p, inc.schedule), presolve=False, watch=track.solver)
+            res2 = model.solve(left, start=trim(p, inc.schedule), presolve=False, watch=watch)
             meta["milp_status"] = res2.status
             meta["warm_start"] = inc.strategy
             meta["mip_start"] = "" if res2.schedule is None else res2.schedule.meta.get("mip_start", "")
@@ -361,7 +368,62 @@ def _solve_milp(
             if sol2 is not None and (milp_sol is None or sol2.replay.energy_j < milp_sol.replay.energy_j):
                 milp_sol = sol2
             res = res2 if res2.status != "no_solution" else res
+    if bounder is not None:
+        meta["relaxed_bound_j"] = bounder.collect(track)
+        # the compact model's "optimal" and "infeasible" are about its own stricter rows
+        st = {"optimal": "feasible", "infeasible": "no_solution"}.get(res.status, res.status)
+        why = "the compact model has no schedule (it forgoes memory freed inside a stage)"
+        res = replace(
+            res, bound_j=None, status=st, message=why if res.status == "infeasible" else res.message
+        )
     return milp_sol, res, meta
+
+
+class _Bounder:
+    """The relaxed model (``milp`` formulation "relaxed": rows every schedule satisfies) solved in a child
+    process until ``deadline`` (a ``time.perf_counter()`` time: the monotonic clock, the same in every
+    process): its bound is a lower bound on the extra energy of every schedule of the problem."""
+
+    def __init__(self, p: Problem, mopt: milp.MilpOptions, deadline: float) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # not fork: the parent may hold HiGHS threads
+        self.deadline = deadline
+        self.recv, send = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(target=_relaxed_bound, args=(p, mopt, deadline, send), daemon=True)
+        self.proc.start()
+        send.close()
+
+    def collect(self, track: _Track) -> float | None:
+        """The child's bound (None: none by the deadline); the child is ended either way."""
+        bound = None
+        try:
+            if self.recv.poll(max(0.0, self.deadline - time.perf_counter()) + 0.5):
+                bound = self.recv.recv()
+        except (EOFError, OSError):
+            bound = None
+        finally:
+            if self.proc.is_alive():
+                self.proc.terminate()
+            self.proc.join(1.0)
+        if bound is not None:
+            track.record(None, bound, "relaxed MILP")
+        return bound
+
+
+def _relaxed_bound(p: Problem, mopt: milp.MilpOptions, deadline: float, send: Any) -> None:
+    """(child process) Solve the relaxed model until ``deadline``; send its bound on the extra energy."""
+    bound = None
+    try:
+        m = milp.Milp(p, replace(mopt, formulation="relaxed"), strategy="relaxed", deadline=deadline)
+        r = m.solve(deadline - time.perf_counter())
+        bound = r.extra_j if r.status == "optimal" and r.bound_j is None else r.bound_j
+        if r.status == "infeasible":
+            bound = None  # the caller's schedules say otherwise; never claim more than the solver showed
+    except milp.OutOfTime:
+        pass
+    send.send(bound)
+    send.close()
 
 
 def _choose(

@@ -202,9 +202,13 @@ def run(
             ),
         )
     track = _Track(t0, opt.time_limit_s, watch)
+    # compact: the bound comes from the relaxed model, solved meanwhile in another process from the start on
+    bounder = None
+    if opt.formulation == "compact":
+        bounder = _Bounder(p, _milp_options(opt, remat, paging), t0 + opt.time_limit_s)
     seeds = _candidates(p, opt, remat, paging, warm, track)
     best_seed = min(seeds, key=lambda x: x.replay.energy_j, default=None)
-    milp_sol, res, meta = _solve_milp(name, p, opt, remat, paging, best_seed, track, progress)
+    milp_sol, res, meta = _solve_milp(name, p, opt, remat, paging, best_seed, track, progress, bounder)
     sol = _choose(name, p, opt, milp_sol, best_seed, res, track.bound, meta, t0)
     if opt.trace:
         sol.meta["trace"] = track.trace
@@ -261,7 +265,7 @@ def _candidates(
         for h in seeds:
             track.record(h.replay.energy_j - p.floor_j, None, h.strategy)
     left = track.left()
-    if opt.warm_start and remat and paging and left > 1.0:
+    if opt.warm_start and remat and paging and left > 1.0 and opt.formulation != "compact":
         sub = run(
             "paging-only",
             p,
@@ -278,6 +282,18 @@ def _candidates(
     return seeds
 
 
+def _milp_options(opt: SolveOptions, remat: bool, paging: bool) -> milp.MilpOptions:
+    return milp.MilpOptions(
+        solver=opt.solver,
+        time_limit_s=opt.time_limit_s,
+        gap=opt.gap,
+        remat=remat,
+        paging=paging,
+        formulation=opt.formulation,
+        verbose=opt.verbose,
+    )
+
+
 def _solve_milp(
     name: str,
     p: Problem,
@@ -287,6 +303,7 @@ def _solve_milp(
     best_seed: Solution | None,
     track: _Track,
     progress: Callable[[str], None] | None,
+    bounder: _Bounder | None = None,
 ) -> tuple[Solution | None, milp.MilpResult, dict[str, Any]]:
     """The MILP, built once. HiGHS: a cold solve with presolve (fast on small models, and its bound is always
     valid) for the time left, given up at half of it if it has nothing better than the best seed by then; then,
@@ -295,18 +312,9 @@ def _solve_milp(
     limit, given the best schedule as cvxpy's warm start. Returns (the MILP's replayed schedule or None, the
     last solver result, meta). Everything (the model's build too) ends by the run's time limit."""
     t0 = track.t0
-    mopt = milp.MilpOptions(
-        solver=opt.solver,
-        time_limit_s=opt.time_limit_s,
-        gap=opt.gap,
-        remat=remat,
-        paging=paging,
-        formulation=opt.formulation,
-        verbose=opt.verbose,
-    )
+    mopt = _milp_options(opt, remat, paging)
     meta: dict[str, Any] = {"formulation": opt.formulation, "remat": remat, "paging": paging}
     compact = opt.formulation == "compact"
-    bounder = _Bounder(p, mopt, t0 + opt.time_limit_s) if compact else None
     try:
         model = milp.Milp(p, mopt, strategy=name, deadline=t0 + opt.time_limit_s)
     except milp.OutOfTime:
@@ -325,7 +333,7 @@ def _solve_milp(
     # HiGHS: the cold solve may take all the time if it finds schedules better than the best seed; if it has
     # none by half of it (large graphs), it stops and HiGHS restarts from the best seed
     give_up = None
-    if highs and best_seed is not None and opt.mip_start:
+    if highs and best_seed is not None and opt.mip_start and not compact:  # compact: cold solves are quick
         give_up = (0.5 * left, best_seed.replay.energy_j - p.floor_j)
     if progress and give_up is not None:
         progress(
@@ -397,11 +405,13 @@ class _Bounder:
     def collect(self, track: _Track) -> float | None:
         """The child's bound (None: none by the deadline); the child is ended either way."""
         bound = None
-        try:
-            if self.recv.poll(max(0.0, self.deadline - time.perf_counter()) + 0.5):
-                bound = self.recv.recv()
+        try:  # the child sends its LP's bound, then the MILP's (or None), then closes the pipe
+            while self.recv.poll(max(0.0, self.deadline - time.perf_counter()) + 0.5):
+                b = self.recv.recv()
+                if b is not None:
+                    bound = b if bound is None else max(bound, b)
         except (EOFError, OSError):
-            bound = None
+            pass
         finally:
             if self.proc.is_alive():
                 self.proc.terminate()
@@ -412,10 +422,12 @@ class _Bounder:
 
 
 def _relaxed_bound(p: Problem, mopt: milp.MilpOptions, deadline: float, send: Any) -> None:
-    """(child process) Solve the relaxed model until ``deadline``; send its bound on the extra energy."""
+    """(child process) Solve the relaxed model until ``deadline``: send the bound of its LP relaxation (within
+    0.1% of the optimum on vgg16_cifar, seconds on 133 nodes), then the MILP's."""
     bound = None
     try:
         m = milp.Milp(p, replace(mopt, formulation="relaxed"), strategy="relaxed", deadline=deadline)
+        send.send(m.lp_bound(deadline - time.perf_counter()))
         r = m.solve(deadline - time.perf_counter())
         bound = r.extra_j if r.status == "optimal" and r.bound_j is None else r.bound_j
         if r.status == "infeasible":

@@ -56,6 +56,17 @@ Two formulations:
               LP relaxation is weak), page-ins only serve the next stage, page-outs only of tensors resident
               at the stage start, page-ins not counted in RAM during their stage. Kept as an ablation.
 
+Two more, not POET's (issue 14; ``Formulation`` with ``compact``):
+  "compact"   the same stage matrices without FREE, FREE0, U: one memory row per stage counting everything the
+              stage touches, sum_i M_i (S_RAM[t,i] + R[t,i] + M_in[t,i]) <= budget (an upper bound of the
+              lowering: every solution fits, memory freed inside a stage is forgone), and at most C computations
+              and C page-ins per output (COMPACT_C, Moccasin's bounded recomputation). Its bound is not the
+              problem's.
+  "relaxed"   its lower-bound twin: per stage, only what must be in RAM while the frontier node runs,
+              M_t + sum_{u in(t)} M_u (R + S_RAM + M_in)[t,u] + sum_i M_i K[t,i] <= budget, K[t,i] >= S_RAM[t+1,i]
+              - M_in[t,i]; every schedule satisfies it, so its optima (and its LP's, ``Milp.lp_bound``) bound
+              the problem's extra energy. Its solutions are not schedules.
+
 Solving. ``Formulation`` builds the rows once into sparse matrices (``_Lp``), and ``Milp`` solves them:
   HiGHS       through highspy directly, not through cvxpy: cvxpy's public API gives no way to hand HiGHS a MIP
               start from given values (its ``warm_start`` only reuses the solution of an earlier cvxpy solve of

@@ -48,14 +48,17 @@ def test_relaxed_bounds_every_schedule(linear):
     assert relaxed.extra_j <= greedy.replay.energy_j - p.floor_j + 1e-12
 
 
-def test_strategy_with_compact_and_parameter_homes():
+@pytest.mark.parametrize("inline_t", [64, 0])  # the relaxed model in this process, or in a spawned child
+def test_strategy_with_compact_and_parameter_homes(monkeypatch, inline_t):
     """mlp with parameter homes (load nodes, write-backs): the compact run's schedule replays, its bound is the
     relaxed one (at most the extra energy) and no solution is called optimal beyond its proof."""
+    monkeypatch.setattr(strategies._Bounder, "INLINE_T", inline_t)
     pl = pipeline.plan(frontend.load("mlp", batch=8), boards.load("nrf52840"), 160 * 1024, "1.5x")
     p = pl.problem
     assert p.loads
     s = strategies.run("poet", p, strategies.SolveOptions(time_limit_s=6.0, formulation="compact"))
     assert s.ok and s.meta["formulation"] == "compact"
+    assert s.meta["relaxed_bound_j"] is not None  # the bound came from the relaxed model
     assert s.bound_j is not None and s.bound_j <= s.extra_j(p) + 1e-12
     assert s.status == ("optimal" if s.gap <= 1e-4 else "feasible")
     assert s.replay.peak_bytes <= p.budget

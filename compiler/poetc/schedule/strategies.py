@@ -396,11 +396,16 @@ class _Bounder:
     LP is 46% short) runs only once the parent's own solve is over, so it never takes the core the incumbent
     search needs."""
 
+    INLINE_T = 64  # up to this many nodes the relaxed model is solved in this process, after the compact one
+
     def __init__(self, p: Problem, mopt: milp.MilpOptions, deadline: float) -> None:
         import multiprocessing
 
-        ctx = multiprocessing.get_context("spawn")  # not fork: the parent may hold HiGHS threads
         self.deadline = deadline
+        self.inline = (p, mopt) if p.T <= self.INLINE_T else None
+        if self.inline is not None:  # small: a child's start-up (seconds of imports) would cost more
+            return
+        ctx = multiprocessing.get_context("spawn")  # not fork: the parent may hold HiGHS threads
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_relaxed_bound, args=(p, mopt, deadline, child), daemon=True)
         self.proc.start()
@@ -409,6 +414,8 @@ class _Bounder:
     def collect(self, track: _Track, gap: float) -> float | None:
         """The child's best bound (None: none by the deadline), waiting for it until the deadline or until the
         best schedule so far is proven within ``gap``; the child is ended either way."""
+        if self.inline is not None:
+            return self._inline(track, gap)
         bound = None
         try:
             self.conn.send("go")
@@ -425,6 +432,23 @@ class _Bounder:
             if self.proc.is_alive():
                 self.proc.terminate()
             self.proc.join(1.0)
+        return bound
+
+    def _inline(self, track: _Track, gap: float) -> float | None:
+        p, mopt = self.inline
+        try:
+            m = milp.Milp(p, replace(mopt, formulation="relaxed"), strategy="relaxed", deadline=self.deadline)
+            bound = m.lp_bound(self.deadline - time.perf_counter())
+            if bound is not None:
+                track.record(None, bound, "relaxed LP")
+            if not self._proven(track, gap):
+                r = m.solve(self.deadline - time.perf_counter())
+                b = r.extra_j if r.status == "optimal" and r.bound_j is None else r.bound_j
+                if r.status != "infeasible" and b is not None:
+                    bound = b if bound is None else max(bound, b)
+                    track.record(None, bound, "relaxed MILP")
+        except milp.OutOfTime:
+            return None
         return bound
 
     @staticmethod

@@ -79,7 +79,7 @@ def row(graph: str, method: str, status: str, extra: float | None, bound: float 
         "-" if bound is None else f"{bound:.6g}",
         "-" if gap is None else f"{100 * gap:.2f}%",
         f"{wall:.1f}",
-        verdict(graph, extra, gap, wall) if method == "poet" else "",
+        verdict(graph, extra, gap, wall) if method in ("poet", "compact") else "",
     ]
     print("  " + "  ".join(str(x) for x in out[1:]), flush=True)
     return out

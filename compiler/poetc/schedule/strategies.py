@@ -402,8 +402,10 @@ class _Bounder:
         import multiprocessing
 
         self.deadline = deadline
-        self.inline = (p, mopt) if p.T <= self.INLINE_T else None
-        if self.inline is not None:  # small: a child's start-up (seconds of imports) would cost more
+        # small: a child's start-up (seconds of imports) would cost more; a daemonic process may have no child
+        small = p.T <= self.INLINE_T or multiprocessing.current_process().daemon
+        self.inline = (p, mopt) if small else None
+        if self.inline is not None:
             return
         ctx = multiprocessing.get_context("spawn")  # not fork: the parent may hold HiGHS threads
         self.conn, child = ctx.Pipe()

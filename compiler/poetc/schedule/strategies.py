@@ -405,7 +405,16 @@ class _Bounder:
         # small: a child's start-up (seconds of imports) would cost more; a daemonic process may have no child
         small = p.T <= self.INLINE_T or multiprocessing.current_process().daemon
         self.inline = (p, mopt) if small else None
-        if self.inline is not None:
+        if self.inline is not None:  # the relaxed LP now (a second or less), its MILP after the compact solve
+            self.model: milp.Milp | None = None
+            self.lp_b: float | None = None
+            try:
+                self.model = milp.Milp(
+                    p, replace(mopt, formulation="relaxed"), strategy="relaxed", deadline=deadline
+                )
+                self.lp_b = self.model.lp_bound(deadline - time.perf_counter())
+            except milp.OutOfTime:
+                pass
             return
         ctx = multiprocessing.get_context("spawn")  # not fork: the parent may hold HiGHS threads
         self.conn, child = ctx.Pipe()
@@ -437,20 +446,17 @@ class _Bounder:
         return bound
 
     def _inline(self, track: _Track, gap: float) -> float | None:
-        p, mopt = self.inline
-        try:
-            m = milp.Milp(p, replace(mopt, formulation="relaxed"), strategy="relaxed", deadline=self.deadline)
-            bound = m.lp_bound(self.deadline - time.perf_counter())
-            if bound is not None:
-                track.record(None, bound, "relaxed LP")
-            if not self._proven(track, gap):
-                r = m.solve(self.deadline - time.perf_counter())
-                b = r.extra_j if r.status == "optimal" and r.bound_j is None else r.bound_j
-                if r.status != "infeasible" and b is not None:
-                    bound = b if bound is None else max(bound, b)
-                    track.record(None, bound, "relaxed MILP")
-        except milp.OutOfTime:
+        m, bound = self.model, self.lp_b
+        if m is None:
             return None
+        if bound is not None:
+            track.record(None, bound, "relaxed LP")
+        if not self._proven(track, gap) and self.deadline - time.perf_counter() > 0.1:
+            r = m.solve(self.deadline - time.perf_counter())
+            b = r.extra_j if r.status == "optimal" and r.bound_j is None else r.bound_j
+            if r.status != "infeasible" and b is not None:
+                bound = b if bound is None else max(bound, b)
+                track.record(None, bound, "relaxed MILP")
         return bound
 
     @staticmethod

@@ -328,7 +328,9 @@ def _solve_milp(
         return None, res, meta
     highs = model.solver == "HIGHS"
     start = trim(p, best_seed.schedule) if best_seed is not None and opt.mip_start and not highs else None
-    left = track.left()
+    # an inline bounder solves the relaxed MILP after the compact solves: a fifth of the limit is kept for it
+    reserve = 0.2 * opt.time_limit_s if bounder is not None and bounder.inline is not None else 0.0
+    left = track.left() - reserve
     first_s = left
     # HiGHS: the cold solve may take all the time if it finds schedules better than the best seed; if it has
     # none by half of it (large graphs), it stops and HiGHS restarts from the best seed
@@ -360,7 +362,7 @@ def _solve_milp(
         inc = min(
             [c for c in (milp_sol, best_seed) if c is not None], key=lambda c: c.replay.energy_j, default=None
         )
-        left = track.left()
+        left = track.left() - reserve
         if inc is not None and left > 1.0:
             if progress:
                 whose = "the first HIGHS run's" if inc is milp_sol else inc.strategy
@@ -405,16 +407,7 @@ class _Bounder:
         # small: a child's start-up (seconds of imports) would cost more; a daemonic process may have no child
         small = p.T <= self.INLINE_T or multiprocessing.current_process().daemon
         self.inline = (p, mopt) if small else None
-        if self.inline is not None:  # the relaxed LP now (a second or less), its MILP after the compact solve
-            self.model: milp.Milp | None = None
-            self.lp_b: float | None = None
-            try:
-                self.model = milp.Milp(
-                    p, replace(mopt, formulation="relaxed"), strategy="relaxed", deadline=deadline
-                )
-                self.lp_b = self.model.lp_bound(deadline - time.perf_counter())
-            except milp.OutOfTime:
-                pass
+        if self.inline is not None:  # the relaxed MILP after the compact solve (the caller keeps it time)
             return
         ctx = multiprocessing.get_context("spawn")  # not fork: the parent may hold HiGHS threads
         self.conn, child = ctx.Pipe()
@@ -446,9 +439,14 @@ class _Bounder:
         return bound
 
     def _inline(self, track: _Track, gap: float) -> float | None:
-        m, bound = self.model, self.lp_b
-        if m is None:
+        """The relaxed LP, then its MILP, in this process for the time left (a MILP stopped before its first
+        solution reports no bound: the LP's stands)."""
+        p, mopt = self.inline
+        try:
+            m = milp.Milp(p, replace(mopt, formulation="relaxed"), strategy="relaxed", deadline=self.deadline)
+        except milp.OutOfTime:
             return None
+        bound = m.lp_bound(self.deadline - time.perf_counter())
         if bound is not None:
             track.record(None, bound, "relaxed LP")
         if not self._proven(track, gap) and self.deadline - time.perf_counter() > 0.1:

@@ -3,25 +3,49 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import shlex
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import __version__, boards, data, frontend, pipeline, progress
-from .device import harness, target
-from .emit import builddir
+from . import __version__, boards, pipeline, progress
 from .errors import PoetcError
 from .fmt import joules, nbytes, seconds, table
-from .graph.ir import Model
 from .graph.options import TrainingOptions, parse_optimizer
-from .schedule import strategies
+from .schedule import milp, strategies
+
+if TYPE_CHECKING:
+    from .data import Dataset
+    from .emit.builddir import BuildInfo
+    from .graph.ir import Model
+
+# The frontend (onnx), the device harness and the build directory are imported when first used: together they
+# take seconds to import, which ``poetc solve --graph`` and its time limit should not pay.
+
+
+class _LazyModule:
+    """A module of this package, imported at its first attribute access (then it is Python's cached one)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name, __package__), attr)
+
+
+frontend = _LazyModule(".frontend")
+data = _LazyModule(".data")
+harness = _LazyModule(".device.harness")
+target = _LazyModule(".device.target")
+builddir = _LazyModule(".emit.builddir")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,7 +104,21 @@ def _solve_options(a: argparse.Namespace) -> strategies.SolveOptions:
     )
 
 
+def _process_age() -> float:
+    """Seconds since this process started (Linux: /proc; elsewhere 0)."""
+    try:
+        start_ticks = float(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        import os
+
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _load_model(a: argparse.Namespace) -> Model:
+    from . import frontend
+
     if a.batch is not None and a.batch <= 0:
         raise PoetcError(f"--batch must be positive, got {a.batch}")
     model = frontend.load(a.model, batch=a.batch)
@@ -318,6 +356,8 @@ def _solve_one(
     """What ``poetc build --strategy name`` would produce at this budget (the same pipeline: schedule, arena
     plan, fragmentation re-solves, storage), as figures; or, when it would fail, why, with the strategy's own
     answer. The smallest feasible budget is left to build (its search re-solves many times)."""
+    from .emit import builddir
+
     task, watch = _solving(f"solving {name}", opts)
     try:
         with task:
@@ -331,6 +371,12 @@ def _solve_one(
 
 
 def cmd_solve(a: argparse.Namespace) -> int:
+    if a.graph is not None:
+        return _solve_graph(a)
+    if a.model is None:
+        raise PoetcError("solve: give a MODEL (an ONNX file or a zoo name), or --graph FILE.json")
+    if a.board is None:
+        raise PoetcError("solve: --board is required with a MODEL")
     board = boards.load(a.board)
     opts = _solve_options(a)
     quiet = a.json
@@ -351,6 +397,20 @@ def cmd_solve(a: argparse.Namespace) -> int:
             overlap=not a.no_overlap,
             **_profile_kw(a, model, board),
         )
+        if a.export_graph:
+            from .schedule import graphfile
+
+            graphfile.write(
+                pl.problem,
+                a.export_graph,
+                source=_command_line(),
+                model=a.model,
+                platform=board.name,
+                batch=int(model.graph.tensor(model.input).shape[0]),
+                notes="budget_bytes is the arena: the board's RAM less what poetc fixes outside it "
+                f"({pl.fixed.fixed} B)",
+            )
+            _say(f"wrote the scheduling problem to {a.export_graph}")
         names = list(strategies.NAMES) if a.compare else [a.strategy]
         figs, sols = [], []
         for name in names:
@@ -381,6 +441,46 @@ def cmd_solve(a: argparse.Namespace) -> int:
         print(table(_FIG_HEADERS, _figure_rows(figs), _FIG_ALIGN))
         if a.plot:
             print(f"plots in {a.plot}")
+    return 0 if all(f["feasible"] for f in figs) or a.compare else 1
+
+
+def _solve_graph(a: argparse.Namespace) -> int:
+    """poetc solve --graph FILE.json: the problem as data, every strategy's schedule replayed on it."""
+    from .schedule import graphfile
+
+    for opt, what in ((a.model, "a MODEL"), (a.export_graph, "--export-graph"), (a.profile, "--profile")):
+        if opt is not None:
+            raise PoetcError(f"solve --graph: {what} cannot be given with --graph")
+    opts = _solve_options(a)
+    p = graphfile.read(a.graph, budget=a.ram)
+    if a.deadline is not None:
+        p = replace(p, deadline_s=pipeline.parse_deadline(a.deadline, p.floor_s))
+    global _QUIET
+    _QUIET = a.json
+    try:
+        if not a.json:
+            print(f"poetc solve --graph {a.graph}: {p.T} nodes, {len(p.edges)} edges", flush=True)
+        names = list(strategies.NAMES) if a.compare else [a.strategy]
+        figs = []
+        # the time limit is a promise on the process: the first solve gets what the start-up (imports, the
+        # file) left of it
+        first = replace(opts, time_limit_s=max(0.5, opts.time_limit_s - _process_age()))
+        for k, name in enumerate(names):
+            task, watch = _solving(f"solving {name}", opts)
+            with task:
+                sol = strategies.run(name, p, first if k == 0 else opts, progress=_say, watch=watch)
+            # no arena plan here (no tensor layout): the arena is the replay's peak
+            figs.append(strategies.figures(p, sol, 0, sol.replay.peak_bytes if sol.ok else None))
+    finally:
+        _QUIET = False
+    if a.json:
+        print(json.dumps(figs if a.compare else figs[0], indent=1))
+    else:
+        print(
+            f"arena budget {nbytes(p.budget)}; floor energy {joules(p.floor_j)}"
+            + (f"; deadline {seconds(p.deadline_s)}" if p.deadline_s else "")
+        )
+        print(table(_FIG_HEADERS, _figure_rows(figs), _FIG_ALIGN))
     return 0 if all(f["feasible"] for f in figs) or a.compare else 1
 
 
@@ -419,7 +519,9 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 
 
 # ---- train ------------------------------------------------------------------------------------------------
-def _dataset(b: builddir.BuildInfo, path: str | None) -> data.Dataset:
+def _dataset(b: BuildInfo, path: str | None) -> Dataset:
+    from . import data
+
     shape = b.input_shape[1:]
     if path and (path == "digits" or path.startswith("digits:")) and not Path(path).exists():
         return data.digits_for(shape, b.classes, only=data.parse_digits(path))
@@ -428,7 +530,7 @@ def _dataset(b: builddir.BuildInfo, path: str | None) -> data.Dataset:
     return data.digits_for(shape, b.classes)
 
 
-def _check_batch(b: builddir.BuildInfo, batch: int | None) -> None:
+def _check_batch(b: BuildInfo, batch: int | None) -> None:
     if batch is not None and batch != b.batch:
         raise PoetcError(
             f"--batch {batch}: {b.dir} was built for batch {b.batch}; "
@@ -436,7 +538,7 @@ def _check_batch(b: builddir.BuildInfo, batch: int | None) -> None:
         )
 
 
-def _lr(a: argparse.Namespace, b: builddir.BuildInfo) -> float:
+def _lr(a: argparse.Namespace, b: BuildInfo) -> float:
     """--lr, or the model's default (zoo.default_lr: measured per zoo model)."""
     from .frontend import zoo
 
@@ -762,6 +864,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
+    from .emit import builddir
     from .report import page
 
     b = builddir.open_build(Path(a.dir))
@@ -783,6 +886,9 @@ def cmd_flash(a: argparse.Namespace) -> int:
     import os
     import subprocess
 
+    from .device import target
+    from .emit import builddir
+
     b = builddir.open_build(Path(a.dir))
     board = b.board()
     cmd = target.flash(board, b.dir, port=a.port, env=a.env)
@@ -796,6 +902,9 @@ def cmd_flash(a: argparse.Namespace) -> int:
 
 # ---- verify -----------------------------------------------------------------------------------------------
 def cmd_verify(a: argparse.Namespace) -> int:
+    from .device import harness, target
+    from .emit import builddir
+
     b = builddir.open_build(Path(a.dir))
     tgt = target.for_board(b.board(), port=a.port)
     ds = _dataset(b, a.data)
@@ -881,6 +990,7 @@ def _record_build(c: pipeline.Compiled, out: Path) -> None:
 def cmd_fleet(a: argparse.Namespace) -> int:
     """A local fleet in Flower's simulation (MODEL), or one board joining a real SuperLink (--connect)."""
     from . import fleet
+    from .emit import builddir
 
     fleet.require_flower()
     from .fleet import local, partition
@@ -1063,7 +1173,19 @@ def make_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_build)
 
     s = _add(sub, "solve", "schedule a model under a RAM budget and print the figures build would produce")
-    _model_args(s)
+    _model_args(s, optional=True)
+    s.add_argument(
+        "--graph",
+        metavar="FILE.json",
+        help="solve a scheduling problem given as data (docs/graph-format.md) instead of a MODEL; --ram "
+        "(the arena budget) and --deadline override the file's (default: none, solve MODEL)",
+    )
+    s.add_argument(
+        "--export-graph",
+        metavar="FILE.json",
+        help="also write MODEL's scheduling problem as data (docs/graph-format.md) for other schedulers "
+        "(default: none)",
+    )
     _schedule_args(s)
     s.add_argument(
         "--compare",
@@ -1328,17 +1450,36 @@ def _lr_help() -> str:
     return f"SGD learning rate (default: the model's: {rates}; ONNX files {zoo.ONNX_LR:g})"
 
 
-_LR_HELP = _lr_help()
+class _LateHelp(str):
+    """A help text made only when argparse shows it (``_expand_help`` formats it with ``%``): the zoo's names and
+    learning rates need the frontend, whose import (onnx) takes seconds that ``solve --graph`` should not pay."""
+
+    def __new__(cls, make: Callable[[], str]) -> _LateHelp:
+        s = super().__new__(cls, "(made when shown)")
+        s.make = make  # type: ignore[attr-defined]
+        return s
+
+    def __mod__(self, params: object) -> str:
+        return self.make() % params  # type: ignore[attr-defined]
 
 
-def _model_args(s: argparse.ArgumentParser) -> None:
-    s.add_argument("model", help="an ONNX file or a zoo name (" + ", ".join(_zoo_names()) + ")")
+_LR_HELP = _LateHelp(_lr_help)
+
+
+def _model_args(s: argparse.ArgumentParser, optional: bool = False) -> None:
+    """MODEL and --board; ``optional``: both may be left out (poetc solve --graph)."""
+    s.add_argument(
+        "model",
+        nargs="?" if optional else None,
+        help=_LateHelp(lambda: "an ONNX file or a zoo name (" + ", ".join(_zoo_names()) + ")"),
+    )
     s.add_argument(
         "--board",
-        required=True,
+        required=not optional,
         type=_board_arg,
         metavar=_choices(boards.names()),
-        help="the target board (poetc boards lists them), or a board .toml file",
+        help="the target board (poetc boards lists them), or a board .toml file"
+        + (" (default: none; required with a MODEL)" if optional else ""),
     )
     s.add_argument(
         "--batch", type=int, help="batch size (default: the model input's first dimension; zoo: its own)"
@@ -1418,8 +1559,9 @@ def _schedule_args(s: argparse.ArgumentParser, sweep: bool = False) -> None:
     s.add_argument(
         "--formulation",
         default="poet",
-        choices=["poet", "poet2022"],
-        help="the MILP: poetc's, or POET's original (an ablation)",
+        choices=list(milp.FORMULATIONS),
+        help="the MILP: poetc's; compact (one memory row per stage, at most 3 computations per output; its bound "
+        "from a relaxed model solved in a second process); or POET's original (an ablation)",
     )
     s.add_argument("--no-remat", action="store_true", help="POET without recomputation")
     s.add_argument("--no-paging", action="store_true", help="POET without paging")

@@ -62,13 +62,26 @@ Two formulations:
               LP relaxation is weak), page-ins only serve the next stage, page-outs only of tensors resident
               at the stage start, page-ins not counted in RAM during their stage. Kept as an ablation.
 
+Two more, not POET's (issue 14; ``Formulation`` with ``compact``):
+  "compact"   the same stage matrices without FREE, FREE0, U: one memory row per stage counting everything the
+              stage touches, sum_i M_i (S_RAM[t,i] + R[t,i] + M_in[t,i]) <= budget (an upper bound of the
+              lowering: every solution fits, memory freed inside a stage is forgone), and at most C computations
+              and C page-ins per output (COMPACT_C, Moccasin's bounded recomputation). Its bound is not the
+              problem's.
+  "relaxed"   its lower-bound twin: per stage, only what must be in RAM while the frontier node runs,
+              M_t + sum_{u in(t)} M_u (R + S_RAM + M_in)[t,u] + sum_i M_i K[t,i] <= budget, K[t,i] >= S_RAM[t+1,i]
+              - M_in[t,i]; every schedule satisfies it, so its optima (and its LP's, ``Milp.lp_bound``) bound
+              the problem's extra energy. Its solutions are not schedules.
+
 Solving. ``Formulation`` builds the rows once into sparse matrices (``_Lp``), and ``Milp`` solves them:
   HiGHS       through highspy directly, not through cvxpy: cvxpy's public API gives no way to hand HiGHS a MIP
               start from given values (its ``warm_start`` only reuses the solution of an earlier cvxpy solve of
               the same problem) nor to follow a running solve. highspy's own API does both: ``setSolution``
               for the start, and its callbacks for improving solutions (the incumbent), the MIP interrupt
-              check (the bound, the gap, Ctrl-C) and live ``Progress`` records. The model is passed once
-              and the same instance is solved again from a given schedule (``Milp.solve(start=...)``).
+              check (the bound, the gap, Ctrl-C, a give-up time) and live ``Progress`` records; the LP
+              solvers' interrupt checks stop a run past its limit inside a long LP. The matrices are built
+              once; every solve passes them to a fresh instance (a second run on one instance does not keep
+              its time limit in HiGHS 1.16), cold or from a given schedule (``Milp.solve(start=...)``).
   others      through cvxpy (``prob.solve(solver=...)``; the problem is built from the same matrices), with
               cvxpy's documented ``warm_start`` (the variables' values) where cvxpy's interface to the solver
               passes it on (``CVXPY_WARM_START``; SCIP's does not: it starts cold). The bound comes from the
@@ -96,6 +109,9 @@ from .problem import Problem
 from .program import Schedule
 
 Key = tuple  # ("R", t, i) and friends
+
+FORMULATIONS = ("poet", "compact", "poet2022")  # and "relaxed", the bound model of strategies
+COMPACT_C = 3  # computations of one output the compact formulation allows (Moccasin's C)
 
 MILP_SOLVERS = ("HIGHS", "SCIP", "GUROBI", "CPLEX", "MOSEK", "CBC", "GLPK_MI", "XPRESS", "COPT")
 CVXPY_WARM_START = ("GUROBI", "XPRESS", "COPT")  # MILP solvers whose cvxpy interface passes a warm start on
@@ -166,10 +182,17 @@ class MilpResult:
         return [(r.elapsed_s, inf if r.best_j is None else r.best_j, r.bound_j or 0.0) for r in self.log]
 
 
-class _Model:
-    """Columns and sparse rows; variables fixed to a constant are substituted away."""
+class OutOfTime(Exception):
+    """The deadline passed while the model was being built (``Milp(deadline=...)``)."""
 
-    def __init__(self) -> None:
+
+class _Model:
+    """Columns and sparse rows; variables fixed to a constant are substituted away. With a ``deadline``
+    (``time.perf_counter()`` seconds), adding rows after it raises ``OutOfTime`` (checked every 4096 rows)."""
+
+    def __init__(self, deadline: float | None = None) -> None:
+        self.deadline = deadline
+        self.n_added = 0
         self.bin: dict[Key, int] = {}
         self.cont: dict[Key, int] = {}
         self.cont_ub: list[float] = []
@@ -194,9 +217,20 @@ class _Model:
     def le(self, terms: Iterable[tuple[Key, float]], rhs: float) -> None:
         """sum(coef * var) <= rhs; unknown keys are zero."""
         self.rows_le.append((list(terms), rhs))
+        self._tick()
 
     def eq(self, terms: Iterable[tuple[Key, float]], rhs: float) -> None:
         self.rows_eq.append((list(terms), rhs))
+        self._tick()
+
+    def _tick(self) -> None:
+        self.n_added += 1
+        if not self.n_added & 4095:
+            self.check()
+
+    def check(self) -> None:
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            raise OutOfTime
 
     def matrix(self, rows: list[tuple[list[tuple[Key, float]], float]]) -> tuple[sp.csr_matrix, np.ndarray]:
         """Rows over the columns [binaries, continuous] and their right-hand sides (constants moved there)."""
@@ -219,13 +253,16 @@ class _Model:
 class Formulation:
     """Builds the MILP of one problem (see the module docstring for the symbols)."""
 
-    def __init__(self, p: Problem, opt: MilpOptions) -> None:
-        if opt.formulation not in ("poet", "poet2022"):
-            raise PoetcError(f"unknown formulation {opt.formulation!r} (poet, poet2022)")
+    def __init__(self, p: Problem, opt: MilpOptions, deadline: float | None = None) -> None:
+        if opt.formulation not in (*FORMULATIONS, "relaxed"):
+            raise PoetcError(f"unknown formulation {opt.formulation!r} ({', '.join(FORMULATIONS)})")
         self.p = p
         self.opt = opt
-        self.m = _Model()
+        self.m = _Model(deadline)
         self.orig = opt.formulation == "poet2022"
+        # compact: one memory row per stage, no FREE/U columns; relaxed: its lower-bound twin (see module doc)
+        self.compact = opt.formulation in ("compact", "relaxed")
+        self.relaxed = opt.formulation == "relaxed"
         if self.orig and p.loads:
             raise PoetcError(
                 "formulation poet2022 keeps every parameter in RAM: build with --params ram to use it"
@@ -246,6 +283,7 @@ class Formulation:
         self.store_s = {l: t for l, (_u, _j, t) in p.written_by.items()}
         homeable = set(self.homeable)
         for t in range(T):
+            m.check()
             for i in range(t + 1):
                 if i == t:
                     if i in homeable:
@@ -263,6 +301,7 @@ class Formulation:
                     self.m.binary(("R", t, i))
                     self.runnable[t].append(i)
         for i in range(T):
+            m.check()
             if not self.arena[i]:
                 continue
             for t in range(i + 1, p.horizon[i] + 1):
@@ -276,7 +315,8 @@ class Formulation:
                     self.m.binary(("M_out", t, i))
         # FREE[t,i,k]: i's output freed right after node k (k = i or a reader of i) runs in stage t
         self.free_pairs: list[list[tuple[int, int]]] = [[] for _ in range(T)]
-        for t in range(T):
+        for t in range(T if not self.compact else 0):
+            m.check()
             run = set(self.runnable[t])
             for i in range(t + 1):
                 if not self.arena[i] or (t > p.horizon[i] and i != t):
@@ -289,12 +329,14 @@ class Formulation:
                             m.continuous(("FREE", t, i, k), 1.0)
                         self.free_pairs[t].append((i, k))
         # FREE0[t,i]: i, resident at the start of stage t, is freed at the stage start (lowering step 2)
-        if not self.orig:
+        if not self.orig and not self.compact:
             for i in range(T):
+                m.check()
                 if self.arena[i]:
                     for t in range(i + 1, p.horizon[i] + 1):
                         m.continuous(("FREE0", t, i), 1.0)
-        for t in range(T):
+        for t in range(T if not self.compact else 0):
+            m.check()
             for k in self.runnable[t]:
                 m.continuous(("U", t, k), float(p.budget))
         # TAU[t]: the time of stage t when the pager overlaps computation (deadline rows)
@@ -302,6 +344,12 @@ class Formulation:
         if self.overlap:
             for t in range(T):
                 m.continuous(("TAU", t), float(p.deadline_s))
+        # relaxed: K[t,i] >= S_RAM[t+1,i] - M_in[t,i], i is in RAM while the frontier node t runs
+        if self.relaxed:
+            for t in range(T):
+                m.check()
+                for i in self._kept(t):
+                    m.continuous(("K", t, i), 1.0)
         # P[i]: i is ever written to storage (for the capacity row)
         self.storage_row = bool(
             opt.paging
@@ -310,6 +358,7 @@ class Formulation:
         )
         if self.storage_row and self.orig:
             for i in range(T):
+                m.check()
                 if self.arena[i]:
                     m.binary(("P", i))
 
@@ -320,10 +369,17 @@ class Formulation:
         self._residency()
         if not self.orig:
             self._usefulness()
-        self._frees()
-        if not self.orig:
-            self._stage_start_frees()
-        self._memory()
+        if self.compact:
+            if self.relaxed:
+                self._frontier_memory()
+            else:
+                self._stage_memory()
+                self._computations()
+        else:
+            self._frees()
+            if not self.orig:
+                self._stage_start_frees()
+            self._memory()
         if self.p.deadline_s is not None:
             self._deadline()
         if self.storage_row:
@@ -514,6 +570,74 @@ class Formulation:
                 m.eq([(("U", t, k), -1.0), *prev, *run, *frees], -held if first else 0.0)
                 prev = [(("U", t, k), 1.0)]
                 first = False
+
+    def _held(self) -> tuple[list[tuple[Key, float]], float]:
+        """The persistent tensors homed in RAM, in every memory row: sum_l M_l (1 - R[l,l]) as (terms, held)."""
+        mem = self.p.mem
+        return [(("R", l, l), -float(mem[l])) for l in self.homeable], float(
+            sum(mem[l] for l in self.homeable)
+        )
+
+    def _stage_memory(self) -> None:
+        """(compact) One row per stage, everything the stage touches counted at once:
+        sum_i M_i (S_RAM[t,i] + R[t,i] + M_in[t,i])  <=  budget   (+ the RAM homes)
+        The lowering never holds more than that in stage t (what is resident at its start, computed or paged
+        in during it), so every solution fits; it forgoes the reuse of memory freed inside a stage."""
+        p, m = self.p, self.m
+        mem = p.mem.astype(float)
+        homes, held = self._held()
+        for t in range(p.T):
+            m.check()
+            row = [*homes]
+            for i in range(t + 1):
+                if self.arena[i] and (t <= p.horizon[i] or i == t):
+                    row += [((kind, t, i), mem[i]) for kind in ("S_RAM", "R", "M_in") if m.has((kind, t, i))]
+            m.le(row, float(p.budget) - held)
+
+    def _computations(self) -> None:
+        """(compact) At most C computations and C page-ins of each output (Moccasin's bounded recomputation):
+        sum_{t>i} R[t,i] <= C - 1,   sum_t M_in[t,i] <= C"""
+        p, m = self.p, self.m
+        c = COMPACT_C
+        for i in range(p.T):
+            recs = [
+                (("R", t, i), 1.0) for t in range(i + 1, p.T) if m.has(("R", t, i)) and ("R", t, i) in m.bin
+            ]
+            if len(recs) > c - 1:
+                m.le(recs, float(c - 1))
+            ins = [(("M_in", t, i), 1.0) for t in range(i, p.T) if ("M_in", t, i) in m.bin]
+            if len(ins) > c:
+                m.le(ins, float(c))
+
+    def _kept(self, t: int) -> list[int]:
+        """(relaxed) Outputs other than the frontier node's and its inputs that may be resident while it runs."""
+        p = self.p
+        ins = set(p.inputs[t])
+        return [i for i in range(t) if self.arena[i] and i not in ins and t + 1 <= p.horizon[i]]
+
+    def _frontier_memory(self) -> None:
+        """(relaxed) What must be in RAM while the frontier node t runs: its output, its inputs, and every
+        output kept into stage t+1 that was not paged in after it (a page-in in stage t of a tensor no node of
+        the stage reads comes at its end):
+        M_t R[t,t] + sum_{u in(t)} M_u (R[t,u] + S_RAM[t,u] + M_in[t,u]) + sum_i M_i K[t,i] <= budget,
+        K[t,i] >= S_RAM[t+1,i] - M_in[t,i] (continuous, >= 0), + the RAM homes.
+        Every schedule satisfies these rows, so this model's bound is a bound of the true problem's
+        (it is no schedule: its rows miss the rest of each stage)."""
+        p, m = self.p, self.m
+        mem = p.mem.astype(float)
+        homes, held = self._held()
+        for t in range(p.T):
+            m.check()
+            row = [*homes]
+            if self.arena[t]:
+                row.append((("R", t, t), mem[t]))
+            for u in set(p.inputs[t]):
+                if self.arena[u]:
+                    row += [((kind, t, u), mem[u]) for kind in ("R", "S_RAM", "M_in")]
+            for i in self._kept(t):
+                m.le([(("K", t, i), -1.0), (("S_RAM", t + 1, i), 1.0), (("M_in", t, i), -1.0)], 0.0)
+                row.append((("K", t, i), mem[i]))
+            m.le(row, float(p.budget) - held)
 
     def _deadline(self) -> None:
         """sum R tau + M_in tau_in + M_out tau_out <= deadline   (paging time counts, unlike POET's row); with
@@ -762,15 +886,25 @@ class _Lp:
 
 
 class Milp:
-    """One problem's MILP, built once and solved once or more: ``solve(time_limit_s, start=...)``. With HiGHS
-    the same highspy instance is solved again (from a given schedule, without presolve, by ``strategies``)."""
+    """One problem's MILP, built once and solved once or more: ``solve(time_limit_s, start=...)`` (with HiGHS,
+    each solve on a fresh highspy instance given the same matrices)."""
 
-    def __init__(self, p: Problem, opt: MilpOptions = MilpOptions(), strategy: str = "poet") -> None:
+    def __init__(
+        self,
+        p: Problem,
+        opt: MilpOptions = MilpOptions(),
+        strategy: str = "poet",
+        deadline: float | None = None,
+    ) -> None:
+        """``deadline`` (``time.perf_counter()`` seconds): building stops with ``OutOfTime`` after it, and no
+        solve runs past it."""
         self.solver = opt.solver.upper()
         _check_installed(self.solver)
         t0 = time.perf_counter()
-        self.p, self.opt, self.strategy = p, opt, strategy
-        self.f = Formulation(p, opt)
+        self.p, self.opt, self.strategy, self.deadline = p, opt, strategy, deadline
+        self.f = Formulation(p, opt, deadline)
+        if deadline is not None and time.perf_counter() > deadline:
+            raise OutOfTime
         self.lp = self.f.lp()
         self.build_s = time.perf_counter() - t0
         self._highs: _Highs | None = None
@@ -779,6 +913,32 @@ class Milp:
     @property
     def n_rows(self) -> int:
         return len(self.f.m.rows_le) + len(self.f.m.rows_eq)
+
+    def lp_bound(self, time_limit_s: float) -> float | None:
+        """The optimum of the LP relaxation (on the extra energy, without the tie-break): a lower bound on the
+        MILP's; None if it does not solve within ``time_limit_s``."""
+        from scipy.optimize import linprog
+
+        if time_limit_s <= 0:
+            return None
+        lp = self.lp
+        a = lp.a.tocsr()
+        ne = lp.n_eq
+        cost = np.concatenate([lp.energy * lp.scale, np.zeros(lp.n_col - lp.n_bin)])
+        r = linprog(
+            cost,
+            A_ub=a[ne:] if a.shape[0] > ne else None,
+            b_ub=lp.row_hi[ne:] if a.shape[0] > ne else None,
+            A_eq=a[:ne] if ne else None,
+            b_eq=lp.row_hi[:ne] if ne else None,
+            bounds=np.column_stack([np.zeros(lp.n_col), lp.col_hi]),
+            method="highs",
+            options={"time_limit": float(time_limit_s)},
+        )
+        if r.status != 0:
+            return None
+        # the solver's tolerance: a hair below its optimum, never above what it proved
+        return max(0.0, float(r.fun) / lp.scale * (1 - 1e-7)) + lp.const
 
     def describe(self, time_limit_s: float) -> str:
         m = self.f.m
@@ -793,19 +953,35 @@ class Milp:
         start: Schedule | None = None,
         presolve: bool = True,
         watch: Callable[[Progress], None] | None = None,
+        give_up: tuple[float, float] | None = None,
     ) -> MilpResult:
         """Solve for ``time_limit_s`` (default: the options'), from the schedule ``start`` if given; ``watch``
-        gets ``Progress`` records as the solver finds schedules and raises its bound (HiGHS)."""
+        gets ``Progress`` records as the solver finds schedules and raises its bound (HiGHS). ``give_up``
+        (HiGHS): (seconds, J): stop after that long if no schedule of less extra energy than that was found."""
         limit = self.opt.time_limit_s if time_limit_s is None else time_limit_s
         z0 = self.f.start_values(start) if start is not None else None
         t0 = time.perf_counter()
         if self.solver == "HIGHS":
-            if self._highs is None:
-                self._highs = _Highs(self.lp, self.opt.verbose)
-            out = self._highs.solve(limit, self.opt.gap, z0, presolve, watch)
+            # a fresh instance for every solve: HiGHS 1.16's time limit of a second run on one instance does not
+            # hold (measured: 6 s asked, 0.3 s or 10.5 s taken); passing the matrices again takes a fraction of
+            # a second
+            self._highs = _Highs(self.lp, self.opt.verbose, eager=self.opt.formulation == "compact")
+            limit = self._left(limit, t0)
+            out = (
+                self._highs.solve(limit, self.opt.gap, z0, presolve, watch, give_up)
+                if limit > 0
+                else _Outcome("no_solution", message="time limit reached before the solver started")
+            )
         else:
             out = self._solve_cvxpy(limit, z0, watch)
         return self._result(out, time.perf_counter() - t0)
+
+    def _left(self, limit: float, t0: float) -> float:
+        """What is left of ``limit`` (counted from ``t0``) and of the deadline."""
+        left = limit - (time.perf_counter() - t0)
+        if self.deadline is not None:
+            left = min(left, self.deadline - time.perf_counter())
+        return left
 
     def _result(self, out: _Outcome, solve_s: float) -> MilpResult:
         m = self.f.m
@@ -879,9 +1055,15 @@ class Milp:
     def _solve_cvxpy(self, limit: float, z0: np.ndarray | None, watch: Callable[[Progress], None] | None):
         import cvxpy as cp
 
+        t_build = time.perf_counter()
         prob, x, y = self._cvxpy_problem()
         lp, solver, opt = self.lp, self.solver, self.opt
         nb = lp.n_bin
+        # cvxpy's canonicalization inside solve() takes about as long again as building the problem did
+        spent = time.perf_counter() - t_build
+        limit = self._left(limit - spent, t_build)
+        if limit <= 0.1:
+            return _Outcome("no_solution", message="time limit reached before the solver started")
         kwargs: dict[str, Any] = {"verbose": opt.verbose, **_cvxpy_limits(solver, limit, opt.gap)}
         note, start_j = "", None
         if z0 is not None and solver in CVXPY_WARM_START:
@@ -943,10 +1125,10 @@ class _Outcome:
 class _Highs:
     """An ``_Lp`` passed to one highspy instance, solved with callbacks (see the module docstring)."""
 
-    def __init__(self, lp: _Lp, verbose: bool) -> None:
+    def __init__(self, lp: _Lp, verbose: bool, eager: bool = False) -> None:
         import highspy
 
-        self.lp, self.verbose = lp, verbose
+        self.lp, self.verbose, self.eager = lp, verbose, eager
         with _quiet_stdout(not verbose):  # the first instance of a process prints HiGHS's banner
             self.h = h = highspy.Highs()
         h.setOptionValue("output_flag", verbose)
@@ -970,6 +1152,9 @@ class _Highs:
             raise PoetcError("internal error: HiGHS rejected the MILP")
         h.cbMipImprovingSolution.subscribe(self._on_solution)
         h.cbMipInterrupt.subscribe(self._on_interrupt)
+        # inside a long LP (the root's, a node's) the MIP callback is not called: the LP solvers' checks stop it
+        h.cbSimplexInterrupt.subscribe(self._on_lp_interrupt)
+        h.cbIpmInterrupt.subscribe(self._on_lp_interrupt)
         self.run: _HighsRun | None = None
 
     def solve(
@@ -979,18 +1164,26 @@ class _Highs:
         z0: np.ndarray | None,
         presolve: bool,
         watch: Callable[[Progress], None] | None,
+        give_up: tuple[float, float] | None = None,
     ) -> _Outcome:
         import highspy
 
         h, lp = self.h, self.lp
         for name, value in (
             ("time_limit", float(limit)),
+            # feasibility jump runs before the root LP without looking at the clock (7 s on vgg16_cifar's 28k
+            # columns): only on small cold solves (a MIP start needs no first schedule)
+            # compact (one row per stage, quick LPs): feasibility jump and more heuristic effort on any size
+            # (resnet18_cifar-m4: a first schedule after 30 s and optimal in 34 s, against nothing in 60 s)
+            ("mip_heuristic_run_feasibility_jump", z0 is None and (lp.n_col <= 20000 or self.eager)),
+            ("mip_heuristic_effort", 0.3 if self.eager else 0.05),
             ("mip_rel_gap", float(gap)),
             ("mip_abs_gap", 1e-12),
             ("presolve", "on" if presolve else "off"),
         ):
             h.setOptionValue(name, value)
         self.run = run = _HighsRun(limit, watch)
+        run.give_up = give_up
         if z0 is not None:
             sol = highspy.HighsSolution()
             sol.col_value = list(z0)
@@ -1063,11 +1256,22 @@ class _Highs:
         run = self.run
         try:
             now = time.perf_counter()
+            if now - run.t0 > run.limit + 0.5:  # HiGHS's own clock missed its time limit: stop it now
+                run.late = True
+            if run.give_up is not None and now - run.t0 > run.give_up[0]:
+                if run.best is None or run.best >= run.give_up[1]:  # nothing better than that in time
+                    run.late = run.gave_up = True
             if now - run.last_emit >= 0.5:
                 run.emit(run.best, self._bound(run, e.data_out))
         except BaseException as ex:  # re-raised by solve()
             run.error = ex
-        if run.error is not None or run.stop:
+        if run.error is not None or run.stop or run.late:
+            e.interrupt()
+
+    def _on_lp_interrupt(self, e: Any) -> None:
+        run = self.run
+        if run is not None and (run.late or run.stop or time.perf_counter() - run.t0 > run.limit + 0.5):
+            run.late = True
             e.interrupt()
 
     def _bound(self, run: _HighsRun, d: Any) -> float | None:
@@ -1089,6 +1293,11 @@ class _HighsRun:
         self.start_obj = float("nan")
         self.error: BaseException | None = None
         self.stop = False  # Ctrl-C: HiGHS is asked to stop at its next interrupt check
+        self.late = False  # past the time limit: HiGHS is asked to stop (ends like a time limit)
+        self.give_up: tuple[float, float] | None = (
+            None  # (s, J): stop then unless a schedule below J was found
+        )
+        self.gave_up = False
         self.log: list[Progress] = []
 
     def emit(self, best: float | None, bound: float | None) -> None:
@@ -1130,10 +1339,18 @@ def solve(
 ) -> MilpResult:
     """Build and solve once: cold, or from ``opt.warm_start`` (HiGHS: then without presolve, which HiGHS 1.16
     mishandles with a MIP start whose objective presolve shifts: it prunes with a shifted cutoff)."""
-    m = Milp(p, opt, strategy)
+    t0 = time.perf_counter()
+    try:  # the build counts against the time limit
+        m = Milp(p, opt, strategy, deadline=t0 + opt.time_limit_s)
+    except OutOfTime:
+        why = f"time limit reached while building the MILP ({time.perf_counter() - t0:.3g} s)"
+        return MilpResult(
+            "no_solution", None, None, None, 0.0, time.perf_counter() - t0, 0, 0, 0, opt.solver, why
+        )
     if on_progress:
         on_progress(m.describe(opt.time_limit_s))
-    return m.solve(opt.time_limit_s, opt.warm_start, presolve=opt.warm_start is None, watch=watch)
+    left = opt.time_limit_s - (time.perf_counter() - t0)
+    return m.solve(left, opt.warm_start, presolve=opt.warm_start is None, watch=watch)
 
 
 def _check_installed(solver: str) -> None:

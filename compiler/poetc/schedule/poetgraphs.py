@@ -7,6 +7,7 @@ updates); they exist so that solvers and formulations can be compared on the gra
     linear          784-10-120-100-200-10-10 MLP             T = 27
     vgg16_cifar     VGG-16 on 32x32 inputs                   T = 81
     resnet18_cifar  ResNet-18 (CIFAR stem) on 32x32 inputs   T = 133
+    convchain       74 conv+relu pairs (a stress graph)       T = 303
 
 Costs follow POET: FLOPs linear 2(in+1)out + out, conv 2 k^2 numel(in) C_out + numel(out), batchnorm 2 numel,
 relu/add/flatten numel, pooling 2 k^2 numel(out), a gradient node twice its forward node; time and energy from
@@ -139,7 +140,19 @@ def _resnet18() -> _Net:
     return net
 
 
-NETS = {"linear": _linear, "vgg16_cifar": _vgg16, "resnet18_cifar": _resnet18}
+def _convchain(n: int = 74) -> _Net:
+    """A stress graph, not POET's: n conv+relu pairs on 16x16x16 maps (T = 4 n + 7; 303 for n = 74), for the
+    time-limit promise on graphs of ResNet-50 size."""
+    net = _Net((3, 16, 16))
+    for i in range(n):
+        net.conv(f"conv{i + 1}", 16)
+        net.relu(f"relu{i + 1}")
+    net.flatten("flatten")
+    net.linear("fc", 10)
+    return net
+
+
+NETS = {"linear": _linear, "vgg16_cifar": _vgg16, "resnet18_cifar": _resnet18, "convchain": _convchain}
 
 
 def build(

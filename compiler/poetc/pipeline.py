@@ -454,6 +454,7 @@ def compile_planned(
     # schedule keeps in RAM) over it, re-solve with the budget tightened by the overflow, until the plan fits.
     repairs = 0
     q = p
+    shrink, last_over = 0, None  # bytes the next re-solve cuts; the overflow it last saw
     while True:
         train = sol.program
         ram_homes = train.ram_homes
@@ -479,9 +480,13 @@ def compile_planned(
                 f"cannot shrink below its largest node ({q.min_budget()} B with its inputs); raise --ram by "
                 f"{over} bytes"
             )
-        # tighten by the overflow; if no schedule fits that tight a budget, back off half-way (twice at most):
-        # a schedule at a budget in between may lay out with less fragmentation
-        lo = max(q.min_budget(), q.budget - over)
+        # tighten by the overflow, twice as much each time a re-solve did not shrink it (the same schedule again,
+        # say store-all, whose live bytes fit the tighter budget but whose layout does not); if no schedule fits
+        # that tight a budget, back off half-way (twice at most): one in between may lay out with less
+        # fragmentation
+        shrink = over if last_over is None or over < last_over else max(over, 2 * shrink)
+        last_over = over
+        lo = max(q.min_budget(), q.budget - shrink)
         tries = [lo, (lo + q.budget) // 2, (3 * q.budget + lo) // 4]
         for k, b in enumerate(tries):
             say(

@@ -3,7 +3,8 @@ paging: the zoo's digits-cnn (five 3x3 conv-ReLU layers, batch 8) in 106 KB with
 computation of every node, its parameters in RAM (``--params ram``: this is about activations; with the
 parameters scheduled too, moving the classifier to storage is the cheaper way out). 108 KB before the
 convolutions' weight gradients were fused into their updates: the step needs less RAM, and at 108 KB
-recomputation alone now fits.
+recomputation alone now fits. The time model is the synchronous one (``--no-overlap``), under which the point was
+found: with transfers hidden behind computation, paging alone meets the deadline more often.
 
 The point is defined under POET's flat compute model (FLOPs / flop_per_s), as it was found: the test runs on a
 copy of the qemu-m4 board file without its calibrated compute tables (``FLAT_BOARD``), since which schedule wins
@@ -25,7 +26,7 @@ import pytest
 from tests.conftest import poetc
 
 MODEL = "digits-cnn"
-POINT = ["--ram", "106K", "--deadline", "1.2x", "--params", "ram"]
+POINT = ["--ram", "106K", "--deadline", "1.2x", "--params", "ram", "--no-overlap"]
 
 
 def _flat_board() -> str:

@@ -1462,6 +1462,9 @@ class _LateHelp(str):
     def __mod__(self, params: object) -> str:
         return self.make() % params  # type: ignore[attr-defined]
 
+    def __add__(self, more: str) -> _LateHelp:  # still made when shown
+        return _LateHelp(lambda: self.make() + more)  # type: ignore[attr-defined]
+
 
 _LR_HELP = _LateHelp(_lr_help)
 

@@ -33,6 +33,11 @@ poet_status poet_port_pager_read(uint32_t addr, void *buf, uint32_t n) {
     return io->read(addr, buf, n);
 }
 
+/* The application's storage callbacks are synchronous: a transfer completes when it starts (runtime_c/src/pager.c),
+ * and the program's waits return at once. */
+poet_status poet_port_pager_start(poet_xfer *x) { return poet_pager_now(x); }
+void poet_port_pager_poll(poet_xfer *x) { (void)x; }
+
 void poet_port_log(const char *msg) {
     if (io && io->log) io->log(msg);
 }

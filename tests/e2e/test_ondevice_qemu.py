@@ -31,7 +31,7 @@ pytestmark = [
     ),
 ]
 
-STEPS, EVERY, KILLS = 100, 5, 32
+STEPS, EVERY, KILLS = 400, 5, 32  # 80 intervals: 32 kills (each may cost one) end well before the last step
 
 
 def tiny_mlp(path: Path) -> Path:

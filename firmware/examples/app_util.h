@@ -8,6 +8,7 @@
 
 #include "app_config.h"
 #include "data.h"
+#include "model.h"
 #include "poet/port.h"
 #include "poet/train.h"
 
@@ -147,6 +148,19 @@ static inline uint32_t app_restore(poet_trainer *tr) {
     line_str(&l, ")");
     line_end(&l);
     return pos;
+}
+
+/* Start an application: the port, the trainer on this image (its checksums), the data tables against the model's
+ * batch geometry, then the newest checkpoint (app_restore). Returns the data position. */
+static inline uint32_t app_start(poet_trainer *tr) {
+    poet_port_init();
+    poet_status s = poet_train_init(tr, &poet_generated_model);
+    if (s != POET_OK) app_fail("cannot train on this image", s);
+    if (poet_train_batch(&poet_generated_model) != POET_APP_BATCH ||
+        poet_train_sample_elems(&poet_generated_model) != POET_DATA_SAMPLE ||
+        poet_train_classes(&poet_generated_model) != POET_DATA_CLASSES)
+        app_fail("the data tables do not fit the model", POET_ERR_SHAPE);
+    return app_restore(tr);
 }
 
 /* After a step: a progress line now and then, and a checkpoint every POET_APP_CKPT_EVERY steps. */

@@ -22,20 +22,13 @@ static void load_batch(uint32_t pos) {
 }
 
 int main(void) {
-    poet_port_init();
-    poet_status s = poet_train_init(&tr, &poet_generated_model);
-    if (s != POET_OK) app_fail("cannot train on this image", s);
-    if (poet_train_batch(&poet_generated_model) != POET_APP_BATCH ||
-        poet_train_sample_elems(&poet_generated_model) != POET_DATA_SAMPLE ||
-        poet_train_classes(&poet_generated_model) != POET_DATA_CLASSES)
-        app_fail("the data tables do not fit the model", POET_ERR_SHAPE);
-    uint32_t pos = app_restore(&tr);
+    uint32_t pos = app_start(&tr);
     if (poet_train_step_count(&tr) == 0)
         app_accuracy_line("before training", app_accuracy(&tr, x, logits, POET_APP_BATCH, POET_DATA_CLASSES));
     while (poet_train_step_count(&tr) < POET_APP_STEPS) {
         app_delay();
         load_batch(pos);
-        s = app_step(&tr, x, y);
+        poet_status s = app_step(&tr, x, y);
         if (s != POET_OK) app_fail("training step failed", s);
         pos = (pos + POET_APP_BATCH) % POET_DATA_N;
         app_after_step(&tr, pos);

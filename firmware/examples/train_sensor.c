@@ -59,14 +59,7 @@ static int ring_pop_batch(ring_buffer *r) {
 }
 
 int main(void) {
-    poet_port_init();
-    poet_status s = poet_train_init(&tr, &poet_generated_model);
-    if (s != POET_OK) app_fail("cannot train on this image", s);
-    if (poet_train_batch(&poet_generated_model) != POET_APP_BATCH ||
-        poet_train_sample_elems(&poet_generated_model) != POET_DATA_SAMPLE ||
-        poet_train_classes(&poet_generated_model) != POET_DATA_CLASSES)
-        app_fail("the data tables do not fit the model", POET_ERR_SHAPE);
-    fake_sensor sensor = {app_restore(&tr)}; /* the data position: samples consumed by the restored steps */
+    fake_sensor sensor = {app_start(&tr)}; /* the data position: samples consumed by the restored steps */
     sensor_callback callback = fake_sensor_read;
     if (poet_train_step_count(&tr) == 0)
         app_accuracy_line("before training", app_accuracy(&tr, x, logits, POET_APP_BATCH, POET_DATA_CLASSES));
@@ -75,7 +68,7 @@ int main(void) {
         app_delay();
         callback(&ring, &sensor); /* "an interrupt": one sample per turn of the loop */
         if (!ring_pop_batch(&ring)) continue;
-        s = app_step(&tr, x, y);
+        poet_status s = app_step(&tr, x, y);
         if (s != POET_OK) app_fail("training step failed", s);
         consumed += POET_APP_BATCH;
         app_after_step(&tr, consumed);

@@ -7,6 +7,8 @@ import json
 import pytest
 from tests.conftest import poetc
 
+from poetc.schedule import strategies
+
 MLP = ["mlp", "--board", "nrf52840", "--batch", "8"]  # POET's linear network on the nRF52840
 FIELDS = (
     "status",
@@ -26,8 +28,10 @@ FIELDS = (
 
 
 def test_solve_json_and_plots(tmp_path):
+    # nothing here rests on the MILP's optimum (226K is below the store-all peak: every schedule that fits
+    # recomputes or pages), so a short limit does
     r = poetc(
-        "solve", *MLP, "--ram", "226K", "--json", "--plot", str(tmp_path / "plots"), "--time-limit", "30"
+        "solve", *MLP, "--ram", "226K", "--json", "--plot", str(tmp_path / "plots"), "--time-limit", "5"
     )
     doc = json.loads(r.stdout)
     for f in FIELDS:
@@ -41,7 +45,10 @@ def test_solve_json_and_plots(tmp_path):
 
 
 def test_solve_compare_table_and_json(tmp_path):
-    r = poetc("solve", *MLP, "--ram", "226K", "--compare", "--json", "--time-limit", "20")
+    # POET starts from every heuristic's schedule (strategies._candidates), so it is never above one, however
+    # short its limit; the MILP baselines (remat-only, paging-only) get the same limit and may find what POET's
+    # larger MILP did not: against them POET's proven bound must hold (its gap allows the difference)
+    r = poetc("solve", *MLP, "--ram", "226K", "--compare", "--json", "--time-limit", "5")
     rows = json.loads(r.stdout)
     assert [x["strategy"] for x in rows] == [
         "poet",
@@ -52,18 +59,24 @@ def test_solve_compare_table_and_json(tmp_path):
         "greedy",
     ]
     poet = rows[0]
+    assert poet["feasible"] and any(x["feasible"] and x["strategy"] in strategies.HEURISTICS for x in rows), (
+        rows
+    )
     for x in rows[1:]:
         if x["feasible"]:
-            assert (
-                poet["energy_j"] <= x["energy_j"] * (1 + 1e-9) + (poet["gap"] or 0) * poet["extra_energy_j"]
+            allow = (
+                0.0 if x["strategy"] in strategies.HEURISTICS else (poet["gap"] or 0) * poet["extra_energy_j"]
             )
-    r = poetc("solve", *MLP, "--ram", "226K", "--compare", "--time-limit", "20")
+            assert poet["energy_j"] <= x["energy_j"] * (1 + 1e-9) + allow, (x["strategy"], poet, x)
+    # the table (the JSON run above checked the figures): a short limit does
+    r = poetc("solve", *MLP, "--ram", "226K", "--compare", "--time-limit", "1")
     assert "strategy" in r.stdout and "remat-only" in r.stdout and "floor energy" in r.stdout
 
 
 def test_build_writes_schedule_json_within_budget(tmp_path):
     out = tmp_path / "b"
-    poetc("build", *MLP, "--ram", "226K", "--out", str(out), "--no-compile", "--time-limit", "30")
+    # the schedule's fields, the budget and that the program recomputes or pages: no optimum needed
+    poetc("build", *MLP, "--ram", "226K", "--out", str(out), "--no-compile", "--time-limit", "5")
     doc = json.loads((out / "schedule.json").read_text())
     for f in FIELDS:
         assert f in doc

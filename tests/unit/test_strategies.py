@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -40,11 +42,13 @@ def test_sweep_poet_is_never_above_a_baseline_and_every_output_replays(tmp_path)
         pl.fixed.fixed,
         pl.fixed.budget,
         list(strategies.NAMES),
-        strategies.SolveOptions(time_limit_s=30),
-        points=4,
+        # short solves: POET starts at each budget from the best baseline there (sweep.run), so it is never
+        # above one however short its limit; three budgets: the smallest, one between and the store-all peak
+        strategies.SolveOptions(time_limit_s=5),
+        points=3,
         jobs=2,
     )
-    assert len(res.budgets) == 4
+    assert len(res.budgets) == 3
     assert res.budgets[0] == res.smallest[0]  # from the smallest feasible budget ...
     store = [r for r in res.rows if r["strategy"] == "store-all" and r["feasible"]]
     assert store and max(r["ram_budget_bytes"] for r in store) == res.budgets[-1]  # ... to the store-all peak
@@ -64,23 +68,27 @@ def test_sweep_poet_is_never_above_a_baseline_and_every_output_replays(tmp_path)
 
 
 def test_switches_really_switch(mlp):
+    # what each variant may do, not its optimum: every schedule that fits this budget recomputes or pages, so
+    # short solves do (the remat-only ones run to their limit; with 3 s HiGHS's own schedules come back)
     q = mlp.with_budget(_budgets(mlp)[1])
-    no_remat = strategies.run("poet", q, strategies.SolveOptions(time_limit_s=60, remat=False))
-    no_page = strategies.run("poet", q, strategies.SolveOptions(time_limit_s=60, paging=False))
+    short = strategies.SolveOptions(time_limit_s=3)
+    no_remat = strategies.run("poet", q, replace(short, remat=False))
+    no_page = strategies.run("poet", q, replace(short, paging=False))
     assert no_remat.ok and no_remat.replay.recomputes == 0 and no_remat.replay.page_outs > 0
     assert no_page.ok and no_page.replay.page_outs == 0 and no_page.replay.recomputes > 0
-    assert strategies.run("remat-only", q, OPT).replay.page_ins == 0
-    assert strategies.run("paging-only", q, OPT).replay.recomputes == 0
+    assert strategies.run("remat-only", q, short).replay.page_ins == 0
+    assert strategies.run("paging-only", q, short).replay.recomputes == 0
 
 
 def test_infeasible_budget_names_the_smallest(mlp):
     lo = mlp.min_budget()
     q = mlp.with_budget(lo - 1)
-    s = strategies.run("poet", q, OPT)
+    short = strategies.SolveOptions(time_limit_s=5)  # a schedule at the smallest budget, not its optimum
+    s = strategies.run("poet", q, short)
     assert not s.ok and s.status == "infeasible"
-    b, how = strategies.smallest_budget(q, "poet", OPT)
+    b, how = strategies.smallest_budget(q, "poet", short)
     assert b >= lo and how
-    assert strategies.run("poet", q.with_budget(b), OPT).ok
+    assert strategies.run("poet", q.with_budget(b), short).ok
 
 
 def test_time_limit_without_solution_is_reported():
@@ -170,7 +178,8 @@ def test_fragmentation_is_repaired_by_resolving_tighter(monkeypatch):
     monkeypatch.setattr(memplan, "plan", inflated)
     board = boards.load("nrf52840")
     model = frontend.load("mlp", batch=8)
-    c = pipeline.compile_model(model, board, ram=229 * 1024, opts=strategies.SolveOptions(time_limit_s=30))
+    # the repair is what is tested, not the schedule's optimum: short solves
+    c = pipeline.compile_model(model, board, ram=229 * 1024, opts=strategies.SolveOptions(time_limit_s=5))
     assert c.repairs == 1 and c.arena_bytes <= c.problem.budget
     assert c.memory.total <= 229 * 1024
 

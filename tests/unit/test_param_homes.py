@@ -242,15 +242,19 @@ def test_the_milp_cannot_free_a_parameter_it_keeps_in_ram():
     does not) and match the schedule the MILP found before parameters were scheduled."""
     model = frontend.load("digits-deep-mlp", batch=64)
     board = boards.load("qemu-m4")
-    opt = strategies.SolveOptions(time_limit_s=60)
+    # HiGHS proves neither within 60 s on a loaded 2-core machine (auto: gap 92% after 60 s): short solves,
+    # whose every MILP schedule must pass the replay too (a time-limited one that fails it is set aside, and
+    # said in meta["rejected"])
+    opt = strategies.SolveOptions(time_limit_s=10)
     auto = pipeline.plan(model, board, ram=200 * 1024, deadline="1.2x", params="auto")
     sol = strategies.run("poet", auto.problem, opt)
     assert sol.ok, sol.message
+    assert "rejected" not in sol.meta, sol.meta["rejected"]
     replay(auto.problem, sol.program, budget=auto.problem.budget)
     ram = pipeline.plan(model, board, ram=200 * 1024, deadline="1.2x", params="ram")
     old = strategies.run("poet", ram.problem, opt)
+    assert old.ok and "rejected" not in old.meta
     # every schedule with parameters in RAM is one of the auto problem's: its bound is below the old energy
-    # (HiGHS usually proves both within the limit; on a loaded machine the bound still holds)
     assert sol.bound_j is not None
     assert auto.problem.floor_j + sol.bound_j <= old.replay.energy_j * (1 + 1e-6)
     if sol.status == "optimal":

@@ -4,9 +4,12 @@ These are about activations: the parameters stay in RAM (``--params ram``), so t
 met by recomputing and paging activations (tests/e2e/test_param_homes_host.py covers parameters on storage).
 
 A host board with the nRF52840's cost constants (so that recomputing and paging are both worth it) runs a
-six-layer MLP exported from PyTorch at four budgets from the smallest feasible to the store-all peak. The
-gradients and updated weights of every run must equal the store-all run's (relative error <= 1e-6) and
-PyTorch's (<= 1e-4), the tighter budgets must really recompute and page, and the arena must fit.
+six-layer MLP exported from PyTorch at two tight budgets, the smallest feasible one and a third of the way from
+it to the store-all peak (POET at the peak is the store-all schedule, the reference). The gradients and updated
+weights of every run must equal the store-all run's (relative error <= 1e-6) and PyTorch's (<= 1e-4), the
+tight budgets must really recompute and page, and the arena must fit. The schedules' optimality is not the
+point: short solves (at 3 s the MLP's schedules are those of 20 s solves: pages at the smallest budget,
+recomputes and pages at the other).
 """
 
 from __future__ import annotations
@@ -76,11 +79,11 @@ def _hostm4(d: Path) -> Path:
 
 
 def _budgets(onnx_path: Path, board_file: Path, **kw) -> list[int]:
-    """Four RAM budgets from the smallest feasible one to the store-all peak, both included."""
+    """RAM budgets: the smallest feasible one, a third of the way to the store-all peak, and the peak."""
     pl = pipeline.plan(frontend.load(onnx_path, **kw), boards.load(str(board_file)), params="ram")
     lo, _ = strategies.smallest_budget(pl.problem, "poet", strategies.SolveOptions(time_limit_s=30))
     peak = strategies.store_all_peak(pl.problem)  # everything in RAM, nothing recomputed or paged
-    return [pl.fixed.fixed + lo + k * (peak - lo) // 3 for k in range(4)]
+    return [pl.fixed.fixed + lo + k * (peak - lo) // 3 for k in (0, 1, 3)]
 
 
 def _build_and_train(d: Path, onnx_path: Path, board_file: Path, ram: int, tag: str, strategy: str = "poet"):
@@ -97,7 +100,7 @@ def _build_and_train(d: Path, onnx_path: Path, board_file: Path, ram: int, tag: 
         "--strategy",
         strategy,
         "--time-limit",
-        "20",
+        "3",  # these tests check what runs, not the schedule's optimum: any schedule the replay passes does
         "--params",
         "ram",
     )
@@ -120,12 +123,12 @@ def _build_and_train(d: Path, onnx_path: Path, board_file: Path, ram: int, tag: 
 
 
 @pytest.mark.slow
-def test_four_budgets_equal_store_all_and_pytorch(setup):
+def test_tight_budgets_equal_store_all_and_pytorch(setup):
     d, net, onnx_path, board_file, budgets = setup
     _, s_ref, ref = _build_and_train(d, onnx_path, board_file, budgets[-1], "store", "store-all")
     assert s_ref["recomputes"] == 0 and s_ref["page_outs"] == 0
     recomputed = paged = False
-    for k, ram in enumerate(budgets):
+    for k, ram in enumerate(budgets[:-1]):
         out, sj, run = _build_and_train(d, onnx_path, board_file, ram, f"poet{k}")
         assert sj["peak_ram_bytes"] <= ram
         assert json.loads((out / "poetc.json").read_text())["memory"]["total"] <= ram
@@ -165,7 +168,7 @@ def test_corrupt_page_is_an_error_not_a_wrong_gradient(setup):
         "--strategy",
         "paging-only",  # this test is about the pager's checksums: a schedule that surely pages
         "--time-limit",
-        "30",
+        "5",
     )
     sj = json.loads((out / "schedule.json").read_text())
     assert sj["page_outs"] > 0
@@ -202,7 +205,7 @@ class _SmallCNN(torch.nn.Module):
 
 
 @pytest.mark.slow
-def test_cnn_at_four_budgets_equals_store_all_and_pytorch(tmp_path):
+def test_cnn_at_tight_budgets_equals_store_all_and_pytorch(tmp_path):
     """The same contract for a CNN (conv, BatchNorm in training mode, max-pooling, global pooling)."""
     torch.manual_seed(3)
     net = _SmallCNN().train()
@@ -227,7 +230,7 @@ def test_cnn_at_four_budgets_equals_store_all_and_pytorch(tmp_path):
     _, s_ref, ref = _build_and_train(tmp_path, onnx_path, board_file, budgets[-1], "store", "store-all")
     assert s_ref["recomputes"] == 0 and s_ref["page_outs"] == 0
     recomputed = paged = False
-    for k, ram in enumerate(budgets):
+    for k, ram in enumerate(budgets[:-1]):
         out, sj, run = _build_and_train(tmp_path, onnx_path, board_file, ram, f"poet{k}")
         assert json.loads((out / "poetc.json").read_text())["memory"]["total"] <= ram
         recomputed |= sj["recomputes"] > 0

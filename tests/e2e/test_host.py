@@ -284,7 +284,8 @@ def test_sanitizer_build_trains_clean(tmp_path):
     work = tmp_path / "asan"
     poetc("build", "digits-mlp", "--board", "host", "--ram", "110K", "--time-limit", "3", "--out", str(work),
           "--no-compile")  # fmt: skip
-    subprocess.run(["make", "-C", str(work), "SAN=asan"], check=True, capture_output=True)
+    # -O0: as instrumented, and GCC instruments conv.c at -O2 about ten times slower
+    subprocess.run(["make", "-C", str(work), "SAN=asan", "OPT=-O0"], check=True, capture_output=True)
     b = builddir.open_build(work)
     with _session(work, pager="ram") as s:
         dev = harness.Device(b, s)

@@ -60,8 +60,10 @@ def test_a_51_kb_mlp_trains_in_16_kb_with_its_parameters_on_storage(tmp_path):
 
 def test_mobilenetv2_fine_tunes_in_256_kb_with_its_backbone_in_flash(tmp_path):
     out = tmp_path / "mb"
+    # greedy: the schedule poet's 10 s MILP ended on (the same energy, homes and step time) without the MILP's
+    # minute; where the parameters live is what this test is about
     r = poetc(
-        "build", "mobilenetv2-tiny", "--board", "qemu-m4", "--train", "last:3", "--time-limit", "10",
+        "build", "mobilenetv2-tiny", "--board", "qemu-m4", "--train", "last:3", "--strategy", "greedy",
         "--out", str(out),
     )  # fmt: skip
     man, _sj = _figures(out)

@@ -1,8 +1,8 @@
 """ResNet-8 (78k parameters: 312 KB of float32 with nothing else) trains whole on the emulated Cortex-M4's 256 KB of
 RAM, its parameters paged: the build keeps them on storage (the semihosting pager) and pages each in before its
 uses and writes it back after its update. One step's loss, gradients, updates and running statistics match the
-PyTorch twin in float64; 50 steps on four fixed samples lower the loss (they are learned, not merely run).
-Takes about 4 minutes (build 2, one step, 50 steps about 1.5 on this machine's QEMU)."""
+PyTorch twin in float64; 24 steps on four fixed samples lower the loss (they are learned, not merely run).
+Takes about a minute and a half (build 15 s, one step 15 s, 24 steps about 45 s on this machine's QEMU)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ pytestmark = [
     ),
 ]
 
-BUILD = ("--time-limit", "5")  # the MILP (19,763 binaries) finds nothing this soon: the schedule is greedy's
+# the MILP (19,763 binaries) finds nothing in 5 s and poet falls back to greedy's schedule: build that directly
+# (the same homes and energy, without the MILP's 20 s); the paging, not the schedule's optimality, is tested here
+BUILD = ("--strategy", "greedy")
 
 
 def test_resnet8_trains_in_256k_with_its_parameters_paged(tmp_path):
@@ -46,10 +48,10 @@ def test_resnet8_trains_in_256k_with_its_parameters_paged(tmp_path):
     x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
     np.savez(tmp_path / "four.npz", x=x, y=np.array([0, 3, 5, 8]))
     poetc(
-        "train", str(out), "--steps", "50", "--lr", "0.02", "--data", str(tmp_path / "four.npz"),
+        "train", str(out), "--steps", "24", "--lr", "0.05", "--data", str(tmp_path / "four.npz"),
         "--eval-every", "0",
     )  # fmt: skip
     loss = json.loads(b.train_record_path().read_text())["loss"]
-    assert len(loss) == 50 and all(np.isfinite(loss))
+    assert len(loss) == 24 and all(np.isfinite(loss))
     first, last = float(np.mean(loss[:4])), float(np.mean(loss[-8:]))
     assert last < 0.6 * first, (first, last)

@@ -19,6 +19,19 @@ def test_float_literal_rejects_nonfinite():
             codegen.c_float(v)
 
 
+@pytest.mark.parametrize("n", [0, 1, 16, 17, 33])
+def test_float_bytes_are_the_exact_little_endian_patterns(n):
+    v = np.array([0.1, -0.0, 1e-45, 3.4028235e38, 1 / 3, -2.5] * 6, np.float32)[:n]
+    text = codegen.c_f32_bytes(v, per_line=16)
+    lines = text.splitlines()
+    assert all(ln.startswith('    "') and ln.endswith('"') for ln in lines)
+    assert all(len(ln) <= 4 + 2 + 4 * 16 for ln in lines)
+    raw = bytes.fromhex("".join(ln.strip().strip('"').replace("\\x", "") for ln in lines))
+    assert raw == v.astype("<f4").tobytes()
+    with pytest.raises(ValueError):
+        codegen.c_f32_bytes(np.array([1.0, np.inf], np.float32))
+
+
 def test_identifiers_and_comments():
     assert codegen.c_ident("t12") == "t12"
     for bad in ("1abc", "a-b", "", "x" * 64):

@@ -344,8 +344,9 @@ class Formulation:
         if self.overlap:
             for t in range(T):
                 m.continuous(("TAU", t), float(p.deadline_s))
-        # relaxed: K[t,i] >= S_RAM[t+1,i] - M_in[t,i], i is in RAM while the frontier node t runs
-        if self.relaxed:
+        # relaxed and poet: K[t,i] >= S_RAM[t+1,i] - M_in[t,i], i is in RAM while the frontier node t runs
+        self.frontier = self.relaxed or (not self.orig and not self.compact)
+        if self.frontier:
             for t in range(T):
                 m.check()
                 for i in self._kept(t):
@@ -380,6 +381,8 @@ class Formulation:
             if not self.orig:
                 self._stage_start_frees()
             self._memory()
+            if self.frontier:
+                self._frontier_memory()
         if self.p.deadline_s is not None:
             self._deadline()
         if self.storage_row:

@@ -957,10 +957,13 @@ class Milp:
         presolve: bool = True,
         watch: Callable[[Progress], None] | None = None,
         give_up: tuple[float, float] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> MilpResult:
         """Solve for ``time_limit_s`` (default: the options'), from the schedule ``start`` if given; ``watch``
         gets ``Progress`` records as the solver finds schedules and raises its bound (HiGHS). ``give_up``
-        (HiGHS): (seconds, J): stop after that long if no schedule of less extra energy than that was found."""
+        (HiGHS): (seconds, J): stop after that long if no schedule of less extra energy than that was found.
+        ``stop`` (HiGHS): asked after every schedule found and every few tenths of a second; True ends the
+        solve (the caller's own bound proves the best schedule so far: the result is "feasible")."""
         limit = self.opt.time_limit_s if time_limit_s is None else time_limit_s
         z0 = self.f.start_values(start) if start is not None else None
         t0 = time.perf_counter()
@@ -971,7 +974,7 @@ class Milp:
             self._highs = _Highs(self.lp, self.opt.verbose, eager=self.opt.formulation == "compact")
             limit = self._left(limit, t0)
             out = (
-                self._highs.solve(limit, self.opt.gap, z0, presolve, watch, give_up)
+                self._highs.solve(limit, self.opt.gap, z0, presolve, watch, give_up, stop)
                 if limit > 0
                 else _Outcome("no_solution", message="time limit reached before the solver started")
             )
@@ -1168,6 +1171,7 @@ class _Highs:
         presolve: bool,
         watch: Callable[[Progress], None] | None,
         give_up: tuple[float, float] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> _Outcome:
         import highspy
 
@@ -1186,7 +1190,7 @@ class _Highs:
         ):
             h.setOptionValue(name, value)
         self.run = run = _HighsRun(limit, watch)
-        run.give_up = give_up
+        run.give_up, run.enough = give_up, stop
         if z0 is not None:
             sol = highspy.HighsSolution()
             sol.col_value = list(z0)
@@ -1237,7 +1241,8 @@ class _Highs:
             bound = extra
         run.emit(extra, bound)  # the bound is the best of the run's (each one valid), as the records say
         st = "optimal" if status == ms.kOptimal else "feasible"
-        return _Outcome(st, z, run.bound, run.log, start_j, start_note=note)
+        msg = "stopped: the caller's bound proves the best schedule so far" if run.stopped else ""
+        return _Outcome(st, z, run.bound, run.log, start_j, message=msg, start_note=note)
 
     # HiGHS calls these from inside run(), holding the GIL; an exception may not cross back into HiGHS, so it
     # is kept, HiGHS is asked to stop, and solve() raises it afterwards. Ctrl-C sets run.stop (_ctrl_c_stops).
@@ -1251,6 +1256,9 @@ class _Highs:
             extra = self.lp.extra_j(np.asarray(d.mip_solution))
             run.best = extra if run.best is None else min(run.best, extra)
             run.emit(run.best, self._bound(run, d))
+            if run.enough is not None and run.enough():
+                run.late = run.stopped = True
+                e.interrupt()
         except BaseException as ex:  # re-raised by solve()
             run.error = ex
             e.interrupt()
@@ -1266,6 +1274,10 @@ class _Highs:
                     run.late = run.gave_up = True
             if now - run.last_emit >= 0.5:
                 run.emit(run.best, self._bound(run, e.data_out))
+            if run.enough is not None and now - run.last_ask >= 0.2:
+                run.last_ask = now
+                if run.enough():
+                    run.late = run.stopped = True
         except BaseException as ex:  # re-raised by solve()
             run.error = ex
         if run.error is not None or run.stop or run.late:
@@ -1301,6 +1313,9 @@ class _HighsRun:
             None  # (s, J): stop then unless a schedule below J was found
         )
         self.gave_up = False
+        self.enough: Callable[[], bool] | None = None  # the caller's stop predicate (Milp.solve's ``stop``)
+        self.stopped = False  # ... which said stop
+        self.last_ask = self.t0
         self.log: list[Progress] = []
 
     def emit(self, best: float | None, bound: float | None) -> None:

@@ -514,6 +514,8 @@ class _Bounder:
 
     def poll(self, track: _Track) -> None:
         """(concurrent) Record the bounds the child has sent so far, without waiting."""
+        if not self.is_concurrent:
+            return
         try:
             while self.conn.poll(0):
                 self._take(self.conn.recv(), track)

@@ -311,7 +311,14 @@ def _milp_seeds(p: Problem, opt: SolveOptions, remat: bool, paging: bool, track:
     seeds: list[Solution] = []
     t0 = time.perf_counter()
     left = track.left()
-    if opt.warm_start and remat and paging and left > 1.0 and opt.formulation != "compact" and not track.done():
+    if (
+        opt.warm_start
+        and remat
+        and paging
+        and left > 1.0
+        and opt.formulation != "compact"
+        and not track.done()
+    ):
         sub = run(
             "paging-only",
             p,
@@ -321,7 +328,13 @@ def _milp_seeds(p: Problem, opt: SolveOptions, remat: bool, paging: bool, track:
         )
         if sub.ok:
             seeds.append(sub)
-    if opt.warm_start and p.overlap and p.deadline_s is not None and opt.formulation == "poet" and not track.done():
+    if (
+        opt.warm_start
+        and p.overlap
+        and p.deadline_s is not None
+        and opt.formulation == "poet"
+        and not track.done()
+    ):
         # The schedule made as if transfers did not overlap meets the deadline with overlap too (a stage's
         # max(compute, transfers) never exceeds their sum): a seed the overlapping MILP must beat (its TAU rows
         # can make the solver much slower to find as much: the demo's at 1.2x found 9.8 mJ in 30 s where the
@@ -381,7 +394,11 @@ def _solve_milp(
             meta["relaxed_bound_j"] = bounder.collect(track, opt.gap)
         meta["milp_status"] = "skipped"
         why = "not run: the best schedule so far is proven already"
-        return None, milp.MilpResult("skipped", None, None, None, 0.0, 0.0, 0, 0, 0, mopt.solver.upper(), why), meta
+        return (
+            None,
+            milp.MilpResult("skipped", None, None, None, 0.0, 0.0, 0, 0, 0, mopt.solver.upper(), why),
+            meta,
+        )
     try:
         model = milp.Milp(p, mopt, strategy=name, deadline=t0 + opt.time_limit_s)
     except milp.OutOfTime:

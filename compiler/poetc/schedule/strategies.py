@@ -211,7 +211,13 @@ def run(
     bounder = None
     if opt.formulation == "compact":
         bounder = _Bounder(p, _milp_options(opt, remat, paging), t0 + opt.time_limit_s)
-    elif opt.formulation == "poet" and opt.bounder and stop is None and p.T >= _Bounder.CONCURRENT_T:
+    elif (
+        opt.formulation == "poet"
+        and opt.bounder
+        and stop is None
+        and p.T >= _Bounder.CONCURRENT_T
+        and opt.time_limit_s >= _Bounder.CONCURRENT_S
+    ):
         bounder = _Bounder.concurrent(p, _milp_options(opt, remat, paging), t0 + opt.time_limit_s)
     track.bounder = bounder
     seeds = _candidates(p, opt, remat, paging, warm, track)
@@ -421,7 +427,9 @@ def _solve_milp(
     # cold solve left to itself settles near the paging-only one. Compact: its cold solves are quick, all of it.
     give_up = None
     if highs and best_seed is not None and opt.mip_start and not compact:
-        first_s = 0.5 * left
+        first_s = (
+            0.7 if more_seeds is not None else 0.5
+        ) * left  # small graphs: the cold solve is the strong one
     if progress and first_s < left:
         progress(
             f"{name}: {left:.3g} s left: up to {first_s:.3g} s from scratch, then the rest from the best schedule "
@@ -500,6 +508,9 @@ class _Bounder:
 
     INLINE_T = 64  # compact: up to this many nodes the relaxed model is solved in this process, after the compact one
     CONCURRENT_T = 24  # poet: below this many nodes the MILP proves its optimum before a child has started
+    CONCURRENT_S = (
+        10.0  # poet: shorter time limits keep both cores for the search (a child takes 1-2 s to start)
+    )
 
     def __init__(self, p: Problem, mopt: milp.MilpOptions, deadline: float, concurrent: bool = False) -> None:
         import multiprocessing

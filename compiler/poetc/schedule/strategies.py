@@ -385,7 +385,7 @@ def _solve_milp(
     more_seeds: Callable[[], list[Solution]] | None = None,
 ) -> tuple[Solution | None, milp.MilpResult, dict[str, Any]]:
     """The MILP, built once. HiGHS: a cold solve with presolve (fast on small models, and its bound is always
-    valid) for the time left, given up at half of it if it has nothing better than the best seed by then; then,
+    valid) for half the time left (70% on small graphs; all of it without a seed); then,
     if it did not prove optimality and time is left, a solve started from the best schedule so far, without
     presolve, for the rest; ``more_seeds`` (small graphs) makes the seeding MILPs' schedules between the two.
     Every solve stops once the best schedule so far is proven (``track.done``: the bound process's bound).
@@ -427,9 +427,8 @@ def _solve_milp(
     # cold solve left to itself settles near the paging-only one. Compact: its cold solves are quick, all of it.
     give_up = None
     if highs and best_seed is not None and opt.mip_start and not compact:
-        first_s = (
-            0.7 if more_seeds is not None else 0.5
-        ) * left  # small graphs: the cold solve is the strong one
+        # small graphs (seeds after the cold solve): 70%, the cold solve is the strong one there
+        first_s = (0.7 if more_seeds is not None else 0.5) * left
     if progress and first_s < left:
         progress(
             f"{name}: {left:.3g} s left: up to {first_s:.3g} s from scratch, then the rest from the best schedule "
@@ -477,10 +476,9 @@ def _solve_milp(
             if sol2 is not None and (milp_sol is None or sol2.replay.energy_j < milp_sol.replay.energy_j):
                 milp_sol = sol2
             res = res2 if res2.status != "no_solution" else res
-    if bounder is not None and bounder.is_concurrent:
+    if bounder is not None:
         meta["relaxed_bound_j"] = bounder.collect(track, opt.gap)
-    elif bounder is not None:
-        meta["relaxed_bound_j"] = bounder.collect(track, opt.gap)
+    if bounder is not None and not bounder.is_concurrent:
         # the compact model's "optimal" and "infeasible" are about its own stricter rows
         st = {"optimal": "feasible", "infeasible": "no_solution"}.get(res.status, res.status)
         why = "the compact model has no schedule (it forgoes memory freed inside a stage)"
@@ -508,9 +506,7 @@ class _Bounder:
 
     INLINE_T = 64  # compact: up to this many nodes the relaxed model is solved in this process, after the compact one
     CONCURRENT_T = 24  # poet: below this many nodes the MILP proves its optimum before a child has started
-    CONCURRENT_S = (
-        10.0  # poet: shorter time limits keep both cores for the search (a child takes 1-2 s to start)
-    )
+    CONCURRENT_S = 10.0  # poet: shorter limits keep both cores for the search (a child takes 1-2 s to start)
 
     def __init__(self, p: Problem, mopt: milp.MilpOptions, deadline: float, concurrent: bool = False) -> None:
         import multiprocessing
@@ -732,7 +728,9 @@ def smallest_budget(p: Problem, name: str = "poet", opt: SolveOptions = SolveOpt
             remat, paging = remat and opt.remat, paging and opt.paging
             if any(_allowed(p, h.schedule, remat, paging) for h in feasible_heuristics(q)):
                 return True
-            r = run(name, q, replace(opt, time_limit_s=min(opt.time_limit_s, 20.0), warm_start=False))
+            # feasibility only: no bound process (a child per bisection step would cost more than it gives)
+            limit = min(opt.time_limit_s, 20.0)
+            r = run(name, q, replace(opt, time_limit_s=limit, warm_start=False, bounder=False))
             return r.ok
         return _heuristic(name, q).ok
 

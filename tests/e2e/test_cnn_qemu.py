@@ -13,9 +13,9 @@ out recomputation at this point).
 
 Checked below by solver runs:
 - remat-only: the solver proves that no schedule without paging fits the budget and the deadline;
-- paging-only: its proven optimum is never beaten by POET's schedule in the other direction (POET <= it). The mixed
-  schedule that also recomputes, cheaper than paging-only, was found here within 10 s until the runtime's tables
-  grew by a few hundred bytes (write numbers, transfer slots); HiGHS now often stops at the paging-only one.
+- paging-only: its proven optimum (the greedy's schedule, 4 page-outs) is beaten by POET's proven optimum, the
+  mixed schedule that also recomputes (6.01 mJ extra against 9.85 mJ: 8 recomputations, 1 page-out), which the
+  poet MILP proves in about 10 s since it carries the relaxed model's frontier rows and its bound process.
 """
 
 from __future__ import annotations
@@ -71,10 +71,8 @@ def test_digits_cnn_recomputes_pages_verifies_and_learns_on_qemu_m4(tmp_path):
     out = tmp_path / "cnn"
     poetc("build", MODEL, "--board", FLAT_BOARD, "--out", str(out), *POINT, "--time-limit", "30")
     sj = json.loads((out / "schedule.json").read_text())
-    # paging is forced (no schedule without it fits: test below); recomputation too where the solver finds
-    # the mixed schedule within its limit (it did before the runtime's tables grew by the write numbers and the
-    # transfer slots, a few hundred bytes; since then HiGHS may stop at the paging-only schedule)
-    assert sj["page_outs"] > 0 and sj["page_ins"] > 0, sj
+    # paging is forced (no schedule without it fits: test below), and the optimum also recomputes
+    assert sj["page_outs"] > 0 and sj["page_ins"] > 0 and sj["recomputes"] > 0, sj
     man = json.loads((out / "poetc.json").read_text())
     assert man["memory"]["total"] <= 106 * 1024, man["memory"]
 
@@ -106,7 +104,7 @@ def test_digits_cnn_recomputes_pages_verifies_and_learns_on_qemu_m4(tmp_path):
             per_run = int(ticks.replace(",", "")) / int(n)
             assert per_run == pytest.approx(once[(op, nd["flops"])], rel=0.05), (op, n, ticks)
             compared += 1
-    assert compared > 0 or sj["recomputes"] == 0, r.stdout
+    assert compared > 0, r.stdout
 
 
 def test_the_cnn_budget_forces_both_recomputation_and_paging():
@@ -114,6 +112,6 @@ def test_the_cnn_budget_forces_both_recomputation_and_paging():
     assert not remat["feasible"] and "proved" in remat["message"], remat
     paging = _solve("paging-only", 60)
     assert paging["status"] == "optimal", paging
-    poet = _solve("poet", 10)
-    assert poet["feasible"] and poet["energy_j"] <= paging["energy_j"] * (1 + 1e-9), (poet, paging)
-    assert poet["page_outs"] > 0, poet  # forced: no schedule without paging fits
+    poet = _solve("poet", 60)  # proven in about 10 s
+    assert poet["status"] == "optimal" and poet["energy_j"] < paging["energy_j"] * (1 - 1e-6), (poet, paging)
+    assert poet["page_outs"] > 0 and poet["recomputes"] > 0, poet  # paging is forced, recomputing pays

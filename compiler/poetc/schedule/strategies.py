@@ -28,6 +28,7 @@ from .simulate import Replay, ScheduleError, replay
 
 NAMES = ("poet", "store-all", "remat-only", "paging-only", "chen-sqrt", "greedy")
 MILP_STRATEGIES = {"poet": (True, True), "remat-only": (True, False), "paging-only": (False, True)}
+LATE_SEEDS_T = 64  # up to this many nodes the poet MILP runs before the seeding MILPs (see run)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class SolveOptions:
     warm_start: bool = True  # also evaluate the heuristics and keep the best schedule found
     mip_start: bool = True  # if the first solve is not proven optimal, restart HiGHS from the best schedule
     trace: bool = False  # keep (seconds, best extra J, bound J) as the solve progresses (meta["trace"])
+    bounder: bool = True  # poet: the relaxed model's MILP in a second process meanwhile, for the bound
     verbose: bool = False
 
 
@@ -172,6 +174,7 @@ def run(
     progress: Callable[[str], None] | None = None,
     warm: Schedule | None = None,
     watch: Callable[[Progress], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> Solution:
     """Solve ``p`` with strategy ``name``.
 
@@ -179,7 +182,8 @@ def run(
     baseline at the same budget) within what the variant allows, and return the best replayed schedule; the
     solver's bound (from a search that did not see these incumbents) still bounds the gap. ``progress`` gets
     one-line messages (the model's size, a restart); ``watch`` gets ``Progress`` records as the solve goes
-    (best extra energy so far, bound, gap; monotone)."""
+    (best extra energy so far, bound, gap; monotone). ``stop``: a seed's run inside another one ends when that
+    run's own bound proves its best schedule (such a run starts no bound process of its own)."""
     if name not in NAMES:
         raise PoetcError(f"unknown strategy {name!r} (known: {', '.join(NAMES)})")
     if name not in MILP_STRATEGIES:
@@ -201,14 +205,31 @@ def run(
                 f"{p.budget} B"
             ),
         )
-    track = _Track(t0, opt.time_limit_s, watch)
-    # compact: the bound comes from the relaxed model, solved meanwhile in another process from the start on
+    track = _Track(t0, opt.time_limit_s, watch, opt.gap, stop)
+    # compact: the bound comes from the relaxed model, solved meanwhile in another process from the start on;
+    # poet: the relaxed MILP runs beside the MILP from the start (it often proves the optimum first)
     bounder = None
     if opt.formulation == "compact":
         bounder = _Bounder(p, _milp_options(opt, remat, paging), t0 + opt.time_limit_s)
+    elif (
+        opt.formulation == "poet"
+        and opt.bounder
+        and stop is None
+        and p.T >= _Bounder.CONCURRENT_T
+        and opt.time_limit_s >= _Bounder.CONCURRENT_S
+    ):
+        bounder = _Bounder.concurrent(p, _milp_options(opt, remat, paging), t0 + opt.time_limit_s)
+    track.bounder = bounder
     seeds = _candidates(p, opt, remat, paging, warm, track)
+    # small graphs (HiGHS, poet): the MILP first, which often proves its optimum in seconds; the seeding MILPs
+    # only if it did not (before its restart). Larger graphs: the seeds first (the MILP can take long to find
+    # as much).
+    late = opt.formulation == "poet" and opt.solver.upper() == "HIGHS" and p.T <= LATE_SEEDS_T
+    if not late:
+        seeds += _milp_seeds(p, opt, remat, paging, track)
     best_seed = min(seeds, key=lambda x: x.replay.energy_j, default=None)
-    milp_sol, res, meta = _solve_milp(name, p, opt, remat, paging, best_seed, track, progress, bounder)
+    more = (lambda: _milp_seeds(p, opt, remat, paging, track)) if late else None
+    milp_sol, res, meta = _solve_milp(name, p, opt, remat, paging, best_seed, track, progress, bounder, more)
     sol = _choose(name, p, opt, milp_sol, best_seed, res, track.bound, meta, t0)
     if opt.trace:
         sol.meta["trace"] = track.trace
@@ -219,8 +240,16 @@ class _Track:
     """The best extra energy and the best bound so far, over the candidates and the solver's runs: monotone
     ``Progress`` records for ``watch`` and the trace."""
 
-    def __init__(self, t0: float, limit: float, watch: Callable[[Progress], None] | None) -> None:
-        self.t0, self.limit, self.watch = t0, limit, watch
+    def __init__(
+        self,
+        t0: float,
+        limit: float,
+        watch: Callable[[Progress], None] | None,
+        gap: float = 1e-4,
+        outer: Callable[[], bool] | None = None,
+    ) -> None:
+        self.t0, self.limit, self.watch, self.gap, self.outer = t0, limit, watch, gap, outer
+        self.bounder: _Bounder | None = None  # polled by done() when it runs concurrently
         self.best: float | None = None
         self.found_by = ""  # who found the best schedule so far
         self.bound: float | None = None
@@ -240,6 +269,16 @@ class _Track:
         if self.watch is not None:
             self.watch(rec)
 
+    def done(self) -> bool:
+        """Whether the best schedule so far is proven within the gap (by any bound: the solver's, the bound
+        process's, polled here) or the enclosing run says stop."""
+        if self.outer is not None and self.outer():
+            return True
+        if self.bounder is not None:
+            self.bounder.poll(self)
+        g = _gap_of(self.best, self.bound)
+        return g is not None and g <= self.gap
+
     def left(self) -> float:
         """Seconds left of the time limit (the whole run's: model builds and heuristics count)."""
         return self.t0 + self.limit - time.perf_counter()
@@ -256,25 +295,52 @@ class _Track:
 def _candidates(
     p: Problem, opt: SolveOptions, remat: bool, paging: bool, warm: Schedule | None, track: _Track
 ) -> list[Solution]:
-    """Replayed schedules the MILP has to beat (and may start from): the heuristics, for POET the paging-only
-    MILP (small and quick, while POET's larger one can take long to find what it finds), and ``warm``."""
+    """Replayed schedules the MILP has to beat (and may start from): the heuristics and ``warm``."""
     seeds: list[Solution] = []
     t0 = time.perf_counter()
     if opt.warm_start:
         seeds += [h for h in feasible_heuristics(p) if _allowed(p, h.schedule, remat, paging)]
         for h in seeds:
             track.record(h.replay.energy_j - p.floor_j, None, h.strategy)
+    if warm is not None and _allowed(p, warm, remat, paging):
+        sol = _check(p, "warm", lower(p, trim(p, warm)), t0, "heuristic")
+        if sol.ok:
+            seeds.append(sol)
+            track.record(sol.replay.energy_j - p.floor_j, None, "warm start")
+    return seeds
+
+
+def _milp_seeds(p: Problem, opt: SolveOptions, remat: bool, paging: bool, track: _Track) -> list[Solution]:
+    """More schedules for the MILP to beat and restart from, from smaller MILPs: for POET the paging-only
+    MILP's (small and quick, while POET's larger one can take long to find what it finds) and, with a pager
+    that overlaps, the schedule made as if it did not. Each ends early once the best schedule is proven."""
+    seeds: list[Solution] = []
+    t0 = time.perf_counter()
     left = track.left()
-    if opt.warm_start and remat and paging and left > 1.0 and opt.formulation != "compact":
+    if (
+        opt.warm_start
+        and remat
+        and paging
+        and left > 1.0
+        and opt.formulation != "compact"
+        and not track.done()
+    ):
         sub = run(
             "paging-only",
             p,
             replace(opt, time_limit_s=min(max(1.0, 0.2 * opt.time_limit_s), 0.5 * left), trace=False),
             watch=track.incumbents("paging-only MILP"),
+            stop=track.done,
         )
         if sub.ok:
             seeds.append(sub)
-    if opt.warm_start and p.overlap and p.deadline_s is not None and opt.formulation == "poet":
+    if (
+        opt.warm_start
+        and p.overlap
+        and p.deadline_s is not None
+        and opt.formulation == "poet"
+        and not track.done()
+    ):
         # The schedule made as if transfers did not overlap meets the deadline with overlap too (a stage's
         # max(compute, transfers) never exceeds their sum): a seed the overlapping MILP must beat (its TAU rows
         # can make the solver much slower to find as much: the demo's at 1.2x found 9.8 mJ in 30 s where the
@@ -285,16 +351,12 @@ def _candidates(
             replace(p, overlap=False),
             replace(opt, time_limit_s=max(1.0, 0.4 * track.left()), trace=False),
             watch=track.incumbents("no-overlap MILP"),
+            stop=track.done,
         )
         if sub.ok and sub.schedule is not None:
             sol = _check(p, "no-overlap MILP", lower(p, trim(p, sub.schedule)), t0, "heuristic")
             if sol.ok:
                 seeds.append(sol)
-    if warm is not None and _allowed(p, warm, remat, paging):
-        sol = _check(p, "warm", lower(p, trim(p, warm)), t0, "heuristic")
-        if sol.ok:
-            seeds.append(sol)
-            track.record(sol.replay.energy_j - p.floor_j, None, "warm start")
     return seeds
 
 
@@ -320,17 +382,29 @@ def _solve_milp(
     track: _Track,
     progress: Callable[[str], None] | None,
     bounder: _Bounder | None = None,
+    more_seeds: Callable[[], list[Solution]] | None = None,
 ) -> tuple[Solution | None, milp.MilpResult, dict[str, Any]]:
     """The MILP, built once. HiGHS: a cold solve with presolve (fast on small models, and its bound is always
-    valid) for the time left, given up at half of it if it has nothing better than the best seed by then; then,
+    valid) for half the time left (70% on small graphs; all of it without a seed); then,
     if it did not prove optimality and time is left, a solve started from the best schedule so far, without
-    presolve, for the rest. Other solvers run once, for the whole time
-    limit, given the best schedule as cvxpy's warm start. Returns (the MILP's replayed schedule or None, the
+    presolve, for the rest; ``more_seeds`` (small graphs) makes the seeding MILPs' schedules between the two.
+    Every solve stops once the best schedule so far is proven (``track.done``: the bound process's bound).
+    Other solvers run once, for the whole time limit, given the best schedule as cvxpy's warm start. Returns (the MILP's replayed schedule or None, the
     last solver result, meta). Everything (the model's build too) ends by the run's time limit."""
     t0 = track.t0
     mopt = _milp_options(opt, remat, paging)
     meta: dict[str, Any] = {"formulation": opt.formulation, "remat": remat, "paging": paging}
     compact = opt.formulation == "compact"
+    if track.done():  # a seed's schedule is proven already (the bound process's bound)
+        if bounder is not None:
+            meta["relaxed_bound_j"] = bounder.collect(track, opt.gap)
+        meta["milp_status"] = "skipped"
+        why = "not run: the best schedule so far is proven already"
+        return (
+            None,
+            milp.MilpResult("skipped", None, None, None, 0.0, 0.0, 0, 0, 0, mopt.solver.upper(), why),
+            meta,
+        )
     try:
         model = milp.Milp(p, mopt, strategy=name, deadline=t0 + opt.time_limit_s)
     except milp.OutOfTime:
@@ -353,7 +427,8 @@ def _solve_milp(
     # cold solve left to itself settles near the paging-only one. Compact: its cold solves are quick, all of it.
     give_up = None
     if highs and best_seed is not None and opt.mip_start and not compact:
-        first_s = 0.5 * left
+        # small graphs (seeds after the cold solve): 70%, the cold solve is the strong one there
+        first_s = (0.7 if more_seeds is not None else 0.5) * left
     if progress and first_s < left:
         progress(
             f"{name}: {left:.3g} s left: up to {first_s:.3g} s from scratch, then the rest from the best schedule "
@@ -364,7 +439,8 @@ def _solve_milp(
     # compact: its schedules are schedules of the problem, its bound is not (it forgoes memory freed inside a
     # stage); the bound comes from the relaxed model, solved meanwhile in another process
     watch = track.incumbents("compact MILP") if compact else track.solver
-    res = model.solve(first_s, start=start, watch=watch, give_up=give_up)
+    # the MILP stops once any bound proves its best schedule (the bound process's, polled by track.done)
+    res = model.solve(first_s, start=start, watch=watch, give_up=give_up, stop=track.done)
     meta |= {
         "solver": res.solver,
         "n_binary": res.n_binary,
@@ -375,7 +451,10 @@ def _solve_milp(
     if res.start_j is not None:
         meta["warm_start"] = best_seed.strategy
     milp_sol = _milp_solution(p, name, res, t0, meta)
-    if res.status not in ("optimal", "infeasible") and opt.mip_start and highs:
+    if res.status not in ("optimal", "infeasible") and more_seeds is not None and not track.done():
+        seeds = [c for c in (best_seed, *more_seeds()) if c is not None]
+        best_seed = min(seeds, key=lambda c: c.replay.energy_j, default=None)
+    if res.status not in ("optimal", "infeasible") and opt.mip_start and highs and not track.done():
         inc = min(
             [c for c in (milp_sol, best_seed) if c is not None], key=lambda c: c.replay.energy_j, default=None
         )
@@ -387,7 +466,9 @@ def _solve_milp(
                     f"MILP ({opt.formulation}): restarting HIGHS from the best schedule so far ({whose}) for "
                     f"{left:.3g} s, presolve off"
                 )
-            res2 = model.solve(left, start=trim(p, inc.schedule), presolve=False, watch=watch)
+            res2 = model.solve(
+                left, start=trim(p, inc.schedule), presolve=False, watch=watch, stop=track.done
+            )
             meta["milp_status"] = res2.status
             meta["warm_start"] = inc.strategy
             meta["mip_start"] = "" if res2.schedule is None else res2.schedule.meta.get("mip_start", "")
@@ -397,6 +478,7 @@ def _solve_milp(
             res = res2 if res2.status != "no_solution" else res
     if bounder is not None:
         meta["relaxed_bound_j"] = bounder.collect(track, opt.gap)
+    if bounder is not None and not bounder.is_concurrent:
         # the compact model's "optimal" and "infeasible" are about its own stricter rows
         st = {"optimal": "feasible", "infeasible": "no_solution"}.get(res.status, res.status)
         why = "the compact model has no schedule (it forgoes memory freed inside a stage)"
@@ -409,51 +491,88 @@ def _solve_milp(
 class _Bounder:
     """The relaxed model (``milp`` formulation "relaxed": rows every schedule satisfies) solved in a child
     process until ``deadline`` (a ``time.perf_counter()`` time: the monotonic clock, the same in every
-    process): its bounds are lower bounds on the extra energy of every schedule of the problem. The child
-    solves the LP relaxation at once (vgg16_cifar-m4: within 0.1% of the optimum in 1.6 s; resnet18_cifar-m4:
-    8.5 s, 2.6% under the compact model's optimum), then waits: the relaxed MILP (exact on linear-m0, where the
-    LP is 46% short) runs only once the parent's own solve is over, so it never takes the core the incumbent
-    search needs."""
+    process): its bounds are lower bounds on the extra energy of every schedule of the problem.
 
-    INLINE_T = 64  # up to this many nodes the relaxed model is solved in this process, after the compact one
+    For the compact formulation (``_Bounder(...)``) the child solves the LP relaxation at once (vgg16_cifar-m4:
+    within 0.1% of the optimum in 1.6 s; resnet18_cifar-m4: 8.5 s, 2.6% under the compact model's optimum),
+    then waits: the relaxed MILP (exact on linear-m0, where the LP is 46% short) runs only once the parent's own
+    solve is over, so it never takes the core the incumbent search needs.
 
-    def __init__(self, p: Problem, mopt: milp.MilpOptions, deadline: float) -> None:
+    For the poet formulation (``_Bounder.concurrent(...)``) the child solves the relaxed MILP at once, beside
+    the parent's search on the second core, and sends every bound it raises; the parent polls them
+    (``poll``, from ``_Track.done``) and stops as soon as its best schedule meets one. On the zoo's small points
+    the relaxed MILP's optimum is the problem's (mlp 226K, the demo's digits-deep-mlp 200K 1.2x, digits-cnn
+    106K 1.2x: proven in 2 s where the poet MILP takes 5 to 10 s to prove what it finds)."""
+
+    INLINE_T = 64  # compact: up to this many nodes the relaxed model is solved in this process, after the compact one
+    CONCURRENT_T = 24  # poet: below this many nodes the MILP proves its optimum before a child has started
+    CONCURRENT_S = 10.0  # poet: shorter limits keep both cores for the search (a child takes 1-2 s to start)
+
+    def __init__(self, p: Problem, mopt: milp.MilpOptions, deadline: float, concurrent: bool = False) -> None:
         import multiprocessing
 
         self.deadline = deadline
+        self.is_concurrent = concurrent
+        self.bound: float | None = None
         # small: a child's start-up (seconds of imports) would cost more; a daemonic process may have no child
         small = p.T <= self.INLINE_T or multiprocessing.current_process().daemon
-        self.inline = (p, mopt) if small else None
+        self.inline = (p, mopt) if small and not concurrent else None
         if self.inline is not None:  # the relaxed MILP after the compact solve (the caller keeps it time)
             return
         ctx = multiprocessing.get_context("spawn")  # not fork: the parent may hold HiGHS threads
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_relaxed_bound, args=(p, mopt, deadline, child), daemon=True)
+        self.proc = ctx.Process(
+            target=_relaxed_bound, args=(p, mopt, deadline, child, concurrent), daemon=True
+        )
         self.proc.start()
         child.close()
 
+    @classmethod
+    def concurrent(cls, p: Problem, mopt: milp.MilpOptions, deadline: float) -> _Bounder | None:
+        """The relaxed MILP in a child process from now on (None in a daemonic process, which may have none)."""
+        import multiprocessing
+
+        if multiprocessing.current_process().daemon:
+            return None
+        return cls(p, mopt, deadline, concurrent=True)
+
+    def poll(self, track: _Track) -> None:
+        """(concurrent) Record the bounds the child has sent so far, without waiting."""
+        if not self.is_concurrent:
+            return
+        try:
+            while self.conn.poll(0):
+                self._take(self.conn.recv(), track)
+        except (EOFError, OSError):
+            pass
+
+    def _take(self, b: float | None, track: _Track) -> None:
+        if b is not None:
+            self.bound = b if self.bound is None else max(self.bound, b)
+            track.record(None, self.bound, "relaxed MILP")
+
     def collect(self, track: _Track, gap: float) -> float | None:
-        """The child's best bound (None: none by the deadline), waiting for it until the deadline or until the
-        best schedule so far is proven within ``gap``; the child is ended either way."""
+        """The child's best bound (None: none by the deadline); the child is ended either way. Compact: waits
+        for it until the deadline or until the best schedule so far is proven within ``gap``; concurrent: takes
+        what it has sent (the parent's search is over: nothing is left to prove against it)."""
         if self.inline is not None:
             return self._inline(track, gap)
-        bound = None
         try:
-            self.conn.send("go")
-            while not self._proven(track, gap) and self.conn.poll(
-                max(0.0, self.deadline - time.perf_counter())
-            ):
-                b = self.conn.recv()
-                if b is not None:
-                    bound = b if bound is None else max(bound, b)
-                    track.record(None, bound, "relaxed MILP")
+            if self.is_concurrent:
+                self.poll(track)
+            else:
+                self.conn.send("go")
+                while not self._proven(track, gap) and self.conn.poll(
+                    max(0.0, self.deadline - time.perf_counter())
+                ):
+                    self._take(self.conn.recv(), track)
         except (EOFError, OSError):
             pass
         finally:
             if self.proc.is_alive():
                 self.proc.terminate()
             self.proc.join(1.0)
-        return bound
+        return self.bound
 
     def _inline(self, track: _Track, gap: float) -> float | None:
         """The relaxed LP, then its MILP, in this process for the time left (a MILP stopped before its first
@@ -486,18 +605,30 @@ def _gap_of(best: float | None, bound: float | None) -> float | None:
     return 0.0 if best <= 1e-15 else max(0.0, (best - bound) / best)
 
 
-def _relaxed_bound(p: Problem, mopt: milp.MilpOptions, deadline: float, conn: Any) -> None:
-    """(child process) The relaxed model's LP bound at once; its MILP's bound after the parent says "go"."""
+def _relaxed_bound(p: Problem, mopt: milp.MilpOptions, deadline: float, conn: Any, concurrent: bool) -> None:
+    """(child process) The relaxed model's LP bound at once; then its MILP, at once (``concurrent``: each bound
+    it raises is sent as it comes) or after the parent says "go"."""
     try:
         m = milp.Milp(p, replace(mopt, formulation="relaxed"), strategy="relaxed", deadline=deadline)
         conn.send(m.lp_bound(deadline - time.perf_counter()))
-        if conn.poll(max(0.0, deadline - time.perf_counter())) and conn.recv() == "go":
-            r = m.solve(deadline - time.perf_counter())
-            if r.status != "infeasible":  # the parent's schedules say otherwise: claim nothing
-                conn.send(r.extra_j if r.status == "optimal" and r.bound_j is None else r.bound_j)
+        if not concurrent and not (
+            conn.poll(max(0.0, deadline - time.perf_counter())) and conn.recv() == "go"
+        ):
+            return
+        sent = [0.0]
+
+        def watch(rec: Progress) -> None:  # HiGHS's bounds as they rise (every record's is valid)
+            if rec.bound_j is not None and rec.bound_j > sent[0] * (1 + 1e-6):
+                sent[0] = rec.bound_j
+                conn.send(rec.bound_j)
+
+        r = m.solve(deadline - time.perf_counter(), watch=watch if concurrent else None)
+        if r.status != "infeasible":  # the parent's schedules say otherwise: claim nothing
+            conn.send(r.extra_j if r.status == "optimal" and r.bound_j is None else r.bound_j)
     except (milp.OutOfTime, EOFError, OSError):
         pass
-    conn.close()
+    finally:
+        conn.close()
 
 
 def _choose(
@@ -535,6 +666,8 @@ def _choose(
         how = f"{opt.solver} MILP"
     else:
         how = f"{best.strategy} schedule (the MILP {'found nothing better' if milp_sol else res.status})"
+        if res.status == "skipped":
+            how = f"{best.strategy} schedule, proven before the MILP ran"
         meta["incumbent"] = best.strategy
     status = "optimal" if proven else "feasible"
     msg = (
@@ -595,7 +728,9 @@ def smallest_budget(p: Problem, name: str = "poet", opt: SolveOptions = SolveOpt
             remat, paging = remat and opt.remat, paging and opt.paging
             if any(_allowed(p, h.schedule, remat, paging) for h in feasible_heuristics(q)):
                 return True
-            r = run(name, q, replace(opt, time_limit_s=min(opt.time_limit_s, 20.0), warm_start=False))
+            # feasibility only: no bound process (a child per bisection step would cost more than it gives)
+            limit = min(opt.time_limit_s, 20.0)
+            r = run(name, q, replace(opt, time_limit_s=limit, warm_start=False, bounder=False))
             return r.ok
         return _heuristic(name, q).ok
 

@@ -210,7 +210,8 @@ def test_deep_mlp_must_page_to_fit_qemu_m0_and_still_learns(tmp_path):
     poetc(*args, "--out", str(out), "--strategy", "paging-only")
     size = target.image_size(out / "build" / "poet.elf", boards.load("qemu-m0"))
     assert size.ram <= 16 * 1024
-    r = poetc("train", str(out), "--steps", "80", "--lr", "0.1", "--eval-every", "0")
+    # 40 steps: the loss falls to 0.64 of the first step's (0.50 after 80) on the host twin of this run
+    r = poetc("train", str(out), "--steps", "40", "--lr", "0.1", "--eval-every", "0")
     m = re.search(r"loss ([\d.]+) -> ([\d.]+)", r.stdout)
     assert m and float(m.group(2)) < 0.75 * float(m.group(1)), r.stdout
     m = re.search(r"paging per step: (\d+) page-ins \(([^)]+)\), (\d+) page-outs", r.stdout)

@@ -67,7 +67,7 @@ def test_solve_compare_table_and_json(tmp_path):
             allow = (
                 0.0 if x["strategy"] in strategies.HEURISTICS else (poet["gap"] or 0) * poet["extra_energy_j"]
             )
-            assert poet["energy_j"] <= x["energy_j"] * (1 + 1e-9) + allow, (x["strategy"], poet, x)
+            assert poet["energy_j"] <= x["energy_j"] * (1 + 1e-6) + allow, (x["strategy"], poet, x)
     # the table (the JSON run above checked the figures): a short limit does
     r = poetc("solve", *MLP, "--ram", "226K", "--compare", "--time-limit", "1")
     assert "strategy" in r.stdout and "remat-only" in r.stdout and "floor energy" in r.stdout

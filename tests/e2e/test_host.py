@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -299,3 +300,26 @@ def test_sanitizer_build_trains_clean(tmp_path):
     assert proc.wait(5) == 0
     err = proc.stderr.read().decode() if proc.stderr and not proc.stderr.closed else ""
     assert "runtime error" not in err and "AddressSanitizer" not in err
+
+
+def test_objects_do_not_depend_on_the_build_directory(digits, tmp_path):
+    """Each source compiles to its own object, through $(CCACHE) (not the link); an object compiled in another
+    directory is the same bytes (-fdebug-prefix-map), which is what lets ccache share the runtime's objects."""
+    obj = Path("build/obj/runtime/src/crc32.o")
+    work = tmp_path / "elsewhere"
+    shutil.copytree(digits, work)
+    shutil.rmtree(work / "build")
+    subprocess.run(["make", "-C", str(work), "CCACHE=", str(obj)], check=True, capture_output=True)
+    built = (work / obj).read_bytes()
+    assert built == (digits / obj).read_bytes()
+    assert str(work).encode() not in built and str(digits).encode() not in built
+    dry = subprocess.run(
+        ["make", "-n", "-B", "-C", str(work), "CCACHE=/opt/fake/ccache"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+    compiles = [ln for ln in dry if " -c " in ln]
+    assert len(compiles) >= 10 and all(ln.startswith("/opt/fake/ccache ") for ln in compiles)
+    (link_line,) = [ln for ln in dry if "-o build/poet_host" in ln]
+    assert "ccache" not in link_line and "build/obj/runtime/src/crc32.o" in link_line

@@ -323,3 +323,10 @@ def test_objects_do_not_depend_on_the_build_directory(digits, tmp_path):
     assert len(compiles) >= 10 and all(ln.startswith("/opt/fake/ccache ") for ln in compiles)
     (link_line,) = [ln for ln in dry if "-o build/poet_host" in ln]
     assert "ccache" not in link_line and "build/obj/runtime/src/crc32.o" in link_line
+    # build/obj/flags: the build renamed into place is up to date; other flags recompile every object
+    assert subprocess.run(["make", "-q", "-C", str(digits)], capture_output=True).returncode == 0
+    dry = subprocess.run(
+        ["make", "-n", "-C", str(work), "OPT=-O1"], check=True, capture_output=True, text=True
+    )
+    compiles = [ln for ln in dry.stdout.splitlines() if " -c " in ln]
+    assert len(compiles) >= 10 and all(" -O1 " in ln for ln in compiles)

@@ -6,7 +6,8 @@
 #                             (scripts/test.sh runs this)
 # PYTHON=/path/to/python3 picks the interpreter the environment is made from (default: python3). A system
 # Python that is externally managed (PEP 668, Debian's /usr/bin/python3) is fine: nothing is installed into it.
-# As root on Debian, missing system packages are installed with apt-get: a C compiler and make, the Arm
+# As root on Debian, missing system packages are installed with apt-get: a C compiler, make and ccache
+# (generated builds compile through it when it is there: rebuilding the same runtime is then a cache hit), the Arm
 # cross toolchain with newlib and QEMU (Cortex-M boards), the aarch64 cross compiler and QEMU user mode
 # (rpi4, jetson-tx2), python3-venv when the interpreter cannot make a virtual environment, chromium (--dev:
 # the tests render poetc report). A second run with nothing changed skips pip.
@@ -30,6 +31,7 @@ if ! { [ -x "$VENV/bin/python" ] || "$PY" -c 'import ensurepip, venv' 2>/dev/nul
 fi
 command -v cc >/dev/null || need+=(gcc)
 command -v make >/dev/null || need+=(make)
+command -v ccache >/dev/null || need+=(ccache)
 command -v arm-none-eabi-gcc >/dev/null || need+=(gcc-arm-none-eabi)
 [ -d /usr/lib/arm-none-eabi/newlib ] || need+=(libnewlib-arm-none-eabi)
 command -v qemu-system-arm >/dev/null || need+=(qemu-system-arm)

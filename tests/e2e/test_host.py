@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -300,3 +301,33 @@ def test_sanitizer_build_trains_clean(tmp_path):
     assert proc.wait(5) == 0
     err = proc.stderr.read().decode() if proc.stderr and not proc.stderr.closed else ""
     assert "runtime error" not in err and "AddressSanitizer" not in err
+
+
+def test_objects_do_not_depend_on_the_build_directory(digits, tmp_path):
+    """Each source compiles to its own object, through $(CCACHE) (not the link); an object compiled in another
+    directory is the same bytes (-fdebug-prefix-map), which is what lets ccache share the runtime's objects."""
+    obj = Path("build/obj/runtime/src/crc32.o")
+    work = tmp_path / "elsewhere"
+    shutil.copytree(digits, work)
+    shutil.rmtree(work / "build")
+    subprocess.run(["make", "-C", str(work), "CCACHE=", str(obj)], check=True, capture_output=True)
+    built = (work / obj).read_bytes()
+    assert built == (digits / obj).read_bytes()
+    assert str(work).encode() not in built and str(digits).encode() not in built
+    dry = subprocess.run(
+        ["make", "-n", "-B", "-C", str(work), "CCACHE=/opt/fake/ccache"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+    compiles = [ln for ln in dry if " -c " in ln]
+    assert len(compiles) >= 10 and all(ln.startswith("/opt/fake/ccache ") for ln in compiles)
+    (link_line,) = [ln for ln in dry if "-o build/poet_host" in ln]
+    assert "ccache" not in link_line and "build/obj/runtime/src/crc32.o" in link_line
+    # build/obj/flags: the build renamed into place is up to date; other flags recompile every object
+    assert subprocess.run(["make", "-q", "-C", str(digits)], capture_output=True).returncode == 0
+    dry = subprocess.run(
+        ["make", "-n", "-C", str(work), "OPT=-O1"], check=True, capture_output=True, text=True
+    )
+    compiles = [ln for ln in dry.stdout.splitlines() if " -c " in ln]
+    assert len(compiles) >= 10 and all(" -O1 " in ln for ln in compiles)

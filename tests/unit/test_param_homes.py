@@ -293,3 +293,31 @@ def test_frozen_parameters_and_batchnorm_statistics_live_in_flash():
     in_flash = sum(g.tensor(n).nbytes for n in pl.flash)
     assert pl.fixed.params_flash == in_flash > 600 * 1024  # the backbone: 635 KiB of parameters, none in RAM
     assert pl.fixed.params == 0  # the classifier is the schedule's; nothing else is a parameter in RAM
+
+
+def test_the_poet_milp_ties_every_use_of_a_ram_homed_tensor_to_its_home():
+    """The rows that keep a parameter homed in RAM from being freed, reloaded or counted twice are all there
+    (the solve-level test above cannot tell: a missing FREE row was not caught by its solves)."""
+    from poetc.schedule import milp
+
+    model = frontend.load("digits-deep-mlp", batch=64)
+    p = pipeline.plan(model, boards.load("qemu-m4"), ram=200 * 1024, deadline="1.2x", params="auto").problem
+    f = milp.Formulation(p, milp.MilpOptions())
+    assert f.homeable, "no parameter with a home to choose"
+    rows = {tuple(terms) for terms, rhs in f.m.rows_le if rhs == 0.0 and len(terms) == 2}
+    want = [
+        ((kind, t, l), ("R", l, l))
+        for l in f.homeable
+        for t in range(l + 1, p.T)
+        for kind in ("R", "S_RAM")
+        if f.m.has((kind, t, l))
+    ]
+    want += [
+        (("FREE", t, i, k), ("R", i, i))
+        for t in range(p.T)
+        for i, k in f.free_pairs[t]
+        if i in f.homeable and k != i
+    ]
+    assert any(v[0][0] == "FREE" for v in want) and any(v[0][0] == "S_RAM" for v in want)
+    missing = [v for v in want if ((v[0], 1.0), (v[1], -1.0)) not in rows]
+    assert not missing, missing[:5]

@@ -85,7 +85,7 @@ Solving. ``Formulation`` builds the rows once into sparse matrices (``_Lp``), an
               start from given values (its ``warm_start`` only reuses the solution of an earlier cvxpy solve of
               the same problem) nor to follow a running solve. highspy's own API does both: ``setSolution``
               for the start, and its callbacks for improving solutions (the incumbent), the MIP interrupt
-              check (the bound, the gap, Ctrl-C, a give-up time) and live ``Progress`` records; the LP
+              check (the bound, the gap, Ctrl-C, the caller's stop) and live ``Progress`` records; the LP
               solvers' interrupt checks stop a run past its limit inside a long LP. The matrices are built
               once; every solve passes them to a fresh instance (a second run on one instance does not keep
               its time limit in HiGHS 1.16), cold or from a given schedule (``Milp.solve(start=...)``).
@@ -963,12 +963,10 @@ class Milp:
         start: Schedule | None = None,
         presolve: bool = True,
         watch: Callable[[Progress], None] | None = None,
-        give_up: tuple[float, float] | None = None,
         stop: Callable[[], bool] | None = None,
     ) -> MilpResult:
         """Solve for ``time_limit_s`` (default: the options'), from the schedule ``start`` if given; ``watch``
-        gets ``Progress`` records as the solver finds schedules and raises its bound (HiGHS). ``give_up``
-        (HiGHS): (seconds, J): stop after that long if no schedule of less extra energy than that was found.
+        gets ``Progress`` records as the solver finds schedules and raises its bound (HiGHS).
         ``stop`` (HiGHS): asked after every schedule found and every few tenths of a second; True ends the
         solve (the caller's own bound proves the best schedule so far: the result is "feasible")."""
         limit = self.opt.time_limit_s if time_limit_s is None else time_limit_s
@@ -981,7 +979,7 @@ class Milp:
             self._highs = _Highs(self.lp, self.opt.verbose, eager=self.opt.formulation == "compact")
             limit = self._left(limit, t0)
             out = (
-                self._highs.solve(limit, self.opt.gap, z0, presolve, watch, give_up, stop)
+                self._highs.solve(limit, self.opt.gap, z0, presolve, watch, stop)
                 if limit > 0
                 else _Outcome("no_solution", message="time limit reached before the solver started")
             )
@@ -1177,7 +1175,6 @@ class _Highs:
         z0: np.ndarray | None,
         presolve: bool,
         watch: Callable[[Progress], None] | None,
-        give_up: tuple[float, float] | None = None,
         stop: Callable[[], bool] | None = None,
     ) -> _Outcome:
         import highspy
@@ -1197,7 +1194,7 @@ class _Highs:
         ):
             h.setOptionValue(name, value)
         self.run = run = _HighsRun(limit, watch)
-        run.give_up, run.enough = give_up, stop
+        run.enough = stop
         if z0 is not None:
             sol = highspy.HighsSolution()
             sol.col_value = list(z0)
@@ -1276,9 +1273,6 @@ class _Highs:
             now = time.perf_counter()
             if now - run.t0 > run.limit + 0.5:  # HiGHS's own clock missed its time limit: stop it now
                 run.late = True
-            if run.give_up is not None and now - run.t0 > run.give_up[0]:
-                if run.best is None or run.best >= run.give_up[1]:  # nothing better than that in time
-                    run.late = run.gave_up = True
             if now - run.last_emit >= 0.5:
                 run.emit(run.best, self._bound(run, e.data_out))
             if run.enough is not None and now - run.last_ask >= 0.2:
@@ -1316,10 +1310,6 @@ class _HighsRun:
         self.error: BaseException | None = None
         self.stop = False  # Ctrl-C: HiGHS is asked to stop at its next interrupt check
         self.late = False  # past the time limit: HiGHS is asked to stop (ends like a time limit)
-        self.give_up: tuple[float, float] | None = (
-            None  # (s, J): stop then unless a schedule below J was found
-        )
-        self.gave_up = False
         self.enough: Callable[[], bool] | None = None  # the caller's stop predicate (Milp.solve's ``stop``)
         self.stopped = False  # ... which said stop
         self.last_ask = self.t0

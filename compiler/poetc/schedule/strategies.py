@@ -425,7 +425,6 @@ def _solve_milp(
     # HiGHS (poet, poet2022): half the time from scratch, then the rest from the best schedule so far: the
     # restart from a seed is what finds the mixed schedules of the zoo's points (the CNN at 106K, 1.2x) where a
     # cold solve left to itself settles near the paging-only one. Compact: its cold solves are quick, all of it.
-    give_up = None
     if highs and best_seed is not None and opt.mip_start and not compact:
         # small graphs (seeds after the cold solve): 70%, the cold solve is the strong one there
         first_s = (0.7 if more_seeds is not None else 0.5) * left
@@ -440,7 +439,7 @@ def _solve_milp(
     # stage); the bound comes from the relaxed model, solved meanwhile in another process
     watch = track.incumbents("compact MILP") if compact else track.solver
     # the MILP stops once any bound proves its best schedule (the bound process's, polled by track.done)
-    res = model.solve(first_s, start=start, watch=watch, give_up=give_up, stop=track.done)
+    res = model.solve(first_s, start=start, watch=watch, stop=track.done)
     meta |= {
         "solver": res.solver,
         "n_binary": res.n_binary,

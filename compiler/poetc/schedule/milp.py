@@ -964,11 +964,14 @@ class Milp:
         presolve: bool = True,
         watch: Callable[[Progress], None] | None = None,
         stop: Callable[[], bool] | None = None,
+        found: Callable[[Schedule], None] | None = None,
     ) -> MilpResult:
         """Solve for ``time_limit_s`` (default: the options'), from the schedule ``start`` if given; ``watch``
         gets ``Progress`` records as the solver finds schedules and raises its bound (HiGHS).
         ``stop`` (HiGHS): asked after every schedule found and every few tenths of a second; True ends the
-        solve (the caller's own bound proves the best schedule so far: the result is "feasible")."""
+        solve (the caller's own bound proves the best schedule so far: the result is "feasible").
+        ``found`` (HiGHS): gets the schedule of every improving solution as the solver finds it (the relaxed
+        model's, sent by the bound process: often a schedule of the problem too, which the replay decides)."""
         limit = self.opt.time_limit_s if time_limit_s is None else time_limit_s
         z0 = self.f.start_values(start) if start is not None else None
         t0 = time.perf_counter()
@@ -979,13 +982,19 @@ class Milp:
             self._highs = _Highs(self.lp, self.opt.verbose, eager=self.opt.formulation == "compact")
             limit = self._left(limit, t0)
             out = (
-                self._highs.solve(limit, self.opt.gap, z0, presolve, watch, stop)
+                self._highs.solve(limit, self.opt.gap, z0, presolve, watch, stop, self._schedules(found))
                 if limit > 0
                 else _Outcome("no_solution", message="time limit reached before the solver started")
             )
         else:
             out = self._solve_cvxpy(limit, z0, watch)
         return self._result(out, time.perf_counter() - t0)
+
+    def _schedules(self, found: Callable[[Schedule], None] | None) -> Callable[[np.ndarray], None] | None:
+        """``found`` as a callback on the solver's columns."""
+        if found is None:
+            return None
+        return lambda z: found(self.f.schedule_from(z, self.strategy, {"extra_j": self.lp.extra_j(z)}))
 
     def _left(self, limit: float, t0: float) -> float:
         """What is left of ``limit`` (counted from ``t0``) and of the deadline."""
@@ -1176,6 +1185,7 @@ class _Highs:
         presolve: bool,
         watch: Callable[[Progress], None] | None,
         stop: Callable[[], bool] | None = None,
+        found: Callable[[np.ndarray], None] | None = None,
     ) -> _Outcome:
         import highspy
 
@@ -1194,7 +1204,7 @@ class _Highs:
         ):
             h.setOptionValue(name, value)
         self.run = run = _HighsRun(limit, watch)
-        run.enough = stop
+        run.enough, run.found = stop, found
         if z0 is not None:
             sol = highspy.HighsSolution()
             sol.col_value = list(z0)
@@ -1257,9 +1267,12 @@ class _Highs:
             obj = float(d.objective_function_value)
             if run.first_obj is None:
                 run.first_obj = obj
-            extra = self.lp.extra_j(np.asarray(d.mip_solution))
+            z = np.asarray(d.mip_solution)
+            extra = self.lp.extra_j(z)
             run.best = extra if run.best is None else min(run.best, extra)
             run.emit(run.best, self._bound(run, d))
+            if run.found is not None and extra <= run.best:
+                run.found(z)
             if run.enough is not None and run.enough():
                 run.late = run.stopped = True
                 e.interrupt()
@@ -1311,6 +1324,7 @@ class _HighsRun:
         self.stop = False  # Ctrl-C: HiGHS is asked to stop at its next interrupt check
         self.late = False  # past the time limit: HiGHS is asked to stop (ends like a time limit)
         self.enough: Callable[[], bool] | None = None  # the caller's stop predicate (Milp.solve's ``stop``)
+        self.found: Callable[[np.ndarray], None] | None = None  # gets every improving solution's columns
         self.stopped = False  # ... which said stop
         self.last_ask = self.t0
         self.log: list[Progress] = []

@@ -230,6 +230,7 @@ def run(
     best_seed = min(seeds, key=lambda x: x.replay.energy_j, default=None)
     more = (lambda: _milp_seeds(p, opt, remat, paging, track)) if late else None
     milp_sol, res, meta = _solve_milp(name, p, opt, remat, paging, best_seed, track, progress, bounder, more)
+    best_seed = _better(best_seed, bounder.best() if bounder is not None else None)
     sol = _choose(name, p, opt, milp_sol, best_seed, res, track.bound, meta, t0)
     if opt.trace:
         sol.meta["trace"] = track.trace
@@ -454,8 +455,11 @@ def _solve_milp(
         seeds = [c for c in (best_seed, *more_seeds()) if c is not None]
         best_seed = min(seeds, key=lambda c: c.replay.energy_j, default=None)
     if res.status not in ("optimal", "infeasible") and opt.mip_start and highs and not track.done():
+        relaxed = bounder.best() if bounder is not None else None
         inc = min(
-            [c for c in (milp_sol, best_seed) if c is not None], key=lambda c: c.replay.energy_j, default=None
+            [c for c in (milp_sol, best_seed, relaxed) if c is not None],
+            key=lambda c: c.replay.energy_j,
+            default=None,
         )
         left = track.left() - reserve
         if inc is not None and left > 1.0:
@@ -513,6 +517,8 @@ class _Bounder:
         self.deadline = deadline
         self.is_concurrent = concurrent
         self.bound: float | None = None
+        self.p, self.mopt = p, mopt
+        self.cands: list[Solution] = []  # (concurrent) the relaxed model's solutions that are schedules
         # small: a child's start-up (seconds of imports) would cost more; a daemonic process may have no child
         small = p.T <= self.INLINE_T or multiprocessing.current_process().daemon
         self.inline = (p, mopt) if small and not concurrent else None
@@ -545,10 +551,26 @@ class _Bounder:
         except (EOFError, OSError):
             pass
 
-    def _take(self, b: float | None, track: _Track) -> None:
+    def _take(self, b: float | tuple | None, track: _Track) -> None:
+        if isinstance(b, tuple):  # ("schedule", a relaxed solution): a candidate if it replays
+            self._candidate(b[1], track)
+            return
         if b is not None:
             self.bound = b if self.bound is None else max(self.bound, b)
             track.record(None, self.bound, "relaxed MILP")
+
+    def _candidate(self, s: Schedule, track: _Track) -> None:
+        p = self.p
+        if not _allowed(p, s, self.mopt.remat, self.mopt.paging):
+            return
+        sol = _check(p, "relaxed MILP", lower(p, trim(p, s)), time.perf_counter(), "heuristic")
+        if sol.ok:
+            self.cands.append(sol)
+            track.record(sol.replay.energy_j - p.floor_j, None, "relaxed MILP")
+
+    def best(self) -> Solution | None:
+        """The best of the relaxed model's solutions that replay as schedules of the problem."""
+        return min(self.cands, key=lambda c: c.replay.energy_j, default=None)
 
     def collect(self, track: _Track, gap: float) -> float | None:
         """The child's best bound (None: none by the deadline); the child is ended either way. Compact: waits
@@ -598,6 +620,13 @@ class _Bounder:
         return g is not None and g <= gap
 
 
+def _better(a: Solution | None, b: Solution | None) -> Solution | None:
+    """The one of lower energy (``a`` on a tie), either may be None."""
+    if a is None or (b is not None and b.replay.energy_j < a.replay.energy_j):
+        return b
+    return a
+
+
 def _gap_of(best: float | None, bound: float | None) -> float | None:
     if best is None or bound is None:
         return None
@@ -621,7 +650,14 @@ def _relaxed_bound(p: Problem, mopt: milp.MilpOptions, deadline: float, conn: An
                 sent[0] = rec.bound_j
                 conn.send(rec.bound_j)
 
-        r = m.solve(deadline - time.perf_counter(), watch=watch if concurrent else None)
+        def found(s: Schedule) -> None:  # its solutions, as it finds them: the parent replays them
+            conn.send(("schedule", s))
+
+        r = m.solve(
+            deadline - time.perf_counter(),
+            watch=watch if concurrent else None,
+            found=found if concurrent else None,
+        )
         if r.status != "infeasible":  # the parent's schedules say otherwise: claim nothing
             conn.send(r.extra_j if r.status == "optimal" and r.bound_j is None else r.bound_j)
     except (milp.OutOfTime, EOFError, OSError):

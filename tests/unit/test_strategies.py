@@ -207,3 +207,29 @@ def test_greedy_fits_resnet8_in_256k_with_its_parameters_paged():
 
     held = sum(int(p.mem[l]) for l in sol.program.ram_homes)
     assert memplan.plan(sol.program, p.mem, ceiling=p.budget - held).arena_bytes + held <= p.budget
+
+
+def test_the_bound_process_sends_relaxed_solutions_that_replay_as_incumbents():
+    # POET's linear graph: the relaxed model's optimum is a schedule of the problem, so the bound process alone
+    # proves it (its solution replays, and its optimum bounds every schedule)
+    import time
+
+    p = poetgraphs.build("linear", boards.load("nrf52840"))
+    t0 = time.perf_counter()
+    mopt = strategies._milp_options(strategies.SolveOptions(), True, True)
+    b = strategies._Bounder.concurrent(p, mopt, t0 + 30)
+    track = strategies._Track(t0, 30, None)
+    while b.proc.is_alive() and time.perf_counter() < t0 + 30:
+        b.poll(track)
+        time.sleep(0.05)
+    bound = b.collect(track, 1e-4)
+    assert b.cands and bound is not None
+    for c in b.cands:  # each one passed the replay against the budget and the deadline
+        r = simulate.replay(p, c.program, budget=p.budget)
+        assert r.peak_bytes <= p.budget and r.time_s <= p.deadline_s * (1 + 1e-9)
+    best = b.best()
+    assert track.best == pytest.approx(best.replay.energy_j - p.floor_j)
+    assert bound <= track.best * (1 + 1e-6) and track.best - bound <= 1e-4 * track.best
+    # a run with the bound process returns a proven schedule at least as good
+    s = strategies.run("poet", p, strategies.SolveOptions(time_limit_s=30))
+    assert s.status == "optimal" and s.replay.energy_j <= best.replay.energy_j * (1 + 1e-9)

@@ -14,6 +14,7 @@ schedule that would not run.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -533,6 +534,22 @@ class _Bounder:
         )
         self.proc.start()
         child.close()
+        if concurrent:
+            # a thread takes what the child sends as it comes: a schedule is larger than a pipe's buffer, and
+            # the child must not wait for this process, whose HiGHS may be inside a long LP (no callbacks)
+            self._inbox: list[Any] = []
+            self._lock = threading.Lock()
+            self._reader = threading.Thread(target=self._read, daemon=True)
+            self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                msg = self.conn.recv()
+                with self._lock:
+                    self._inbox.append(msg)
+        except (EOFError, OSError):
+            pass
 
     @classmethod
     def concurrent(cls, p: Problem, mopt: milp.MilpOptions, deadline: float) -> _Bounder | None:
@@ -547,11 +564,10 @@ class _Bounder:
         """(concurrent) Record the bounds the child has sent so far, without waiting."""
         if not self.is_concurrent:
             return
-        try:
-            while self.conn.poll(0):
-                self._take(self.conn.recv(), track)
-        except (EOFError, OSError):
-            pass
+        with self._lock:
+            msgs, self._inbox = self._inbox, []
+        for msg in msgs:
+            self._take(msg, track)
 
     def _take(self, b: float | tuple | None, track: _Track) -> None:
         if isinstance(b, tuple):  # ("schedule", a relaxed solution): a candidate if it replays
@@ -595,6 +611,9 @@ class _Bounder:
             if self.proc.is_alive():
                 self.proc.terminate()
             self.proc.join(1.0)
+        if self.is_concurrent:  # what the child sent before it ended (the reader stops at the pipe's end)
+            self._reader.join(0.5)
+            self.poll(track)
         return self.bound
 
     def _inline(self, track: _Track, gap: float) -> float | None:

@@ -98,6 +98,7 @@ Solving. ``Formulation`` builds the rows once into sparse matrices (``_Lp``), an
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import sys
@@ -112,6 +113,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import PoetcError
+from . import worker
 from .problem import Problem
 from .program import Schedule
 
@@ -917,8 +919,6 @@ class Milp:
             raise OutOfTime
         self.lp = self.f.lp()
         self.build_s = time.perf_counter() - t0
-        self._highs: _Highs | None = None
-        self._cvx: tuple[Any, Any, Any] | None = None
 
     @property
     def n_rows(self) -> int:
@@ -975,19 +975,20 @@ class Milp:
         limit = self.opt.time_limit_s if time_limit_s is None else time_limit_s
         z0 = self.f.start_values(start) if start is not None else None
         t0 = time.perf_counter()
-        if self.solver == "HIGHS":
-            # a fresh instance for every solve: HiGHS 1.16's time limit of a second run on one instance does not
-            # hold (measured: 6 s asked, 0.3 s or 10.5 s taken); passing the matrices again takes a fraction of
-            # a second
-            self._highs = _Highs(self.lp, self.opt.verbose, eager=self.opt.formulation in ("compact", "relaxed"))
-            limit = self._left(limit, t0)
-            out = (
-                self._highs.solve(limit, self.opt.gap, z0, presolve, watch, stop, self._schedules(found))
-                if limit > 0
-                else _Outcome("no_solution", message="time limit reached before the solver started")
-            )
+        limit = self._left(limit, t0)
+        if limit <= 0:
+            out = _Outcome("no_solution", message="time limit reached before the solver started")
         else:
-            out = self._solve_cvxpy(limit, z0, watch)
+            job = _Job(
+                self.solver,
+                t0 + limit,
+                self.opt.gap,
+                z0,
+                presolve,
+                self.opt.verbose,
+                eager=self.opt.formulation in ("compact", "relaxed"),
+            )
+            out = _solve(self.lp, job, watch, stop, self._schedules(found))
         return self._result(out, time.perf_counter() - t0)
 
     def _schedules(self, found: Callable[[Schedule], None] | None) -> Callable[[np.ndarray], None] | None:
@@ -1049,85 +1050,6 @@ class Milp:
         sched.meta["gap"] = r.gap
         return r
 
-    # ---- other solvers, through cvxpy ------------------------------------------------------------------
-    def _cvxpy_problem(self) -> tuple[Any, Any, Any]:
-        """The same matrices as a cvxpy problem: (problem, binary variables x, continuous variables y)."""
-        import cvxpy as cp
-
-        if self._cvx is None:
-            lp = self.lp
-            nb, nc = lp.n_bin, lp.n_col - lp.n_bin
-            # cvxpy variables cannot be empty: an unused, free column stands in
-            x = cp.Variable(max(1, nb), boolean=True)
-            y = cp.Variable(max(1, nc))
-            a = lp.a.tocsr()
-            ab = sp.hstack([a[:, :nb], sp.csr_matrix((a.shape[0], max(1, nb) - nb))]).tocsr()
-            ac = sp.hstack([a[:, nb:], sp.csr_matrix((a.shape[0], max(1, nc) - nc))]).tocsr()
-            e, le = slice(0, lp.n_eq), slice(lp.n_eq, a.shape[0])
-            ub = np.concatenate([lp.col_hi[nb:], np.zeros(max(1, nc) - nc)])
-            cons = [ab[le] @ x + ac[le] @ y <= lp.row_hi[le], y >= 0, y <= ub]
-            if lp.n_eq:
-                cons.append(ab[e] @ x + ac[e] @ y == lp.row_hi[e])
-            cost = np.concatenate([lp.cost[:nb], np.zeros(max(1, nb) - nb)])
-            self._cvx = (cp.Problem(cp.Minimize(cost @ x), cons), x, y)
-        return self._cvx
-
-    def _solve_cvxpy(self, limit: float, z0: np.ndarray | None, watch: Callable[[Progress], None] | None):
-        import cvxpy as cp
-
-        t_build = time.perf_counter()
-        prob, x, y = self._cvxpy_problem()
-        lp, solver, opt = self.lp, self.solver, self.opt
-        nb = lp.n_bin
-        # cvxpy's canonicalization inside solve() takes about as long again as building the problem did
-        spent = time.perf_counter() - t_build
-        limit = self._left(limit - spent, t_build)
-        if limit <= 0.1:
-            return _Outcome("no_solution", message="time limit reached before the solver started")
-        kwargs: dict[str, Any] = {"verbose": opt.verbose, **_cvxpy_limits(solver, limit, opt.gap)}
-        note, start_j = "", None
-        if z0 is not None and solver in CVXPY_WARM_START:
-            # cvxpy's documented warm start: the variables' values
-            x.value = np.concatenate([z0[:nb], np.zeros(x.size - nb)])
-            y.value = np.concatenate([z0[nb:], np.zeros(y.size - (lp.n_col - nb))])
-            kwargs["warm_start"] = True
-            note, start_j = f"warm start given to {solver} through cvxpy", lp.extra_j(z0)
-        elif z0 is not None:
-            note = f"cvxpy's {solver} interface takes no warm start: {solver} started cold"
-        t0 = time.perf_counter()
-        log: list[Progress] = []
-        if watch is not None:
-            watch(Progress(0.0, None, None, limit, solver))
-        msg = ""
-        try:
-            with _quiet_stdout(not opt.verbose), warnings.catch_warnings():
-                # cvxpy warns "Solution may be inaccurate" on a time limit; the schedule is rounded and replayed
-                # (simulate) afterwards, and the status says whether it is proven, so the warning is only noise
-                warnings.filterwarnings("ignore", message="Solution may be inaccurate", category=UserWarning)
-                prob.solve(solver=solver, **kwargs)
-            status = prob.status
-        except cp.error.SolverError as e:
-            status, msg = "solver_error", str(e).splitlines()[0] if str(e) else "solver error"
-        if status in ("infeasible", "infeasible_inaccurate"):
-            return _Outcome("infeasible", message="the solver proved that no schedule fits")
-        has = x.value is not None and status in ("optimal", "optimal_inaccurate", "user_limit")
-        if not has:
-            if status == "user_limit" or "time" in msg.lower():
-                return _Outcome("no_solution", message="time limit reached without a schedule")
-            if status == "solver_error":  # e.g. SCIP at its time limit without a solution
-                return _Outcome("no_solution", message=f"{solver} stopped without a schedule ({msg})")
-            return _Outcome("error", message=f"solver status {status} {msg}".strip())
-        z = np.concatenate([np.asarray(x.value)[:nb], np.asarray(y.value)[: lp.n_col - nb]])
-        extra = lp.extra_j(z)
-        dual = _dual_bound(prob, solver)
-        bound = None if dual is None else lp.bound_j(extra, float(lp.cost @ np.round(z)) if nb else 0.0, dual)
-        rec = Progress(time.perf_counter() - t0, extra, bound, limit, solver)
-        log.append(rec)
-        if watch is not None:
-            watch(rec)
-        st = "optimal" if status == "optimal" else "feasible"
-        return _Outcome(st, z, bound, log, start_j, message=msg, start_note=note)
-
 
 @dataclass
 class _Outcome:
@@ -1140,6 +1062,235 @@ class _Outcome:
     start_j: float | None = None
     message: str = ""
     start_note: str = ""
+
+
+# ---- the solve, in the worker process (``worker.py``) or in this one ----------------------------------------
+@dataclass(frozen=True)
+class _Job:
+    """What a solve of an ``_Lp`` needs besides it (sent to the worker with it)."""
+
+    solver: str
+    deadline: float  # time.perf_counter() time the solve must end by (the monotonic clock: the same in every process)
+    gap: float
+    z0: np.ndarray | None = None  # MIP start (columns)
+    presolve: bool = True
+    verbose: bool = False
+    eager: bool = (
+        False  # HiGHS: more heuristic effort, feasibility jump on any size (the compact formulation)
+    )
+
+
+_LP_KEYS = itertools.count()
+
+
+def _lp_key(lp: _Lp) -> tuple[int, int]:
+    """A key naming this very ``_Lp`` object in the worker's cache (kept on the object: a copy gets its own)."""
+    key = lp.__dict__.get("_worker_key")
+    if key is None:
+        key = (os.getpid(), next(_LP_KEYS))
+        object.__setattr__(lp, "_worker_key", key)
+    return key
+
+
+def _solve(
+    lp: _Lp,
+    job: _Job,
+    watch: Callable[[Progress], None] | None,
+    stop: Callable[[], bool] | None,
+    found: Callable[[np.ndarray], None] | None = None,
+) -> _Outcome:
+    """Solve ``lp`` in this process's worker, which is killed if the solver does not end by ``job.deadline`` plus
+    ``worker.GRACE_S``: the result is then the best incumbent the solver had sent. In a daemonic process (which
+    may have no child), or while another thread uses the worker, the solve runs here (the solver's own time
+    limit and interrupt callbacks are all that hold it)."""
+    lock = worker.lock()
+    if not worker.available() or not lock.acquire(blocking=False):
+        return _solve_job(_Here(lp, watch, stop, found), lp, job)
+    relay = _Relay(lp, job, watch, found)
+    try:
+        w = worker.get()
+        return w.run(_solve_job, _lp_key(lp), lp, (job,), relay.take, stop, job.deadline)
+    except worker.Killed as k:
+        return relay.outcome(k.why)
+    finally:
+        lock.release()
+
+
+def _solve_job(chan: Any, lp: _Lp, job: _Job) -> _Outcome:
+    """(the worker, or this process) One solve. ``chan.send`` gets ("progress", Progress) records and every
+    improving solution as ("incumbent", columns, objective); ``chan.stopping()`` asks whether to stop."""
+    if job.solver == "HIGHS":
+        return _Highs(lp, job.verbose, eager=job.eager).solve(job, chan)
+    return _solve_cvxpy(lp, job, chan)
+
+
+class _Here:
+    """The channel of a solve in this process: records go to ``watch``, improving solutions to ``found``,
+    ``stop`` is the caller's."""
+
+    def __init__(
+        self,
+        lp: _Lp,
+        watch: Callable[[Progress], None] | None,
+        stop: Callable[[], bool] | None,
+        found: Callable[[np.ndarray], None] | None = None,
+    ) -> None:
+        self.lp, self.watch, self.stop, self.found = lp, watch, stop, found
+        self.best: float | None = None
+
+    def send(self, msg: tuple) -> None:
+        if msg[0] == "progress" and self.watch is not None:
+            self.watch(msg[1])
+        elif msg[0] == "incumbent" and self.found is not None:
+            extra = self.lp.extra_j(msg[1])
+            if self.best is None or extra <= self.best:
+                self.best = extra
+                self.found(msg[1])
+
+    def stopping(self) -> bool:
+        return self.stop is not None and bool(self.stop())
+
+
+class _Relay:
+    """(the parent) What the worker has sent so far: records go on to ``watch``; the best incumbent and the last
+    bound make the result if the worker has to be killed."""
+
+    def __init__(
+        self,
+        lp: _Lp,
+        job: _Job,
+        watch: Callable[[Progress], None] | None,
+        found: Callable[[np.ndarray], None] | None = None,
+    ) -> None:
+        self.lp, self.job, self.watch, self.found = lp, job, watch, found
+        self.log: list[Progress] = []
+        self.z: np.ndarray | None = None
+        self.best: float | None = None
+        self.first_obj: float | None = None
+
+    def take(self, msg: tuple) -> None:
+        if msg[0] == "progress":
+            self.log.append(msg[1])
+            if self.watch is not None:
+                self.watch(msg[1])
+        elif msg[0] == "incumbent":
+            z, obj = msg[1], msg[2]
+            if self.first_obj is None:
+                self.first_obj = obj
+            extra = self.lp.extra_j(z)
+            if self.best is None or extra <= self.best:
+                self.z, self.best = z, extra
+                if self.found is not None:
+                    self.found(z)
+
+    def outcome(self, why: str) -> _Outcome:
+        job = self.job
+        bound = next((r.bound_j for r in reversed(self.log) if r.bound_j is not None), None)
+        late = time.perf_counter() - job.deadline
+        msg = f"{job.solver} {why} ({late:+.2g} s past it): its process was ended"
+        msg += "; the best schedule it had sent is kept" if self.z is not None else ", without a schedule"
+        start_j, note = _start_note(self.lp, job.z0, self.first_obj)
+        if self.z is None:
+            return _Outcome("no_solution", log=self.log, message=msg)
+        return _Outcome("feasible", self.z, bound, self.log, start_j, message=msg, start_note=note)
+
+
+def _start_note(lp: _Lp, z0: np.ndarray | None, first_obj: float | None) -> tuple[float | None, str]:
+    """(extra energy of the MIP start, a note) from the objective of the solver's first incumbent, which is the
+    start when it takes it."""
+    if z0 is None:
+        return None, ""
+    start_obj = float(lp.cost @ z0)
+    if first_obj is not None and abs(first_obj - start_obj) <= 1e-9 * max(1.0, abs(start_obj)):
+        start_j = lp.extra_j(z0)
+        return start_j, f"HiGHS started from the given schedule ({start_j:.6g} J extra)"
+    return None, "HiGHS did not take the given schedule as its start"
+
+
+# ---- other solvers, through cvxpy ------------------------------------------------------------------------
+_CVX: list[tuple[_Lp, tuple[Any, Any, Any]]] = []  # the last problems built, by their _Lp (identity)
+
+
+def _cvxpy_problem(lp: _Lp) -> tuple[Any, Any, Any]:
+    """The same matrices as a cvxpy problem: (problem, binary variables x, continuous variables y); the last
+    two built are kept (a restart solves the same one again)."""
+    import cvxpy as cp
+
+    for known, built in _CVX:
+        if known is lp:
+            return built
+    nb, nc = lp.n_bin, lp.n_col - lp.n_bin
+    # cvxpy variables cannot be empty: an unused, free column stands in
+    x = cp.Variable(max(1, nb), boolean=True)
+    y = cp.Variable(max(1, nc))
+    a = lp.a.tocsr()
+    ab = sp.hstack([a[:, :nb], sp.csr_matrix((a.shape[0], max(1, nb) - nb))]).tocsr()
+    ac = sp.hstack([a[:, nb:], sp.csr_matrix((a.shape[0], max(1, nc) - nc))]).tocsr()
+    e, le = slice(0, lp.n_eq), slice(lp.n_eq, a.shape[0])
+    ub = np.concatenate([lp.col_hi[nb:], np.zeros(max(1, nc) - nc)])
+    cons = [ab[le] @ x + ac[le] @ y <= lp.row_hi[le], y >= 0, y <= ub]
+    if lp.n_eq:
+        cons.append(ab[e] @ x + ac[e] @ y == lp.row_hi[e])
+    cost = np.concatenate([lp.cost[:nb], np.zeros(max(1, nb) - nb)])
+    built = (cp.Problem(cp.Minimize(cost @ x), cons), x, y)
+    _CVX[:] = [*_CVX[-1:], (lp, built)]
+    return built
+
+
+def _solve_cvxpy(lp: _Lp, job: _Job, chan: Any) -> _Outcome:
+    import cvxpy as cp
+
+    t_build = time.perf_counter()
+    prob, x, y = _cvxpy_problem(lp)
+    solver, z0 = job.solver, job.z0
+    nb = lp.n_bin
+    # cvxpy's canonicalization inside solve() takes about as long again as building the problem did
+    now = time.perf_counter()
+    limit = job.deadline - now - (now - t_build)
+    if limit <= 0.1:
+        return _Outcome("no_solution", message="time limit reached before the solver started")
+    kwargs: dict[str, Any] = {"verbose": job.verbose, **_cvxpy_limits(solver, limit, job.gap)}
+    note, start_j = "", None
+    if z0 is not None and solver in CVXPY_WARM_START:
+        # cvxpy's documented warm start: the variables' values
+        x.value = np.concatenate([z0[:nb], np.zeros(x.size - nb)])
+        y.value = np.concatenate([z0[nb:], np.zeros(y.size - (lp.n_col - nb))])
+        kwargs["warm_start"] = True
+        note, start_j = f"warm start given to {solver} through cvxpy", lp.extra_j(z0)
+    elif z0 is not None:
+        note = f"cvxpy's {solver} interface takes no warm start: {solver} started cold"
+    t0 = time.perf_counter()
+    log: list[Progress] = []
+    chan.send(("progress", Progress(0.0, None, None, limit, solver)))
+    msg = ""
+    try:
+        with _quiet_stdout(not job.verbose), warnings.catch_warnings():
+            # cvxpy warns "Solution may be inaccurate" on a time limit; the schedule is rounded and replayed
+            # (simulate) afterwards, and the status says whether it is proven, so the warning is only noise
+            warnings.filterwarnings("ignore", message="Solution may be inaccurate", category=UserWarning)
+            prob.solve(solver=solver, **kwargs)
+        status = prob.status
+    except cp.error.SolverError as e:
+        status, msg = "solver_error", str(e).splitlines()[0] if str(e) else "solver error"
+    if status in ("infeasible", "infeasible_inaccurate"):
+        return _Outcome("infeasible", message="the solver proved that no schedule fits")
+    has = x.value is not None and status in ("optimal", "optimal_inaccurate", "user_limit")
+    if not has:
+        if status == "user_limit" or "time" in msg.lower():
+            return _Outcome("no_solution", message="time limit reached without a schedule")
+        if status == "solver_error":  # e.g. SCIP at its time limit without a solution
+            return _Outcome("no_solution", message=f"{solver} stopped without a schedule ({msg})")
+        return _Outcome("error", message=f"solver status {status} {msg}".strip())
+    z = np.concatenate([np.asarray(x.value)[:nb], np.asarray(y.value)[: lp.n_col - nb]])
+    extra = lp.extra_j(z)
+    dual = _dual_bound(prob, solver)
+    bound = None if dual is None else lp.bound_j(extra, float(lp.cost @ np.round(z)) if nb else 0.0, dual)
+    rec = Progress(time.perf_counter() - t0, extra, bound, limit, solver)
+    log.append(rec)
+    chan.send(("progress", rec))
+    chan.send(("incumbent", z, float(lp.cost @ z)))
+    st = "optimal" if status == "optimal" else "feasible"
+    return _Outcome(st, z, bound, log, start_j, message=msg, start_note=note)
 
 
 class _Highs:
@@ -1177,19 +1328,15 @@ class _Highs:
         h.cbIpmInterrupt.subscribe(self._on_lp_interrupt)
         self.run: _HighsRun | None = None
 
-    def solve(
-        self,
-        limit: float,
-        gap: float,
-        z0: np.ndarray | None,
-        presolve: bool,
-        watch: Callable[[Progress], None] | None,
-        stop: Callable[[], bool] | None = None,
-        found: Callable[[np.ndarray], None] | None = None,
-    ) -> _Outcome:
+    def solve(self, job: _Job, chan: Any) -> _Outcome:
+        """Run HiGHS until ``job.deadline``; ``chan`` (see ``_solve_job``) gets its records and incumbents, and
+        says when to stop."""
         import highspy
 
-        h, lp = self.h, self.lp
+        h, lp, z0 = self.h, self.lp, job.z0
+        limit = job.deadline - time.perf_counter()
+        if limit <= 0:
+            return _Outcome("no_solution", message="time limit reached before the solver started")
         for name, value in (
             ("time_limit", float(limit)),
             # feasibility jump runs before the root LP without looking at the clock (7 s on vgg16_cifar's 28k
@@ -1199,19 +1346,17 @@ class _Highs:
             # relaxed model too (resnet18_cifar-m4: optimal in 25-27 s against 39-54 s; the zoo's points the same)
             ("mip_heuristic_run_feasibility_jump", z0 is None and (lp.n_col <= 20000 or self.eager)),
             ("mip_heuristic_effort", 0.3 if self.eager else 0.05),
-            ("mip_rel_gap", float(gap)),
+            ("mip_rel_gap", float(job.gap)),
             ("mip_abs_gap", 1e-12),
-            ("presolve", "on" if presolve else "off"),
+            ("presolve", "on" if job.presolve else "off"),
         ):
             h.setOptionValue(name, value)
-        self.run = run = _HighsRun(limit, watch)
-        run.enough, run.found = stop, found
+        self.run = run = _HighsRun(limit, chan)
         if z0 is not None:
             sol = highspy.HighsSolution()
             sol.col_value = list(z0)
             sol.value_valid = True
             h.setSolution(sol)
-            run.start_obj = float(lp.cost @ z0)
         with _ctrl_c_stops(run):
             h.run()  # releases the GIL; the callbacks below run as it goes
         if run.error is not None:
@@ -1227,15 +1372,7 @@ class _Highs:
         h, lp = self.h, self.lp
         ms = highspy.HighsModelStatus
         status, info = h.getModelStatus(), h.getInfo()
-        start_j, note = None, ""
-        if z0 is not None:  # HiGHS's first incumbent is the start when it takes it
-            if run.first_obj is not None and abs(run.first_obj - run.start_obj) <= 1e-9 * max(
-                1.0, abs(run.start_obj)
-            ):
-                start_j = lp.extra_j(z0)
-                note = f"HiGHS started from the given schedule ({start_j:.6g} J extra)"
-            else:
-                note = "HiGHS did not take the given schedule as its start"
+        start_j, note = _start_note(lp, z0, run.first_obj)
         if status == ms.kInfeasible:
             return _Outcome("infeasible", log=run.log, message="the solver proved that no schedule fits")
         if int(info.primal_solution_status) != int(highspy.SolutionStatus.kSolutionStatusFeasible):
@@ -1268,13 +1405,12 @@ class _Highs:
             obj = float(d.objective_function_value)
             if run.first_obj is None:
                 run.first_obj = obj
-            z = np.asarray(d.mip_solution)
+            z = np.array(d.mip_solution, dtype=float)
             extra = self.lp.extra_j(z)
             run.best = extra if run.best is None else min(run.best, extra)
             run.emit(run.best, self._bound(run, d))
-            if run.found is not None and extra <= run.best:
-                run.found(z)
-            if run.enough is not None and run.enough():
+            run.chan.send(("incumbent", z, obj))
+            if run.enough():
                 run.late = run.stopped = True
                 e.interrupt()
         except BaseException as ex:  # re-raised by solve()
@@ -1289,10 +1425,7 @@ class _Highs:
                 run.late = True
             if now - run.last_emit >= 0.5:
                 run.emit(run.best, self._bound(run, e.data_out))
-            if run.enough is not None and now - run.last_ask >= 0.2:
-                run.last_ask = now
-                if run.enough():
-                    run.late = run.stopped = True
+            run.ask(now)
         except BaseException as ex:  # re-raised by solve()
             run.error = ex
         if run.error is not None or run.stop or run.late:
@@ -1300,8 +1433,16 @@ class _Highs:
 
     def _on_lp_interrupt(self, e: Any) -> None:
         run = self.run
-        if run is not None and (run.late or run.stop or time.perf_counter() - run.t0 > run.limit + 0.5):
-            run.late = True
+        if run is None:
+            return
+        try:
+            now = time.perf_counter()
+            if now - run.t0 > run.limit + 0.5:
+                run.late = True
+            run.ask(now)
+        except BaseException as ex:  # re-raised by solve()
+            run.error = ex
+        if run.error is not None or run.stop or run.late:
             e.interrupt()
 
     def _bound(self, run: _HighsRun, d: Any) -> float | None:
@@ -1314,21 +1455,28 @@ class _Highs:
 class _HighsRun:
     """The state of one HiGHS run that its callbacks update."""
 
-    def __init__(self, limit: float, watch: Callable[[Progress], None] | None) -> None:
+    def __init__(self, limit: float, chan: Any) -> None:
         self.t0 = self.last_emit = time.perf_counter()
-        self.limit, self.watch = limit, watch
+        self.limit, self.chan = limit, chan
         self.best: float | None = None  # extra energy of the incumbent
         self.bound: float | None = None
         self.first_obj: float | None = None  # objective of the first incumbent (the MIP start, if taken)
-        self.start_obj = float("nan")
         self.error: BaseException | None = None
         self.stop = False  # Ctrl-C: HiGHS is asked to stop at its next interrupt check
         self.late = False  # past the time limit: HiGHS is asked to stop (ends like a time limit)
-        self.enough: Callable[[], bool] | None = None  # the caller's stop predicate (Milp.solve's ``stop``)
-        self.found: Callable[[np.ndarray], None] | None = None  # gets every improving solution's columns
-        self.stopped = False  # ... which said stop
+        self.stopped = False  # the caller said stop (``chan.stopping()``)
         self.last_ask = self.t0
         self.log: list[Progress] = []
+
+    def enough(self) -> bool:
+        return self.chan.stopping()
+
+    def ask(self, now: float) -> None:
+        """Every 0.2 s: whether the caller says stop."""
+        if now - self.last_ask >= 0.2:
+            self.last_ask = now
+            if self.enough():
+                self.late = self.stopped = True
 
     def emit(self, best: float | None, bound: float | None) -> None:
         if bound is not None:  # HiGHS's bound only rises; keep the record monotone against rounding
@@ -1338,16 +1486,18 @@ class _HighsRun:
         self.last_emit = time.perf_counter()
         rec = Progress(self.last_emit - self.t0, best, self.bound, self.limit, "HIGHS")
         self.log.append(rec)
-        if self.watch is not None:
-            self.watch(rec)
+        self.chan.send(("progress", rec))
 
 
 @contextlib.contextmanager
 def _ctrl_c_stops(run: _HighsRun):
     """While HiGHS runs, Ctrl-C asks it to stop (a KeyboardInterrupt raised inside a callback would be lost in
     highspy's callback machinery); solve() raises KeyboardInterrupt once it has stopped."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) in (
+        signal.SIG_IGN,
+        None,
+    ):
+        yield  # (the worker process ignores SIGINT: its parent ends it)
         return
 
     def stop(signum: int, frame: Any) -> None:

@@ -1092,6 +1092,12 @@ def _lp_key(lp: _Lp) -> tuple[int, int]:
     return key
 
 
+def warm_up(solver: str = "HIGHS") -> None:
+    """Start this process's solver worker now, so that its start-up (a second or two of imports) overlaps the
+    caller's own work (the heuristics); cvxpy too for the solvers it drives."""
+    worker.warm_up(() if solver.upper() == "HIGHS" else ("cvxpy",))
+
+
 def _solve(
     lp: _Lp,
     job: _Job,

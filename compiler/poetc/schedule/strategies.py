@@ -206,6 +206,7 @@ def run(
                 f"{p.budget} B"
             ),
         )
+    milp.warm_up(opt.solver)  # the solver's process starts while the heuristics run
     track = _Track(t0, opt.time_limit_s, watch, opt.gap, stop)
     # compact: the bound comes from the relaxed model, solved meanwhile in another process from the start on;
     # poet: the relaxed MILP runs beside the MILP from the start (it often proves the optimum first)

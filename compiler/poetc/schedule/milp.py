@@ -93,6 +93,14 @@ Solving. ``Formulation`` builds the rows once into sparse matrices (``_Lp``), an
               cvxpy's documented ``warm_start`` (the variables' values) where cvxpy's interface to the solver
               passes it on (``CVXPY_WARM_START``; SCIP's does not: it starts cold). The bound comes from the
               solver's own statistics; without one a time-limited solve is "feasible", never "optimal".
+  where       in this process's solver worker (``worker.py``), for both: ``Milp.solve`` sends it the ``_Lp``
+              and a ``_Job`` (deadline, gap, MIP start, options); the worker's ``_solve_job`` builds ``_Highs``
+              (or the cvxpy problem) from them and sends back every ``Progress`` record and every improving
+              solution, and stops when the parent's shared flag says so (the caller's ``stop``). HiGHS does not
+              always heed its interrupt callbacks (sub-MIPs, restarts: 30 s past a 60 s limit), so a worker not
+              done by the deadline plus ``worker.GRACE_S`` is killed, and the result is the best solution it had
+              sent, with the last bound it had sent. One worker serves every solve (started once, warmed up by
+              ``warm_up``; replaced after a kill); a daemonic process (which may have no child) solves in-process.
 """
 
 from __future__ import annotations
@@ -971,7 +979,9 @@ class Milp:
         ``stop`` (HiGHS): asked after every schedule found and every few tenths of a second; True ends the
         solve (the caller's own bound proves the best schedule so far: the result is "feasible").
         ``found`` (HiGHS): gets the schedule of every improving solution as the solver finds it (the relaxed
-        model's, sent by the bound process: often a schedule of the problem too, which the replay decides)."""
+        model's, sent by the bound process: often a schedule of the problem too, which the replay decides).
+        The solver runs in the worker process (module docstring), which is killed if it is not done by the
+        limit (and ``deadline``) plus ``worker.GRACE_S``: the solve never takes longer, whatever the solver."""
         limit = self.opt.time_limit_s if time_limit_s is None else time_limit_s
         z0 = self.f.start_values(start) if start is not None else None
         t0 = time.perf_counter()

@@ -5,6 +5,9 @@ every solve of a process until it has to be killed."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import threading
 import time
 
 import pytest
@@ -81,3 +84,28 @@ def test_one_worker_serves_every_solve():
     b = model.solve(5.0)
     assert worker.get().pid == pid
     assert a.status == b.status == "optimal" and b.extra_j == pytest.approx(a.extra_j)
+
+
+def test_ctrl_c_ends_the_worker_and_raises_in_the_caller(vgg, monkeypatch):
+    """Ctrl-C reaches the whole process group: the worker ignores it, the caller gets KeyboardInterrupt at once
+    and ends the worker."""
+    model = milp.Milp(vgg)
+    monkeypatch.setattr(milp, "_solve_job", _stalls)
+    w = worker.get()
+    child_alive_after_sigint: list[bool] = []
+
+    def ctrl_c() -> None:
+        os.kill(w.pid, signal.SIGINT)
+        time.sleep(0.3)
+        child_alive_after_sigint.append(w.alive())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    timer = threading.Timer(0.5, ctrl_c)
+    timer.start()
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        model.solve(20.0)
+    assert time.perf_counter() - t0 < 5.0
+    timer.join()
+    assert child_alive_after_sigint == [True]
+    assert not w.alive() and worker.get().pid != w.pid

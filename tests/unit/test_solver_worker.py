@@ -109,3 +109,13 @@ def test_ctrl_c_ends_the_worker_and_raises_in_the_caller(vgg, monkeypatch):
     timer.join()
     assert child_alive_after_sigint == [True]
     assert not w.alive() and worker.get().pid != w.pid
+
+
+def test_a_solver_deaf_to_the_callers_stop_is_ended_soon_after_it(monkeypatch):
+    model = milp.Milp(poetgraphs.build("linear", boards.load("nrf52840")))
+    monkeypatch.setattr(milp, "_solve_job", _stalls)
+    t0 = time.perf_counter()
+    res = model.solve(20.0, stop=lambda: time.perf_counter() - t0 > 0.5)
+    assert time.perf_counter() - t0 < 0.5 + worker.GRACE_S + 1.0
+    assert res.status == "no_solution" and res.message.startswith("stopped:"), res.message
+    assert "being asked to" in res.message

@@ -1127,7 +1127,7 @@ def _solve(
         w = worker.get()
         return w.run(_solve_job, _lp_key(lp), lp, (job,), relay.take, stop, job.deadline)
     except worker.Killed as k:
-        return relay.outcome(k.why)
+        return relay.outcome(k.why, k.asked)
     finally:
         lock.release()
 
@@ -1199,12 +1199,17 @@ class _Relay:
                 if self.found is not None:
                     self.found(z)
 
-    def outcome(self, why: str) -> _Outcome:
+    def outcome(self, why: str, asked: bool = False) -> _Outcome:
+        """The result of a solve whose worker was killed (``asked``: after the caller's ``stop`` said stop)."""
         job = self.job
         bound = next((r.bound_j for r in reversed(self.log) if r.bound_j is not None), None)
         late = time.perf_counter() - job.deadline
-        msg = f"{job.solver} {why} ({late:+.2g} s past it): its process was ended"
+        msg = (
+            f"{job.solver} {why}" + ("" if asked else f" ({late:+.2g} s past it)") + ": its process was ended"
+        )
         msg += "; the best schedule it had sent is kept" if self.z is not None else ", without a schedule"
+        if asked:
+            msg = f"stopped: the caller's bound proves the best schedule so far ({msg})"
         start_j, note = _start_note(self.lp, job.z0, self.first_obj)
         if self.z is None:
             return _Outcome("no_solution", log=self.log, message=msg)

@@ -45,11 +45,12 @@ POLL_S = 0.2  # how often the parent asks its ``stop`` predicate while a job run
 
 
 class Killed(Exception):
-    """The job did not end by its hard deadline (or the child died): the child was ended."""
+    """The job did not end by its hard deadline (or the child died): the child was ended. ``asked``: the
+    caller's ``stop`` had said stop (the job did not within ``GRACE_S`` of it)."""
 
-    def __init__(self, why: str) -> None:
+    def __init__(self, why: str, asked: bool = False) -> None:
         super().__init__(why)
-        self.why = why
+        self.why, self.asked = why, asked
 
 
 class Channel:
@@ -197,6 +198,8 @@ class Worker:
             now = time.perf_counter()
             if now >= hard:
                 self.kill()
+                if self.flag.value:
+                    raise Killed(f"did not stop within {GRACE_S:g} s of being asked to", asked=True)
                 raise Killed(f"did not stop within {GRACE_S:g} s of its time limit")
             wait = hard - now if stop is None or self.flag.value else min(hard - now, POLL_S)
             try:

@@ -1127,9 +1127,11 @@ def _solve(
         w = worker.get()
         return w.run(_solve_job, _lp_key(lp), lp, (job,), relay.take, stop, job.deadline)
     except worker.Killed as k:
-        return relay.outcome(k.why, k.asked)
+        out = relay.outcome(k.why, k.asked)
     finally:
         lock.release()
+    worker.warm_up()  # the next solve's worker starts now, while the caller looks at this result
+    return out
 
 
 def _solve_job(chan: Any, lp: _Lp, job: _Job) -> _Outcome:

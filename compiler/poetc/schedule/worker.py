@@ -283,5 +283,6 @@ def lock() -> threading.Lock:
 
 @atexit.register
 def _shut_down() -> None:
+    """At exit: the worker is idle (or still importing, after a replacement): ended at once."""
     if _worker is not None:
-        _worker.close()
+        _worker.kill()

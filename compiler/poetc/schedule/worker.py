@@ -18,8 +18,8 @@ and one shared integer the parent sets to ask the running job to stop (``channel
 decides how to stop, the parent kills it if it does not in time).
 
 The child ignores SIGINT (Ctrl-C reaches the whole process group; the parent decides). It is daemonic, so it has
-no children of its own, and it is ended when this process exits (``atexit``, and multiprocessing's own clean-up
-of daemonic children in a child process). A daemonic process cannot start it: ``available()`` says so, and the
+no children of its own, and it is killed when this process exits (``atexit``, and multiprocessing's own clean-up
+of daemonic children in a child process; an orphan exits at its next read or write of the pipe). A daemonic process cannot start it: ``available()`` says so, and the
 caller runs the job in-process.
 """
 
@@ -228,17 +228,6 @@ class Worker:
             self.proc.join(2.0)
         with contextlib.suppress(Exception):
             self.conn.close()
-        if _worker is self:
-            _worker = None
-
-    def close(self) -> None:
-        """Ask the child to exit; kill it if it does not at once."""
-        global _worker
-        with contextlib.suppress(Exception):
-            self.conn.send(None)
-            self.proc.join(0.5)
-        if self.proc.is_alive():
-            self.kill()
         if _worker is self:
             _worker = None
 
